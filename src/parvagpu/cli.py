@@ -67,7 +67,7 @@ def load_inputs(
             if profiles_dir is not None:
                 raise ParvaError("give --slo DIR --scenario K or --services FILE for your profiles")
             slo_dir = example_dir() / "SLO"
-        services = load_scenario(slo_dir, scenario or 1, list(profiles), truncate=truncate)
+        services = load_scenario(slo_dir, 1 if scenario is None else scenario, list(profiles), truncate=truncate)
         source = str(slo_dir)
     for s in services:
         if s.model not in profiles:

@@ -1,0 +1,92 @@
+"""Optimal triplet decision and demand matching: the exact rules of algorithm.md §2."""
+
+from __future__ import annotations
+
+import pytest
+
+from parvagpu.configurator import configure
+from parvagpu.model import ParvaError
+
+from helpers import profile, service
+
+
+def test_admission_is_strict_at_045_of_slo(a100):
+    # SLO 200 ms -> threshold exactly 90 ms; a 90 ms point must not be admitted.
+    p = profile("m", [(1, 1, 1, 10.0, 0.090), (1, 2, 1, 5.0, 0.089)])
+    cfg = configure(service("m", 4, 200), p, a100, 3)
+    assert cfg.optimal.batch == 2
+    with pytest.raises(ParvaError, match="tightest SLO"):
+        configure(service("m", 4, 197.7), p, a100, 3)  # 0.45 * 197.7 = 88.965 < 89
+
+
+def test_decimal_slo_kept(a100):
+    # 0.45 * 418.5 = 188.325: a 188 ms point passes, truncation to 418 (188.1) would too,
+    # but 0.45 * 417.9 = 188.055 also passes and 0.45*417.7=187.965 does not.
+    p = profile("m", [(1, 1, 1, 10.0, 0.188)])
+    configure(service("m", 1, 417.8), p, a100, 3)
+    with pytest.raises(ParvaError):
+        configure(service("m", 1, 417.7), p, a100, 3)
+
+
+def test_efficiency_and_first_maximum_wins(a100):
+    # 2g at 200/s has the same efficiency (100/GPC) as 1g at 100/s: the smaller size wins;
+    # within a size, the smaller batch wins, then fewer processes.
+    p = profile(
+        "m",
+        [
+            (2, 1, 1, 200.0, 0.010),
+            (1, 4, 1, 100.0, 0.010),
+            (1, 2, 2, 50.0, 0.010),
+            (1, 2, 1, 100.0, 0.010),
+        ],
+    )
+    cfg = configure(service("m", 50, 1000), p, a100, 3)
+    assert (cfg.optimal.size, cfg.optimal.batch, cfg.optimal.procs) == (1, 2, 1)
+
+
+def test_segment_throughput_is_procs_times_per_process(a100):
+    p = profile("m", [(1, 8, 3, 40.0, 0.010), (1, 8, 1, 100.0, 0.010)])
+    cfg = configure(service("m", 50, 1000), p, a100, 3)
+    assert (cfg.optimal.procs, cfg.optimal.throughput) == (3, 120.0)
+    assert configure(service("m", 50, 1000), p, a100, 2).optimal.procs == 1  # max_procs filters
+
+
+def test_exact_multiple_uses_one_less_optimal_segment(a100):
+    p = profile("m", [(1, 1, 1, 100.0, 0.010), (2, 1, 1, 150.0, 0.010)])
+    cfg = configure(service("m", 300, 1000), p, a100, 3)
+    assert cfg.optimal.size == 1 and cfg.n_optimal == 2 and cfg.last.size == 1
+    cfg = configure(service("m", 301, 1000), p, a100, 3)
+    assert cfg.n_optimal == 3 and cfg.last.size == 1
+    assert sum(s.throughput for s in cfg.segments()) >= 301
+
+
+def test_last_segment_is_smallest_size_covering_residual(a100):
+    # optimal: 3g at 600/s (200/GPC); residual 250 -> 1g (100) no, 2g (300) yes.
+    p = profile(
+        "m",
+        [(1, 1, 1, 100.0, 0.010), (2, 1, 1, 300.0, 0.010), (3, 1, 1, 600.0, 0.010)],
+    )
+    cfg = configure(service("m", 850, 1000), p, a100, 3)
+    assert (cfg.optimal.size, cfg.n_optimal, cfg.last.size) == (3, 1, 2)
+
+
+def test_zero_points_never_selected(a100):
+    p = profile("m", [(1, 1, 1, 0.0, 0.0), (2, 1, 1, 10.0, 0.5)])
+    cfg = configure(service("m", 5, 10_000), p, a100, 3)
+    assert cfg.optimal.size == 2
+
+
+def test_sizes_the_gpu_lacks_are_ignored():
+    from parvagpu.gpus import gpu_type
+
+    p = profile("m", [(3, 1, 1, 1000.0, 0.010), (4, 1, 1, 100.0, 0.010)])
+    cfg = configure(service("m", 50, 1000), p, gpu_type("A30"), 3)
+    assert cfg.optimal.size == 4
+
+
+def test_infeasible_names_model_and_tightest_slo(a100):
+    p = profile("slowmodel", [(1, 1, 1, 10.0, 0.090), (7, 1, 1, 20.0, 0.045)])
+    with pytest.raises(ParvaError) as e:
+        configure(service("slowmodel", 1, 50), p, a100, 3)
+    msg = str(e.value)
+    assert "slowmodel" in msg and "45 ms" in msg and "100 ms" in msg
