@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .configurator import split_feasible
 from .formats import atomic_write, plan_to_json, plan_to_seed_csv, read_plan
 from .gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
 from .model import ParvaError, Profile, Service
@@ -101,12 +102,21 @@ def plan(
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the plan here (.json or .csv)."),
     truncate: bool = TruncateOpt,
+    skip_infeasible: bool = typer.Option(
+        False, "--skip-infeasible", help="Plan the services that can be served; warn about the rest."
+    ),
 ) -> None:
     """Plan segments and exact MIG placements for every service."""
     try:
         if max_procs < 1:
             raise ParvaError(f"--max-procs must be >= 1, got {max_procs}")
         profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
+        if skip_infeasible:
+            services, dropped = split_feasible(services, profiles, gpu_type(gpu), max_procs)
+            for message in dropped:
+                err.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
+            if not services:
+                raise ParvaError("no service can be served")
         result = make_plan(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, strategy)
         if out is not None:
             kind = fmt or (Format.csv if out.suffix.lower() == ".csv" else Format.json)

@@ -153,6 +153,20 @@ def configure(
     return ModelConfig(service, optimal, n, last, tuple(sorted(per_size.items())))
 
 
+def split_feasible(
+    services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType, max_procs: int
+) -> tuple[tuple[Service, ...], tuple[str, ...]]:
+    """Services some triplet can serve, and a message for each one none can."""
+    kept, dropped = [], []
+    for s in services:
+        index = build_index(profiles[s.model], gpu, max_procs)
+        if best_by_size(index, s.exact_latency_ms):
+            kept.append(s)
+        else:
+            dropped.append(infeasible_message(s, index))
+    return tuple(kept), tuple(dropped)
+
+
 def configure_all(
     services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType, max_procs: int
 ) -> tuple[ModelConfig, ...]:

@@ -1,0 +1,143 @@
+"""Input loaders: the seed formats, their quirks, and clear errors naming file and row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from parvagpu.cli import app
+from parvagpu.model import ParvaError
+from parvagpu.planner import plan_parva
+from parvagpu.profiles import load_profile, load_profiles
+from parvagpu.slo import load_scenario, load_services
+from parvagpu.verify import verify
+
+HEADER = "Mig instance,Batch size,Workload Number,Throughput,Latency"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_reference_profiles_load_exactly(profiles):
+    assert list(profiles) == [
+        "bert", "densenet121", "densenet169", "densenet201", "inceptionv3", "mobilenetv2",
+        "resnet101", "resnet152", "resnet50", "vgg16", "vgg19",
+    ]
+    for p in profiles.values():
+        assert len(p.points) == 225  # 5 sizes x 9 batches x 5 processes, CRLF, no final newline
+    pt = next(p for p in profiles["bert"].points if (p.size, p.batch, p.procs) == (1, 16, 1))
+    assert (pt.throughput, pt.latency_s) == (117.569, 0.136)
+
+
+def test_extra_columns_are_kept(tmp_path):
+    p = write(tmp_path, "m.csv", HEADER + ",Latency p99,Mode\n1,1,1,100,0.01,0.012,cpu\n")
+    prof = load_profile(p)
+    assert prof.points[0].extra == (("Latency p99", "0.012"), ("Mode", "cpu"))
+
+
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("1,1,1,100\n", "m.csv:2: expected 5 columns, found 4"),
+        ("1,1,1,100,abc\n", "m.csv:2: column 'Latency' is not a number"),
+        ("1,1,1,-100,0.1\n", "m.csv:2: column 'Throughput' is negative"),
+        ("1,1,1,100,0\n", "m.csv:2: throughput and latency must both be 0"),
+        ("1,1,1,100,0.1\n1,1,1,90,0.1\n", "m.csv:3: duplicate point"),
+        ("0,1,1,100,0.1\n", "m.csv:2: instance size, batch size and workload number must be >= 1"),
+        ("1,1,1,nan,0.1\n", "not finite"),
+        ("", "profile has no data rows"),
+    ],
+)
+def test_profile_errors_name_file_and_row(tmp_path, body, needle):
+    p = write(tmp_path, "m.csv", HEADER + "\n" + body)
+    with pytest.raises(ParvaError, match=None) as e:
+        load_profile(p)
+    assert needle in str(e.value)
+
+
+def test_profile_dir_errors(tmp_path):
+    with pytest.raises(ParvaError, match="no profile CSV files"):
+        load_profiles(tmp_path)
+    write(tmp_path, "bin.csv", "").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ParvaError, match="bin.csv"):
+        load_profiles(tmp_path)
+
+
+def test_slo_scenarios(example, profiles):
+    s1 = load_scenario(example / "SLO", 1, list(profiles))
+    assert [s.model for s in s1] == ["bert", "densenet121", "inceptionv3", "mobilenetv2", "resnet50", "vgg19"]
+    s5 = {s.model: s for s in load_scenario(example / "SLO", 5, list(profiles))}
+    assert s5["densenet169"].latency_ms == 83.5 and s5["densenet169"].rate == 3507
+    t5 = {s.model: s for s in load_scenario(example / "SLO", 5, list(profiles), truncate=True)}
+    assert t5["densenet169"].latency_ms == 83
+
+
+def test_slo_errors(tmp_path):
+    d = tmp_path / "SLO"
+    d.mkdir()
+    write(d, "SLO_req_rate.csv", "10,N/A\n")
+    write(d, "SLO_latency.csv", "100,50\n")
+    with pytest.raises(ParvaError, match="model b: rate and latency must both be N/A"):
+        load_scenario(d, 1, ["a", "b"])
+    write(d, "SLO_latency.csv", "100,N/A\n100,N/A\n")
+    with pytest.raises(ParvaError, match="1 scenarios but SLO_latency.csv has 2"):
+        load_scenario(d, 1, ["a", "b"])
+    write(d, "SLO_latency.csv", "x,N/A\n")
+    with pytest.raises(ParvaError, match=r"SLO_latency.csv:1 \(a\): latency is not a number"):
+        load_scenario(d, 1, ["a", "b"])
+    write(d, "SLO_latency.csv", "N/A,N/A\n")
+    write(d, "SLO_req_rate.csv", "N/A,N/A\n")
+    with pytest.raises(ParvaError, match="no services"):
+        load_scenario(d, 1, ["a", "b"])
+
+
+def test_services_file_errors(tmp_path):
+    cases = {
+        "- {model: a, rate: 1}\n": "missing latency_ms",
+        "- {model: a, rate: 1, latency_ms: 5, extra: 1}\n": "unknown keys extra",
+        "- {model: a, rate: 1, latency_ms: 5}\n- {model: a, rate: 2, latency_ms: 5}\n": "model listed twice",
+        "- {model: a, rate: true, latency_ms: 5}\n": "rate must be a number",
+        "{version: v2, services: []}\n": "unsupported version",
+        "[]\n": "non-empty list",
+        "- {model: a, rate: 1, latency_ms: -5}\n": "latency_ms must be a positive number",
+    }
+    for text, needle in cases.items():
+        with pytest.raises(ParvaError) as e:
+            load_services(write(tmp_path, "s.yaml", text))
+        assert needle in str(e.value), (text, str(e.value))
+        assert "s.yaml" in str(e.value)
+
+
+FORK = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "parvagpu_sc24_codetomato_fork"
+
+
+def test_third_party_fork_data_loads_and_plans(a100):
+    """Other models, fractional SLOs, one process only: the loaders cope, and the servable subset
+    plans and verifies (several of its SLOs are infeasible for its own profiles)."""
+    if not FORK.is_dir():
+        pytest.skip("../shared/reference-data/parvagpu_sc24_codetomato_fork is not present")
+    profiles = load_profiles(FORK / "prof_data")
+    assert len(profiles) == 11
+    runner = CliRunner()
+    for k in range(1, 6):
+        services = load_scenario(FORK / "SLO", k, list(profiles))
+        assert any(s.rate < 1 for s in services)  # fractional rates kept
+        r = runner.invoke(app, ["plan", "--strategy", "parva", "--profiles", str(FORK / "prof_data"),
+                                "--slo", str(FORK / "SLO"), "-s", str(k), "--format", "json"])
+        assert r.exit_code == 2 and "no triplet meets" in r.stderr
+        r = runner.invoke(app, ["plan", "--strategy", "parva", "--profiles", str(FORK / "prof_data"),
+                                "--slo", str(FORK / "SLO"), "-s", str(k), "--format", "json",
+                                "--skip-infeasible"])
+        assert r.exit_code == 0, r.output
+        assert "skipped: model" in r.stderr
+    from parvagpu.configurator import split_feasible
+
+    kept, dropped = split_feasible(load_scenario(FORK / "SLO", 1, list(profiles)), profiles, a100, 3)
+    assert len(kept) + len(dropped) == 11 and dropped
+    plan = plan_parva(kept, profiles, a100, 3)
+    assert verify(plan, profiles) == []
