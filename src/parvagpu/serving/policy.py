@@ -1,0 +1,167 @@
+"""Serving policy derived from a plan: per-segment batch wait, in-flight limit, routing shares.
+
+Shared by the Ray Serve application and the simulator so both run the same policy.
+
+Why these numbers. The planner admits a triplet only if one batch takes `lat_b < 0.45 L` (L = the
+SLO), i.e. a request may spend one batch time waiting and one executing, with 10 % margin. The
+serving side keeps that promise:
+
+- **Batch wait** `min(0.1 L, time to fill a batch at the planned rate)`: the 10 % of L the rule
+  leaves over; shorter when the planned rate fills a batch sooner, so light traffic is not held
+  back for nothing.
+- **In-flight limit** `D * batch * procs` per segment (queued + executing). A request admitted
+  with fewer than `D * batch * procs` ahead of it is in one of the next D batch rounds: it finishes
+  within `D * lat_b + wait` (the running batch, D-1 more rounds, its own formation wait). The
+  deepest D with `D * lat_b + wait <= L` is `floor((L - wait) / lat_b)`, and the planner's rule
+  guarantees D >= 2 (`2 * lat_b < 0.9 L`): the 0.45 L rule is exactly what makes a queue of one
+  waiting batch per process safe. Segments far below the rule get a deeper queue.
+- A request beyond the limit is rejected at once (HTTP 503): under overload the queue, and so the
+  latency of admitted requests, stays bounded instead of growing without end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..model import DeploymentMap, ParvaError
+
+MIN_DEPTH = 2  # what the 0.45 L rule guarantees
+WAIT_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One segment as served: where it is, how it batches, how much it admits."""
+
+    name: str  # unique, stable: "<model>-n<node>-g<gpu>-s<start>"
+    model: str
+    node: int
+    gpu: int  # local index on the node
+    start: int
+    size: int
+    batch: int
+    procs: int
+    throughput: float  # segment throughput from the profile (all processes), req/s
+    latency_ms: float  # profiled per-batch latency at `batch`
+    rate: float  # planned share of the model's rate routed here, req/s
+    wait_s: float  # batch wait timeout
+    limit: int  # in-flight limit (queued + executing)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model: str
+    rate: float  # planned request rate
+    latency_ms: float  # SLO
+    segments: tuple[SegmentSpec, ...]
+
+    @property
+    def capacity(self) -> float:
+        return sum(s.throughput for s in self.segments)
+
+    @property
+    def limit(self) -> int:
+        return sum(s.limit for s in self.segments)
+
+
+def batch_wait_s(batch: int, procs: int, rate: float, slo_ms: float) -> float:
+    """Longest a replica holds a partial batch open: 10 % of the SLO, or less when the planned
+    per-process rate fills the batch sooner. Batch 1 never waits."""
+    if batch <= 1:
+        return 0.0
+    budget = WAIT_FRACTION * slo_ms / 1000.0
+    per_proc = rate / procs if procs else 0.0
+    fill = (batch - 1) / per_proc if per_proc > 0 else budget
+    return max(0.0, min(budget, fill))
+
+
+def queue_depth(latency_ms: float, slo_ms: float, wait_s: float) -> int:
+    """Batch rounds a request may have ahead of it and still meet the SLO (at least 1)."""
+    if not latency_ms > 0:
+        return MIN_DEPTH
+    return max(1, math.floor((slo_ms - 1000.0 * wait_s) / latency_ms))
+
+
+def inflight_limit(batch: int, procs: int, depth: int) -> int:
+    if depth < 1:
+        raise ParvaError(f"admission depth must be >= 1, got {depth}")
+    return depth * batch * procs
+
+
+def serving_spec(
+    plan: DeploymentMap,
+    rate_scale: float = 1.0,
+    depth: int | None = None,
+    wait_s: float | None = None,
+) -> dict[str, ModelSpec]:
+    """Per model, its SLO and its segments with routing shares, batch waits and limits.
+
+    `rate_scale` scales the offered rate (the per-segment rates and so the batch waits); `depth`
+    fixes the queue depth in batch rounds (default: derived from the SLO, see `queue_depth`);
+    `wait_s` overrides the batch wait of every segment with batch > 1."""
+    if not rate_scale > 0:
+        raise ParvaError(f"rate scale must be positive, got {rate_scale}")
+    services = {s.model: s for s in plan.services}
+    by_model: dict[str, list] = {}
+    for ps in sorted(plan.segments, key=lambda s: (s.gpu, s.start)):
+        if ps.model not in services:
+            raise ParvaError(f"plan: segment of {ps.model!r} has no service entry")
+        by_model.setdefault(ps.model, []).append(ps)
+    out: dict[str, ModelSpec] = {}
+    for model in sorted(services):
+        svc = services[model]
+        segs = by_model.get(model, [])
+        if not segs:
+            raise ParvaError(f"plan: service {model!r} has no segment")
+        total = sum(s.segment.throughput for s in segs)
+        if not total > 0:
+            raise ParvaError(f"plan: segments of {model!r} have no throughput")
+        specs = []
+        for ps in segs:
+            t = ps.segment.triplet
+            rate = svc.rate * rate_scale * t.throughput / total
+            node, local = plan.node_of(ps.gpu), plan.local_gpu(ps.gpu)
+            w = batch_wait_s(t.batch, t.procs, rate, svc.latency_ms) if wait_s is None else (
+                wait_s if t.batch > 1 else 0.0
+            )
+            specs.append(
+                SegmentSpec(
+                    name=f"{model}-n{node}-g{local}-s{ps.start}",
+                    model=model, node=node, gpu=local, start=ps.start, size=t.size,
+                    batch=t.batch, procs=t.procs, throughput=t.throughput, latency_ms=t.latency_ms,
+                    rate=rate, wait_s=w,
+                    limit=inflight_limit(
+                        t.batch, t.procs, queue_depth(t.latency_ms, svc.latency_ms, w) if depth is None else depth
+                    ),
+                )
+            )
+        out[model] = ModelSpec(model, svc.rate * rate_scale, svc.latency_ms, tuple(specs))
+    return out
+
+
+class Admission:
+    """In-flight counters per segment of one model, with their limits.
+
+    The ingress asks `try_acquire(i)` before forwarding to segment i and calls `release(i)` when the
+    call ends, whatever its outcome, so a dead replica cannot leak capacity."""
+
+    def __init__(self, limits: list[int]) -> None:
+        if any(lim < 1 for lim in limits):
+            raise ParvaError(f"in-flight limits must be >= 1, got {limits}")
+        self.limits = list(limits)
+        self.inflight = [0] * len(limits)
+
+    def has_room(self, i: int) -> bool:
+        return self.inflight[i] < self.limits[i]
+
+    def try_acquire(self, i: int) -> bool:
+        if self.inflight[i] >= self.limits[i]:
+            return False
+        self.inflight[i] += 1
+        return True
+
+    def release(self, i: int) -> None:
+        if self.inflight[i] <= 0:
+            raise RuntimeError(f"release of segment {i} with nothing in flight")
+        self.inflight[i] -= 1

@@ -1,0 +1,249 @@
+"""Discrete-event simulation of a served plan: predicted latency percentiles and SLO attainment.
+
+Model (the serving policy of `policy.py`, the routing of `router.py`):
+
+- Each model's requests arrive as a Poisson process at its planned rate (times `rate_scale`), from a
+  seeded numpy `Generator` (one independent stream per model, in sorted model order).
+- The ingress sends request n to the n-th pick of the smooth weighted round-robin router, exactly as
+  the serving ingress does. After routing, segments share nothing, so each segment is simulated on
+  its own: this keeps the cost linear in the number of requests.
+- A segment is `procs` servers sharing one FIFO queue. A request that finds `limit` requests in
+  flight (queued or executing) at the segment is rejected (HTTP 503 when served). When a server is
+  free and a request waits, the server opens a batch; the batch closes when `batch` requests are
+  queued or `wait_s` after it opened, whichever comes first, and takes up to `batch` requests.
+- Service time of a batch of k requests: the profiled per-batch latency of the segment's
+  (size, procs) point, linearly interpolated in batch size between profiled batch sizes and pinned
+  to the plan's latency at the segment's own batch. Without profiles every batch takes the full
+  batch's latency (an upper bound: latency grows with batch size).
+
+Not modelled: the ingress's spill-over to another segment of the model when the scheduled one is
+full (so predicted rejections are an upper bound), per-replica queues (Ray routes each request to
+one replica; here the servers of a segment share one queue), and transport overhead (add it with
+`overhead_ms`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..model import DeploymentMap, ParvaError, Profile
+from .policy import ModelSpec, SegmentSpec, serving_spec
+from .router import WeightedRouter
+from .stats import ModelStats, summarize
+
+
+def service_times(seg: SegmentSpec, profile: Profile | None = None) -> list[float]:
+    """Seconds per batch for batch sizes 1..seg.batch (index k-1)."""
+    full = seg.latency_ms / 1000.0
+    if not full > 0:
+        raise ParvaError(f"segment {seg.name}: the plan gives no latency for it; pass --profiles")
+    if profile is None:
+        return [full] * seg.batch
+    pts = sorted(
+        (p.batch, p.latency_s)
+        for p in profile.points
+        if p.size == seg.size and p.procs == seg.procs and p.runnable and p.batch < seg.batch
+    )
+    pts.append((seg.batch, full))
+    out = []
+    for k in range(1, seg.batch + 1):
+        if k <= pts[0][0]:
+            out.append(pts[0][1])
+            continue
+        for (b0, l0), (b1, l1) in zip(pts, pts[1:]):
+            if b0 <= k <= b1:
+                out.append(l0 + (l1 - l0) * (k - b0) / (b1 - b0))
+                break
+    return out
+
+
+@dataclass
+class SegmentResult:
+    latencies_s: "object"  # numpy array, NaN for a rejected request
+    batches: dict[int, int] = field(default_factory=dict)  # batch size -> count
+
+
+def simulate_segment(
+    arrivals,
+    procs: int,
+    batch: int,
+    wait_s: float,
+    service_s: list[float],
+    limit: int | None = None,
+) -> SegmentResult:
+    """Simulate one segment on sorted arrival times (seconds). Returns per-request latency (NaN if
+    rejected) and the batch-size histogram. `limit` None = unbounded queue."""
+    import numpy as np
+
+    if procs < 1 or batch < 1 or len(service_s) < batch:
+        raise ParvaError(f"bad segment: procs={procs} batch={batch} service times={len(service_s)}")
+    arr = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
+    n = len(arr)
+    lat = [math.nan] * n
+    cap = limit if limit is not None else n + 1
+    free = [0.0] * procs  # heap of server free times
+    done: list[tuple[float, int]] = []  # heap of (completion time, requests completed)
+    inflight = 0
+    q: deque[int] = deque()
+    batches: dict[int, int] = {}
+    i = 0
+    push, pop = heapq.heappush, heapq.heappop
+
+    while i < n or q:
+        if not q:
+            t = arr[i]
+            while done and done[0][0] <= t:
+                inflight -= pop(done)[1]
+            if inflight < cap:
+                inflight += 1
+                q.append(i)
+            i += 1
+            continue
+        t0 = max(free[0], arr[q[0]])
+        # every arrival up to t0 is admitted or rejected before the batch opens
+        while i < n and arr[i] <= t0:
+            t = arr[i]
+            while done and done[0][0] <= t:
+                inflight -= pop(done)[1]
+            if inflight < cap:
+                inflight += 1
+                q.append(i)
+            i += 1
+        close = t0
+        if len(q) < batch and wait_s > 0:
+            deadline = t0 + wait_s
+            while len(q) < batch and i < n and arr[i] <= deadline:
+                t = arr[i]
+                while done and done[0][0] <= t:
+                    inflight -= pop(done)[1]
+                if inflight < cap:
+                    inflight += 1
+                    q.append(i)
+                    if len(q) >= batch:
+                        close = t
+                i += 1
+            if len(q) < batch:
+                close = deadline
+        k = min(batch, len(q))
+        finish = close + service_s[k - 1]
+        heapq.heapreplace(free, finish)
+        push(done, (finish, k))
+        batches[k] = batches.get(k, 0) + 1
+        for _ in range(k):
+            j = q.popleft()
+            lat[j] = finish - arr[j]
+    return SegmentResult(np.asarray(lat, dtype=float), batches)
+
+
+def poisson_arrivals(rng, rate: float, duration_s: float):
+    """Arrival times of a Poisson process of `rate` on [0, duration): cumulated exponential gaps."""
+    import numpy as np
+
+    if rate <= 0 or duration_s <= 0:
+        return np.empty(0)
+    mean = rate * duration_s
+    n = int(mean + 8 * math.sqrt(mean) + 16)
+    t = np.cumsum(rng.exponential(1.0 / rate, n))
+    while t[-1] < duration_s:  # practically never: 8 sigma
+        t = np.concatenate([t, t[-1] + np.cumsum(rng.exponential(1.0 / rate, n))])
+    return t[t < duration_s]
+
+
+@dataclass(frozen=True)
+class SimResult:
+    stats: tuple[ModelStats, ...]
+    rule: tuple[dict, ...]  # per model: the 0.45 L rule against the predicted p99
+    segments: tuple[dict, ...]  # per segment: rate, utilisation, mean batch, rejections
+    duration_s: float
+    seed: int
+    rate_scale: float
+    elapsed_s: float  # wall time of the simulation
+    requests: int
+    latencies_ms: dict = field(default_factory=dict, compare=False)  # model -> ok latencies (numpy)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "simulation",
+            "duration_s": self.duration_s,
+            "seed": self.seed,
+            "rate_scale": self.rate_scale,
+            "elapsed_s": self.elapsed_s,
+            "requests": self.requests,
+            "models": [s.to_dict() for s in self.stats],
+            "rule": list(self.rule),
+            "segments": list(self.segments),
+        }
+
+
+def simulate(
+    plan: DeploymentMap,
+    duration_s: float = 30.0,
+    seed: int = 0,
+    rate_scale: float = 1.0,
+    profiles: dict[str, Profile] | None = None,
+    depth: int | None = None,
+    wait_s: float | None = None,
+    overhead_ms: float = 0.0,
+    unbounded: bool = False,
+) -> SimResult:
+    """Simulate `duration_s` of Poisson traffic against the plan as served (see module doc).
+
+    `unbounded` switches admission off (every request queues), to see what the limit protects."""
+    import numpy as np
+
+    if not duration_s > 0:
+        raise ParvaError(f"duration must be positive, got {duration_s}")
+    if overhead_ms < 0:
+        raise ParvaError(f"overhead must be >= 0 ms, got {overhead_ms}")
+    started = time.perf_counter()
+    spec: dict[str, ModelSpec] = serving_spec(plan, rate_scale, depth, wait_s)
+    streams = np.random.SeedSequence(seed).spawn(len(spec))
+    stats, rule, segs, lats = [], [], [], {}
+    total = 0
+    for (model, ms), ss in zip(spec.items(), streams):
+        rng = np.random.default_rng(ss)
+        arrivals = poisson_arrivals(rng, ms.rate, duration_s)
+        total += arrivals.size
+        picks = np.asarray(WeightedRouter([s.throughput for s in ms.segments]).sequence(arrivals.size), dtype=int)
+        ok_lat = []
+        rejected = 0
+        for idx, seg in enumerate(ms.segments):
+            a = arrivals[picks == idx]
+            prof = profiles.get(model) if profiles else None
+            svc = service_times(seg, prof)
+            res = simulate_segment(a, seg.procs, seg.batch, seg.wait_s, svc, None if unbounded else seg.limit)
+            served = res.latencies_s[~np.isnan(res.latencies_s)]
+            rej = int(a.size - served.size)
+            rejected += rej
+            ok_lat.append(served)
+            nb = sum(res.batches.values())
+            busy = sum(c * svc[k - 1] for k, c in res.batches.items())
+            segs.append({
+                "segment": seg.name, "model": model, "size": seg.size, "batch": seg.batch,
+                "procs": seg.procs, "rate": a.size / duration_s, "capacity": seg.throughput,
+                "wait_ms": 1000 * seg.wait_s, "limit": seg.limit,
+                "utilisation": busy / (seg.procs * duration_s),
+                "mean_batch": (served.size / nb) if nb else 0.0, "rejected": rej,
+            })
+        lat_ms = np.concatenate(ok_lat) * 1000.0 + overhead_ms if ok_lat else np.empty(0)
+        st = summarize(model, ms.rate, ms.latency_ms, lat_ms, int(arrivals.size), rejected=rejected,
+                       duration_s=duration_s)
+        stats.append(st)
+        lats[model] = lat_ms
+        worst = max(s.latency_ms for s in ms.segments)
+        rule.append({
+            "model": model, "slo_ms": ms.latency_ms, "rule_ms": 0.45 * ms.latency_ms,
+            "max_batch_latency_ms": worst, "batch_latency_over_slo": worst / ms.latency_ms,
+            "p99_ms": st.p99_ms if st.ok else None,
+            "p99_over_slo": (st.p99_ms / ms.latency_ms) if st.ok else None,
+            "verdict": st.verdict,
+        })
+    return SimResult(
+        stats=tuple(stats), rule=tuple(rule), segments=tuple(segs), duration_s=duration_s, seed=seed,
+        rate_scale=rate_scale, elapsed_s=time.perf_counter() - started, requests=total,
+        latencies_ms=lats,
+    )

@@ -1,0 +1,172 @@
+"""Per-model latency statistics shared by the simulator and the load generator, so a prediction
+and a measurement are summarised, tabled and plotted the same way."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..model import ParvaError
+
+# Where p99 sits relative to the SLO L: the planner's rule promises p99 < L with margin.
+LOOSE_BELOW = 0.5  # p99 < 0.5 L: the 0.45 L rule left most of the budget unused
+TIGHT_ABOVE = 0.8  # p99 > 0.8 L: little margin left
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an ascending sequence; NaN when empty.
+
+    Nearest rank, not interpolation: p99 is a latency some request really had."""
+    n = len(sorted_values)
+    if n == 0:
+        return math.nan
+    k = max(1, math.ceil(q / 100.0 * n))
+    return float(sorted_values[k - 1])
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Outcome of one model's traffic. Every request sent is ok, rejected (503), failed or timed
+    out; `lost = sent - (ok + rejected + failed + timeouts)` must be 0."""
+
+    model: str
+    rate: float  # offered rate, req/s
+    slo_ms: float
+    sent: int
+    ok: int
+    rejected: int
+    failed: int
+    timeouts: int
+    duration_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    within_slo: int  # ok requests with latency <= SLO
+
+    @property
+    def lost(self) -> int:
+        return self.sent - (self.ok + self.rejected + self.failed + self.timeouts)
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def attainment(self) -> float:
+        """Share of all sent requests answered within the SLO (a rejection is a miss)."""
+        return self.within_slo / self.sent if self.sent else math.nan
+
+    @property
+    def verdict(self) -> str:
+        """p99 against the SLO: violated, tight, ok or loose (see LOOSE_BELOW / TIGHT_ABOVE)."""
+        if self.ok == 0 or math.isnan(self.p99_ms):
+            return "no data"
+        r = self.p99_ms / self.slo_ms
+        if r > 1.0:
+            return "violated"
+        if r > TIGHT_ABOVE:
+            return "tight"
+        if r < LOOSE_BELOW:
+            return "loose"
+        return "ok"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            lost=self.lost,
+            throughput=self.throughput,
+            attainment=self.attainment,
+            verdict=self.verdict,
+        )
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def summarize(
+    model: str,
+    rate: float,
+    slo_ms: float,
+    latencies_ms: Iterable[float],
+    sent: int,
+    rejected: int = 0,
+    failed: int = 0,
+    timeouts: int = 0,
+    duration_s: float = 0.0,
+) -> ModelStats:
+    """Latencies are those of the ok requests only (a list or a numpy array)."""
+    import numpy as np
+
+    lat = np.sort(np.asarray(list(latencies_ms) if not hasattr(latencies_ms, "dtype") else latencies_ms,
+                             dtype=float))
+    ok = int(lat.size)
+    return ModelStats(
+        model=model, rate=rate, slo_ms=slo_ms, sent=sent, ok=ok, rejected=rejected, failed=failed,
+        timeouts=timeouts, duration_s=duration_s,
+        p50_ms=percentile(lat, 50), p95_ms=percentile(lat, 95), p99_ms=percentile(lat, 99),
+        max_ms=float(lat[-1]) if ok else math.nan, mean_ms=float(lat.mean()) if ok else math.nan,
+        within_slo=int(np.count_nonzero(lat <= slo_ms)),
+    )
+
+
+def _ms(x: float) -> str:
+    return "-" if math.isnan(x) else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
+
+
+def stats_table(stats: Sequence[ModelStats], title: str):
+    """A Rich table: one row per model."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("model", "rate", "SLO ms", "sent", "ok", "503", "failed", "timeout", "lost",
+                "thr/s", "p50", "p95", "p99", "p99/SLO", "attain", "verdict"):
+        t.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+    colors = {"violated": "red", "tight": "yellow", "ok": "green", "loose": "cyan"}
+    for s in stats:
+        ratio = s.p99_ms / s.slo_ms if s.ok else math.nan
+        v = s.verdict
+        t.add_row(
+            s.model, f"{s.rate:.4g}", f"{s.slo_ms:g}", str(s.sent), str(s.ok), str(s.rejected),
+            str(s.failed), str(s.timeouts), str(s.lost), f"{s.throughput:.4g}",
+            _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
+            "-" if math.isnan(ratio) else f"{ratio:.2f}",
+            "-" if math.isnan(s.attainment) else f"{100 * s.attainment:.2f}%",
+            f"[{colors.get(v, 'white')}]{v}[/]",
+        )
+    return t
+
+
+def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path: Path, title: str) -> None:
+    """Latency CDF per model with its SLO as a dashed line (matplotlib, the `plots` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ParvaError("the latency plot needs matplotlib: pip install 'parvagpu[plots]'") from None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (model, lat) in enumerate(sorted(latencies.items())):
+        xs = sorted(lat)
+        if not xs:
+            continue
+        color = f"C{i % 10}"
+        ys = [(k + 1) / len(xs) for k in range(len(xs))]
+        ax.step(xs, ys, where="post", label=model, color=color)
+        if model in slos:
+            ax.axvline(slos[model], color=color, linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log scale); dashed: SLO")
+    ax.set_ylabel("fraction of ok requests")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise ParvaError(f"{path}: cannot write plot: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)

@@ -1,0 +1,136 @@
+"""Pure serving parts: the router's proportional split, the batching policy, admission."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from parvagpu.model import DeploymentMap, ParvaError, PlacedSegment, Segment, Service, Triplet
+from parvagpu.serving.policy import Admission, batch_wait_s, queue_depth, serving_spec
+from parvagpu.serving.router import WeightedRouter, quantise
+
+
+def _plan(segs, services, per_node=8):
+    placed = tuple(
+        PlacedSegment(Segment(m, Triplet(size, b, p, thr, lat)), gpu, start)
+        for (m, size, b, p, thr, lat, gpu, start) in segs
+    )
+    return DeploymentMap("A100-80GB", "parva", 3, per_node, placed, tuple(services))
+
+
+def test_router_split_is_proportional_at_every_prefix():
+    shares = [1369.7, 385.7, 93.3]
+    r = WeightedRouter(shares)
+    counts = [0, 0, 0]
+    total = sum(r.weights)
+    for n in range(1, 5001):
+        counts[r.pick()] += 1
+        for i, w in enumerate(r.weights):
+            # smooth WRR: never more than one request away from the exact share
+            assert abs(counts[i] - n * w / total) < 1.0 + 1e-9
+    exact = [s / sum(shares) for s in shares]
+    assert [c / 5000 for c in counts] == pytest.approx(exact, abs=1e-3)
+
+
+def test_router_is_smooth_not_bursty():
+    r = WeightedRouter([3, 1])
+    assert r.weights == (3, 1) and r.period() == [0, 0, 1, 0]
+    # a 3:1 split interleaves: the light segment never waits 4+ picks in a row
+    seq = WeightedRouter([3, 1], resolution=4).sequence(40)
+    assert max(len(run) for run in "".join(map(str, seq)).split("1")) <= 3
+
+
+def test_router_sequence_tiles_the_stateful_picks():
+    shares = [5.0, 2.0, 2.5]
+    r = WeightedRouter(shares, resolution=50)
+    live = [r.pick() for _ in range(237)]
+    assert WeightedRouter(shares, resolution=50).sequence(237) == live
+    assert Counter(r.period()) == dict(enumerate(r.weights))
+
+
+def test_router_spills_over_to_an_eligible_segment_and_rejects_when_none():
+    r = WeightedRouter([1, 1])
+    assert r.pick(lambda i: i == 1) == 1
+    assert r.pick(lambda i: False) is None
+    # a rejection consumes no credit: the next free pick continues the pattern
+    assert r.pick() == 0
+
+
+def test_quantise_validates_and_keeps_tiny_segments():
+    assert quantise([1e6, 1e-3], resolution=100) == (100, 1)
+    with pytest.raises(ParvaError):
+        quantise([])
+    with pytest.raises(ParvaError):
+        quantise([1.0, 0.0])
+
+
+def test_batch_wait_is_bounded_by_slo_and_fill_time():
+    # 10 % of the SLO at most
+    assert batch_wait_s(16, 1, rate=1.0, slo_ms=200) == pytest.approx(0.02)
+    # sooner when the planned rate fills the batch faster: 7 more requests at 1000/s per process
+    assert batch_wait_s(8, 2, rate=2000, slo_ms=1000) == pytest.approx(0.007)
+    assert batch_wait_s(1, 3, rate=5, slo_ms=1000) == 0.0
+
+
+def test_queue_depth_meets_slo_and_rule_gives_at_least_two():
+    # rule: lat < 0.45 L; with wait <= 0.1 L the depth is >= 2
+    for lat in (1.0, 10.0, 44.9):
+        d = queue_depth(lat, 100.0, 0.010)
+        assert d >= 2
+        assert d * lat + 10.0 <= 100.0
+        assert (d + 1) * lat + 10.0 > 100.0
+
+
+def test_serving_spec_shares_limits_and_names():
+    plan = _plan(
+        [
+            ("a", 3, 32, 2, 1000.0, 40.0, 0, 4),
+            ("a", 1, 16, 1, 250.0, 30.0, 9, 0),
+            ("b", 2, 4, 1, 100.0, 20.0, 0, 0),
+        ],
+        [Service("a", 800.0, 100.0), Service("b", 50.0, 100.0)],
+    )
+    spec = serving_spec(plan)
+    a = spec["a"]
+    assert [s.name for s in a.segments] == ["a-n0-g0-s4", "a-n1-g1-s0"]
+    assert [s.rate for s in a.segments] == pytest.approx([640.0, 160.0])
+    assert a.capacity == 1250.0
+    for s in a.segments:
+        d = queue_depth(s.latency_ms, 100.0, s.wait_s)
+        assert s.limit == d * s.batch * s.procs
+        assert s.wait_s <= 0.010 + 1e-12
+    assert spec["b"].segments[0].limit >= 2 * 4
+    assert serving_spec(plan, depth=2)["a"].segments[0].limit == 2 * 32 * 2
+    with pytest.raises(ParvaError):
+        serving_spec(plan, rate_scale=0)
+
+
+def test_serving_spec_rejects_service_without_segment():
+    plan = _plan([("a", 1, 1, 1, 10.0, 5.0, 0, 0)], [Service("a", 5, 100), Service("b", 5, 100)])
+    with pytest.raises(ParvaError, match="no segment"):
+        serving_spec(plan)
+
+
+def test_admission_backpressure_limits_and_release():
+    adm = Admission([2, 1])
+    assert adm.try_acquire(0) and adm.try_acquire(0)
+    assert not adm.try_acquire(0)  # full: the ingress answers 503 at once
+    assert adm.try_acquire(1) and not adm.has_room(1)
+    adm.release(0)
+    assert adm.has_room(0) and adm.try_acquire(0)
+    with pytest.raises(RuntimeError):
+        Admission([1]).release(0)
+    with pytest.raises(ParvaError):
+        Admission([0])
+
+
+def test_router_with_admission_rejects_only_when_all_segments_full():
+    r, adm = WeightedRouter([1.0, 3.0]), Admission([1, 3])
+    picks = []
+    for _ in range(6):
+        i = r.pick(adm.has_room)
+        picks.append(i)
+        if i is not None:
+            assert adm.try_acquire(i)
+    assert picks.count(None) == 2 and Counter(p for p in picks if p is not None) == {0: 1, 1: 3}
