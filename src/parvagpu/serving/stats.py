@@ -116,12 +116,13 @@ def _ms(x: float) -> str:
 
 
 def stats_table(stats: Sequence[ModelStats], title: str):
-    """A Rich table: one row per model."""
+    """A Rich table: one row per model (err = failed + timed out)."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=title)
-    for col in ("model", "rate", "SLO ms", "sent", "ok", "503", "failed", "timeout", "lost",
-                "thr/s", "p50", "p95", "p99", "p99/SLO", "attain", "verdict"):
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "rate/s", "SLO ms", "sent", "ok", "503", "err", "lost", "p50", "p95", "p99",
+                "p99/SLO", "attain", "verdict"):
         t.add_column(col, justify="left" if col in ("model", "verdict") else "right")
     colors = {"violated": "red", "tight": "yellow", "ok": "green", "loose": "cyan"}
     for s in stats:
@@ -129,13 +130,22 @@ def stats_table(stats: Sequence[ModelStats], title: str):
         v = s.verdict
         t.add_row(
             s.model, f"{s.rate:.4g}", f"{s.slo_ms:g}", str(s.sent), str(s.ok), str(s.rejected),
-            str(s.failed), str(s.timeouts), str(s.lost), f"{s.throughput:.4g}",
+            str(s.failed + s.timeouts), str(s.lost),
             _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
             "-" if math.isnan(ratio) else f"{ratio:.2f}",
             "-" if math.isnan(s.attainment) else f"{100 * s.attainment:.2f}%",
             f"[{colors.get(v, 'white')}]{v}[/]",
         )
     return t
+
+
+def console():
+    """stdout console; wide when not a terminal so tables are not cut in logs."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path: Path, title: str) -> None:

@@ -1,0 +1,221 @@
+"""A plan as one Ray Serve application.
+
+- One deployment per segment, `num_replicas = procs` (one replica = one MPS process of the
+  segment), each replica pinned to its MIG instance and MPS daemon (`pinning.py`; nothing on a CPU
+  machine) and batching with `@serve.batch` up to the segment's batch size with the SLO-derived
+  wait (`policy.py`). `max_ongoing_requests` per replica = its share of the segment's in-flight
+  limit, so Ray never queues more than the admission allows.
+- One HTTP ingress deployment holding, per model, its own router and admission counters: requests
+  are split over the model's segments by smooth weighted round-robin on segment throughput
+  (`router.py`), a full segment spills over to another segment of the model, and when all are
+  full the request gets a 503 at once. Keeping the per-model routers in one ingress deployment
+  saves a network hop per request over a deployment per model; the counters stay exact because the
+  ingress has one replica.
+- A replica that dies is restarted by Ray Serve; a request that was in it fails with an actor
+  error, is retried once on the same segment (another or the restarted replica) and, if that also
+  fails, is answered 502. Nothing is dropped silently.
+
+HTTP: `POST /v1/models/<model>/infer` (JSON body optional), `GET /v1/models`, `GET /v1/stats`.
+Python: `serve.get_app_handle(APP).infer.remote(model, payload)`.
+"""
+
+
+import asyncio
+import math
+import os
+import time
+from typing import Any
+
+from ..model import ParvaError
+from .pinning import Pin
+from .policy import ModelSpec
+from .workers import WorkerModel
+
+APP = "parvagpu"
+RETRIES = 1
+
+
+def _require_ray():
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise ParvaError("serving needs Ray Serve: pip install 'parvagpu[serve]'") from None
+
+
+def _deployments():
+    """Define the deployment classes on first use, so importing this module needs no Ray."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from ray import serve
+
+    api = FastAPI(title="parvagpu")
+
+    @serve.deployment
+    class SegmentWorker:
+        def __init__(self, segment: str, model: dict, batch: int, wait_s: float) -> None:
+            from .workers import WorkerModel, build_runner
+
+            spec = WorkerModel(name=model.pop("name"), **{**model, "shape": tuple(model["shape"]),
+                                                          "args": tuple(sorted(model["args"].items()))})
+            self.segment = segment
+            self.run = build_runner(spec, batch)
+            self.run(1)  # warm up before taking traffic
+            self.infer.set_max_batch_size(batch)
+            self.infer.set_batch_wait_timeout_s(wait_s)
+
+        @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
+        async def infer(self, arrivals: list[float]) -> list[dict]:
+            started = time.perf_counter()
+            k = len(arrivals)
+            compute = await asyncio.get_running_loop().run_in_executor(None, self.run, k)
+            return [
+                {"queue_ms": 1000.0 * (started - a), "compute_ms": 1000.0 * compute, "batch": k}
+                for a in arrivals
+            ]
+
+        async def __call__(self, payload: Any = None) -> dict:
+            return await self.infer(time.perf_counter())
+
+        def pid(self) -> int:
+            import os
+
+            return os.getpid()
+
+    @serve.deployment(max_ongoing_requests=100_000, num_replicas=1, ray_actor_options={"num_cpus": 0})
+    @serve.ingress(api)
+    class PlanIngress:
+        def __init__(self, spec: dict, handles: dict) -> None:
+            from .policy import Admission
+            from .router import WeightedRouter
+
+            self.spec = spec
+            self.models = {}
+            for model, m in spec.items():
+                segs = m["segments"]
+                self.models[model] = {
+                    "router": WeightedRouter([s["throughput"] for s in segs]),
+                    "admission": Admission([s["limit"] for s in segs]),
+                    "handles": [handles[s["name"]] for s in segs],
+                    "names": [s["name"] for s in segs],
+                    "counts": {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0},
+                }
+
+        async def infer(self, model: str, payload: Any = None) -> tuple[int, dict]:
+            """(HTTP status, body) for one request: the Python-handle entry point too."""
+            m = self.models.get(model)
+            if m is None:
+                return 404, {"error": f"unknown model {model!r}", "models": sorted(self.models)}
+            adm = m["admission"]
+            i = m["router"].pick(adm.has_room)
+            if i is None or not adm.try_acquire(i):
+                m["counts"]["rejected"] += 1
+                return 503, {"error": f"{model}: over planned capacity, retry later"}
+            m["counts"]["admitted"] += 1
+            t0 = time.perf_counter()
+            try:
+                last = None
+                for attempt in range(1 + RETRIES):
+                    try:
+                        timing = await m["handles"][i].remote(payload)
+                        m["counts"]["ok"] += 1
+                        timing["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
+                        return 200, {"model": model, "segment": m["names"][i], "timing": timing}
+                    except Exception as exc:  # replica died or failed: retry once, then report
+                        last = exc
+                        if attempt < RETRIES:
+                            m["counts"]["retried"] += 1
+                m["counts"]["failed"] += 1
+                return 502, {"error": f"{model}: segment {m['names'][i]} failed: {type(last).__name__}"}
+            finally:
+                adm.release(i)
+
+        @api.post("/v1/models/{model}/infer")
+        async def http_infer(self, model: str, request: Request):
+            payload = None
+            body = await request.body()
+            if body:
+                try:
+                    payload = await request.json()
+                except ValueError:
+                    return JSONResponse({"error": "body is not JSON"}, status_code=400)
+            status, out = await self.infer(model, payload)
+            return JSONResponse(out, status_code=status)
+
+        @api.get("/v1/models")
+        async def list_models(self):
+            return {"models": [
+                {"model": k, "rate": v["rate"], "latency_ms": v["latency_ms"], "capacity": v["capacity"],
+                 "segments": [s["name"] for s in v["segments"]]}
+                for k, v in self.spec.items()
+            ]}
+
+        @api.get("/v1/stats")
+        async def stats(self):
+            return {k: {**v["counts"], "inflight": list(v["admission"].inflight)} for k, v in self.models.items()}
+
+    return SegmentWorker, PlanIngress
+
+
+def spec_to_dict(spec: dict[str, ModelSpec]) -> dict:
+    return {
+        model: {
+            "rate": ms.rate, "latency_ms": ms.latency_ms, "capacity": ms.capacity,
+            "segments": [
+                {"name": s.name, "throughput": s.throughput, "limit": s.limit, "batch": s.batch,
+                 "procs": s.procs, "wait_s": s.wait_s}
+                for s in ms.segments
+            ],
+        }
+        for model, ms in spec.items()
+    }
+
+
+def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: dict[str, Pin] | None = None):
+    """The Ray Serve application (`Application`) for a serving spec."""
+    _require_ray()
+    missing = sorted(set(spec) - set(models))
+    if missing:
+        raise ParvaError(f"models config has no entry for: {', '.join(missing)}")
+    SegmentWorker, PlanIngress = _deployments()
+    pins = pins or {}
+    handles = {}
+    for model, ms in spec.items():
+        cfg = {"name": model, **models[model].to_dict()}
+        for seg in ms.segments:
+            pin = pins.get(seg.name)
+            opts: dict[str, Any] = {"num_cpus": 0}
+            if pin is not None:
+                opts["runtime_env"] = {"env_vars": dict(pin.env)}
+                opts["resources"] = dict(pin.resources)
+            handles[seg.name] = SegmentWorker.options(
+                name=seg.name,
+                num_replicas=seg.procs,
+                max_ongoing_requests=max(seg.batch, math.ceil(seg.limit / seg.procs)),
+                ray_actor_options=opts,
+                health_check_period_s=2.0,
+                graceful_shutdown_timeout_s=1.0,
+            ).bind(seg.name, dict(cfg), seg.batch, seg.wait_s)
+    return PlanIngress.bind(spec_to_dict(spec), handles)
+
+
+def serve_app(
+    spec: dict[str, ModelSpec],
+    models: dict[str, WorkerModel],
+    pins: dict[str, Pin] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+):
+    """Start (or join) Ray, start Serve on host:port and deploy the plan; returns the ingress handle."""
+    _require_ray()
+    import ray
+    from ray import serve
+
+    # Ray reports usage statistics over the network unless told not to; this stays on this machine.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False, configure_logging=True)
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(build_app(spec, models, pins), name=APP, route_prefix="/")
