@@ -198,3 +198,7 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """parvagpu: plan, check and apply MIG+MPS GPU segments for DNN inference."""
+
+
+# Node and cluster verbs (apply, status, teardown, export) register themselves on `app`.
+from . import cli_apply as _cli_apply  # noqa: E402,F401

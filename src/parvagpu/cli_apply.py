@@ -1,0 +1,284 @@
+"""CLI verbs that act on nodes and clusters: apply, status, teardown, export.
+
+Registered on the main Typer app by `parvagpu.cli`. Thin: open a backend, call `agent` or
+`export`, render. Bad input exits 2 with one line; a refused or rolled-back apply exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import agent
+from .cli import app, err, fail
+from .formats import atomic_write, read_plan
+from .gpus import DEFAULT_GPU
+from .mig import FakeBackend, mutating_calls, open_nvml
+from .model import ParvaError
+from .mps import FakeMps, NvidiaMps, terminate_processes
+
+FAKE_STATE_ENV = "PARVAGPU_FAKE_STATE"
+FAKE_STATE_VERSION = 1
+
+
+class Backend(str, Enum):
+    nvml = "nvml"
+    fake = "fake"
+
+
+NodeOpt = typer.Option(..., "--node", "-n", help="Plan node index this machine is.")
+BackendOpt = typer.Option(Backend.nvml, "--backend", help="nvml (real GPUs) or fake (a strict in-memory node).")
+StateDirOpt = typer.Option(
+    None, "--state-dir", envvar=agent.STATE_ENV,
+    help=f"Root for the node state file and MPS directories (default {agent.DEFAULT_STATE_ROOT}).",
+)
+FakeStateOpt = typer.Option(
+    None, "--fake-state", envvar=FAKE_STATE_ENV,
+    help="With --backend fake: keep the fake node in this JSON file across invocations.",
+)
+FakeGpusOpt = typer.Option(8, "--fake-gpus", help="With --backend fake: GPUs of a new fake node.")
+ForceOpt = typer.Option(False, "--force", help="Terminate processes on instances that must be destroyed.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the ordered steps; change nothing.")
+
+
+def _load_fake(path: Optional[Path], type_name: str, gpus: int) -> tuple[FakeBackend, FakeMps]:
+    if path is not None and path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ParvaError(f"{path}: cannot read fake node state: {exc}") from None
+        if not isinstance(data, dict) or data.get("version") != FAKE_STATE_VERSION:
+            raise ParvaError(f"{path}: not a fake node state file (version {FAKE_STATE_VERSION})")
+        fake = FakeBackend.from_dict(data.get("mig"), str(path))
+        return fake, FakeMps.from_dict(data.get("mps"), fake, str(path))
+    fake = FakeBackend(type_name, gpus)
+    return fake, FakeMps(fake)
+
+
+@contextmanager
+def _node(backend: Backend, fake_state: Optional[Path], fake_gpus: int, type_name: str, save: bool) -> Iterator[tuple]:
+    """(backend, mps, kill) for one command; a fake node with a state file is saved afterwards,
+    also after a rolled-back apply, so the next command sees what this one left."""
+    if backend is Backend.nvml:
+        b = open_nvml()
+        try:
+            yield b, NvidiaMps(), terminate_processes
+        finally:
+            b.close()
+        return
+    fake, mps = _load_fake(fake_state, type_name, fake_gpus)
+    try:
+        yield fake, mps, fake.kill_processes
+    finally:
+        changed = mutating_calls(fake.calls) or mps.calls["start"] or mps.calls["stop"]
+        if save and fake_state is not None and (changed or fake_state.exists()):
+            doc = {"version": FAKE_STATE_VERSION, "mig": fake.to_dict(), "mps": mps.to_dict()}
+            atomic_write(fake_state, json.dumps(doc, indent=1) + "\n")
+
+
+def _dirs(state_dir: Optional[Path], node: int) -> agent.NodeDirs:
+    return agent.NodeDirs(state_dir or agent.default_state_root(), node)
+
+
+def _print_steps(title: str, steps: list, dirs: agent.NodeDirs) -> None:
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(title)
+    width = len(str(len(steps)))
+    for i, s in enumerate(steps, 1):
+        out.print(f"  {i:>{width}}. {s.describe(dirs)}")
+
+
+def _summary(result: agent.ApplyResult) -> str:
+    counts = result.counts()
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: list(agent.Op).index(agent.Op(kv[0]))))
+
+
+@app.command("apply")
+def apply_cmd(
+    plan_file: Path = typer.Argument(..., help="Plan JSON written by `parvagpu plan`."),
+    node: int = NodeOpt,
+    backend: Backend = BackendOpt,
+    dry_run: bool = DryRunOpt,
+    force: bool = ForceOpt,
+    state_dir: Optional[Path] = StateDirOpt,
+    fake_state: Optional[Path] = FakeStateOpt,
+    fake_gpus: int = FakeGpusOpt,
+) -> None:
+    """Make this node hold its part of a plan (MIG instances at exact slots, MPS per instance).
+
+    Changes only what differs, keeping shared instances and their workers; rolls back to the
+    layout it found on any failure. Exit 1 when refused or rolled back."""
+    dirs = _dirs(state_dir, node)
+    try:
+        plan, _ = read_plan(plan_file)
+        agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
+        with _node(backend, fake_state, fake_gpus, plan.gpu_type, save=not dry_run) as (b, mps, kill):
+            result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
+    except (agent.ApplyFailed, agent.Refused) as exc:
+        fail(str(exc), code=1)
+    except ParvaError as exc:
+        fail(str(exc))
+    head = f"node {node} ({plan.gpu_type}, backend {backend.value})"
+    if not result.steps:
+        Console(highlight=False).print(f"{head}: nothing to do, the node matches the plan")
+        return
+    if dry_run:
+        _print_steps(f"{head}: {len(result.steps)} steps (dry run, nothing changed)", result.steps, dirs)
+        return
+    state = f"; state written to {result.state_path}" if result.state_written else ""
+    Console(highlight=False, soft_wrap=True).print(f"{head}: applied {len(result.steps)} steps ({_summary(result)}){state}")
+
+
+@app.command("teardown")
+def teardown_cmd(
+    node: int = NodeOpt,
+    backend: Backend = BackendOpt,
+    dry_run: bool = DryRunOpt,
+    force: bool = ForceOpt,
+    state_dir: Optional[Path] = StateDirOpt,
+    fake_state: Optional[Path] = FakeStateOpt,
+    fake_gpus: int = FakeGpusOpt,
+) -> None:
+    """Stop the node's MPS daemons and destroy its MIG instances (MIG mode stays on)."""
+    dirs = _dirs(state_dir, node)
+    try:
+        prev = agent.read_state(dirs.state_file)
+        type_name = prev.gpu_type if prev else DEFAULT_GPU
+        with _node(backend, fake_state, fake_gpus, type_name, save=not dry_run) as (b, mps, kill):
+            result = agent.teardown(node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
+    except (agent.ApplyFailed, agent.Refused) as exc:
+        fail(str(exc), code=1)
+    except ParvaError as exc:
+        fail(str(exc))
+    head = f"node {node} (backend {backend.value})"
+    if not result.steps:
+        Console(highlight=False).print(f"{head}: nothing to tear down")
+    elif dry_run:
+        _print_steps(f"{head}: {len(result.steps)} steps (dry run, nothing changed)", result.steps, dirs)
+    else:
+        Console(highlight=False).print(f"{head}: tore down ({_summary(result)})")
+
+
+@app.command("status")
+def status_cmd(
+    node: int = NodeOpt,
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Also check the node against this plan (exit 1 if it differs)."),
+    backend: Backend = BackendOpt,
+    state_dir: Optional[Path] = StateDirOpt,
+    fake_state: Optional[Path] = FakeStateOpt,
+    fake_gpus: int = FakeGpusOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the node's MIG instances, UUIDs, MPS daemons and segments; --plan checks drift."""
+    dirs = _dirs(state_dir, node)
+    try:
+        plan = read_plan(plan_file)[0] if plan_file is not None else None
+        prev = agent.read_state(dirs.state_file)
+        type_name = plan.gpu_type if plan else (prev.gpu_type if prev else DEFAULT_GPU)
+        with _node(backend, fake_state, fake_gpus, type_name, save=False) as (b, mps, _kill):
+            st = agent.node_status(node, b, mps, dirs, plan)
+    except ParvaError as exc:
+        fail(str(exc))
+    bound = st.view.previous.by_slot() if st.view.previous else {}
+    rows = []
+    for g in st.view.gpus:
+        if not g.instances:
+            rows.append({"gpu": g.index, "type": g.type_name, "mig": g.mig, "instance": None})
+        for i in g.instances:
+            e = bound.get((g.index, i.start))
+            procs = st.processes.get((g.index, i.gi_id), ())
+            rows.append({
+                "gpu": g.index, "type": g.type_name, "mig": g.mig,
+                "instance": f"{agent._profile_names(g.type_name).get(i.profile_id, i.profile_id)}@{i.start}",
+                "gi_id": i.gi_id, "ci_ids": [c.ci_id for c in i.cis], "mig_uuid": i.uuid,
+                "mps": (g.index, i.start) in st.view.mps,
+                "workers": [p.pid for p in procs if not p.is_mps_server],
+                "segment": None if e is None or e.mig_uuid != i.uuid else
+                f"{e.model} b{e.batch} x{e.procs}",
+            })
+    if as_json:
+        doc = {"node": node, "instances": rows,
+               "matches_plan": None if st.drift is None else not st.drift,
+               "drift": None if st.drift is None else [s.describe() for s in st.drift]}
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        t = Table(title=f"node {node}")
+        for col in ("GPU", "type", "MIG", "instance", "GI", "CI", "MIG UUID", "MPS", "workers", "segment"):
+            t.add_column(col)
+        for r in rows:
+            if r["instance"] is None:
+                t.add_row(str(r["gpu"]), r["type"], "on" if r["mig"] else "off", "-", "", "", "", "", "", "")
+                continue
+            t.add_row(
+                str(r["gpu"]), r["type"], "on", r["instance"], str(r["gi_id"]), ",".join(map(str, r["ci_ids"])),
+                r["mig_uuid"] or "-", "running" if r["mps"] else "-", str(len(r["workers"])), r["segment"] or "-",
+            )
+        Console(width=max(160, Console().width)).print(t)
+        if st.drift is not None:
+            if st.drift:
+                _print_steps(f"differs from {plan_file}: apply would take {len(st.drift)} steps", st.drift, dirs)
+            else:
+                Console(highlight=False).print(f"matches {plan_file}")
+    if st.drift:
+        raise typer.Exit(1)
+
+
+export_app = typer.Typer(help="Write a plan for clusters: Kubernetes manifests or mig-parted configs.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("mig-parted")
+def export_mig_parted(
+    plan_file: Path = typer.Argument(..., help="Plan JSON written by `parvagpu plan`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write into (created if missing)."),
+    device_filter: bool = typer.Option(False, "--device-filter", help="Restrict each group to the plan's GPU type by PCI id."),
+    namespace: str = typer.Option("gpu-operator", "--namespace", help="Namespace of the MIG manager's ConfigMap."),
+) -> None:
+    """mig-parted v1 config per node, its ConfigMap, and nvidia.com/mig.config node labels.
+
+    mig-parted cannot pin start slots; `parvagpu apply` is the exact path (docs/apply.md)."""
+    from .export import mig_parted_files, write_files
+
+    try:
+        plan, _ = read_plan(plan_file)
+        files = mig_parted_files(plan, plan_file.name, device_filter, namespace)
+        written = write_files(out, files)
+    except ParvaError as exc:
+        fail(str(exc))
+    err.print(f"wrote {len(written)} files to {out}", highlight=False)
+
+
+@export_app.command("k8s")
+def export_k8s(
+    plan_file: Path = typer.Argument(..., help="Plan JSON written by `parvagpu plan`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write into (created if missing)."),
+    image: str = typer.Option(None, "--image", help="Container image of the segment workers."),
+    worker_cmd: str = typer.Option(None, "--worker-cmd", help="Shell command of one worker; sees PARVAGPU_MODEL, PARVAGPU_BATCH, PARVAGPU_WORKER."),
+    node_label: str = typer.Option(None, "--node-label", help="Node label key the Deployments select on (value: plan node index)."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of the Deployments."),
+) -> None:
+    """One Deployment per segment requesting nvidia.com/mig-<profile> on its node.
+
+    Each pod starts its own MPS daemon on its MIG device, then the segment's processes."""
+    from .export import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, k8s_files, write_files
+
+    try:
+        plan, _ = read_plan(plan_file)
+        files = k8s_files(
+            plan, image if image is not None else DEFAULT_IMAGE,
+            worker_cmd if worker_cmd is not None else DEFAULT_WORKER_CMD,
+            node_label if node_label is not None else DEFAULT_NODE_LABEL, namespace,
+        )
+        written = write_files(out, files)
+    except ParvaError as exc:
+        fail(str(exc))
+    err.print(f"wrote {len(written)} files to {out} ({len(written) - 1} Deployments)", highlight=False)
+
+

@@ -1,0 +1,264 @@
+"""Cluster exports: Kubernetes manifests validated against the Kubernetes schemas, mig-parted
+configs checked as strictly as mig-parted parses them, and the pod's MPS start-up script run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+import yaml
+from apply_support import scenario_plan
+
+from parvagpu.export import (
+    DEFAULT_NODE_LABEL,
+    MIG_CONFIG_LABEL,
+    POD_SCRIPT,
+    check_mig_parted,
+    config_name,
+    k8s_deployments,
+    k8s_files,
+    mig_parted_config,
+    mig_parted_files,
+    write_files,
+)
+from parvagpu.gpus import gpu_type
+from parvagpu.model import ParvaError
+
+kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed (test extra)")
+
+K8S_VERSIONS = ("1.28", kv.latest_version())
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@pytest.fixture(scope="module", params=[6, 1])
+def plan(request):
+    return scenario_plan(request.param)
+
+
+# -- Kubernetes ----------------------------------------------------------------------------------
+
+
+def test_every_manifest_passes_strict_schema_validation(plan):
+    files = k8s_files(plan, namespace="serving")
+    manifests = {n: t for n, t in files.items() if n.endswith(".yaml")}
+    assert len(manifests) == len(plan.segments)
+    for name, text in manifests.items():
+        doc = yaml.safe_load(text)
+        for v in K8S_VERSIONS:
+            kv.validate(doc, v, strict=True)
+
+
+def test_the_validator_catches_a_broken_manifest(plan):
+    doc = next(iter(k8s_deployments(plan).values()))
+    doc["spec"]["replicas"] = "one"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(doc, K8S_VERSIONS[-1], strict=True)
+    doc = next(iter(k8s_deployments(plan).values()))
+    doc["spec"]["template"]["spec"]["containers"][0]["resourcez"] = {}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(doc, K8S_VERSIONS[-1], strict=True)
+
+
+def test_each_segment_requests_its_mig_profile_on_its_node(plan):
+    gpu = gpu_type(plan.gpu_type)
+    docs = k8s_deployments(plan, node_label="example.com/parva-node")
+    got = Counter()
+    for doc in docs.values():
+        spec = doc["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        (res,) = c["resources"]["limits"].items()
+        assert res[1] == 1 and res[0].startswith("nvidia.com/mig-")
+        env = {e["name"]: e["value"] for e in c["env"]}
+        meta = doc["metadata"]["labels"]
+        assert spec["nodeSelector"] == {"example.com/parva-node": meta["parvagpu.io/node"]}
+        assert doc["spec"]["replicas"] == 1 and doc["spec"]["strategy"] == {"type": "Recreate"}
+        assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
+        assert DNS1123.match(doc["metadata"]["name"]) and len(doc["metadata"]["name"]) <= 63
+        assert c["command"][:2] == ["/bin/sh", "-c"] and "nvidia-cuda-mps-control -d" in c["command"][2]
+        assert env["CUDA_MPS_PIPE_DIRECTORY"] and "CUDA_VISIBLE_DEVICES" not in env  # the device plugin sets it
+        got[(int(meta["parvagpu.io/node"]), int(meta["parvagpu.io/gpu"]), int(meta["parvagpu.io/start"]),
+             res[0].removeprefix("nvidia.com/mig-"), env["PARVAGPU_MODEL"], int(env["PARVAGPU_BATCH"]),
+             int(env["PARVAGPU_PROCS"]))] += 1
+    want = Counter(
+        (plan.node_of(s.gpu), plan.local_gpu(s.gpu), s.start, gpu.profile(s.size).name, s.model,
+         s.segment.triplet.batch, s.segment.triplet.procs)
+        for s in plan.segments
+    )
+    assert got == want
+    assert len(docs) == len(set(docs))
+
+
+def test_image_worker_command_and_namespace_are_configurable(plan):
+    docs = k8s_deployments(plan, image="registry.local/parva:1", worker_cmd="run-worker", namespace="ml")
+    doc = next(iter(docs.values()))
+    c = doc["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "registry.local/parva:1" and doc["metadata"]["namespace"] == "ml"
+    assert {"name": "PARVAGPU_WORKER_CMD", "value": "run-worker"} in c["env"]
+
+
+@pytest.mark.parametrize("kw", [{"image": " "}, {"worker_cmd": ""}, {"node_label": "bad key!"}])
+def test_bad_export_options_are_errors(plan, kw):
+    with pytest.raises(ParvaError):
+        k8s_deployments(plan, **kw)
+
+
+def test_node_selector_label_script(plan):
+    script = k8s_files(plan)["node-selector-labels.sh"]
+    nodes = sorted({plan.node_of(s.gpu) for s in plan.segments})
+    for n in nodes:
+        assert f"{DEFAULT_NODE_LABEL}={n}" in script and f"NODE{n}" in script
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+
+
+def _stub_bin(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    stub = bindir / "nvidia-cuda-mps-control"
+    stub.write_text(
+        '#!/bin/sh\n'
+        'if [ "${1:-}" = "-d" ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"; exit 0; fi\n'
+        'read cmd; echo "$cmd $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"\n'
+    )
+    stub.chmod(0o755)
+    return bindir
+
+
+def test_pod_script_starts_mps_then_the_workers_and_quits_mps_on_stop(tmp_path):
+    log = tmp_path / "log"
+    env = {
+        **os.environ,
+        "PATH": f"{_stub_bin(tmp_path)}:{os.environ['PATH']}",
+        "LOG": str(log),
+        "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "mps" / "pipe"),
+        "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "mps" / "log"),
+        "PARVAGPU_MODEL": "resnet50",
+        "PARVAGPU_PROCS": "3",
+        "PARVAGPU_WORKER_CMD": 'echo "worker $PARVAGPU_WORKER $PARVAGPU_MODEL $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"; exec sleep 30',
+    }
+    proc = subprocess.Popen(["/bin/sh", "-c", POD_SCRIPT], env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("worker") < 3):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = log.read_text().splitlines()
+    pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
+    assert lines[0] == f"start {pipe}"
+    assert sorted(lines[1:4]) == [f"worker {i} resnet50 {pipe}" for i in range(3)]
+    assert lines[-1] == f"quit {pipe}"
+    assert (tmp_path / "mps" / "pipe").is_dir() and (tmp_path / "mps" / "log").is_dir()
+
+
+# -- mig-parted -----------------------------------------------------------------------------------
+
+
+def test_mig_parted_config_is_valid_v1_and_matches_the_plan(plan):
+    text = mig_parted_files(plan, "plan.json")["mig-parted.yaml"]
+    assert text.startswith("#") and "cannot pin start slots" in text
+    data = yaml.safe_load(text)
+    assert check_mig_parted(data) == []
+    gpu = gpu_type(plan.gpu_type)
+    by_name = {p.name: p.size for p in gpu.profiles}
+    nodes = sorted({plan.node_of(s.gpu) for s in plan.segments})
+    assert list(data["mig-configs"]) == [config_name(n) for n in nodes]
+    for n in nodes:
+        groups = data["mig-configs"][config_name(n)]
+        assert [g["devices"] for g in groups] == [[i] for i in range(plan.gpus_per_node)]
+        for i, g in enumerate(groups):
+            sizes = sorted(s.size for s in plan.segments if s.gpu == n * plan.gpus_per_node + i)
+            got = sorted(by_name[p] for p, k in g["mig-devices"].items() for _ in range(k))
+            assert got == sizes
+            assert g["mig-enabled"] is True
+            assert gpu.realizable(tuple(got))  # mig-parted can always realise the multiset
+
+
+def test_mig_parted_device_filter_option(plan):
+    data = mig_parted_config(plan, device_filter=True)
+    assert check_mig_parted(data) == []
+    first = next(iter(data["mig-configs"].values()))[0]
+    assert first["device-filter"] == list(gpu_type(plan.gpu_type).pci_device_ids)
+
+
+def test_mig_parted_configmap_and_labels(plan):
+    files = mig_parted_files(plan, "plan.json")
+    cm = yaml.safe_load(files["mig-parted-configmap.yaml"])
+    kv.validate(cm, K8S_VERSIONS[-1], strict=True)
+    assert check_mig_parted(yaml.safe_load(cm["data"]["config.yaml"])) == []
+    labels = yaml.safe_load(files["node-labels.yaml"])
+    nodes = sorted({plan.node_of(s.gpu) for s in plan.segments})
+    assert labels == {"nodes": [{"node": n, "labels": {MIG_CONFIG_LABEL: config_name(n)}} for n in nodes]}
+    script = files["mig-config-labels.sh"]
+    assert all(f"{MIG_CONFIG_LABEL}={config_name(n)} --overwrite" in script for n in nodes)
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+
+
+GOOD = {"version": "v1", "mig-configs": {"c": [{"devices": [0], "mig-enabled": True, "mig-devices": {"3g.40gb": 2}}]}}
+
+
+def _bad(edit):
+    import copy
+
+    d = copy.deepcopy(GOOD)
+    edit(d)
+    return d
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (_bad(lambda d: d.pop("version")), "missing 'version'"),
+        (_bad(lambda d: d.update(version="v2")), "unknown version"),
+        (_bad(lambda d: d.update(extra=1)), "unexpected field 'extra'"),
+        (_bad(lambda d: d.update({"mig-configs": {}})), "non-empty mapping"),
+        (_bad(lambda d: d["mig-configs"].update(c=[])), "non-empty list"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update(devices=7)), "'devices' must be"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update(devices="0")), "'devices' must be"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].pop("mig-enabled")), "missing required field 'mig-enabled'"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].pop("mig-devices")), "'mig-devices' is required"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"mig-enabled": False})), "while 'mig-enabled' is false"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"mig-enabled": "yes"})), "true or false"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"mig-devices": {"3g.40": 1}})), "not a MIG profile"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"mig-devices": {"5g.40gb": 1}})), "not a MIG profile"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"mig-devices": {"1g.10gb+xx": 1}})), "unknown attribute"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"mig-devices": {"3g.40gb": -1}})), "non-negative"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"mig-devices": {"3g.40gb": 0}})), "all counts"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update(gpus=[0])), "unexpected field 'gpus'"),
+        (_bad(lambda d: d["mig-configs"]["c"][0].update({"device-filter": "20B2"})), "device-filter"),
+        (_bad(lambda d: d["mig-configs"]["c"].append(d["mig-configs"]["c"][0])), "listed twice"),
+    ],
+)
+def test_strict_mig_parted_check_rejects(data, match):
+    problems = check_mig_parted(data)
+    assert any(match in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        {"devices": "all", "mig-enabled": False},
+        {"devices": "all", "mig-enabled": True, "mig-devices": {}},
+        {"devices": [0, 1], "device-filter": ["0x20B210DE"], "mig-enabled": True,
+         "mig-devices": {"1c.3g.40gb": 3, "1g.10gb+me": 1, "1g.20gb": 0}},
+    ],
+)
+def test_strict_mig_parted_check_accepts_upstream_shapes(group):
+    assert check_mig_parted({"version": "v1", "mig-configs": {"x": [group]}}) == []
+
+
+def test_write_files_refuses_a_file_as_directory(tmp_path, plan):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ParvaError, match="not a directory"):
+        write_files(target, mig_parted_files(plan, "p"))
+    out = write_files(tmp_path / "a" / "b", mig_parted_files(plan, "p"))
+    assert {p.name for p in out} == {"mig-parted.yaml", "mig-parted-configmap.yaml", "node-labels.yaml", "mig-config-labels.sh"}
+    assert os.access(tmp_path / "a" / "b" / "mig-config-labels.sh", os.X_OK)
