@@ -31,6 +31,9 @@ from .base import (
 
 # Compute slices of a whole-GI compute instance -> NVML_COMPUTE_INSTANCE_PROFILE_* enum.
 _CI_PROFILE_BY_SLICES = {1: 0, 2: 1, 3: 2, 4: 3, 7: 4, 8: 5, 6: 6}
+# Every compute-instance profile enum and its compute slices (REV1 and NVL variants included),
+# so listing asks only for profiles that fit in the GPU instance.
+_CI_SLICES_BY_ENUM = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6, 7: 1, 8: 7}
 
 
 def _name_to_type(name: str) -> str | None:
@@ -112,19 +115,28 @@ class NvmlBackend:
     def _gi(self, gpu: int, gi_id: int) -> Any:
         return self._nvml("nvmlDeviceGetGpuInstanceById", self._dev(gpu), gi_id)
 
-    def _mig_devices(self, gpu: int) -> dict[tuple[int, int], tuple[Any, str]]:
-        """(GI id, CI id) -> (MIG device handle, UUID)."""
+    def _mig_devices(
+        self, gpu: int, gi_id: int | None = None, ci_id: int | None = None, uuids: bool = True,
+    ) -> dict[tuple[int, int], tuple[Any, str | None]]:
+        """(GI id, CI id) -> (MIG device handle, UUID) for the GPU's MIG devices, optionally only
+        those of one GI (and CI); UUIDs are fetched only for the devices returned."""
         dev = self._dev(gpu)
-        out = {}
+        out: dict[tuple[int, int], tuple[Any, str | None]] = {}
         for k in range(self._nvml("nvmlDeviceGetMaxMigDeviceCount", dev)):
             try:
                 mig = self._nvml("nvmlDeviceGetMigDeviceHandleByIndex", dev, k)
             except (NotFound, InvalidArgument):
                 continue
-            gi = self._nvml("nvmlDeviceGetGpuInstanceId", mig)
-            ci = self._nvml("nvmlDeviceGetComputeInstanceId", mig)
-            uuid = self._nvml("nvmlDeviceGetUUID", mig)
-            out[(int(gi), int(ci))] = (mig, uuid.decode() if isinstance(uuid, bytes) else str(uuid))
+            gi = int(self._nvml("nvmlDeviceGetGpuInstanceId", mig))
+            if gi_id is not None and gi != gi_id:
+                continue
+            ci = int(self._nvml("nvmlDeviceGetComputeInstanceId", mig))
+            if ci_id is not None and ci != ci_id:
+                continue
+            uuid = self._nvml("nvmlDeviceGetUUID", mig) if uuids else None
+            out[(gi, ci)] = (mig, uuid.decode() if isinstance(uuid, bytes) else uuid)
+            if ci_id is not None:
+                break
         return out
 
     # -- MigBackend -----------------------------------------------------------------------------
@@ -185,6 +197,8 @@ class NvmlBackend:
                 ginfo = self._nvml("nvmlGpuInstanceGetInfo", gi)
                 cis = []
                 for enum in range(n.NVML_COMPUTE_INSTANCE_PROFILE_COUNT):
+                    if _CI_SLICES_BY_ENUM.get(enum, 0) > int(info.sliceCount):
+                        continue
                     try:
                         cinfo = self._nvml(
                             "nvmlGpuInstanceGetComputeInstanceProfileInfo", gi, enum,
@@ -236,7 +250,7 @@ class NvmlBackend:
 
     def mig_uuid(self, gpu: int, gi_id: int, ci_id: int) -> str:
         self.calls["mig_uuid"] += 1
-        found = self._mig_devices(gpu).get((gi_id, ci_id))
+        found = self._mig_devices(gpu, gi_id, ci_id).get((gi_id, ci_id))
         if found is None:
             raise NotFound(f"gpu {gpu}: no MIG device for GI {gi_id} CI {ci_id}")
         return found[1]
@@ -244,9 +258,7 @@ class NvmlBackend:
     def running_processes(self, gpu: int, gi_id: int) -> tuple[GpuProcess, ...]:
         self.calls["running_processes"] += 1
         out: dict[int, str] = {}
-        for (gi, _ci), (mig, _uuid) in self._mig_devices(gpu).items():
-            if gi != gi_id:
-                continue
+        for mig, _uuid in self._mig_devices(gpu, gi_id, uuids=False).values():
             for p in self._nvml("nvmlDeviceGetComputeRunningProcesses", mig):
                 out[int(p.pid)] = self._process_name(int(p.pid))
         return tuple(GpuProcess(pid, name) for pid, name in sorted(out.items()))
