@@ -612,3 +612,25 @@ def test_clone_is_independent():
     f2, _ = clone(fake, mps)
     f2.create_gpu_instance(0, 0, 0)
     assert fake.list_instances(0) == ()
+
+
+def test_one_agent_at_a_time_per_node(tmp_path):
+    plan = scenario_plan(6)
+    fake, mps = fresh_node(plan)
+    dirs = NodeDirs(tmp_path, 0)
+    with agent.node_lock(dirs):
+        with pytest.raises(ParvaError, match="being changed by another parvagpu process"):
+            apply_plan(plan, 0, fake, mps, dirs)
+        with pytest.raises(ParvaError, match="being changed"):
+            teardown(0, fake, mps, dirs)
+        assert apply_plan(plan, 0, fake, mps, dirs, dry_run=True).steps  # a dry run only reads
+    assert mutating_calls(fake.calls) == 0
+    apply_plan(plan, 0, fake, mps, dirs)
+    assert layout(fake) == wanted(plan, 0)
+
+
+def test_a_refused_first_apply_leaves_no_directory(tmp_path):
+    fake = FakeBackend("A100-80GB", 2)
+    with pytest.raises(ParvaError):
+        apply_plan(scenario_plan(6), 0, fake, FakeMps(fake), NodeDirs(tmp_path / "st", 0))
+    assert not (tmp_path / "st" / "node0").exists()

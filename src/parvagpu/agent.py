@@ -10,13 +10,15 @@ node and the plan have is kept, with its compute instance, daemon and workers.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .formats import atomic_write
 from .gpus import MigProfile, gpu_type
@@ -609,6 +611,37 @@ def _load_previous(dirs: NodeDirs, node: int, type_name: str | None) -> NodeStat
     return prev
 
 
+@contextmanager
+def node_lock(dirs: NodeDirs) -> Iterator[None]:
+    """One agent at a time per node: an exclusive lock on `<base>/.lock`, refused at once if
+    held. A directory it had to create for the lock alone is removed again afterwards."""
+    made = []  # directories this call creates, innermost first
+    for d in (dirs.base, *dirs.base.parents):
+        if d.exists():
+            break
+        made.append(d)
+    try:
+        dirs.base.mkdir(parents=True, exist_ok=True)
+        fh = open(dirs.base / ".lock", "a")
+    except OSError as exc:
+        raise ParvaError(f"cannot use {dirs.base}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ParvaError(f"node {dirs.node} is being changed by another parvagpu process ({dirs.base / '.lock'})") from None
+        yield
+    finally:
+        fh.close()
+        if made and [p.name for p in dirs.base.iterdir()] == [".lock"]:
+            (dirs.base / ".lock").unlink(missing_ok=True)
+            for d in made:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+
+
 def _prepare(
     backend: MigBackend, mps: MpsControl, dirs: NodeDirs, wants: tuple[Want, ...], type_name: str | None,
     limit: int | None, force: bool, node: int,
@@ -651,17 +684,19 @@ def apply_plan(
 ) -> ApplyResult:
     """Make `node` hold its part of `plan`. Raises ParvaError (nothing changed, or rolled back)."""
     wants = node_wants(plan, node)
-    view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
     if dry_run:
+        _view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
         return ApplyResult(steps, False, False, dirs.state_file)
-    ex = Executor(backend, mps, dirs, view, kill)
-    try:
-        ex.run(steps)
-    except ApplyFailed:
-        _refresh_previous(view.previous, ex.live, dirs)
-        raise
-    doc = state_doc(node, plan.gpu_type, plan.gpus_per_node, wants, ex.live, dirs)
-    written = _write_state(dirs.state_file, doc)
+    with node_lock(dirs):
+        view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
+        ex = Executor(backend, mps, dirs, view, kill)
+        try:
+            ex.run(steps)
+        except ApplyFailed:
+            _refresh_previous(view.previous, ex.live, dirs)
+            raise
+        doc = state_doc(node, plan.gpu_type, plan.gpus_per_node, wants, ex.live, dirs)
+        written = _write_state(dirs.state_file, doc)
     return ApplyResult(steps, True, written, dirs.state_file)
 
 
@@ -689,19 +724,23 @@ def teardown(
     force: bool = False, dry_run: bool = False, kill: Callable[[tuple[int, ...]], None] | None = None,
 ) -> ApplyResult:
     """Stop every daemon and destroy every instance on the node's GPUs (MIG mode stays on)."""
-    prev = _load_previous(dirs, node, None)
-    limit = prev.gpus_per_node if prev is not None else None
-    view, steps = _prepare(backend, mps, dirs, (), None, limit, force, node)
+    def prepare() -> tuple[NodeView, list[Step]]:
+        prev = _load_previous(dirs, node, None)
+        limit = prev.gpus_per_node if prev is not None else None
+        return _prepare(backend, mps, dirs, (), None, limit, force, node)
+
     if dry_run:
-        return ApplyResult(steps, False, False, dirs.state_file)
-    Executor(backend, mps, dirs, view, kill).run(steps)
-    removed = False
-    if dirs.state_file.exists():
-        try:
-            dirs.state_file.unlink()
-            removed = True
-        except OSError as exc:
-            raise ParvaError(f"cannot remove {dirs.state_file}: {exc.strerror or exc}") from None
+        return ApplyResult(prepare()[1], False, False, dirs.state_file)
+    with node_lock(dirs):
+        view, steps = prepare()
+        Executor(backend, mps, dirs, view, kill).run(steps)
+        removed = False
+        if dirs.state_file.exists():
+            try:
+                dirs.state_file.unlink()
+                removed = True
+            except OSError as exc:
+                raise ParvaError(f"cannot remove {dirs.state_file}: {exc.strerror or exc}") from None
     return ApplyResult(steps, True, removed, dirs.state_file)
 
 
