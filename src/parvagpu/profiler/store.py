@@ -1,0 +1,66 @@
+"""The profile file and its metadata on disk. Each finished point rewrites both atomically (a
+temporary file renamed into place), so a kill at any moment leaves the previous valid file;
+a re-run reads them back and measures only what is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..formats import atomic_write
+from ..model import ParvaError
+from .results import Point, Result, parse_csv, to_csv
+
+META_SUFFIX = ".meta.json"
+
+
+class ProfileStore:
+    def __init__(self, out_dir: Path, name: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.csv_path = self.out_dir / f"{name}.csv"
+        self.meta_path = self.out_dir / f"{name}{META_SUFFIX}"
+
+    def prepare(self) -> None:
+        """Create the output directory and prove it is writable, before any measuring."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ParvaError(f"--out {self.out_dir}: cannot create the directory: {exc.strerror or exc}") from None
+        for p in (self.csv_path, self.meta_path):
+            if p.exists() and not p.is_file():
+                raise ParvaError(f"{p}: exists and is not a file")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".parvagpu-write-test.", dir=self.out_dir)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise ParvaError(f"--out {self.out_dir}: not writable: {exc.strerror or exc}") from None
+
+    def load(self) -> tuple[dict[Point, Result], bool, dict | None]:
+        """Points already measured, whether a torn last line was dropped, and the metadata."""
+        results: dict[Point, Result] = {}
+        torn = False
+        if self.csv_path.exists():
+            try:
+                text = self.csv_path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ParvaError(f"{self.csv_path}: cannot read: {exc}") from None
+            results, torn = parse_csv(text, str(self.csv_path))
+        meta = None
+        if self.meta_path.exists():
+            try:
+                meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ParvaError(f"{self.meta_path}: unreadable metadata ({exc}); move it away to start over") from None
+            if not isinstance(meta, dict):
+                raise ParvaError(f"{self.meta_path}: metadata is not a JSON object")
+        return results, torn, meta
+
+    def save(self, results: dict[Point, Result], meta: dict) -> None:
+        atomic_write(self.csv_path, to_csv(results.values()))
+        self.save_meta(meta)
+
+    def save_meta(self, meta: dict) -> None:
+        atomic_write(self.meta_path, json.dumps(meta, indent=2) + "\n")
