@@ -582,6 +582,10 @@ def _write_state(path: Path, doc: dict[str, Any]) -> bool:
     except OSError as exc:
         raise ParvaError(f"cannot create {Path(path).parent}: {exc.strerror or exc}") from None
     atomic_write(Path(path), text)
+    try:
+        Path(path).chmod(0o644)  # the serving layer may run as another user
+    except OSError:
+        pass
     return True
 
 

@@ -113,8 +113,9 @@ def apply_cmd(
 ) -> None:
     """Make this node hold its part of a plan (MIG instances at exact slots, MPS per instance).
 
-    Changes only what differs, keeping shared instances and their workers; rolls back to the
-    layout it found on any failure. Exit 1 when refused or rolled back."""
+    Changes only what differs; kept instances and their workers keep running.
+
+    Any failure rolls back to the layout found. Exit 1 when refused or rolled back, 2 on bad input."""
     dirs = _dirs(state_dir, node)
     try:
         plan, _ = read_plan(plan_file)
