@@ -141,3 +141,18 @@ def test_third_party_fork_data_loads_and_plans(a100):
     assert len(kept) + len(dropped) == 11 and dropped
     plan = plan_parva(kept, profiles, a100, 3)
     assert verify(plan, profiles) == []
+
+
+def test_atomic_write_uses_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from parvagpu.formats import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

@@ -25,6 +25,12 @@ from .model import (
 SEED_CSV_HEADER = "Num instance,Num GPU,Model,Placement,Instance size,Batch size,Num proc"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write a whole file or nothing: a temporary file in the same directory, then rename."""
     path = Path(path)
@@ -36,6 +42,8 @@ def atomic_write(path: Path, text: str) -> None:
     except OSError as exc:
         raise ParvaError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
+        # mkstemp makes the file private (0600); give it the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
         os.replace(tmp, path)
