@@ -286,3 +286,17 @@ def test_mps_share_device_caps_threads_and_owns_its_daemon():
     with shared.slot(7) as s:
         assert s.env["CUDA_MPS_PIPE_DIRECTORY"] == "/run/mps" and s.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "100"
     assert len(mps.log) == 2  # an existing daemon is used, not started or stopped
+
+
+class BrokenDevice(FakeDevice):
+    @contextmanager
+    def slot(self, size):
+        raise ParvaError("no GPU here")
+        yield  # pragma: no cover
+
+
+def test_a_device_failure_stops_the_run_without_leaving_files(tmp_path):
+    st = store(tmp_path)
+    with pytest.raises(ParvaError, match="no GPU here"):
+        profile(job(), BrokenDevice(), FakeLauncher(), st)
+    assert not st.csv_path.exists() and not st.meta_path.exists()

@@ -4,6 +4,7 @@ Registered on the main Typer app by `parvagpu.cli`."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -30,17 +31,20 @@ def make_device(mode: Mode, gpu: int, sizes: tuple[int, ...]):
         # libgomp reads this when torch is loaded, i.e. in the forkserver, hence the parent's env.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return CpuDevice(), None
-    from ..mps import NvidiaMps
-
-    if mode is Mode.mps_share:
-        return MpsShareDevice(gpu, NvidiaMps()), None
     from ..gpus import gpu_type
     from ..mig import open_nvml
+    from ..mps import CONTROL, NvidiaMps
 
     backend = open_nvml()
     try:
         if not 0 <= gpu < backend.gpu_count():
             raise ParvaError(f"--gpu-index {gpu}: this machine has {backend.gpu_count()} GPU(s)")
+        external = mode is Mode.mps_share and os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
+        if not external and shutil.which(CONTROL) is None:
+            raise ParvaError(f"{CONTROL} not found on PATH; it ships with the NVIDIA driver utilities")
+        if mode is Mode.mps_share:
+            backend.close()
+            return MpsShareDevice(gpu, NvidiaMps()), None
         kind = gpu_type(backend.gpu_type(gpu))
         for s in sizes:
             kind.profile(s)  # an unknown size fails here, before any instance is made
@@ -103,8 +107,8 @@ def profile(
         if not todo(job.points(), existing, retry_errors):
             err.print(f"{store.csv_path}: all {len(job.points())} points already measured", highlight=False, soft_wrap=True)
             return
+        device, backend = make_device(m, gpu_index, job_sizes)  # a missing GPU fails before torch loads
         worker.check(spec)
-        device, backend = make_device(m, gpu_index, job_sizes)
 
         from .console import RichProgress
         from .runner import ProcessLauncher

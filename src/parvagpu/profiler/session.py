@@ -210,8 +210,9 @@ def profile(
     finally:
         run["ended"] = _now()
         try:
-            meta["device"] = device.notes()
-            store.save_meta(meta)
+            if run["measured"] or run["skipped"] or store.meta_path.exists():
+                meta["device"] = device.notes()
+                store.save_meta(meta)
         except Exception:  # never hide the error that got us here
             pass
         progress.close()
