@@ -9,7 +9,7 @@ import pytest
 
 from parvagpu.gpus import gpu_type
 from parvagpu.model import DeploymentMap, ParvaError, PlacedSegment, Segment, Service, Triplet
-from parvagpu.planner import plan as make_plan
+from parvagpu.planner import plan_parva as make_plan
 from parvagpu.serving.policy import SegmentSpec
 from parvagpu.serving.simulator import (
     poisson_arrivals,

@@ -81,13 +81,13 @@ def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_pr
     if plan_file is not None:
         return read_plan(plan_file)[0]
     from ..gpus import DEFAULT_GPU, gpu_type
-    from ..planner import plan as make_plan
+    from ..planner import plan_parva
     from ..profiles import load_profiles
     from ..slo import load_scenario
 
     profiles = load_profiles(example_dir() / "profiles")
     services = load_scenario(example_dir() / "SLO", scenario, list(profiles))
-    return make_plan(services, profiles, gpu_type(DEFAULT_GPU), max_procs)
+    return plan_parva(services, profiles, gpu_type(DEFAULT_GPU), max_procs)
 
 
 @app.command()
@@ -188,8 +188,14 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
+    import ray
     from ray import serve as ray_serve
 
-    ray_serve.shutdown()
+    from .app import APP
+
+    if address is None:
+        ray.shutdown()  # our own local cluster: stopping it stops every replica at once
+    else:
+        ray_serve.delete(APP)  # a shared cluster: remove only this application
     sys.exit(0)
 
