@@ -17,7 +17,7 @@ from .configurator import split_feasible
 from .formats import atomic_write, plan_to_json, plan_to_seed_csv, read_plan
 from .gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
 from .model import ParvaError, Profile, Service
-from .planner import STRATEGIES, plan as make_plan
+from .planner import DEFAULT_TIME_LIMIT, STRATEGIES, plan as make_plan
 from .profiles import load_profiles
 from .slo import load_scenario, load_services
 from .verify import verify as verify_plan
@@ -40,6 +40,16 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+def bound_note(plan) -> str:
+    """How far the plan is from the proven minimum, for one-line messages."""
+    if plan.lower_bound is None:
+        return " (no lower bound: use --strategy auto)"
+    if plan.gpus_used <= plan.lower_bound:
+        return " (proven optimal)"
+    gap = (plan.gpus_used - plan.lower_bound) / plan.gpus_used
+    return f" (proven lower bound {plan.lower_bound}, gap {gap:.1%})"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -95,7 +105,14 @@ def plan(
     services_file: Optional[Path] = ServicesOpt,
     gpu: str = typer.Option(DEFAULT_GPU, "--gpu", help=f"GPU type: {', '.join(GPU_TYPES)}."),
     max_procs: int = typer.Option(3, "--max-procs", help="Most MPS processes per segment (the paper: 3)."),
-    strategy: str = typer.Option("parva", "--strategy", help=f"Planner: {', '.join(STRATEGIES)}."),
+    strategy: str = typer.Option(
+        "auto", "--strategy",
+        help=f"Planner: {', '.join(STRATEGIES)}. auto: the heuristic, then the exact optimizer "
+        "within --time-limit; the better plan, with a proven lower bound.",
+    ),
+    time_limit: float = typer.Option(
+        DEFAULT_TIME_LIMIT, "--time-limit", help="Seconds for the exact optimizer (auto, optimal, mig-only, mps-only)."
+    ),
     gpus_per_node: int = typer.Option(8, "--gpus-per-node", help="GPUs per node in the map."),
     fmt: Optional[Format] = typer.Option(
         None, "--format", help="table (default on a terminal), json, or csv (the seed deployment map)."
@@ -117,14 +134,17 @@ def plan(
                 err.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
             if not services:
                 raise ParvaError("no service can be served")
-        result = make_plan(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, strategy)
+        result = make_plan(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, strategy, time_limit)
         if out is not None:
             kind = fmt or (Format.csv if out.suffix.lower() == ".csv" else Format.json)
             if kind is Format.table:
                 raise ParvaError("--format table cannot be written to a file; use json or csv")
             text = plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result)
             atomic_write(out, text)
-            err.print(f"wrote {out}: {result.gpus_used} GPUs, {len(result.segments)} segments", highlight=False)
+            err.print(
+                f"wrote {out}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments",
+                highlight=False,
+            )
             return
         kind = fmt or (Format.table if sys.stdout.isatty() else Format.json)
         if kind is Format.table:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from .allocator import AllocatorPolicy, allocate
 from .configurator import configure_all
 from .gpus import GpuType
 from .model import DeploymentMap, ParvaError, Profile, Service
 
-STRATEGIES = ("parva",)
+# `auto` first: the CLI's default. The optimizer and the baselines import HiGHS only when used.
+STRATEGIES = ("auto", "optimal", "parva", "mig-only", "mps-only", "whole-gpu")
+DEFAULT_TIME_LIMIT = 10.0
 
 
 def check_services(services: tuple[Service, ...], profiles: dict[str, Profile]) -> None:
@@ -49,6 +53,67 @@ def plan_parva(
     )
 
 
+def _relabel(plan: DeploymentMap, strategy: str, lower_bound: int | None, stats: tuple) -> DeploymentMap:
+    return DeploymentMap(
+        plan.gpu_type, strategy, plan.max_procs, plan.gpus_per_node, plan.segments, plan.services,
+        lower_bound, plan.stats + stats,
+    )
+
+
+def plan_optimal(
+    services: tuple[Service, ...],
+    profiles: dict[str, Profile],
+    gpu: GpuType,
+    max_procs: int = 3,
+    gpus_per_node: int = 8,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+) -> DeploymentMap:
+    """The exact optimizer alone (see `optimizer`); if it finds no plan in time, the heuristic's
+    plan is returned with the optimizer's bound."""
+    from .optimizer import solve
+
+    check_services(services, profiles)
+    res = solve(services, profiles, gpu, max_procs, gpus_per_node, time_limit=time_limit)
+    if res.plan is not None:
+        return _relabel(res.plan, "optimal", res.lower_bound, (("proven_optimal", float(res.optimal)),))
+    heur = plan_parva(services, profiles, gpu, max_procs, gpus_per_node)
+    bound = min(res.lower_bound, heur.gpus_used)
+    return _relabel(heur, "optimal", bound, (
+        ("proven_optimal", float(heur.gpus_used == bound)), ("heuristic_fallback", 1.0),
+    ))
+
+
+def plan_auto(
+    services: tuple[Service, ...],
+    profiles: dict[str, Profile],
+    gpu: GpuType,
+    max_procs: int = 3,
+    gpus_per_node: int = 8,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+) -> DeploymentMap:
+    """The heuristic first, then the optimizer for the rest of `time_limit`, seeded with the
+    heuristic's plan; the better plan is kept (fewer GPUs, then fewer GPCs, else the heuristic's),
+    with the optimizer's proven bound. Never more GPUs than `parva`."""
+    t0 = time.perf_counter()
+    heur = plan_parva(services, profiles, gpu, max_procs, gpus_per_node)
+    left = time_limit - (time.perf_counter() - t0)
+    seen = (("heuristic_gpus", float(heur.gpus_used)),)
+    if left <= 0:
+        return _relabel(heur, "auto", None, seen + (("from_optimizer", 0.0),))
+    from .optimizer import solve
+
+    res = solve(services, profiles, gpu, max_procs, gpus_per_node, time_limit=left, start=heur)
+    best, from_opt = heur, 0.0
+    if res.plan is not None and (res.plan.gpus_used, res.plan.gpcs_used()) < (
+        heur.gpus_used, heur.gpcs_used()
+    ):
+        best, from_opt = res.plan, 1.0
+    bound = min(res.lower_bound, best.gpus_used)
+    return _relabel(best, "auto", bound, seen + (
+        ("from_optimizer", from_opt), ("proven_optimal", float(best.gpus_used == bound)),
+    ))
+
+
 def plan(
     services: tuple[Service, ...],
     profiles: dict[str, Profile],
@@ -56,7 +121,20 @@ def plan(
     max_procs: int = 3,
     gpus_per_node: int = 8,
     strategy: str = "parva",
+    time_limit: float = DEFAULT_TIME_LIMIT,
 ) -> DeploymentMap:
+    """Plan with one of `STRATEGIES`. `time_limit` (seconds) bounds the exact solves; the
+    heuristic alone (`parva`) ignores it."""
     if strategy not in STRATEGIES:
         raise ParvaError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-    return plan_parva(services, profiles, gpu, max_procs, gpus_per_node)
+    if not time_limit > 0:
+        raise ParvaError(f"time limit must be positive, got {time_limit}")
+    if strategy == "parva":
+        return plan_parva(services, profiles, gpu, max_procs, gpus_per_node)
+    if strategy == "auto":
+        return plan_auto(services, profiles, gpu, max_procs, gpus_per_node, time_limit)
+    if strategy == "optimal":
+        return plan_optimal(services, profiles, gpu, max_procs, gpus_per_node, time_limit)
+    from . import baselines
+
+    return baselines.plan_baseline(strategy, services, profiles, gpu, max_procs, gpus_per_node, time_limit)

@@ -75,6 +75,8 @@ def plan_tables(plan: DeploymentMap, width: int = 100) -> Group:
     if plan.lower_bound is not None:
         gap = (plan.gpus_used - plan.lower_bound) / plan.gpus_used if plan.gpus_used else 0.0
         head.add_row("proven lower bound", f"{plan.lower_bound} (gap {gap:.1%})")
+    else:
+        head.add_row("proven lower bound", "not computed (--strategy auto proves one)")
     head.add_row("GPCs used", str(s["gpcs_used"]))
     head.add_row("idle GPCs on used GPUs", str(s["idle_gpcs"]))
     head.add_row("capacity / demand", f"{s['capacity_over_demand']:.3f}")

@@ -1,0 +1,248 @@
+"""The exact optimizer and the default `auto` strategy: reference GPU counts proven optimal, every
+plan verified, never worse than the heuristic, honest bounds, determinism, all GPU types."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from itertools import product
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from parvagpu import optimizer
+from parvagpu.cli import app
+from parvagpu.formats import plan_from_dict, plan_to_dict, plan_to_json
+from parvagpu.gpus import GPU_TYPES, gpu_type
+from parvagpu.model import ParvaError, Profile, ProfilePoint, Service
+from parvagpu.planner import plan, plan_parva
+from parvagpu.slo import load_scenario
+from parvagpu.verify import verify
+
+OPTIMUM = {3: [2, 3, 5, 7, 12, 16], 5: [2, 3, 5, 7, 12, 15]}
+PARVA = {3: [2, 3, 5, 7, 13, 17], 5: [2, 3, 5, 7, 13, 16]}
+
+
+def scenario(example, profiles, k):
+    return load_scenario(example / "SLO", k, list(profiles))
+
+
+@pytest.mark.parametrize("procs", [3, 5])
+@pytest.mark.parametrize("strategy", ["auto", "optimal"])
+def test_reference_scenarios_proven_optimal(example, profiles, a100, procs, strategy):
+    got = []
+    for k in range(1, 7):
+        p = plan(scenario(example, profiles, k), profiles, a100, procs, strategy=strategy)
+        assert verify(p, profiles) == []
+        assert p.strategy == strategy
+        assert p.lower_bound == p.gpus_used, f"SLO{k}: not proven optimal"
+        assert dict(p.stats)["proven_optimal"] == 1.0
+        got.append(p.gpus_used)
+    assert got == OPTIMUM[procs]
+
+
+@pytest.mark.parametrize("procs", [3, 5])
+def test_default_cli_plan_is_auto_and_optimal(procs):
+    runner = CliRunner()
+    got = []
+    for k in range(1, 7):
+        r = runner.invoke(app, ["plan", "--max-procs", str(procs), "-s", str(k), "--format", "json"])
+        assert r.exit_code == 0, r.output
+        data = json.loads(r.stdout)
+        assert data["strategy"] == "auto"
+        assert data["lower_bound"] == data["gpus_used"] and data["gap"] == 0.0
+        plan_map, stated = plan_from_dict(data)
+        assert stated == data["gpus_used"]
+        got.append(data["gpus_used"])
+    assert got == OPTIMUM[procs]
+
+
+def test_auto_beats_parva_where_the_heuristic_is_not_optimal(example, profiles, a100):
+    for k, procs in ((5, 3), (6, 3), (6, 5)):
+        services = scenario(example, profiles, k)
+        heur = plan_parva(services, profiles, a100, procs)
+        auto = plan(services, profiles, a100, procs, strategy="auto")
+        assert heur.gpus_used == PARVA[procs][k - 1]
+        assert auto.gpus_used == heur.gpus_used - 1
+        stats = dict(auto.stats)
+        assert stats["heuristic_gpus"] == heur.gpus_used and stats["from_optimizer"] == 1.0
+
+
+def test_auto_keeps_the_heuristic_on_a_full_tie(example, profiles, a100):
+    # SLO1: both use 2 GPUs and 10 GPCs, so the heuristic's plan is kept, with the bound.
+    services = scenario(example, profiles, 1)
+    heur = plan_parva(services, profiles, a100, 3)
+    auto = plan(services, profiles, a100, 3, strategy="auto")
+    assert auto.segments == heur.segments
+    assert auto.lower_bound == 2 and dict(auto.stats)["from_optimizer"] == 0.0
+
+
+def test_json_and_table_report_the_bound(example, profiles, a100):
+    p = plan(scenario(example, profiles, 6), profiles, a100, 3, strategy="optimal")
+    data = plan_to_dict(p)
+    assert data["lower_bound"] == 16 and isinstance(data["lower_bound"], int) and data["gap"] == 0.0
+    r = CliRunner().invoke(app, ["plan", "-s", "6", "--format", "table"])
+    assert r.exit_code == 0 and "proven lower bound" in r.stdout and "16 (gap 0.0%)" in r.stdout
+    r = CliRunner().invoke(app, ["plan", "-s", "6", "--strategy", "parva", "--format", "table"])
+    assert r.exit_code == 0 and "--strategy auto" in r.stdout
+
+
+def test_deterministic(example, profiles, a100):
+    services = scenario(example, profiles, 6)
+    a = plan_to_json(plan(services, profiles, a100, 3, strategy="optimal"))
+    b = plan_to_json(plan(services, profiles, a100, 3, strategy="optimal"))
+    assert a == b
+
+
+def test_cover_and_direct_forms_agree(example, profiles, a100, monkeypatch):
+    """The per-model cover variables and the direct y[m,s] form are the same program."""
+    services = scenario(example, profiles, 5)
+    with_covers = optimizer.solve(services, profiles, a100, 3)
+    monkeypatch.setattr(optimizer, "MAX_COVER_GRID", 0)  # every block falls back to y
+    direct = optimizer.solve(services, profiles, a100, 3)
+    assert with_covers.optimal and direct.optimal
+    assert with_covers.plan.gpus_used == direct.plan.gpus_used == 12
+    assert verify(direct.plan, profiles) == []
+
+
+def test_columns_are_the_maximal_legal_layouts():
+    a100 = gpu_type("A100-80GB")
+    cols = optimizer.mig_columns(a100)
+    counts = {c.counts for c in cols}
+    assert len(cols) == 12
+    assert (0, 0, 2, 0, 0) in counts  # 3g+3g, which the heuristic never builds
+    assert (7, 0, 0, 0, 0) in counts and (0, 0, 0, 0, 1) in counts
+    for gpu in GPU_TYPES.values():
+        layouts = set(gpu.layouts())
+        for c in optimizer.mig_columns(gpu):
+            assert tuple(sorted(c.placements)) in layouts
+            assert c.counts == tuple(sum(1 for s, _ in c.placements if s == z) for z in gpu.sizes)
+    a30 = optimizer.mig_columns(gpu_type("A30"))
+    assert {c.counts for c in a30} == {(4, 0, 0), (2, 1, 0), (0, 2, 0), (0, 0, 1)}
+
+
+def test_mps_columns_have_at_most_two_partitions():
+    for gpu in GPU_TYPES.values():
+        for c in optimizer.mps_columns(gpu, 2):
+            assert 1 <= sum(c.counts) <= 2
+            assert sum(s * n for s, n in zip(gpu.sizes, c.counts)) <= gpu.compute_slices
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.floats(1, 3000),
+    ts=st.lists(st.floats(20, 2000), min_size=1, max_size=3, unique=True),
+)
+def test_minimal_covers_match_brute_force(rate, ts):
+    rate, ts = round(rate, 2), [round(t, 3) for t in ts]
+    got = {tuple(int(v) for v in row) for row in optimizer.minimal_covers(rate, ts)}
+    need = Fraction(rate)
+    ft = [Fraction(t) for t in ts]
+    ranges = [range(int(need / t) + 2) for t in ft]
+    want = set()
+    for vec in product(*ranges):
+        total = sum(n * t for n, t in zip(vec, ft))
+        if total >= need and all(n == 0 or total - t < need for n, t in zip(vec, ft)):
+            want.add(vec)
+    assert got == want
+
+
+def test_identical_services_share_one_block(example, profiles, a100):
+    base = profiles["resnet50"]
+    profs = {f"r{i}": Profile(f"r{i}", base.points) for i in range(6)}
+    services = tuple(Service(f"r{i}", 900.0, 150.0) for i in range(6))
+    blocks = optimizer._blocks(services, profs, a100, 3, optimizer.mig_columns(a100))
+    assert len(blocks) == 1 and len(blocks[0].services) == 6
+    res = optimizer.solve(services, profs, a100, 3)
+    assert res.optimal and verify(res.plan, profs) == []
+    # the same answer as six distinct services (a rate 1e-9 apart keeps them apart)
+    apart = tuple(Service(f"r{i}", 900.0 + i * 1e-9, 150.0) for i in range(6))
+    assert optimizer.solve(apart, profs, a100, 3).plan.gpus_used == res.plan.gpus_used
+
+
+@pytest.mark.parametrize("gpu_name", sorted(GPU_TYPES))
+def test_every_gpu_type(example, profiles, gpu_name):
+    gpu = gpu_type(gpu_name)
+    services = scenario(example, profiles, 3)
+    heur = plan_parva(services, profiles, gpu, 3)
+    res = optimizer.solve(services, profiles, gpu, 3)
+    assert res.optimal
+    assert verify(res.plan, profiles) == []
+    assert res.lower_bound <= res.plan.gpus_used <= heur.gpus_used
+    sizes = {s.size for s in res.plan.segments}
+    assert sizes <= set(gpu.sizes)
+
+
+def test_time_limit_falls_back_to_the_heuristic(example, profiles, a100):
+    services = scenario(example, profiles, 6)
+    p = plan(services, profiles, a100, 3, strategy="optimal", time_limit=1e-9)
+    assert verify(p, profiles) == []
+    assert p.lower_bound is not None and p.lower_bound <= p.gpus_used
+    auto = plan(services, profiles, a100, 3, strategy="auto", time_limit=1e-9)
+    assert verify(auto, profiles) == [] and auto.gpus_used == PARVA[3][5]
+    with pytest.raises(ParvaError, match="time limit must be positive"):
+        plan(services, profiles, a100, 3, strategy="auto", time_limit=0)
+
+
+def test_infeasible_service_is_a_user_error(profiles, a100):
+    with pytest.raises(ParvaError, match="no triplet meets the 5 ms SLO"):
+        optimizer.solve((Service("resnet50", 100.0, 5.0),), profiles, a100, 3)
+
+
+def test_package_import_loads_no_solver_or_plotting():
+    code = (
+        "import sys, parvagpu.cli, parvagpu.planner;"
+        "print(sorted(m for m in ('highspy', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# Property test: small random profiles and services on every GPU type.
+
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+@st.composite
+def workloads(draw):
+    gpu = GPU_TYPES[draw(st.sampled_from(sorted(GPU_TYPES)))]
+    max_procs = draw(st.integers(1, 3))
+    profiles, services = {}, []
+    for i in range(draw(st.integers(1, 5))):
+        model = f"m{i}"
+        speed = draw(st.floats(30, 1500))
+        points = [ProfilePoint(gpu.sizes[0], 1, 1, 100.0, 0.01)]  # every model is servable
+        for size in gpu.sizes:
+            for batch in draw(st.lists(st.sampled_from(BATCHES), min_size=1, max_size=3, unique=True)):
+                for procs in range(1, draw(st.integers(1, 3)) + 1):
+                    if (size, batch, procs) == (gpu.sizes[0], 1, 1):
+                        continue
+                    if draw(st.integers(0, 7)) == 0:
+                        points.append(ProfilePoint(size, batch, procs, 0.0, 0.0))
+                        continue
+                    per_proc = speed * size ** draw(st.floats(0.6, 1.0)) / procs ** 0.6 * batch ** 0.3
+                    latency = max(0.001, round(batch / per_proc, 3))
+                    points.append(ProfilePoint(size, batch, procs, round(batch / latency, 3), latency))
+        profiles[model] = Profile(model, tuple(points))
+        slo = round(10 / 0.45 * draw(st.floats(1.05, 30.0)), 2)
+        services.append(Service(model, round(draw(st.floats(1, 6000)), 2), slo))
+    return gpu, profiles, tuple(services), max_procs
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workloads())
+def test_property_optimal_between_bound_and_heuristic(w):
+    gpu, profiles, services, max_procs = w
+    heur = plan_parva(services, profiles, gpu, max_procs)
+    opt = plan(services, profiles, gpu, max_procs, strategy="optimal", time_limit=30)
+    auto = plan(services, profiles, gpu, max_procs, strategy="auto", time_limit=30)
+    for p in (heur, opt, auto):
+        assert verify(p, profiles) == [], p.strategy
+    assert opt.lower_bound <= opt.gpus_used <= heur.gpus_used
+    assert auto.gpus_used <= heur.gpus_used
+    assert auto.gpus_used == opt.gpus_used  # both proven optimal on instances this small
+    assert opt.lower_bound == opt.gpus_used == auto.lower_bound
