@@ -222,5 +222,6 @@ def main(
 
 # Node and cluster verbs (apply, status, teardown, export) register themselves on `app`.
 from . import cli_apply as _cli_apply  # noqa: E402,F401
+from . import cli_compare as _cli_compare  # noqa: E402,F401  (`parvagpu compare`)
 from .profiler import cli as _cli_profile  # noqa: E402,F401  (`parvagpu profile`)
 from .serving import cli as _cli_serving  # noqa: E402,F401  (`parvagpu serve`, `load`, `simulate`)
