@@ -300,3 +300,14 @@ def test_a_device_failure_stops_the_run_without_leaving_files(tmp_path):
     with pytest.raises(ParvaError, match="no GPU here"):
         profile(job(), BrokenDevice(), FakeLauncher(), st)
     assert not st.csv_path.exists() and not st.meta_path.exists()
+
+
+def test_a_torn_last_line_is_dropped_and_measured_again(tmp_path):
+    st = store(tmp_path)
+    profile(job(sizes=(1,), batches=(1, 2), procs=(1,)), FakeDevice(), FakeLauncher(), st)
+    text = st.csv_path.read_text()
+    st.csv_path.write_text(text[: len(text) - 12])  # a write cut short inside the last row
+    la = FakeLauncher()
+    summary = profile(job(sizes=(1,), batches=(1, 2), procs=(1,)), FakeDevice(), la, st)
+    assert summary.dropped_torn_line and [p for p, _ in la.calls] == [Point(1, 2, 1)]
+    assert len(load_profile(st.csv_path).points) == 2

@@ -118,6 +118,9 @@ def profile(
             job, device, ProcessLauncher(spec, settings, m.value), store, RichProgress(err, quiet),
             system=lambda: describe(None if m is Mode.cpu else gpu_index), libraries=library_versions,
         )
+        if summary.dropped_torn_line:
+            err.print(f"{summary.csv_path}: dropped an incomplete last line; that point was measured again",
+                      highlight=False, soft_wrap=True)
         err.print(
             f"wrote {summary.csv_path}: {summary.measured} point(s) measured, {summary.skipped} skipped, "
             f"{summary.failed} failed; {summary.already} were already there",

@@ -161,12 +161,14 @@ def _first_line(exc: BaseException) -> str:
 
 def with_declared_shape(spec: ModelSpec) -> ModelSpec:
     """Fill in the input shape the model declares: a factory's `input_shape` attribute, or the
-    static input shape of an ONNX file. Without one, `--shape` is required."""
+    static input shape of an ONNX file. Without one, `--shape` is required. A factory's module is
+    imported either way, so an unknown one is reported before any device is touched."""
+    factory = _factory(spec.ref) if spec.kind == "factory" else None
     if spec.shape:
         return spec
     shape = None
-    if spec.kind == "factory":
-        shape = getattr(_factory(spec.ref), "input_shape", None)
+    if factory is not None:
+        shape = getattr(factory, "input_shape", None)
     elif spec.kind == "onnx":
         try:
             import onnxruntime as ort
