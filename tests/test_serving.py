@@ -134,3 +134,86 @@ def test_router_with_admission_rejects_only_when_all_segments_full():
         if i is not None:
             assert adm.try_acquire(i)
     assert picks.count(None) == 2 and Counter(p for p in picks if p is not None) == {0: 1, 1: 3}
+
+
+# Models config and pinning (pure, no Ray)
+
+from parvagpu.serving.pinning import node_resource, pins  # noqa: E402
+from parvagpu.serving.workers import build_runner, parse_models, read_models  # noqa: E402
+
+
+def test_models_config_parses_and_runs_numpy_model(tmp_path):
+    cfg = tmp_path / "models.yaml"
+    cfg.write_text(
+        "version: v1\nmodels:\n"
+        "  m: {factory: 'parvagpu.serving.workers:numpy_mlp', shape: [3, 4, 4], args: {hidden: 8}}\n"
+    )
+    models = read_models(cfg)
+    assert models["m"].shape == (3, 4, 4) and models["m"].threads is None
+    run = build_runner(models["m"], 4)
+    assert run(1) >= 0 and run(4) >= 0
+
+
+@pytest.mark.parametrize(
+    "entry, msg",
+    [
+        ({"factory": "nocolon", "shape": [1]}, "factory"),
+        ({"factory": "a.b:c", "shape": []}, "shape"),
+        ({"factory": "a.b:c", "shape": [0]}, "shape"),
+        ({"factory": "a.b:c", "shape": [1], "dtype": "float16"}, "dtype"),
+        ({"factory": "a.b:c", "shape": [1], "threads": 0}, "threads"),
+        ({"factory": "a.b:c", "shape": [1], "extra": 1}, "unknown"),
+    ],
+)
+def test_models_config_rejects_bad_entries(entry, msg):
+    with pytest.raises(ParvaError, match=msg):
+        parse_models({"m": entry})
+
+
+def test_models_config_unimportable_factory_is_a_clear_error():
+    m = parse_models({"m": {"factory": "parvagpu.nope:f", "shape": [1]}})["m"]
+    with pytest.raises(ParvaError, match="cannot import"):
+        build_runner(m, 1)
+
+
+def _state(node, entries):
+    keys = ("model", "gpu", "start", "batch", "procs", "mig_uuid", "mps_pipe_dir", "mps_log_dir")
+    return {"node": node, "segments": [dict(zip(keys, e)) for e in entries]}
+
+
+def test_pins_map_each_segment_to_its_mig_uuid_mps_dir_and_node():
+    plan = _plan(
+        [("a", 3, 32, 2, 1000.0, 40.0, 0, 4), ("a", 1, 16, 1, 250.0, 30.0, 9, 0)],
+        [Service("a", 800.0, 100.0)],
+    )
+    spec = serving_spec(plan)
+    states = [
+        _state(0, [("a", 0, 4, 32, 2, "MIG-aaa", "/run/p/0-4", "/run/l/0-4")]),
+        _state(1, [("a", 1, 0, 16, 1, "MIG-bbb", "/run/p/1-0", "/run/l/1-0")]),
+    ]
+    p = pins(spec, states)
+    assert dict(p["a-n0-g0-s4"].env) == {
+        "CUDA_VISIBLE_DEVICES": "MIG-aaa", "CUDA_MPS_PIPE_DIRECTORY": "/run/p/0-4", "CUDA_MPS_LOG_DIRECTORY": "/run/l/0-4",
+    }
+    assert dict(p["a-n1-g1-s0"].resources) == {node_resource(1): 0.001}
+    assert pins(spec, []) == {}  # CPU machine: nothing pinned
+    with pytest.raises(ParvaError, match="no node state for node 1"):
+        pins(spec, states[:1])
+    wrong = [states[0], _state(1, [("a", 1, 0, 8, 1, "MIG-bbb", "/p", "/l")])]
+    with pytest.raises(ParvaError, match="apply this plan first"):
+        pins(spec, wrong)
+
+
+def test_pins_accept_the_apply_layers_node_state():
+    from parvagpu.agent import STATE_VERSION, state_from_dict
+
+    plan = _plan([("a", 3, 32, 2, 1000.0, 40.0, 0, 4)], [Service("a", 800.0, 100.0)])
+    doc = {
+        "version": STATE_VERSION, "node": 0, "gpu_type": "A100-80GB", "gpus_per_node": 8,
+        "segments": [{
+            "model": "a", "gpu": 0, "start": 4, "size": 3, "profile": "3g.40gb", "profile_id": 9, "batch": 32,
+            "procs": 2, "gi_id": 2, "ci_id": 0, "mig_uuid": "MIG-1234", "mps_pipe_dir": "/p", "mps_log_dir": "/l",
+        }],
+    }
+    p = pins(serving_spec(plan), [state_from_dict(doc, "state.json")])
+    assert dict(p["a-n0-g0-s4"].env)["CUDA_VISIBLE_DEVICES"] == "MIG-1234"

@@ -11,9 +11,13 @@
   full the request gets a 503 at once. Keeping the per-model routers in one ingress deployment
   saves a network hop per request over a deployment per model; the counters stay exact because the
   ingress has one replica.
+- Front door: the ingress replica takes at most `front_door_limit` requests at once and Ray's
+  proxy queues 32 more, then answers 503 itself: on a saturated machine the ingress's own event
+  loop is a queue the per-model admission cannot see.
 - A replica that dies is restarted by Ray Serve; a request that was in it fails with an actor
   error, is retried once on the same segment (another or the restarted replica) and, if that also
-  fails, is answered 502. Nothing is dropped silently.
+  fails, is answered 502; a call still running after 10 SLOs (at least 5 s) is answered 504.
+  Nothing is dropped silently.
 
 HTTP: `POST /v1/models/<model>/infer` (JSON body optional), `GET /v1/models`, `GET /v1/stats`.
 Python: `serve.get_app_handle(APP).infer.remote(model, payload)`.
@@ -34,6 +38,12 @@ from .workers import WorkerModel
 
 APP = "parvagpu"
 RETRIES = 1
+CALL_TIMEOUT_SLOS = 10  # a segment call still running after 10 SLOs is given up (504)
+MIN_CALL_TIMEOUT_S = 5.0
+
+
+async def _result(resp):
+    return await resp
 
 
 def _require_ray():
@@ -52,13 +62,13 @@ def _deployments():
 
     @serve.deployment
     class SegmentWorker:
-        def __init__(self, segment: str, model: dict, batch: int, wait_s: float) -> None:
+        def __init__(self, segment: str, model: dict, batch: int, wait_s: float, size: int) -> None:
             from .workers import WorkerModel, build_runner
 
             spec = WorkerModel(name=model.pop("name"), **{**model, "shape": tuple(model["shape"]),
                                                           "args": tuple(sorted(model["args"].items()))})
             self.segment = segment
-            self.run = build_runner(spec, batch)
+            self.run = build_runner(spec, batch, threads=size)
             self.run(1)  # warm up before taking traffic
             self.infer.set_max_batch_size(batch)
             self.infer.set_batch_wait_timeout_s(wait_s)
@@ -97,6 +107,7 @@ def _deployments():
                     "handles": [handles[s["name"]] for s in segs],
                     "names": [s["name"] for s in segs],
                     "counts": {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0},
+                    "call_timeout": max(MIN_CALL_TIMEOUT_S, CALL_TIMEOUT_SLOS * m["latency_ms"] / 1000.0),
                 }
 
         async def infer(self, model: str, payload: Any = None) -> tuple[int, dict]:
@@ -114,15 +125,21 @@ def _deployments():
             try:
                 last = None
                 for attempt in range(1 + RETRIES):
+                    resp = m["handles"][i].remote(payload)
                     try:
-                        timing = await m["handles"][i].remote(payload)
-                        m["counts"]["ok"] += 1
-                        timing["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
-                        return 200, {"model": model, "segment": m["names"][i], "timing": timing}
+                        timing = await asyncio.wait_for(_result(resp), m["call_timeout"])
+                    except asyncio.TimeoutError:
+                        resp.cancel()  # a hung replica: the request is a miss, answered, not retried
+                        m["counts"]["failed"] += 1
+                        return 504, {"error": f"{model}: segment {m['names'][i]} did not answer in time"}
                     except Exception as exc:  # replica died or failed: retry once, then report
                         last = exc
                         if attempt < RETRIES:
                             m["counts"]["retried"] += 1
+                        continue
+                    m["counts"]["ok"] += 1
+                    timing["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
+                    return 200, {"model": model, "segment": m["names"][i], "timing": timing}
                 m["counts"]["failed"] += 1
                 return 502, {"error": f"{model}: segment {m['names'][i]} failed: {type(last).__name__}"}
             finally:
@@ -195,8 +212,27 @@ def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: 
                 ray_actor_options=opts,
                 health_check_period_s=2.0,
                 graceful_shutdown_timeout_s=1.0,
-            ).bind(seg.name, dict(cfg), seg.batch, seg.wait_s)
-    return PlanIngress.bind(spec_to_dict(spec), handles)
+            ).bind(seg.name, dict(cfg), seg.batch, seg.wait_s, seg.size)
+    cap = front_door_limit(spec)
+    return PlanIngress.options(max_ongoing_requests=cap, max_queued_requests=FRONT_QUEUE).bind(
+        spec_to_dict(spec), handles
+    )
+
+
+FRONT_QUEUE = 32
+
+
+def front_door_limit(spec: dict[str, ModelSpec]) -> int:
+    """Requests the ingress replica takes at once; beyond it (plus FRONT_QUEUE waiting) Ray's proxy
+    answers 503 itself. The per-model admission cannot act on requests still waiting for a busy
+    ingress's event loop, so this bounds that wait too. Per model: its in-flight limit, but no more
+    than three times what it holds at its planned rate within its SLO (Little: rate x SLO), plus
+    one batch per process; plus slack for requests being rejected."""
+    total = 0
+    for ms in spec.values():
+        little = math.ceil(3 * ms.rate * ms.latency_ms / 1000.0) + sum(s.batch * s.procs for s in ms.segments)
+        total += min(ms.limit, little)
+    return total + 32
 
 
 def serve_app(

@@ -9,7 +9,8 @@ models:
     factory: parvagpu.profiler.zoo:tiny_cnn   # package.module:function, no arguments unless `args`
     shape: [3, 32, 32]                        # one input item, without the batch dimension
     dtype: float32                            # float32 (default) or int64
-    threads: 1                                # intra-op threads per replica (CPU), default 1
+    threads: 1                                # intra-op threads per replica; default: the segment's
+                                              # size, as the profiler's cpu mode runs them
     args: {}                                  # keyword arguments for the factory
 ```
 
@@ -41,7 +42,7 @@ class WorkerModel:
     factory: str
     shape: tuple[int, ...]
     dtype: str = "float32"
-    threads: int = 1
+    threads: int | None = None
     args: tuple[tuple[str, Any], ...] = field(default=())
 
     def to_dict(self) -> dict:
@@ -78,8 +79,8 @@ def parse_models(data: Any, source: str = "models config") -> dict[str, WorkerMo
         dtype = e.get("dtype", "float32")
         if dtype not in ("float32", "int64"):
             raise ParvaError(f"{where}: dtype must be float32 or int64, got {dtype!r}")
-        threads = e.get("threads", 1)
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        threads = e.get("threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ParvaError(f"{where}: threads must be a positive integer, got {threads!r}")
         args = e.get("args", {}) or {}
         if not isinstance(args, dict):
@@ -113,9 +114,10 @@ def _factory(ref: str) -> Callable[..., Any]:
         raise ParvaError(f"factory {ref!r}: cannot import: {exc}") from None
 
 
-def build_runner(spec: WorkerModel, max_batch: int) -> Callable[[int], float]:
+def build_runner(spec: WorkerModel, max_batch: int, threads: int | None = None) -> Callable[[int], float]:
     """Load the model once; return `run(k)` that runs one batch of k items and returns the seconds
-    the model call took (the direct cost the serving path is compared with)."""
+    the model call took (the direct cost the serving path is compared with). `threads` applies
+    when the config sets none (default 1)."""
     model = _factory(spec.factory)(**dict(spec.args))
     shape = (max_batch, *spec.shape)
     try:
@@ -123,7 +125,7 @@ def build_runner(spec: WorkerModel, max_batch: int) -> Callable[[int], float]:
     except ImportError:
         torch = None
     if torch is not None and isinstance(model, torch.nn.Module):
-        torch.set_num_threads(spec.threads)
+        torch.set_num_threads(spec.threads or threads or 1)
         model.eval()
         if spec.dtype == "int64":
             x = torch.ones(shape, dtype=torch.long)
