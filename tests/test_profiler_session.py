@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -280,8 +281,10 @@ def test_mps_share_device_caps_threads_and_owns_its_daemon():
     dev = MpsShareDevice(1, mps, pipe_dir="")
     with dev.slot(3) as s:
         assert s.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "43" and s.env["CUDA_VISIBLE_DEVICES"] == "1"
-        assert s.env["CUDA_MPS_PIPE_DIRECTORY"]
+        root = Path(s.env["CUDA_MPS_PIPE_DIRECTORY"]).parent
+        assert root.is_dir()
     assert [k for k, _ in mps.log] == ["start", "stop"]
+    assert not root.exists()  # the private pipe directory is removed with its daemon
     shared = MpsShareDevice(0, mps, pipe_dir="/run/mps")
     with shared.slot(7) as s:
         assert s.env["CUDA_MPS_PIPE_DIRECTORY"] == "/run/mps" and s.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "100"

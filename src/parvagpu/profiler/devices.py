@@ -8,6 +8,7 @@ that workers run in, and tears it down afterwards, also on errors and Ctrl-C.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -105,11 +106,14 @@ class MpsShareDevice:
             return
         root = _pipe_root()
         pipe, log = str(root / "pipe"), str(root / "log")
-        self.mps.start(pipe, log, str(self.gpu))
         try:
-            yield Slot("cuda", {**env, "CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": log}, label=label)
+            self.mps.start(pipe, log, str(self.gpu))
+            try:
+                yield Slot("cuda", {**env, "CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": log}, label=label)
+            finally:
+                self.mps.stop(pipe, log)
         finally:
-            self.mps.stop(pipe, log)
+            shutil.rmtree(root, ignore_errors=True)
 
     def notes(self) -> dict:
         return {
@@ -163,10 +167,11 @@ class MigDevice:
             raise ParvaError(f"GPU {gpu}: no free slot for a {profile.name} instance; free one to profile size {size}")
         ci = None
         daemon = None
+        own_root = self.pipe_root is None
+        root = self.pipe_root or _pipe_root()
         try:
             ci = b.create_compute_instance(gpu, gi)
             uuid = b.mig_uuid(gpu, gi, ci)
-            root = self.pipe_root or _pipe_root()
             pipe, log = str(root / f"nvidia-mps-{gpu}-{start}"), str(root / f"nvidia-log-{gpu}-{start}")
             self.mps.start(pipe, log, uuid)
             daemon = (pipe, log)
@@ -178,6 +183,8 @@ class MigDevice:
                 if daemon is not None:
                     self.mps.stop(*daemon)
             finally:
+                if own_root:
+                    shutil.rmtree(root, ignore_errors=True)
                 if ci is not None:
                     self._retry(lambda: b.destroy_compute_instance(gpu, gi, ci))
                 self._retry(lambda: b.destroy_gpu_instance(gpu, gi))
