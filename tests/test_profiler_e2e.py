@@ -207,6 +207,8 @@ def test_model_that_cannot_run_the_shape_is_a_clear_error(torch, tmp_path):
     one_line_error(r, "does not accept an input of shape (1, 3)")
     r = run("profile", "builtins:dict", "--shape", "3", "--mode", "cpu", "--out", tmp_path)
     one_line_error(r, "not a torch.nn.Module")
+    r = run("profile", "builtins:divmod", "--shape", "3", "--mode", "cpu", "--out", tmp_path)  # needs arguments
+    one_line_error(r, "loading failed: TypeError")
     assert not list(tmp_path.glob("*.csv"))
 
 

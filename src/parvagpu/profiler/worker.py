@@ -185,7 +185,12 @@ def with_declared_shape(spec: ModelSpec) -> ModelSpec:
 def check(spec: ModelSpec) -> None:
     """Load the model on the CPU and run one batch of one item, so a wrong reference or a shape
     the model does not accept is a clear error before any point is measured."""
-    loaded = load(spec, 1, "cpu", None)
+    try:
+        loaded = load(spec, 1, "cpu", None)
+    except ParvaError:
+        raise
+    except Exception as exc:  # the user's factory may raise anything
+        raise ParvaError(f"model {spec.ref!r}: loading failed: {type(exc).__name__}: {_first_line(exc)}") from None
     try:
         loaded.run()
     except Exception as exc:
