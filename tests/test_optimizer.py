@@ -103,10 +103,25 @@ def test_cover_and_direct_forms_agree(example, profiles, a100, monkeypatch):
     services = scenario(example, profiles, 5)
     with_covers = optimizer.solve(services, profiles, a100, 3)
     monkeypatch.setattr(optimizer, "MAX_COVER_GRID", 0)  # every block falls back to y
+    blocks = optimizer._blocks(services, profiles, a100, 3, optimizer.mig_columns(a100))
+    assert all(b.covers is None for b in blocks)
     direct = optimizer.solve(services, profiles, a100, 3)
     assert with_covers.optimal and direct.optimal
     assert with_covers.plan.gpus_used == direct.plan.gpus_used == 12
     assert verify(direct.plan, profiles) == []
+
+
+def test_cover_budget_drops_the_longest_lists(example, profiles, a100, monkeypatch):
+    services = scenario(example, profiles, 6)
+    cols = optimizer.mig_columns(a100)
+    full = optimizer._blocks(services, profiles, a100, 3, cols)
+    counts = sorted(len(b.covers) for b in full)
+    monkeypatch.setattr(optimizer, "MAX_COVERS", sum(counts) - 1)
+    capped = optimizer._blocks(services, profiles, a100, 3, cols)
+    assert sum(b.covers is None for b in capped) >= 1
+    assert sum(len(b.covers) for b in capped if b.covers is not None) <= sum(counts) - 1
+    res = optimizer.solve(services, profiles, a100, 3)
+    assert res.optimal and res.plan.gpus_used == 16 and verify(res.plan, profiles) == []
 
 
 def test_columns_are_the_maximal_legal_layouts():

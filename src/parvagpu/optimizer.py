@@ -29,7 +29,7 @@ Model
                 sum_m sum_k k[s] z[m,k] - sum_c a[c,s] x[c] <= 0      for every size s
 
 A block whose covers are too many to list (a rate far above its segments' throughputs) keeps the
-direct variables y[m,s] in Z>=0 with the demand row sum_s (T[m,s] / lambda[m]) y[m,s] >= 1 and
+direct variables y[m,s] in Z>=0 with the demand row sum_s T[m,s] y[m,s] >= lambda[m] and
 y[m,s] in the supply rows instead; the two forms mix freely. The cover form is preferred because
 its LP relaxation is the convex hull of each model's integer choices: with y alone every model may
 buy a fraction of a segment, the bound falls tens of GPUs short at 1,000 services and branch and
@@ -66,8 +66,10 @@ from .model import DeploymentMap, ParvaError, PlacedSegment, Profile, Segment, S
 
 # HiGHS's bound may exceed the truth by its feasibility tolerance: allow for it before rounding up.
 _BOUND_EPS = 1e-6
-# Most cover candidates enumerated for one block before it falls back to the y form.
+# Most cover candidates enumerated for one block before it falls back to the y form, and most
+# cover columns in all (the blocks with the most covers fall back first).
 MAX_COVER_GRID = 20_000
+MAX_COVERS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -142,64 +144,86 @@ def _substitutes(columns: Sequence[Column], n: int) -> list[list[bool]]:
     return sub
 
 
-def minimal_covers(rate: float, throughputs: Sequence[float], limit: int = MAX_COVER_GRID):
+def minimal_covers(rate: float, throughputs: Sequence[float], limit: int | None = None):
     """All minimal covers of `rate` by segments of the given throughputs, as an int array (one row
-    per cover), or None when more than `limit` candidates would have to be enumerated.
+    per cover, one column per throughput), or None when more than `limit` candidates would have to
+    be enumerated."""
+    return _covers_many([(rate, tuple(throughputs))], limit)[0]
 
-    The last count of a candidate is the least that reaches the rate given the others; sums close
-    to the rate are re-checked in exact arithmetic, so a cover never misses the rate by a rounding.
-    """
-    ts = np.asarray(throughputs, dtype=np.float64)
-    k = len(ts)
-    ubs = [math.ceil(rate / t) for t in ts]
-    order = sorted(range(k), key=lambda i: (ubs[i], i))  # the widest range is computed, not listed
-    head, last = order[:-1], order[-1]
-    grid = 1
-    for i in head:
-        grid *= ubs[i] + 1
-        if grid > limit:
-            return None
-    if head:
-        h = np.indices([ubs[i] + 1 for i in head]).reshape(len(head), -1).T
-    else:
-        h = np.zeros((1, 0), dtype=np.int64)
-    acc = h @ ts[head] if head else np.zeros(1)
-    rest = rate - acc
-    n_last = np.where(rest > 0, np.ceil(rest / ts[last]), 0.0)
-    vec = np.zeros((len(h), k), dtype=np.int64)
-    vec[:, head] = h
-    vec[:, last] = n_last.astype(np.int64)
-    total = vec @ ts
-    tol = 1e-9 * max(rate, 1.0)
-    # Exact check of the coverage near the rate (floating sums may round across it).
-    close = np.nonzero(np.abs(total - rate) <= tol)[0]
-    if len(close):
-        ft = [Fraction(float(t)) for t in ts]
-        need = Fraction(rate)
-        for r in close:
-            exact = sum((ft[j] * int(vec[r, j]) for j in range(k)), Fraction(0))
-            if exact < need:
-                vec[r, last] += 1
-        total = vec @ ts
+
+_CHUNK_ROWS = 400_000  # candidates enumerated at once (bounds memory, not results)
+
+
+def _covers_many(items: Sequence[tuple[float, tuple[float, ...]]], limit: int | None = None) -> list:
+    """`minimal_covers` for many (rate, throughputs) at once, vectorised across them.
+
+    Every count but the one with the widest range is enumerated (a mixed-radix grid per item, all
+    items' grids laid end to end); the last count is the least that reaches the rate given the
+    others. Sums within 1e-9 of the rate are re-checked in exact arithmetic, so a cover never misses
+    the rate by a rounding and a minimal cover is never dropped by one."""
+    limit = MAX_COVER_GRID if limit is None else limit
+    out: list = [None] * len(items)
+    by_k: dict[int, list[int]] = defaultdict(list)
+    for i, (_, ts) in enumerate(items):
+        by_k[len(ts)].append(i)
+    for k, idx in by_k.items():
+        rates = np.array([items[i][0] for i in idx], dtype=np.float64)
+        T = np.array([items[i][1] for i in idx], dtype=np.float64).reshape(len(idx), k)
+        ubs = np.ceil(rates[:, None] / T).astype(np.int64)
+        perm = np.argsort(ubs, axis=1, kind="stable")  # widest range last: computed, not listed
+        Ts = np.take_along_axis(T, perm, axis=1)
+        radix = np.take_along_axis(ubs, perm, axis=1)[:, :-1] + 1
+        grid = np.prod(radix.astype(np.float64), axis=1)
+        todo = [b for b in range(len(idx)) if grid[b] <= limit]
+        while todo:
+            sel, rows = [], 0
+            while todo and (not sel or rows + grid[todo[0]] <= _CHUNK_ROWS):
+                sel.append(todo.pop(0))
+                rows += int(grid[sel[-1]])
+            found = _enumerate(np.array(sel), rates, Ts, radix, grid, k)
+            for b, cov in zip(sel, found):
+                orig = np.empty_like(cov)
+                orig[:, perm[b]] = cov
+                out[idx[b]] = orig
+    return out
+
+
+def _enumerate(sel, rates, Ts, radix, grid, k) -> list:
+    n_b = grid[sel].astype(np.int64)
+    bid = np.repeat(np.arange(len(sel)), n_b)
+    local = np.arange(int(n_b.sum()), dtype=np.int64) - (np.cumsum(n_b) - n_b)[bid]
+    ts = Ts[sel][bid]
+    rate = rates[sel][bid]
+    vec = np.empty((len(bid), k), dtype=np.int64)
+    rest = local
+    for j in range(k - 1):
+        r = radix[sel, j][bid]
+        vec[:, j] = rest % r
+        rest = rest // r
+    acc = (vec[:, : k - 1] * ts[:, : k - 1]).sum(axis=1)
+    short = rate - acc
+    vec[:, k - 1] = np.where(short > 0, np.ceil(short / ts[:, k - 1]), 0).astype(np.int64)
+    total = acc + vec[:, k - 1] * ts[:, k - 1]
+    tol = 1e-9 * np.maximum(rate, 1.0)
+
+    def exact(r: int, drop: int | None = None) -> Fraction:
+        s = sum((Fraction(float(ts[r, j])) * int(vec[r, j]) for j in range(k)), Fraction(0))
+        return s - (Fraction(float(ts[r, drop])) if drop is not None else 0)
+
+    for r in np.nonzero(np.abs(total - rate) <= tol)[0]:  # coverage near the rate
+        if exact(r) < Fraction(float(rate[r])):
+            vec[r, k - 1] += 1
+            total[r] += ts[r, k - 1]
     ok = total >= rate - tol
     for j in range(k):
-        drop = total - ts[j]
-        ok &= (vec[:, j] == 0) | (drop < rate + tol)
-    covers = vec[ok]
-    # Exact minimality where dropping a segment lands near the rate.
-    if len(covers):
-        tot = covers @ ts
-        ft = [Fraction(float(t)) for t in ts]
-        need = Fraction(rate)
-        keep = np.ones(len(covers), dtype=bool)
-        for j in range(k):
-            near = np.nonzero((covers[:, j] > 0) & (np.abs(tot - ts[j] - rate) <= tol))[0]
-            for r in near:
-                exact = sum((ft[i] * int(covers[r, i]) for i in range(k)), Fraction(0))
-                if exact - ft[j] >= need:
-                    keep[r] = False
-        covers = covers[keep]
-    return covers
+        dropped = total - ts[:, j]
+        ok &= (vec[:, j] == 0) | (dropped < rate + tol)
+        for r in np.nonzero(ok & (vec[:, j] > 0) & (np.abs(dropped - rate) <= tol))[0]:
+            if exact(r, j) >= Fraction(float(rate[r])):  # minimality near the rate
+                ok[r] = False
+    keep = np.nonzero(ok)[0]
+    counts = np.bincount(bid[keep], minlength=len(sel))
+    return np.split(vec[keep], np.cumsum(counts)[:-1])
 
 
 @dataclass(frozen=True)
@@ -251,14 +275,27 @@ def _blocks(
         if not opt_cache[okey]:
             raise ParvaError(f"model {svc.model}: no admissible triplet fits a layout of {gpu.name}")
         groups.setdefault((okey, svc.rate), []).append(svc)  # dicts keep first-seen order
-    cover_cache: dict[tuple, object] = {}
-    blocks = []
+    keys = {}
+    for (okey, rate), members in groups.items():
+        keys.setdefault((rate, tuple(t.throughput for _, t in opt_cache[okey])), len(keys))
+    covers_of = _covers_many(list(keys))
+    found = []
     for (okey, rate), members in groups.items():
         options = opt_cache[okey]
-        ckey = (tuple(t.throughput for _, t in options), rate)
-        if ckey not in cover_cache:
-            cover_cache[ckey] = minimal_covers(rate, [t.throughput for _, t in options])
-        covers = cover_cache[ckey]
+        cov = covers_of[keys[(rate, tuple(t.throughput for _, t in options))]]
+        found.append((members, rate, options, cov))
+    total = sum(len(c) for *_, c in found if c is not None)
+    if total > MAX_COVERS:  # keep the program's size bounded: drop the longest cover lists first
+        sizes = sorted((len(c) for *_, c in found if c is not None), reverse=True)
+        cut, kept = sizes[0] + 1, total
+        for n in sizes:
+            if kept <= MAX_COVERS:
+                break
+            kept -= n
+            cut = n
+        found = [(m, r, o, c if c is not None and len(c) < cut else None) for m, r, o, c in found]
+    blocks = []
+    for members, rate, options, covers in found:
         if covers is not None:
             blocks.append(_Block(tuple(members), rate, options, covers))
         else:
@@ -394,10 +431,13 @@ def _build(blocks: Sequence[_Block], columns: Sequence[Column], nsz: int) -> _Mo
         else:
             ts = np.array([t.throughput for _, t in b.options])
             k = len(ts)
-            row_lo[b_i], row_hi[b_i] = 1.0, np.inf
+            # In req/s, not normalised: HiGHS's absolute feasibility tolerance (1e-6) then lets a
+            # plan fall short by 1e-6 req/s at most, below the 0.001 resolution of profiled
+            # throughputs, instead of 1e-6 of the rate.
+            row_lo[b_i], row_hi[b_i] = b.rate, np.inf
             cols += [np.arange(nvar, nvar + k)] * 2
             rows += [np.full(k, b_i), M + sidx]
-            vals += [ts / b.rate, np.ones(k)]
+            vals += [ts, np.ones(k)]
             ub = np.ceil(b.rate / ts)
             upper.append(ub)
             max_gpus += float(ub.min())
