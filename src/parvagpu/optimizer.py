@@ -32,18 +32,19 @@ A block whose covers are too many to list (a rate far above its segments' throug
 direct variables y[m,s] in Z>=0 with the demand row sum_s T[m,s] y[m,s] >= lambda[m] and
 y[m,s] in the supply rows instead; the two forms mix freely. The cover form is preferred because
 its LP relaxation is the convex hull of each model's integer choices: with y alone every model may
-buy a fraction of a segment, the bound falls tens of GPUs short at 1,000 services and branch and
-cut spends the time limit closing it.
+buy a fraction of a segment, and at 1,000 services HiGHS still had a 3-GPU gap after 60 s, where the
+cover form is proven optimal in well under a second.
 
 Symmetry: layout counts x carry no GPU identity, and identical services share one block, so no two
 solutions differ only by a permutation.
 
 The matrix goes to HiGHS as sparse numpy arrays (`passModel`), single-threaded with a fixed seed:
-the same inputs give the same plan whenever the solve ends before the time limit. The proven lower
-bound is ceil(mip_dual_bound) (the objective is integral, so the solve stops once the incumbent is
-within 1 of the bound). Decoding gives every GPU its layout's concrete placements and fills each
-size-s slot with a size-s segment; segments a model does not need are dropped first, and the tiny
-packing problem (y fixed) is re-solved so the GPU count matches the final segments.
+the same inputs give the same plan whenever the solve ends before the time limit. `solve` lists the
+steps (LP bound, rounding, a capped integer program over the columns reduced costs leave open); the
+proven lower bound is the LP's Lagrangian bound rounded up, raised by the capped program. Decoding
+gives every GPU its layout's concrete placements and fills each size-s slot with a size-s segment;
+segments a model does not need are dropped first, and the tiny packing problem (segments fixed) is
+re-solved so the GPU count matches the final segments.
 
 `highspy` is imported inside the solve, never at package import.
 """
@@ -286,9 +287,9 @@ def _blocks(
         found.append((members, rate, options, cov))
     total = sum(len(c) for *_, c in found if c is not None)
     if total > MAX_COVERS:  # keep the program's size bounded: drop the longest cover lists first
-        sizes = sorted((len(c) for *_, c in found if c is not None), reverse=True)
-        cut, kept = sizes[0] + 1, total
-        for n in sizes:
+        lengths = sorted((len(c) for *_, c in found if c is not None), reverse=True)
+        cut, kept = lengths[0] + 1, total
+        for n in lengths:
             if kept <= MAX_COVERS:
                 break
             kept -= n
