@@ -217,3 +217,19 @@ def test_pins_accept_the_apply_layers_node_state():
     }
     p = pins(serving_spec(plan), [state_from_dict(doc, "state.json")])
     assert dict(p["a-n0-g0-s4"].env)["CUDA_VISIBLE_DEVICES"] == "MIG-1234"
+
+
+def test_adaptive_admission_shrinks_limit_for_slow_segments_only():
+    # batch 4, 2 procs, no wait, profiled 20 ms, SLO 100 ms: depth 5, limit 40
+    adm = Admission([40], [(4, 2, 0.0, 20.0, 100.0)], alpha=1.0)
+    adm.observe(0, 10.0)  # faster than the profile: keep the profile's limit
+    assert adm.limits == [40]
+    adm.observe(0, 45.0)  # 45 ms batches: only 2 rounds fit in 100 ms
+    assert adm.limits == [2 * 4 * 2]
+    adm.observe(0, 500.0)  # far too slow: at least one request still admitted
+    assert adm.limits == [1 * 4 * 2]
+    adm.observe(0, 20.0)
+    assert adm.limits == [40]
+    plain = Admission([3])
+    plain.observe(0, 1e6)
+    assert plain.limits == [3]

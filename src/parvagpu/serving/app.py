@@ -8,7 +8,8 @@
 - One HTTP ingress deployment holding, per model, its own router and admission counters: requests
   are split over the model's segments by smooth weighted round-robin on segment throughput
   (`router.py`), a full segment spills over to another segment of the model, and when all are
-  full the request gets a 503 at once. Keeping the per-model routers in one ingress deployment
+  full the request gets a 503 at once. Limits shrink when a segment's measured batch time exceeds
+  its profile (`policy.Admission`). Keeping the per-model routers in one ingress deployment
   saves a network hop per request over a deployment per model; the counters stay exact because the
   ingress has one replica.
 - Front door: the ingress replica takes at most `front_door_limit` requests at once and Ray's
@@ -103,7 +104,10 @@ def _deployments():
                 segs = m["segments"]
                 self.models[model] = {
                     "router": WeightedRouter([s["throughput"] for s in segs]),
-                    "admission": Admission([s["limit"] for s in segs]),
+                    "admission": Admission(
+                        [s["limit"] for s in segs],
+                        [(s["batch"], s["procs"], s["wait_s"], s["latency_ms"], m["latency_ms"]) for s in segs],
+                    ),
                     "handles": [handles[s["name"]] for s in segs],
                     "names": [s["name"] for s in segs],
                     "counts": {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0},
@@ -138,6 +142,7 @@ def _deployments():
                             m["counts"]["retried"] += 1
                         continue
                     m["counts"]["ok"] += 1
+                    adm.observe(i, timing.get("compute_ms", 0.0))
                     timing["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
                     return 200, {"model": model, "segment": m["names"][i], "timing": timing}
                 m["counts"]["failed"] += 1
@@ -166,9 +171,11 @@ def _deployments():
                     for k, v in self.spec.items()
                 ]})
             if request.method == "GET" and path == "/v1/stats":
-                return JSONResponse(
-                    {k: {**v["counts"], "inflight": list(v["admission"].inflight)} for k, v in self.models.items()}
-                )
+                return JSONResponse({
+                    k: {**v["counts"], "inflight": list(v["admission"].inflight), "limits": list(v["admission"].limits),
+                        "batch_ms": list(v["admission"].batch_ms)}
+                    for k, v in self.models.items()
+                })
             return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
 
     return SegmentWorker, PlanIngress
@@ -180,7 +187,7 @@ def spec_to_dict(spec: dict[str, ModelSpec]) -> dict:
             "rate": ms.rate, "latency_ms": ms.latency_ms, "capacity": ms.capacity,
             "segments": [
                 {"name": s.name, "throughput": s.throughput, "limit": s.limit, "batch": s.batch,
-                 "procs": s.procs, "wait_s": s.wait_s}
+                 "procs": s.procs, "wait_s": s.wait_s, "latency_ms": s.latency_ms}
                 for s in ms.segments
             ],
         }
@@ -253,6 +260,9 @@ def serve_app(
     # Ray Serve's low-overhead mode: user code on the replica's own event loop, buffered access
     # logs. It more than halves the per-request CPU of the ingress on a small machine.
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # Ray starts worker processes at nice 15 (background priority); replicas are the served
+    # workload and must not yield to every other process on the node.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)

@@ -41,6 +41,9 @@ def simulate(
     wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", help="Batch wait for every segment (default: from the SLO)."),
     overhead_ms: float = typer.Option(0.0, "--overhead-ms", help="Transport overhead added to every request."),
     unbounded: bool = typer.Option(False, "--unbounded", help="No admission limit: every request queues."),
+    service_scale: float = typer.Option(
+        1.0, "--service-scale", help="Multiply every profiled service time (hardware slower or faster than profiled)."
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency CDF plot here (PNG/PDF)."),
 ) -> None:
@@ -63,6 +66,7 @@ def simulate(
         res = run_sim(
             plan, duration_s=duration, seed=seed, rate_scale=rate_scale, profiles=profiles, depth=depth,
             wait_s=None if wait_ms is None else wait_ms / 1000.0, overhead_ms=overhead_ms, unbounded=unbounded,
+            service_scale=service_scale,
         )
         console().print(stats_table(res.stats, f"simulated {duration:g} s at {rate_scale:g}x planned rates "
                               f"({res.requests} requests, {res.elapsed_s:.2f} s)"))

@@ -76,6 +76,7 @@ class LoadResult:
     server: dict[str, dict[str, list[float]]]  # model -> timing name -> values (ok requests)
     overhead_ms: dict[str, dict[str, float]]  # model -> p50/p99 of latency - queue - compute
     target: str = ""
+    slowest: list = field(default_factory=list)  # the 10 slowest ok requests: when sent, how long
 
     @property
     def lost(self) -> int:
@@ -93,7 +94,18 @@ class LoadResult:
             "lost": self.lost,
             "models": [s.to_dict() for s in self.stats],
             "overhead_ms": self.overhead_ms,
+            "slowest": self.slowest,
+            "server": {
+                model: {k: _p50_p99(v) for k, v in timings.items()} for model, timings in self.server.items()
+            },
         }
+
+
+def _p50_p99(values: list[float]) -> dict:
+    from .stats import percentile
+
+    xs = sorted(values)
+    return {"p50": percentile(xs, 50), "p99": percentile(xs, 99), "mean": sum(xs) / len(xs) if xs else None}
 
 
 def schedule(targets: list[Target], duration_s: float, seed: int, max_requests: int) -> list[tuple[float, str]]:
@@ -133,7 +145,7 @@ async def run_load(
     if not targets:
         raise ParvaError("nothing to load: no model with a positive rate")
     events = schedule(targets, duration_s, seed, max_requests)
-    records: list[tuple[str, str, float, dict]] = []  # model, outcome, latency s, server timings
+    records: list[tuple[str, str, float, dict, float]] = []  # model, outcome, latency s, server timings, offset s
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
     lag = 0.0
@@ -146,7 +158,7 @@ async def run_load(
             outcome, server = TIMEOUT, {}
         except Exception:  # a sender bug or transport error is a failed request, never a lost one
             outcome, server = FAILED, {}
-        records.append((model, outcome, loop.time() - at, server))
+        records.append((model, outcome, loop.time() - at, server, at - start))
 
     tasks = []
     for rid, (offset, model) in enumerate(events):
@@ -168,7 +180,7 @@ async def run_load(
         t.model: {"lat": [], OK: 0, REJECTED: 0, FAILED: 0, TIMEOUT: 0, "server": {}, "overhead": []}
         for t in targets
     }
-    for model, outcome, latency, server in records:
+    for model, outcome, latency, server, _ in records:
         m = by_model[model]
         m[outcome if outcome in (OK, REJECTED, FAILED, TIMEOUT) else FAILED] += 1
         if outcome == OK:
@@ -188,7 +200,9 @@ async def run_load(
         if m["overhead"]:
             o = summarize(t.model, 0, 1, m["overhead"], len(m["overhead"]))
             overhead[t.model] = {"p50": o.p50_ms, "p99": o.p99_ms, "mean": o.mean_ms}
+    slowest = sorted((r for r in records if r[1] == OK), key=lambda r: -r[2])[:10]
     return LoadResult(
+        slowest=[{"model": r[0], "sent_at_s": round(r[4], 3), "latency_ms": round(1000 * r[2], 1)} for r in slowest],
         stats=tuple(stats), duration_s=duration_s, wall_s=wall, seed=seed, rate_scale=rate_scale,
         max_lag_ms=1000.0 * lag, latencies_ms={t.model: by_model[t.model]["lat"] for t in targets},
         server={t.model: by_model[t.model]["server"] for t in targets}, overhead_ms=overhead,

@@ -144,13 +144,26 @@ class Admission:
     """In-flight counters per segment of one model, with their limits.
 
     The ingress asks `try_acquire(i)` before forwarding to segment i and calls `release(i)` when the
-    call ends, whatever its outcome, so a dead replica cannot leak capacity."""
+    call ends, whatever its outcome, so a dead replica cannot leak capacity.
 
-    def __init__(self, limits: list[int]) -> None:
+    With `adaptive` (the segments' batch, procs, wait, profiled latency and the SLO), each answer's
+    measured batch time feeds an average, and a segment that runs slower than its profile (a busy
+    CPU, a throttled or shared GPU) gets the smaller limit its real batch time allows: the queue
+    stays within the SLO instead of within a bound computed for faster hardware. It never grows
+    above the profile's limit."""
+
+    def __init__(self, limits: list[int], adaptive: list[tuple[int, int, float, float, float]] | None = None,
+                 alpha: float = 0.1) -> None:
         if any(lim < 1 for lim in limits):
             raise ParvaError(f"in-flight limits must be >= 1, got {limits}")
+        if adaptive is not None and len(adaptive) != len(limits):
+            raise ParvaError("adaptive admission needs one (batch, procs, wait_s, latency_ms, slo_ms) per segment")
+        self.static = list(limits)
         self.limits = list(limits)
         self.inflight = [0] * len(limits)
+        self.adaptive = adaptive
+        self.alpha = alpha
+        self.batch_ms: list[float | None] = [None] * len(limits)
 
     def has_room(self, i: int) -> bool:
         return self.inflight[i] < self.limits[i]
@@ -165,3 +178,14 @@ class Admission:
         if self.inflight[i] <= 0:
             raise RuntimeError(f"release of segment {i} with nothing in flight")
         self.inflight[i] -= 1
+
+    def observe(self, i: int, batch_ms: float) -> None:
+        """Record one measured batch time of segment i and update its limit."""
+        if self.adaptive is None or not batch_ms > 0:
+            return
+        prev = self.batch_ms[i]
+        avg = batch_ms if prev is None else prev + self.alpha * (batch_ms - prev)
+        self.batch_ms[i] = avg
+        batch, procs, wait_s, latency_ms, slo_ms = self.adaptive[i]
+        depth = queue_depth(max(latency_ms, avg), slo_ms, wait_s)
+        self.limits[i] = max(1, min(self.static[i], inflight_limit(batch, procs, depth)))

@@ -189,16 +189,21 @@ def simulate(
     wait_s: float | None = None,
     overhead_ms: float = 0.0,
     unbounded: bool = False,
+    service_scale: float = 1.0,
 ) -> SimResult:
     """Simulate `duration_s` of Poisson traffic against the plan as served (see module doc).
 
-    `unbounded` switches admission off (every request queues), to see what the limit protects."""
+    `unbounded` switches admission off (every request queues), to see what the limit protects;
+    `service_scale` multiplies every service time (hardware slower or faster than profiled) while
+    admission keeps the limits computed from the profile, as a server without feedback would."""
     import numpy as np
 
     if not duration_s > 0:
         raise ParvaError(f"duration must be positive, got {duration_s}")
     if overhead_ms < 0:
         raise ParvaError(f"overhead must be >= 0 ms, got {overhead_ms}")
+    if not service_scale > 0:
+        raise ParvaError(f"service time scale must be positive, got {service_scale}")
     started = time.perf_counter()
     spec: dict[str, ModelSpec] = serving_spec(plan, rate_scale, depth, wait_s)
     streams = np.random.SeedSequence(seed).spawn(len(spec))
@@ -214,7 +219,7 @@ def simulate(
         for idx, seg in enumerate(ms.segments):
             a = arrivals[picks == idx]
             prof = profiles.get(model) if profiles else None
-            svc = service_times(seg, prof)
+            svc = [t * service_scale for t in service_times(seg, prof)]
             res = simulate_segment(a, seg.procs, seg.batch, seg.wait_s, svc, None if unbounded else seg.limit)
             served = res.latencies_s[~np.isnan(res.latencies_s)]
             rej = int(a.size - served.size)
