@@ -180,3 +180,12 @@ def test_http_refused_connection_is_an_error_not_a_hang():
     pytest.importorskip("aiohttp")
     with pytest.raises(ParvaError, match="cannot connect"):
         load_http(f"http://127.0.0.1:{port}", None, 1.0)
+
+
+def test_cdf_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    from parvagpu.serving.stats import plot_cdf
+
+    out = tmp_path / "cdf.png"
+    plot_cdf({"a": [12.0, 30.0, 55.0, 80.0], "b": [1.0, 2.0]}, {"a": 60.0, "b": 5.0}, out, "t")
+    assert out.stat().st_size > 1000

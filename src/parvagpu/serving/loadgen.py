@@ -82,8 +82,10 @@ class LoadResult:
     def lost(self) -> int:
         return sum(s.lost for s in self.stats)
 
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, latencies: bool = False) -> dict:
+        """The JSON result; with `latencies`, every ok request's latency per model too (for plots)."""
+        extra = {"latencies_ms": self.latencies_ms} if latencies else {}
+        return extra | {
             "kind": "load",
             "target": self.target,
             "duration_s": self.duration_s,

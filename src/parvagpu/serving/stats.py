@@ -168,6 +168,11 @@ def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path
         if model in slos:
             ax.axvline(slos[model], color=color, linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("latency (ms, log scale); dashed: SLO")
     ax.set_ylabel("fraction of ok requests")
     ax.set_title(title)
