@@ -109,8 +109,8 @@ def load(
 ) -> None:
     """Open-loop Poisson load at the planned rates; p50/p95/p99, SLO attainment, every request counted.
 
-    Each request ends ok, 503, failed or timed out. Exit 1 if a request was lost or a model's
-    p99 missed its SLO."""
+    Each request ends ok, 503, failed or timed out. Exit 1 if a request was lost, failed or timed
+    out, or a model's p99 missed its SLO (503s alone do not fail the run: they are backpressure)."""
     from .loadgen import check_loopback, load_http, targets_from_plan
     from .stats import console, plot_cdf, stats_table
 
@@ -135,7 +135,10 @@ def load(
             err.print(f"wrote {plot}", highlight=False)
     except ParvaError as exc:
         fail(str(exc))
-    if res.lost or any(s.ok and s.p99_ms > s.slo_ms for s in res.stats):
+    bad = [s.model for s in res.stats
+           if s.lost or s.failed or s.timeouts or not s.ok or s.p99_ms > s.slo_ms]
+    if bad:
+        err.print(f"SLO not met or requests failed for: {', '.join(bad)}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -166,6 +169,9 @@ def serve(
         if models_file is None:
             raise ParvaError("--models CONFIG is required: it says how to load each model")
         models = read_models(models_file)
+        missing = sorted({s.model for s in plan.services} - set(models))
+        if missing:
+            raise ParvaError(f"{models_file}: no entry for: {', '.join(missing)}")
         spec = serving_spec(plan, 1.0, depth, None if wait_ms is None else wait_ms / 1000.0)
         states = []
         if node_state:

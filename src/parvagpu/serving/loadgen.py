@@ -284,9 +284,14 @@ def load_http(
 
     async def main() -> LoadResult:
         async with HttpSender(url) as sender:
+            served = await sender.models()  # also checks the server is there before any load
             tg = targets
             if tg is None:
-                tg = [Target(t.model, t.rate * rate_scale, t.slo_ms) for t in await sender.models()]
+                tg = [Target(t.model, t.rate * rate_scale, t.slo_ms) for t in served]
+            else:
+                missing = sorted({t.model for t in tg} - {t.model for t in served})
+                if missing:
+                    raise ParvaError(f"{sender.base} does not serve: {', '.join(missing)}")
             return await run_load(tg, sender, duration_s, seed, timeout_s, max_requests, rate_scale, sender.base)
 
     try:
