@@ -156,3 +156,24 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_structured_files_share_one_reader(tmp_path):
+    """Services files, models configs, plans and node state: one line naming the file for an
+    unreadable, non-UTF-8 or malformed file."""
+    from parvagpu.agent import read_state
+    from parvagpu.formats import read_plan
+    from parvagpu.serving.workers import read_models
+
+    binary = write(tmp_path, "b.yaml", "")
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ParvaError, match=r"b.yaml: cannot read services file: not UTF-8 text"):
+        load_services(binary)
+    bad = write(tmp_path, "m.yaml", "tiny: {factory: [x\n")
+    with pytest.raises(ParvaError, match=r"m.yaml: invalid YAML at line"):
+        read_models(bad)
+    with pytest.raises(ParvaError, match=r"state.json: invalid JSON at line 1"):
+        read_state(write(tmp_path, "state.json", "{oops"))
+    assert read_state(tmp_path / "absent.json") is None
+    with pytest.raises(ParvaError, match=r"p.json: cannot read plan"):
+        read_plan(tmp_path / "p.json")

@@ -12,10 +12,10 @@ files with C `atoi` (418.5 -> 418), for parity checks.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
+from .formats import read_document
 from .model import ParvaError, Profile, Service
 
 RATE_FILE = "SLO_req_rate.csv"
@@ -87,29 +87,9 @@ def load_scenario(
     return tuple(services)
 
 
-def _parse_structured(path: Path, text: str) -> object:
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParvaError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ParvaError(f"{path}: invalid YAML{line}") from None
-
-
 def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
     """A services file: a list of {model, rate, latency_ms}."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ParvaError(f"{path}: cannot read services file: {exc.strerror or exc}") from None
-    data = _parse_structured(path, text)
+    data = read_document(path, "services file")
     if isinstance(data, dict):
         unknown = set(data) - {"version", "services"}
         if unknown:

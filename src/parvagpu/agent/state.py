@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..formats import atomic_write
+from ..formats import atomic_write, read_json
 from ..model import ParvaError
 
 if TYPE_CHECKING:
@@ -119,17 +119,9 @@ def state_from_dict(data: Any, source: str) -> NodeState:
 
 def read_state(path: Path) -> NodeState | None:
     """The node state file, or None if there is none yet."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not Path(path).exists():
         return None
-    except OSError as exc:
-        raise ParvaError(f"{path}: cannot read node state: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ParvaError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    return state_from_dict(data, str(path))
+    return state_from_dict(read_json(path, "node state"), str(path))
 
 
 def write_state(path: Path, doc: dict[str, Any]) -> bool:

@@ -23,13 +23,13 @@ reference profiler does: the serving path is measured, not data decoding.
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..formats import read_document
 from ..model import ParvaError
 
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -90,20 +90,7 @@ def parse_models(data: Any, source: str = "models config") -> dict[str, WorkerMo
 
 
 def read_models(path: Path) -> dict[str, WorkerModel]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ParvaError(f"{path}: cannot read models config: {exc.strerror or exc}") from None
-    try:
-        if Path(path).suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except (ValueError, Exception) as exc:  # yaml.YAMLError and json errors
-        raise ParvaError(f"{path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
-    return parse_models(data, str(path))
+    return parse_models(read_document(path, "models config"), str(path))
 
 
 def _factory(ref: str) -> Callable[..., Any]:
