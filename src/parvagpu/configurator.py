@@ -58,23 +58,23 @@ def build_index(profile: Profile, gpu: GpuType, max_procs: int) -> ProfileIndex:
     ]
     by_size = []
     for size in gpu.sizes:
-        # Iteration order (batch, procs) decides ties; stable sort by latency keeps it.
-        pts = sorted((p for p in usable if p.size == size), key=lambda p: (p.batch, p.procs))
+        # Sorted by latency, so the admissible points of any threshold are a prefix. Ties on
+        # throughput go to the first in iteration order: (batch, procs), unique within a size.
+        pts = sorted((p for p in usable if p.size == size), key=lambda p: p.exact_latency_ms)
         if not pts:
             continue
-        pts.sort(key=lambda p: p.exact_latency_ms)
         best: ProfilePoint | None = None
-        best_rank = None
         prefix = []
-        order = {id(p): i for i, p in enumerate(sorted(pts, key=lambda p: (p.batch, p.procs)))}
         for p in pts:
-            rank = order[id(p)]
             if (
                 best is None
                 or p.segment_throughput > best.segment_throughput
-                or (p.segment_throughput == best.segment_throughput and rank < best_rank)
+                or (
+                    p.segment_throughput == best.segment_throughput
+                    and (p.batch, p.procs) < (best.batch, best.procs)
+                )
             ):
-                best, best_rank = p, rank
+                best = p
             prefix.append(to_triplet(best))
         by_size.append(
             (size, _SizeIndex(tuple(p.exact_latency_ms for p in pts), tuple(prefix)))

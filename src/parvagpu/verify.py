@@ -81,6 +81,7 @@ def verify(
             problems.append(f"{label}: uses {compute} compute slices of {gpu.compute_slices}")
 
     capacity: dict[str, float] = defaultdict(float)
+    points: dict[str, dict] = {}  # per model: (size, batch, procs) -> profiled point
     for s in plan.segments:
         t = s.segment.triplet
         where = f"node {plan.node_of(s.gpu)} gpu {plan.local_gpu(s.gpu)} start {s.start} ({s.model})"
@@ -92,9 +93,11 @@ def verify(
         if prof is None:
             problems.append(f"{where}: no profile for model {s.model}")
             continue
-        point = next(
-            (p for p in prof.points if (p.size, p.batch, p.procs) == (t.size, t.batch, t.procs)), None
-        )
+        if s.model not in points:
+            lookup = points[s.model] = {}
+            for p in prof.points:
+                lookup.setdefault((p.size, p.batch, p.procs), p)
+        point = points[s.model].get((t.size, t.batch, t.procs))
         if point is None or point.throughput <= 0:
             problems.append(f"{where}: ({t.size}g, b{t.batch}, p{t.procs}) is not a runnable profiled point")
             continue
