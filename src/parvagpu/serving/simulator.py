@@ -93,38 +93,34 @@ def simulate_segment(
     i = 0
     push, pop = heapq.heappush, heapq.heappop
 
+    def admit(j: int) -> bool:
+        """Arrival j meets the in-flight limit as it stands at its arrival time."""
+        nonlocal inflight
+        t = arr[j]
+        while done and done[0][0] <= t:
+            inflight -= pop(done)[1]
+        if inflight < cap:
+            inflight += 1
+            q.append(j)
+            return True
+        return False
+
     while i < n or q:
         if not q:
-            t = arr[i]
-            while done and done[0][0] <= t:
-                inflight -= pop(done)[1]
-            if inflight < cap:
-                inflight += 1
-                q.append(i)
+            admit(i)
             i += 1
             continue
         t0 = max(free[0], arr[q[0]])
         # every arrival up to t0 is admitted or rejected before the batch opens
         while i < n and arr[i] <= t0:
-            t = arr[i]
-            while done and done[0][0] <= t:
-                inflight -= pop(done)[1]
-            if inflight < cap:
-                inflight += 1
-                q.append(i)
+            admit(i)
             i += 1
         close = t0
         if len(q) < batch and wait_s > 0:
             deadline = t0 + wait_s
             while len(q) < batch and i < n and arr[i] <= deadline:
-                t = arr[i]
-                while done and done[0][0] <= t:
-                    inflight -= pop(done)[1]
-                if inflight < cap:
-                    inflight += 1
-                    q.append(i)
-                    if len(q) >= batch:
-                        close = t
+                if admit(i) and len(q) >= batch:
+                    close = arr[i]
                 i += 1
             if len(q) < batch:
                 close = deadline
