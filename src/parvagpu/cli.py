@@ -19,7 +19,7 @@ from .gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
 from .model import ParvaError, Profile, Service
 from .planner import DEFAULT_TIME_LIMIT, STRATEGIES, plan as make_plan
 from .profiles import load_profiles
-from .slo import load_scenario, load_services
+from .slo import check_models, load_scenario, load_services
 from .verify import verify as verify_plan
 
 app = typer.Typer(
@@ -80,11 +80,7 @@ def load_inputs(
             slo_dir = example_dir() / "SLO"
         services = load_scenario(slo_dir, 1 if scenario is None else scenario, list(profiles), truncate=truncate)
         source = str(slo_dir)
-    for s in services:
-        if s.model not in profiles:
-            raise ParvaError(
-                f"{source}: model {s.model!r} has no profile (known: {', '.join(sorted(profiles))})"
-            )
+    check_models(services, profiles, source)
     return profiles, services
 
 
