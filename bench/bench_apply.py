@@ -30,12 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from parvagpu.agent import NodeDirs, apply_plan, plan_nodes, teardown  # noqa: E402
-from parvagpu.cli import load_inputs  # noqa: E402
-from parvagpu.gpus import gpu_type  # noqa: E402
-from parvagpu.mig import FakeBackend, mutating_calls  # noqa: E402
-from parvagpu.mps import FakeMps  # noqa: E402
-from parvagpu.planner import plan as make_plan  # noqa: E402
+from parvagpu.node import NodeDirs, apply_plan, plan_nodes, teardown  # noqa: E402
+from parvagpu.cli.common import load_inputs  # noqa: E402
+from parvagpu.core.gpus import gpu_type  # noqa: E402
+from parvagpu.hardware.mig import FakeBackend, mutating_calls  # noqa: E402
+from parvagpu.hardware.mps import FakeMps  # noqa: E402
+from parvagpu.planning.strategies import plan as make_plan  # noqa: E402
 
 
 def plans(model: str, factor: float):
@@ -54,7 +54,7 @@ def nvml_backend(fake: FakeBackend):
         from nvml_stub import StubNvml
     except ImportError:
         return None
-    from parvagpu.mig.nvml import NvmlBackend
+    from parvagpu.hardware.mig.nvml import NvmlBackend
 
     sys.modules["pynvml"] = StubNvml(fake)
     try:

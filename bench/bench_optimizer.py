@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import base_profiles, random_services  # noqa: E402
 
-from parvagpu.gpus import gpu_type  # noqa: E402
-from parvagpu.optimizer import solve  # noqa: E402
-from parvagpu.planner import plan, plan_parva  # noqa: E402
+from parvagpu.core.gpus import gpu_type  # noqa: E402
+from parvagpu.planning.optimizer import solve  # noqa: E402
+from parvagpu.planning.strategies import plan, plan_parva  # noqa: E402
 from parvagpu.verify import verify  # noqa: E402
 
 

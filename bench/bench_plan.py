@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import base_profiles, random_services  # noqa: E402
 
-from parvagpu.gpus import gpu_type  # noqa: E402
-from parvagpu.planner import plan_parva  # noqa: E402
+from parvagpu.core.gpus import gpu_type  # noqa: E402
+from parvagpu.planning.strategies import plan_parva  # noqa: E402
 from parvagpu.verify import verify  # noqa: E402
 
 

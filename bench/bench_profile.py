@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from parvagpu.cli import example_dir
+from parvagpu.cli.common import example_dir
 from parvagpu.profiler.sysinfo import cpu_name, library_versions
-from parvagpu.profiles import load_profile, load_profiles
+from parvagpu.inputs.profiles import load_profile, load_profiles
 
 SIZES, BATCHES, PROCS = (1, 2), (1, 2, 4, 8, 16, 32, 64), (1, 2, 3)
 

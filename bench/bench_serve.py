@@ -47,7 +47,7 @@ def services_yaml(profiles_dir: Path) -> tuple[str, float]:
     3x640x640, so the model, not the serving stack, is what a request mostly costs: on 2 cores the
     HTTP proxy, ingress and replica runtime need about 10 ms of CPU per request, which a plan made
     from a model-only CPU profile does not see."""
-    from parvagpu.profiles import load_profile
+    from parvagpu.inputs.profiles import load_profile
 
     prof = load_profile(profiles_dir / "tiny_cnn.csv")
     best = max(p.segment_throughput for p in prof.points
@@ -155,8 +155,8 @@ def main() -> None:
     (work / "models.yaml").write_text(MODELS)
     url = f"http://127.0.0.1:{args.port}"
 
-    from parvagpu.formats import read_plan
-    from parvagpu.profiles import load_profiles
+    from parvagpu.contract.plan_json import read_plan
+    from parvagpu.inputs.profiles import load_profiles
     from parvagpu.serving.loadgen import load_http, targets_from_plan
     from parvagpu.serving.simulator import simulate
     from parvagpu.serving.stats import plot_cdf

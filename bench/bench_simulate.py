@@ -11,12 +11,12 @@ import argparse
 import sys
 import time
 
-from parvagpu.cli import example_dir
-from parvagpu.gpus import gpu_type
-from parvagpu.planner import plan_parva as make_plan
-from parvagpu.profiles import load_profiles
+from parvagpu.cli.common import example_dir
+from parvagpu.core.gpus import gpu_type
+from parvagpu.planning.strategies import plan_parva as make_plan
+from parvagpu.inputs.profiles import load_profiles
 from parvagpu.serving.simulator import simulate
-from parvagpu.slo import load_scenario, scenario_count
+from parvagpu.inputs.services import load_scenario, scenario_count
 
 
 def main() -> None:

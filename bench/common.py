@@ -7,9 +7,9 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from parvagpu.cli import example_dir
-from parvagpu.model import Profile, Service
-from parvagpu.profiles import load_profiles
+from parvagpu.cli.common import example_dir
+from parvagpu.core.model import Profile, Service
+from parvagpu.inputs.profiles import load_profiles
 
 
 def base_profiles() -> dict[str, Profile]:

@@ -6,15 +6,15 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from parvagpu.agent import NodeDirs, apply_plan, node_wants
-from parvagpu.cli import example_dir, load_inputs
-from parvagpu.formats import plan_to_json
-from parvagpu.gpus import gpu_type
-from parvagpu.mig import FakeBackend
-from parvagpu.mig.base import MPS_SERVER
-from parvagpu.model import DeploymentMap
-from parvagpu.mps import FakeMps
-from parvagpu.planner import plan as make_plan
+from parvagpu.node import NodeDirs, apply_plan, node_wants
+from parvagpu.cli.common import load_inputs
+from parvagpu.contract.plan_json import plan_to_json
+from parvagpu.core.gpus import gpu_type
+from parvagpu.hardware.mig import FakeBackend
+from parvagpu.hardware.mig.base import MPS_SERVER
+from parvagpu.core.model import DeploymentMap
+from parvagpu.hardware.mps import FakeMps
+from parvagpu.planning.strategies import plan as make_plan
 
 
 @lru_cache(maxsize=None)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from parvagpu.cli import example_dir
-from parvagpu.gpus import gpu_type
-from parvagpu.profiles import load_profiles
+from parvagpu.cli.common import example_dir
+from parvagpu.core.gpus import gpu_type
+from parvagpu.inputs.profiles import load_profiles
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "reference-data" / "parvagpu_sc24"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from parvagpu.model import Profile, ProfilePoint, Service
+from parvagpu.core.model import Profile, ProfilePoint, Service
 
 
 def profile(model: str, rows: list[tuple[int, int, int, float, float]]) -> Profile:

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pynvml as real
 
-from parvagpu.gpus import gpu_type
-from parvagpu.mig import FakeBackend
-from parvagpu.mig import base as mb
+from parvagpu.core.gpus import gpu_type
+from parvagpu.hardware.mig import FakeBackend
+from parvagpu.hardware.mig import base as mb
 
 _GI_ENUM_SIZE = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7}  # NVML_GPU_INSTANCE_PROFILE_{1,2,3,4,7}_SLICE
 _CI_ENUM_SLICES = {0: 1, 1: 2, 2: 3, 3: 4, 4: 7, 5: 8, 6: 6}

@@ -12,8 +12,8 @@ from apply_support import applied, clone, fresh_node, layout, node_picture, scen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parvagpu import agent
-from parvagpu.agent import (
+from parvagpu import node as agent
+from parvagpu.node import (
     ApplyFailed,
     GpuView,
     NodeDirs,
@@ -31,11 +31,12 @@ from parvagpu.agent import (
     read_state,
     teardown,
 )
-from parvagpu.gpus import gpu_type
-from parvagpu.mig import FakeBackend, InjectedFailure, mutating_calls
-from parvagpu.mig.base import ComputeInstance, GpuInstance, GpuProcess
-from parvagpu.model import ParvaError, PlacedSegment
-from parvagpu.mps import FakeMps, MpsError
+from parvagpu.core.gpus import gpu_type
+from parvagpu.hardware.mig import FakeBackend, InjectedFailure, mutating_calls
+from parvagpu.hardware.mig.base import ComputeInstance, GpuInstance, GpuProcess
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.model import PlacedSegment
+from parvagpu.hardware.mps import FakeMps, MpsError
 
 A100 = gpu_type("A100-80GB")
 
@@ -525,7 +526,7 @@ def test_apply_through_the_nvml_backend_code(tmp_path, monkeypatch):
 
     from nvml_stub import StubNvml
 
-    from parvagpu.mig.nvml import NvmlBackend
+    from parvagpu.hardware.mig.nvml import NvmlBackend
 
     plan = scenario_plan(6)
     fake, _ = fresh_node(plan)
@@ -576,7 +577,7 @@ def services(draw):
 
 
 def agent_inputs():
-    from parvagpu.cli import load_inputs
+    from parvagpu.cli.common import load_inputs
 
     return load_inputs(None, None, 1, None, False)
 
@@ -584,8 +585,8 @@ def agent_inputs():
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(services(), st.integers(1, 8))
 def test_any_plan_replays_on_the_fake_and_status_matches(tmp_path_factory, svcs, per_node):
-    from parvagpu.model import Service
-    from parvagpu.planner import plan as make_plan
+    from parvagpu.core.model import Service
+    from parvagpu.planning.strategies import plan as make_plan
 
     profiles, _ = agent_inputs()
     plan = make_plan(tuple(Service(*s) for s in svcs), profiles, A100, 3, per_node, "parva")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from parvagpu.allocator import AllocatorPolicy, _Cluster, _valuation, allocate
-from parvagpu.configurator import configure, configure_all
-from parvagpu.model import Segment, Triplet
-from parvagpu.planner import plan_parva
-from parvagpu.slo import load_scenario
+from parvagpu.planning.allocator import AllocatorPolicy, _Cluster, _valuation, allocate
+from parvagpu.planning.configurator import configure, configure_all
+from parvagpu.core.model import Segment, Triplet
+from parvagpu.planning.strategies import plan_parva
+from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
 
 from helpers import profile, service
@@ -120,7 +120,7 @@ def test_optimization_pass_saves_gpus(example, profiles, a100):
 
 @pytest.mark.parametrize("name", ["A30", "H100-80GB", "A100-40GB", "H200"])
 def test_other_gpu_types(example, profiles, name):
-    from parvagpu.gpus import gpu_type
+    from parvagpu.core.gpus import gpu_type
 
     gpu = gpu_type(name)
     services = load_scenario(example / "SLO", 3, list(profiles))

@@ -12,9 +12,9 @@ import yaml
 from apply_support import scenario_plan, write_plan
 from typer.testing import CliRunner
 
-from parvagpu.agent import NodeDirs, read_state
+from parvagpu.node import NodeDirs, read_state
 from parvagpu.cli import app
-from parvagpu.export import check_mig_parted
+from parvagpu.export.manifests import check_mig_parted
 
 runner = CliRunner()
 
@@ -120,7 +120,7 @@ def test_refusal_and_force(tmp_path, s6, s5, node):
 
 
 def test_injected_failure_rolls_back_through_the_cli(tmp_path, s6, s5, node, monkeypatch):
-    from parvagpu.mig import FakeBackend
+    from parvagpu.hardware.mig import FakeBackend
 
     assert run("apply", s6, *node).exit_code == 0
     before = json.loads((tmp_path / "fake.json").read_text())
@@ -130,7 +130,7 @@ def test_injected_failure_rolls_back_through_the_cli(tmp_path, s6, s5, node, mon
     def flaky(self, gpu, profile_id, start):
         calls.append(1)
         if len(calls) == 5:
-            from parvagpu.mig import InsufficientResources
+            from parvagpu.hardware.mig import InsufficientResources
 
             raise InsufficientResources("injected")
         return real_create(self, gpu, profile_id, start)
@@ -176,12 +176,12 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, s6, args, ne
 
 
 def test_nvml_backend_without_a_driver_is_one_line(tmp_path, s6, monkeypatch):
-    from parvagpu.model import ParvaError
+    from parvagpu.core.errors import ParvaError
 
     def no_driver():
         raise ParvaError("cannot initialise NVML (Driver Not Loaded); is an NVIDIA driver installed and loaded?")
 
-    monkeypatch.setattr("parvagpu.cli_apply.open_nvml", no_driver)
+    monkeypatch.setattr("parvagpu.cli.node.open_nvml", no_driver)
     line = one_error_line(run("apply", s6, "--node", 0, "--state-dir", tmp_path / "st"))
     assert "NVML" in line
 

@@ -7,11 +7,12 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from parvagpu.baselines import plan_whole_gpu
-from parvagpu.gpus import gpu_type
-from parvagpu.model import ParvaError, Profile, ProfilePoint, Service
-from parvagpu.planner import STRATEGIES, plan
-from parvagpu.slo import load_scenario
+from parvagpu.planning.baselines import plan_whole_gpu
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.model import Profile, ProfilePoint, Service
+from parvagpu.planning.strategies import STRATEGIES, plan
+from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
 
 from test_optimizer import workloads

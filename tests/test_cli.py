@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parvagpu.cli import app
-from parvagpu.formats import SEED_CSV_HEADER
+from parvagpu.contract.seed_csv import SEED_CSV_HEADER
 
 runner = CliRunner()
 

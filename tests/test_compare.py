@@ -8,9 +8,9 @@ import io
 import pytest
 from typer.testing import CliRunner
 
-from parvagpu import compare
+from parvagpu.reports import compare
 from parvagpu.cli import app
-from parvagpu.slo import load_scenario
+from parvagpu.inputs.services import load_scenario
 
 runner = CliRunner()
 

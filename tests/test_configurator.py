@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from parvagpu.configurator import configure
-from parvagpu.model import ParvaError
+from parvagpu.planning.configurator import configure
+from parvagpu.core.errors import ParvaError
 
 from helpers import profile, service
 
@@ -77,7 +77,7 @@ def test_zero_points_never_selected(a100):
 
 
 def test_sizes_the_gpu_lacks_are_ignored():
-    from parvagpu.gpus import gpu_type
+    from parvagpu.core.gpus import gpu_type
 
     p = profile("m", [(3, 1, 1, 1000.0, 0.010), (4, 1, 1, 100.0, 0.010)])
     cfg = configure(service("m", 50, 1000), p, gpu_type("A30"), 3)

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from parvagpu.configurator import configure
-from parvagpu.planner import plan_parva
-from parvagpu.slo import load_scenario
+from parvagpu.planning.configurator import configure
+from parvagpu.planning.strategies import plan_parva
+from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
 
 GPUS = {3: [2, 3, 5, 7, 13, 17], 5: [2, 3, 5, 7, 13, 16]}

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from apply_support import scenario_plan
 
-from parvagpu.export import (
+from parvagpu.export.manifests import (
     DEFAULT_NODE_LABEL,
     MIG_CONFIG_LABEL,
     POD_SCRIPT,
@@ -26,8 +26,8 @@ from parvagpu.export import (
     mig_parted_files,
     write_files,
 )
-from parvagpu.gpus import gpu_type
-from parvagpu.model import ParvaError
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.errors import ParvaError
 
 kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed (test extra)")
 

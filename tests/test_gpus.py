@@ -6,8 +6,8 @@ from itertools import combinations_with_replacement
 
 import pytest
 
-from parvagpu.gpus import GPU_TYPES, gpu_type
-from parvagpu.model import ParvaError
+from parvagpu.core.gpus import GPU_TYPES, gpu_type
+from parvagpu.core.errors import ParvaError
 
 
 def _count_vector(layout, sizes):

@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from parvagpu.cli import app
-from parvagpu.model import ParvaError
-from parvagpu.planner import plan_parva
-from parvagpu.profiles import load_profile, load_profiles
-from parvagpu.slo import load_scenario, load_services
+from parvagpu.core.errors import ParvaError
+from parvagpu.planning.strategies import plan_parva
+from parvagpu.inputs.profiles import load_profile, load_profiles
+from parvagpu.inputs.services import load_scenario, load_services
 from parvagpu.verify import verify
 
 HEADER = "Mig instance,Batch size,Workload Number,Throughput,Latency"
@@ -135,7 +135,7 @@ def test_third_party_fork_data_loads_and_plans(a100):
                                 "--skip-infeasible"])
         assert r.exit_code == 0, r.output
         assert "skipped: model" in r.stderr
-    from parvagpu.configurator import split_feasible
+    from parvagpu.planning.configurator import split_feasible
 
     kept, dropped = split_feasible(load_scenario(FORK / "SLO", 1, list(profiles)), profiles, a100, 3)
     assert len(kept) + len(dropped) == 11 and dropped
@@ -147,7 +147,7 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
     import os
     import stat
 
-    from parvagpu.formats import atomic_write
+    from parvagpu.fileio.writer import atomic_write
 
     old = os.umask(0o022)
     try:
@@ -161,8 +161,8 @@ def test_atomic_write_uses_normal_permissions(tmp_path):
 def test_structured_files_share_one_reader(tmp_path):
     """Services files, models configs, plans and node state: one line naming the file for an
     unreadable, non-UTF-8 or malformed file."""
-    from parvagpu.agent import read_state
-    from parvagpu.formats import read_plan
+    from parvagpu.node import read_state
+    from parvagpu.contract.plan_json import read_plan
     from parvagpu.serving.workers import read_models
 
     binary = write(tmp_path, "b.yaml", "")

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from parvagpu.model import ParvaError
+from parvagpu.core.errors import ParvaError
 from parvagpu.serving.loadgen import (
     FAILED,
     OK,

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from parvagpu.gpus import GPU_TYPES, gpu_type
-from parvagpu.mig import (
+from parvagpu.core.gpus import GPU_TYPES, gpu_type
+from parvagpu.hardware.mig import (
     MUTATING,
     FakeBackend,
     InjectedFailure,
@@ -26,13 +26,13 @@ from parvagpu.mig import (
     NotSupported,
     mutating_calls,
 )
-from parvagpu.model import ParvaError
-from parvagpu.mps import FakeMps, MpsError
+from parvagpu.core.errors import ParvaError
+from parvagpu.hardware.mps import FakeMps, MpsError
 
 
 def _nvml_or_skip() -> MigBackend:
     try:
-        from parvagpu.mig import open_nvml
+        from parvagpu.hardware.mig import open_nvml
 
         return open_nvml()
     except ParvaError as exc:
@@ -44,7 +44,7 @@ def _stubbed_nvml(monkeypatch, fake: FakeBackend) -> MigBackend:
     pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
     from nvml_stub import StubNvml
 
-    from parvagpu.mig.nvml import NvmlBackend
+    from parvagpu.hardware.mig.nvml import NvmlBackend
 
     monkeypatch.setitem(sys.modules, "pynvml", StubNvml(fake))
     return NvmlBackend()
@@ -368,7 +368,7 @@ def test_fake_mps_is_strict_and_holds_the_instance(fake):
 
 
 def test_nvml_without_pynvml_is_one_clear_error(monkeypatch):
-    from parvagpu.mig.nvml import NvmlBackend
+    from parvagpu.hardware.mig.nvml import NvmlBackend
 
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
     with pytest.raises(ParvaError, match=r"nvidia-ml-py.*parvagpu\[nvml\]"):
@@ -379,7 +379,7 @@ def test_nvml_without_driver_is_one_clear_error(monkeypatch):
     pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
     from nvml_stub import StubNvml
 
-    from parvagpu.mig.nvml import NvmlBackend
+    from parvagpu.hardware.mig.nvml import NvmlBackend
 
     monkeypatch.setitem(sys.modules, "pynvml", StubNvml(FakeBackend(), driver=False))
     with pytest.raises(ParvaError, match="cannot initialise NVML.*driver") as info:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from parvagpu.mps import PID_FILE, MpsError, NvidiaMps, mps_env, terminate_processes
+from parvagpu.hardware.mps import PID_FILE, MpsError, NvidiaMps, mps_env, terminate_processes
 
 STUB = """#!/bin/sh
 if [ "${1:-}" = "-d" ]; then

@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from parvagpu import optimizer
+from parvagpu.planning import optimizer
 from parvagpu.cli import app
-from parvagpu.formats import plan_from_dict, plan_to_dict, plan_to_json
-from parvagpu.gpus import GPU_TYPES, gpu_type
-from parvagpu.model import ParvaError, Profile, ProfilePoint, Service
-from parvagpu.planner import plan, plan_parva
-from parvagpu.slo import load_scenario
+from parvagpu.contract.plan_json import plan_from_dict, plan_to_dict, plan_to_json
+from parvagpu.core.gpus import GPU_TYPES, gpu_type
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.model import Profile, ProfilePoint, Service
+from parvagpu.planning.strategies import plan, plan_parva
+from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
 
 OPTIMUM = {3: [2, 3, 5, 7, 12, 16], 5: [2, 3, 5, 7, 12, 15]}
@@ -210,7 +211,7 @@ def test_infeasible_service_is_a_user_error(profiles, a100):
 
 def test_package_import_loads_no_solver_or_plotting():
     code = (
-        "import sys, parvagpu.cli, parvagpu.planner;"
+        "import sys, parvagpu.cli, parvagpu.planning.strategies;"
         "print(sorted(m for m in ('highspy', 'matplotlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

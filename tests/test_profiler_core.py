@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from parvagpu.model import ParvaError
+from parvagpu.core.errors import ParvaError
 from parvagpu.profiler.devices import thread_percentage
 from parvagpu.profiler.results import (
     ERROR,
@@ -27,8 +27,16 @@ from parvagpu.profiler.results import (
     to_csv,
     todo,
 )
-from parvagpu.profiler.spec import Mode, Settings, check_name, check_sizes, parse_ints, parse_model, parse_shape
-from parvagpu.profiles import SEED_COLUMNS, load_profile
+from parvagpu.profiler.spec import (
+    Mode,
+    Settings,
+    check_name,
+    check_sizes,
+    parse_ints,
+    parse_model,
+    parse_shape,
+)
+from parvagpu.inputs.profiles import SEED_COLUMNS, load_profile
 
 
 def ok(s, b, p, thr=100.0, lat=0.01):

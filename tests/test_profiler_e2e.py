@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from parvagpu.cli import app
 from parvagpu.profiler.results import Point, parse_csv
-from parvagpu.profiles import load_profile, load_profiles
+from parvagpu.inputs.profiles import load_profile, load_profiles
 
 GRID = ["--mode", "cpu", "--sizes", "1,2", "--batches", "1,4", "--procs", "1,2", "--duration", "0.2", "--warmup", "2"]
 

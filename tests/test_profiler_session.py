@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from parvagpu.mig import FakeBackend
-from parvagpu.model import ParvaError
-from parvagpu.mps import FakeMps
+from parvagpu.hardware.mig import FakeBackend
+from parvagpu.core.errors import ParvaError
+from parvagpu.hardware.mps import FakeMps
 from parvagpu.profiler.devices import CpuDevice, MigDevice, MpsShareDevice
 from parvagpu.profiler.results import ERROR, OK, OOM, SKIPPED_LATENCY, SKIPPED_OOM, Point, Result, parse_csv
 from parvagpu.profiler.runner import Slot
 from parvagpu.profiler.session import Job, ProfileInterrupted, profile
 from parvagpu.profiler.spec import Mode, ModelSpec, Settings
 from parvagpu.profiler.store import ProfileStore
-from parvagpu.profiles import load_profile
+from parvagpu.inputs.profiles import load_profile
 
 SPEC = ModelSpec("factory", "pkg.mod:fn", (8,))
 

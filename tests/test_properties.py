@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parvagpu.gpus import GPU_TYPES
-from parvagpu.model import Profile, ProfilePoint, Service
-from parvagpu.planner import plan_parva
+from parvagpu.core.gpus import GPU_TYPES
+from parvagpu.core.model import Profile, ProfilePoint, Service
+from parvagpu.planning.strategies import plan_parva
 from parvagpu.verify import verify
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from parvagpu.model import DeploymentMap, ParvaError, PlacedSegment, Segment, Service, Triplet
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+from parvagpu.core.errors import ParvaError
 from parvagpu.serving.policy import Admission, batch_wait_s, queue_depth, serving_spec
 from parvagpu.serving.router import WeightedRouter, quantise
 
@@ -205,7 +206,7 @@ def test_pins_map_each_segment_to_its_mig_uuid_mps_dir_and_node():
 
 
 def test_pins_accept_the_apply_layers_node_state():
-    from parvagpu.agent import STATE_VERSION, state_from_dict
+    from parvagpu.node import STATE_VERSION, state_from_dict
 
     plan = _plan([("a", 3, 32, 2, 1000.0, 40.0, 0, 4)], [Service("a", 800.0, 100.0)])
     doc = {

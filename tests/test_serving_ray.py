@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'parvagpu[serve]')")
 pytest.importorskip("aiohttp")
 
-from parvagpu.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet  # noqa: E402
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet  # noqa: E402
 from parvagpu.serving.loadgen import Target, load_http  # noqa: E402
 from parvagpu.serving.policy import serving_spec  # noqa: E402
 from parvagpu.serving.workers import parse_models  # noqa: E402

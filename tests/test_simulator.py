@@ -7,17 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from parvagpu.gpus import gpu_type
-from parvagpu.model import DeploymentMap, ParvaError, PlacedSegment, Segment, Service, Triplet
-from parvagpu.planner import plan_parva as make_plan
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+from parvagpu.core.errors import ParvaError
+from parvagpu.planning.strategies import plan_parva as make_plan
 from parvagpu.serving.policy import SegmentSpec
-from parvagpu.serving.simulator import (
-    poisson_arrivals,
-    service_times,
-    simulate,
-    simulate_segment,
-)
-from parvagpu.slo import load_scenario
+from parvagpu.serving.simulator import poisson_arrivals, service_times, simulate, simulate_segment
+from parvagpu.inputs.services import load_scenario
 
 from helpers import profile
 

@@ -1,3 +1,3 @@
-from .cli import app
+from parvagpu.cli import app
 
 app(prog_name="parvagpu")

@@ -17,8 +17,9 @@ from __future__ import annotations
 from collections import defaultdict
 from fractions import Fraction
 
-from .gpus import gpu_type
-from .model import DeploymentMap, ParvaError, Profile, Service
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import DeploymentMap, Profile, Service
+from parvagpu.core.errors import ParvaError
 
 
 def _exact(x: float) -> Fraction:

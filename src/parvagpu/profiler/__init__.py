@@ -4,8 +4,8 @@ Pure parts (`spec`, `results`) are importable without torch; `worker` imports to
 onnxruntime only when a model is loaded, inside the measuring processes.
 """
 
-from .results import HEADER, Point, Result, WorkerTiming, aggregate, grid, skip_reason
-from .spec import Mode, ModelSpec, Settings, parse_model
+from parvagpu.profiler.results import HEADER, Point, Result, WorkerTiming, aggregate, grid, skip_reason
+from parvagpu.profiler.spec import Mode, ModelSpec, Settings, parse_model
 
 __all__ = [
     "HEADER", "Mode", "ModelSpec", "Point", "Result", "Settings", "WorkerTiming", "aggregate", "grid",

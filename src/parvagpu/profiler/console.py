@@ -12,8 +12,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .results import OK, Point, Result
-from .runner import Slot
+from parvagpu.profiler.results import OK, Point, Result
+from parvagpu.profiler.runner import Slot
 
 
 def describe(result: Result) -> str:

@@ -16,14 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..gpus import gpu_type as lookup_gpu_type
-from ..model import ParvaError
-from .runner import Slot
-from .spec import Mode
+from parvagpu.core.gpus import gpu_type as lookup_gpu_type
+from parvagpu.core.errors import ParvaError
+from parvagpu.profiler.runner import Slot
+from parvagpu.profiler.spec import Mode
 
 if TYPE_CHECKING:
-    from ..mig.base import MigBackend
-    from ..mps import MpsControl
+    from parvagpu.hardware.mig.base import MigBackend
+    from parvagpu.hardware.mps import MpsControl
 
 
 class Device(Protocol):
@@ -148,7 +148,7 @@ class MigDevice:
 
     @contextmanager
     def slot(self, size: int) -> Iterator[Slot]:
-        from ..mig.base import InsufficientResources
+        from parvagpu.hardware.mig.base import InsufficientResources
 
         gpu, b = self.gpu, self.backend
         current, _pending = b.mig_mode(gpu)
@@ -191,7 +191,7 @@ class MigDevice:
 
     def _retry(self, call) -> None:
         """The MPS server and killed workers release an instance a moment after they exit."""
-        from ..mig.base import InUse
+        from parvagpu.hardware.mig.base import InUse
 
         for attempt in range(self.destroy_retries):
             try:

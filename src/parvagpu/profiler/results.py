@@ -10,14 +10,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..model import ParvaError
-from ..profiles import SEED_COLUMNS
+from parvagpu.core.errors import ParvaError
+from parvagpu.inputs.profiles import SEED_COLUMNS
 
 OK, OOM, ERROR = "ok", "oom", "error"
 SKIPPED_LATENCY, SKIPPED_OOM = "skipped-latency", "skipped-oom"
 STATUSES = (OK, OOM, ERROR, SKIPPED_LATENCY, SKIPPED_OOM)
 
-# Seed columns first, so `parvagpu.profiles.load_profile` reads the file as any other profile.
+# Seed columns first, so `parvagpu.inputs.profiles.load_profile` reads the file as any other profile.
 EXTRA_COLUMNS = ("Latency p99", "Memory MiB", "Mode", "Status")
 HEADER = SEED_COLUMNS + EXTRA_COLUMNS
 

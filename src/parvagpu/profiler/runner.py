@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Protocol
 
-from . import worker as worker_mod
-from .results import ERROR, OOM, Point, Result, WorkerTiming, aggregate, classify_error
-from .spec import ModelSpec, Settings
+from parvagpu.profiler import worker as worker_mod
+from parvagpu.profiler.results import ERROR, OOM, Point, Result, WorkerTiming, aggregate, classify_error
+from parvagpu.profiler.spec import ModelSpec, Settings
 
 
 @dataclass(frozen=True)

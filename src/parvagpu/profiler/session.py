@@ -15,11 +15,11 @@ from itertools import groupby
 from pathlib import Path
 from typing import Protocol
 
-from ..model import ParvaError
-from .results import ERROR, OK, OOM, Point, Result, grid, skip_reason, todo
-from .runner import Launcher, Slot
-from .spec import APPROXIMATION, Mode, ModelSpec, Settings
-from .store import ProfileStore
+from parvagpu.core.errors import ParvaError
+from parvagpu.profiler.results import ERROR, OK, OOM, Point, Result, grid, skip_reason, todo
+from parvagpu.profiler.runner import Launcher, Slot
+from parvagpu.profiler.spec import APPROXIMATION, Mode, ModelSpec, Settings
+from parvagpu.profiler.store import ProfileStore
 
 META_VERSION = 1
 

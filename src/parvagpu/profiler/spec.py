@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ..model import ParvaError
+from parvagpu.core.errors import ParvaError
 
 
 class Mode(str, Enum):

@@ -9,9 +9,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..formats import atomic_write
-from ..model import ParvaError
-from .results import Point, Result, parse_csv, to_csv
+from parvagpu.fileio.writer import atomic_write
+from parvagpu.core.errors import ParvaError
+from parvagpu.profiler.results import Point, Result, parse_csv, to_csv
 
 META_SUFFIX = ".meta.json"
 

@@ -16,8 +16,8 @@ from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from ..model import ParvaError
-from .spec import ModelSpec
+from parvagpu.core.errors import ParvaError
+from parvagpu.profiler.spec import ModelSpec
 
 
 class ModelLoadError(ParvaError):

@@ -32,10 +32,10 @@ import os
 import time
 from typing import Any
 
-from ..model import ParvaError
-from .pinning import Pin
-from .policy import ModelSpec
-from .workers import WorkerModel
+from parvagpu.core.errors import ParvaError
+from parvagpu.serving.pinning import Pin
+from parvagpu.serving.policy import ModelSpec
+from parvagpu.serving.workers import WorkerModel
 
 APP = "parvagpu"
 RETRIES = 1
@@ -64,7 +64,7 @@ def _deployments():
     @serve.deployment
     class SegmentWorker:
         def __init__(self, segment: str, model: dict, batch: int, wait_s: float, size: int) -> None:
-            from .workers import WorkerModel, build_runner
+            from parvagpu.serving.workers import WorkerModel, build_runner
 
             spec = WorkerModel(name=model.pop("name"), **{**model, "shape": tuple(model["shape"]),
                                                           "args": tuple(sorted(model["args"].items()))})
@@ -95,8 +95,8 @@ def _deployments():
     @serve.deployment(max_ongoing_requests=100_000, num_replicas=1, ray_actor_options={"num_cpus": 0})
     class PlanIngress:
         def __init__(self, spec: dict, handles: dict) -> None:
-            from .policy import Admission
-            from .router import WeightedRouter
+            from parvagpu.serving.policy import Admission
+            from parvagpu.serving.router import WeightedRouter
 
             self.spec = spec
             self.models = {}

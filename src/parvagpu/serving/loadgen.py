@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from ..model import ParvaError
-from .stats import ModelStats, summarize
+from parvagpu.core.errors import ParvaError
+from parvagpu.serving.stats import ModelStats, summarize
 
 OK, REJECTED, FAILED, TIMEOUT = "ok", "rejected", "failed", "timeout"
 MAX_REQUESTS = 200_000
@@ -104,7 +104,7 @@ class LoadResult:
 
 
 def _p50_p99(values: list[float]) -> dict:
-    from .stats import percentile
+    from parvagpu.serving.stats import percentile
 
     xs = sorted(values)
     return {"p50": percentile(xs, 50), "p99": percentile(xs, 99), "mean": sum(xs) / len(xs) if xs else None}
@@ -115,7 +115,7 @@ def schedule(targets: list[Target], duration_s: float, seed: int, max_requests: 
     given order), cut at `max_requests` by dropping the latest."""
     import numpy as np
 
-    from .simulator import poisson_arrivals
+    from parvagpu.serving.simulator import poisson_arrivals
 
     streams = np.random.SeedSequence(seed).spawn(len(targets))
     events: list[tuple[float, str]] = []

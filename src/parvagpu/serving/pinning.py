@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from ..model import ParvaError
-from .policy import ModelSpec
+from parvagpu.core.errors import ParvaError
+from parvagpu.serving.policy import ModelSpec
 
 
 def node_resource(node: int) -> str:

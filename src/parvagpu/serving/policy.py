@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..model import DeploymentMap, ParvaError
+from parvagpu.core.model import DeploymentMap
+from parvagpu.core.errors import ParvaError
 
 MIN_DEPTH = 2  # what the 0.45 L rule guarantees
 WAIT_FRACTION = 0.1

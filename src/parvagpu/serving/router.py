@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from ..model import ParvaError
+from parvagpu.core.errors import ParvaError
 
 DEFAULT_RESOLUTION = 10000
 

@@ -30,10 +30,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..model import DeploymentMap, ParvaError, Profile
-from .policy import ModelSpec, SegmentSpec, serving_spec
-from .router import WeightedRouter
-from .stats import ModelStats, summarize
+from parvagpu.core.model import DeploymentMap, Profile
+from parvagpu.core.errors import ParvaError
+from parvagpu.serving.policy import ModelSpec, SegmentSpec, serving_spec
+from parvagpu.serving.router import WeightedRouter
+from parvagpu.serving.stats import ModelStats, summarize
 
 
 def service_times(seg: SegmentSpec, profile: Profile | None = None) -> list[float]:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..model import ParvaError
+from parvagpu.core.errors import ParvaError
 
 # Where p99 sits relative to the SLO L: the planner's rule promises p99 < L with margin.
 LOOSE_BELOW = 0.5  # p99 < 0.5 L: the 0.45 L rule left most of the budget unused

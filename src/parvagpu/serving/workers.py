@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..formats import read_document
-from ..model import ParvaError
+from parvagpu.fileio.reader import read_document
+from parvagpu.core.errors import ParvaError
 
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _KEYS = {"factory", "shape", "dtype", "threads", "args"}

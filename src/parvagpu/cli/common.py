@@ -1,0 +1,90 @@
+"""What every verb shares: the error console, `fail`, the embedded example, the input options and
+their resolution into profiles and services."""
+
+from __future__ import annotations
+
+from enum import Enum
+from importlib.resources import files
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.model import Profile, Service
+from parvagpu.inputs.profiles import load_profiles
+from parvagpu.inputs.services import check_models, load_scenario, load_services
+
+err = Console(stderr=True)
+
+
+def example_dir() -> Path:
+    """The embedded example: the SC'24 artifact's A100-80GB profiles and six SLO scenarios."""
+    return Path(str(files("parvagpu") / "data" / "examples" / "sc24-a100-80gb"))
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def bound_note(plan) -> str:
+    """How far the plan is from the proven minimum, for one-line messages."""
+    if plan.lower_bound is None:
+        return " (no lower bound: use --strategy auto)"
+    if plan.gpus_used <= plan.lower_bound:
+        return " (proven optimal)"
+    gap = (plan.gpus_used - plan.lower_bound) / plan.gpus_used
+    return f" (proven lower bound {plan.lower_bound}, gap {gap:.1%})"
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit with `code` (see `parvagpu.core.errors` for the codes)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def fail_on(exc: ParvaError) -> NoReturn:
+    """Exit for a typed error: its one-line message and its kind's exit code."""
+    fail(str(exc), exc.exit_code)
+
+
+def load_inputs(
+    profiles_dir: Optional[Path],
+    slo_dir: Optional[Path],
+    scenario: Optional[int],
+    services_file: Optional[Path],
+    truncate: bool,
+) -> tuple[dict[str, Profile], tuple[Service, ...]]:
+    """Resolve the inputs: defaults to the embedded example, scenario 1."""
+    if slo_dir is not None and services_file is not None:
+        raise ParvaError("give either --slo DIR --scenario K or --services FILE, not both")
+    profiles = load_profiles(profiles_dir or example_dir() / "profiles")
+    if services_file is not None:
+        if scenario is not None:
+            raise ParvaError("--scenario selects a row of --slo files; it does not apply to --services")
+        services = load_services(services_file, truncate=truncate)
+        source = str(services_file)
+    else:
+        if slo_dir is None:
+            if profiles_dir is not None:
+                raise ParvaError("give --slo DIR --scenario K or --services FILE for your profiles")
+            slo_dir = example_dir() / "SLO"
+        services = load_scenario(slo_dir, 1 if scenario is None else scenario, list(profiles), truncate=truncate)
+        source = str(slo_dir)
+    check_models(services, profiles, source)
+    return profiles, services
+
+
+ProfilesOpt = typer.Option(None, "--profiles", help="Directory of profile CSVs (default: embedded example).")
+SloOpt = typer.Option(None, "--slo", help="Directory with SLO_req_rate.csv and SLO_latency.csv.")
+ScenarioOpt = typer.Option(None, "--scenario", "-s", help="Scenario row of the SLO files, 1-based (default 1).")
+ServicesOpt = typer.Option(None, "--services", "-f", help="Services file (YAML/JSON): list of {model, rate, latency_ms}.")
+TruncateOpt = typer.Option(
+    False, "--truncate-slos", help="Truncate SLO values to integers as the reference scheduler does (parity checks)."
+)
+
+

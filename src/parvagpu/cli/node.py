@@ -1,0 +1,229 @@
+"""CLI verbs that act on nodes and clusters: apply, status, teardown, export.
+
+Registered on the main Typer app by `parvagpu.cli`. Thin: open a backend, call `agent` or
+`export`, render. Bad input exits 2 with one line; a refused or rolled-back apply exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from parvagpu import node as agent
+from parvagpu.cli.common import fail, fail_on
+from parvagpu.fileio.writer import atomic_write
+from parvagpu.contract.plan_json import read_plan
+from parvagpu.core.gpus import DEFAULT_GPU
+from parvagpu.hardware.mig import FakeBackend, mutating_calls, open_nvml
+from parvagpu.core.errors import ParvaError
+from parvagpu.hardware.mps import FakeMps, NvidiaMps, terminate_processes
+
+FAKE_STATE_ENV = "PARVAGPU_FAKE_STATE"
+FAKE_STATE_VERSION = 1
+
+
+class Backend(str, Enum):
+    nvml = "nvml"
+    fake = "fake"
+
+
+NodeOpt = typer.Option(..., "--node", "-n", help="Plan node index this machine is.")
+BackendOpt = typer.Option(Backend.nvml, "--backend", help="nvml (real GPUs) or fake (a strict in-memory node).")
+StateDirOpt = typer.Option(
+    None, "--state-dir", envvar=agent.STATE_ENV,
+    help=f"Root for the node state file and MPS directories (default {agent.DEFAULT_STATE_ROOT}).",
+)
+FakeStateOpt = typer.Option(
+    None, "--fake-state", envvar=FAKE_STATE_ENV,
+    help="With --backend fake: keep the fake node in this JSON file across invocations.",
+)
+FakeGpusOpt = typer.Option(8, "--fake-gpus", help="With --backend fake: GPUs of a new fake node.")
+ForceOpt = typer.Option(False, "--force", help="Terminate processes on instances that must be destroyed.")
+DryRunOpt = typer.Option(False, "--dry-run", help="Print the ordered steps; change nothing.")
+
+
+def _load_fake(path: Optional[Path], type_name: str, gpus: int) -> tuple[FakeBackend, FakeMps]:
+    if path is not None and path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ParvaError(f"{path}: cannot read fake node state: {exc}") from None
+        if not isinstance(data, dict) or data.get("version") != FAKE_STATE_VERSION:
+            raise ParvaError(f"{path}: not a fake node state file (version {FAKE_STATE_VERSION})")
+        fake = FakeBackend.from_dict(data.get("mig"), str(path))
+        return fake, FakeMps.from_dict(data.get("mps"), fake, str(path))
+    fake = FakeBackend(type_name, gpus)
+    return fake, FakeMps(fake)
+
+
+@contextmanager
+def _node(backend: Backend, fake_state: Optional[Path], fake_gpus: int, type_name: str, save: bool) -> Iterator[tuple]:
+    """(backend, mps, kill) for one command; a fake node with a state file is saved afterwards,
+    also after a rolled-back apply, so the next command sees what this one left."""
+    if backend is Backend.nvml:
+        b = open_nvml()
+        try:
+            yield b, NvidiaMps(), terminate_processes
+        finally:
+            b.close()
+        return
+    fake, mps = _load_fake(fake_state, type_name, fake_gpus)
+    try:
+        yield fake, mps, fake.kill_processes
+    finally:
+        changed = mutating_calls(fake.calls) or mps.calls["start"] or mps.calls["stop"]
+        if save and fake_state is not None and (changed or fake_state.exists()):
+            doc = {"version": FAKE_STATE_VERSION, "mig": fake.to_dict(), "mps": mps.to_dict()}
+            atomic_write(fake_state, json.dumps(doc, indent=1) + "\n")
+
+
+def _dirs(state_dir: Optional[Path], node: int) -> agent.NodeDirs:
+    return agent.NodeDirs(state_dir or agent.default_state_root(), node)
+
+
+def _print_steps(title: str, steps: list, dirs: agent.NodeDirs) -> None:
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(title)
+    width = len(str(len(steps)))
+    for i, s in enumerate(steps, 1):
+        out.print(f"  {i:>{width}}. {s.describe(dirs)}")
+
+
+def _summary(result: agent.ApplyResult) -> str:
+    counts = result.counts()
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: list(agent.Op).index(agent.Op(kv[0]))))
+
+
+def apply_cmd(
+    plan_file: Path = typer.Argument(..., help="Plan JSON written by `parvagpu plan`."),
+    node: int = NodeOpt,
+    backend: Backend = BackendOpt,
+    dry_run: bool = DryRunOpt,
+    force: bool = ForceOpt,
+    state_dir: Optional[Path] = StateDirOpt,
+    fake_state: Optional[Path] = FakeStateOpt,
+    fake_gpus: int = FakeGpusOpt,
+) -> None:
+    """Make this node hold its part of a plan (MIG instances at exact slots, MPS per instance).
+
+    Changes only what differs; kept instances and their workers keep running.
+
+    Any failure rolls back to the layout found. Exit 1 when refused or rolled back, 2 on bad input."""
+    dirs = _dirs(state_dir, node)
+    try:
+        plan, _ = read_plan(plan_file)
+        agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
+        with _node(backend, fake_state, fake_gpus, plan.gpu_type, save=not dry_run) as (b, mps, kill):
+            result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
+    except (agent.ApplyFailed, agent.Refused) as exc:
+        fail(str(exc), code=1)
+    except ParvaError as exc:
+        fail_on(exc)
+    head = f"node {node} ({plan.gpu_type}, backend {backend.value})"
+    if not result.steps:
+        Console(highlight=False).print(f"{head}: nothing to do, the node matches the plan")
+        return
+    if dry_run:
+        _print_steps(f"{head}: {len(result.steps)} steps (dry run, nothing changed)", result.steps, dirs)
+        return
+    state = f"; state written to {result.state_path}" if result.state_written else ""
+    Console(highlight=False, soft_wrap=True).print(f"{head}: applied {len(result.steps)} steps ({_summary(result)}){state}")
+
+
+def teardown_cmd(
+    node: int = NodeOpt,
+    backend: Backend = BackendOpt,
+    dry_run: bool = DryRunOpt,
+    force: bool = ForceOpt,
+    state_dir: Optional[Path] = StateDirOpt,
+    fake_state: Optional[Path] = FakeStateOpt,
+    fake_gpus: int = FakeGpusOpt,
+) -> None:
+    """Stop the node's MPS daemons and destroy its MIG instances (MIG mode stays on)."""
+    dirs = _dirs(state_dir, node)
+    try:
+        prev = agent.read_state(dirs.state_file)
+        type_name = prev.gpu_type if prev else DEFAULT_GPU
+        with _node(backend, fake_state, fake_gpus, type_name, save=not dry_run) as (b, mps, kill):
+            result = agent.teardown(node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
+    except (agent.ApplyFailed, agent.Refused) as exc:
+        fail(str(exc), code=1)
+    except ParvaError as exc:
+        fail_on(exc)
+    head = f"node {node} (backend {backend.value})"
+    if not result.steps:
+        Console(highlight=False).print(f"{head}: nothing to tear down")
+    elif dry_run:
+        _print_steps(f"{head}: {len(result.steps)} steps (dry run, nothing changed)", result.steps, dirs)
+    else:
+        Console(highlight=False).print(f"{head}: tore down ({_summary(result)})")
+
+
+def status_cmd(
+    node: int = NodeOpt,
+    plan_file: Optional[Path] = typer.Option(None, "--plan", help="Also check the node against this plan (exit 1 if it differs)."),
+    backend: Backend = BackendOpt,
+    state_dir: Optional[Path] = StateDirOpt,
+    fake_state: Optional[Path] = FakeStateOpt,
+    fake_gpus: int = FakeGpusOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the node's MIG instances, UUIDs, MPS daemons and segments; --plan checks drift."""
+    dirs = _dirs(state_dir, node)
+    try:
+        plan = read_plan(plan_file)[0] if plan_file is not None else None
+        prev = agent.read_state(dirs.state_file)
+        type_name = plan.gpu_type if plan else (prev.gpu_type if prev else DEFAULT_GPU)
+        with _node(backend, fake_state, fake_gpus, type_name, save=False) as (b, mps, _kill):
+            st = agent.node_status(node, b, mps, dirs, plan)
+    except ParvaError as exc:
+        fail_on(exc)
+    bound = st.view.previous.by_slot() if st.view.previous else {}
+    rows = []
+    for g in st.view.gpus:
+        if not g.instances:
+            rows.append({"gpu": g.index, "type": g.type_name, "mig": g.mig, "instance": None})
+        for i in g.instances:
+            e = bound.get((g.index, i.start))
+            procs = st.processes.get((g.index, i.gi_id), ())
+            rows.append({
+                "gpu": g.index, "type": g.type_name, "mig": g.mig,
+                "instance": f"{agent._profile_names(g.type_name).get(i.profile_id, i.profile_id)}@{i.start}",
+                "gi_id": i.gi_id, "ci_ids": [c.ci_id for c in i.cis], "mig_uuid": i.uuid,
+                "mps": (g.index, i.start) in st.view.mps,
+                "workers": [p.pid for p in procs if not p.is_mps_server],
+                "segment": None if e is None or e.mig_uuid != i.uuid else
+                f"{e.model} b{e.batch} x{e.procs}",
+            })
+    if as_json:
+        doc = {"node": node, "instances": rows,
+               "matches_plan": None if st.drift is None else not st.drift,
+               "drift": None if st.drift is None else [s.describe() for s in st.drift]}
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        t = Table(title=f"node {node}")
+        for col in ("GPU", "type", "MIG", "instance", "GI", "CI", "MIG UUID", "MPS", "workers", "segment"):
+            t.add_column(col)
+        for r in rows:
+            if r["instance"] is None:
+                t.add_row(str(r["gpu"]), r["type"], "on" if r["mig"] else "off", "-", "", "", "", "", "", "")
+                continue
+            t.add_row(
+                str(r["gpu"]), r["type"], "on", r["instance"], str(r["gi_id"]), ",".join(map(str, r["ci_ids"])),
+                r["mig_uuid"] or "-", "running" if r["mps"] else "-", str(len(r["workers"])), r["segment"] or "-",
+            )
+        Console(width=max(160, Console().width)).print(t)
+        if st.drift is not None:
+            if st.drift:
+                _print_steps(f"differs from {plan_file}: apply would take {len(st.drift)} steps", st.drift, dirs)
+            else:
+                Console(highlight=False).print(f"matches {plan_file}")
+    if st.drift:
+        raise typer.Exit(1)

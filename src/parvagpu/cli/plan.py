@@ -1,0 +1,95 @@
+"""`parvagpu plan` and `parvagpu gpus`: inputs in, a deployment map out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from parvagpu.cli.common import (
+    Format, ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, bound_note, err, fail_on, load_inputs,
+)
+from parvagpu.contract.plan_json import plan_to_json
+from parvagpu.contract.seed_csv import plan_to_seed_csv
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
+from parvagpu.fileio.writer import atomic_write
+from parvagpu.planning.configurator import split_feasible
+from parvagpu.planning.strategies import DEFAULT_TIME_LIMIT, STRATEGIES, plan as make_plan
+
+
+def plan(
+    profiles_dir: Optional[Path] = ProfilesOpt,
+    slo_dir: Optional[Path] = SloOpt,
+    scenario: Optional[int] = ScenarioOpt,
+    services_file: Optional[Path] = ServicesOpt,
+    gpu: str = typer.Option(DEFAULT_GPU, "--gpu", help=f"GPU type: {', '.join(GPU_TYPES)}."),
+    max_procs: int = typer.Option(3, "--max-procs", help="Most MPS processes per segment (the paper: 3)."),
+    strategy: str = typer.Option(
+        "auto", "--strategy",
+        help=f"Planner: {', '.join(STRATEGIES)}. auto: the heuristic, then the exact optimizer "
+        "within --time-limit; the better plan, with a proven lower bound.",
+    ),
+    time_limit: float = typer.Option(
+        DEFAULT_TIME_LIMIT, "--time-limit", help="Seconds for the exact optimizer (auto, optimal, mig-only, mps-only)."
+    ),
+    gpus_per_node: int = typer.Option(8, "--gpus-per-node", help="GPUs per node in the map."),
+    fmt: Optional[Format] = typer.Option(
+        None, "--format", help="table (default on a terminal), json, or csv (the seed deployment map)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the plan here (.json or .csv)."),
+    truncate: bool = TruncateOpt,
+    skip_infeasible: bool = typer.Option(
+        False, "--skip-infeasible", help="Plan the services that can be served; warn about the rest."
+    ),
+) -> None:
+    """Plan segments and exact MIG placements for every service."""
+    try:
+        if max_procs < 1:
+            raise ParvaError(f"--max-procs must be >= 1, got {max_procs}")
+        profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
+        if skip_infeasible:
+            services, dropped = split_feasible(services, profiles, gpu_type(gpu), max_procs)
+            for message in dropped:
+                err.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
+            if not services:
+                raise ParvaError("no service can be served")
+        result = make_plan(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, strategy, time_limit)
+        if out is not None:
+            kind = fmt or (Format.csv if out.suffix.lower() == ".csv" else Format.json)
+            if kind is Format.table:
+                raise ParvaError("--format table cannot be written to a file; use json or csv")
+            text = plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result)
+            atomic_write(out, text)
+            err.print(
+                f"wrote {out}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments",
+                highlight=False,
+            )
+            return
+        kind = fmt or (Format.table if sys.stdout.isatty() else Format.json)
+        if kind is Format.table:
+            from parvagpu.reports.tables import print_plan
+
+            print_plan(result, Console())
+        else:
+            sys.stdout.write(plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result))
+    except ParvaError as exc:
+        fail_on(exc)
+
+
+def gpus() -> None:
+    """List the GPU types and their MIG instance profiles."""
+    table = Table(title="GPU types")
+    for col in ("GPU", "profile", "id", "GPCs", "memory slices", "legal starts", "MiB", "SMs"):
+        table.add_column(col)
+    for t in GPU_TYPES.values():
+        for p in t.profiles:
+            table.add_row(
+                t.name, p.name, str(p.profile_id), str(p.size), str(p.memory_slices),
+                ",".join(map(str, p.starts)), str(p.memory_mib), str(p.sms),
+            )
+    Console().print(table)

@@ -1,0 +1,145 @@
+"""`parvagpu profile`: parse, check the inputs and the model, then run the measuring loop.
+Registered on the main Typer app by `parvagpu.cli`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from parvagpu.cli.common import err, fail_on
+from parvagpu.core.errors import ParvaError
+from parvagpu.profiler import worker
+from parvagpu.profiler.results import todo
+from parvagpu.profiler.session import Job, ProfileInterrupted, check_compatible
+from parvagpu.profiler.session import profile as run_profile
+from parvagpu.profiler.spec import Mode, Settings, check_name, check_sizes, parse_ints, parse_model
+from parvagpu.profiler.store import ProfileStore
+
+MODES = ", ".join(m.value for m in Mode)
+
+
+def make_device(mode: Mode, gpu: int, sizes: tuple[int, ...]):
+    from parvagpu.profiler.devices import CpuDevice, MigDevice, MpsShareDevice
+
+    if mode is Mode.cpu:
+        # Idle OpenMP threads must sleep, not spin, or processes sharing cores starve each other
+        # (measured: 2 processes x 2 threads on 2 cores ran 10-50x slower with spinning threads).
+        # libgomp reads this when torch is loaded, i.e. in the forkserver, hence the parent's env.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        return CpuDevice(), None
+    from parvagpu.core.gpus import gpu_type
+    from parvagpu.hardware.mig import open_nvml
+    from parvagpu.hardware.mps import CONTROL, NvidiaMps
+
+    backend = open_nvml()
+    try:
+        if not 0 <= gpu < backend.gpu_count():
+            raise ParvaError(f"--gpu-index {gpu}: this machine has {backend.gpu_count()} GPU(s)")
+        external = mode is Mode.mps_share and os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
+        if not external and shutil.which(CONTROL) is None:
+            raise ParvaError(f"{CONTROL} not found on PATH; it ships with the NVIDIA driver utilities")
+        if mode is Mode.mps_share:
+            backend.close()
+            return MpsShareDevice(gpu, NvidiaMps()), None
+        kind = gpu_type(backend.gpu_type(gpu))
+        for s in sizes:
+            kind.profile(s)  # an unknown size fails here, before any instance is made
+    except BaseException:
+        backend.close()
+        raise
+    return MigDevice(backend, gpu, NvidiaMps()), backend
+
+
+def profile(
+    model: str = typer.Argument(
+        ..., help="package.module:function returning a torch.nn.Module, a TorchScript file, or an .onnx file."
+    ),
+    shape: Optional[str] = typer.Option(
+        None, "--shape", help="Shape of one input item without the batch, e.g. 3,224,224 (default: what the model declares)."
+    ),
+    sizes: str = typer.Option("1,2,3,4,7", "--sizes", help="Instance sizes (compute slices; CPU cores in cpu mode)."),
+    batches: str = typer.Option("1,2,4,8,16,32,64,128,256", "--batches", help="Batch sizes."),
+    procs: str = typer.Option("1,2,3", "--procs", help="Process counts (MPS processes sharing the instance)."),
+    out: Path = typer.Option(Path("profiles"), "--out", "-o", help="Directory for <model>.csv and <model>.meta.json."),
+    mode: str = typer.Option("mig", "--mode", help=f"How a size is realised: {MODES}."),
+    duration: float = typer.Option(5.0, "--duration", help="Seconds each process runs batches per point, after warm-up."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed batches per process before the timed run."),
+    max_latency: Optional[float] = typer.Option(
+        None, "--max-latency", help="Skip (as 0,0) larger batches once a batch's mean latency exceeds this many ms."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name = profile file stem (default: function or file name)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Input dtype: float32 (random) or int64 (ones, token ids)."),
+    gpu_index: int = typer.Option(0, "--gpu-index", help="GPU to use in mig and mps-share modes."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Measure again the points that failed with an error."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds a point may take to load and warm up."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the progress bar and failures."),
+) -> None:
+    """Measure a model's throughput and latency per (instance size, batch, processes) into a profile CSV.
+
+    Every finished point is saved at once; running the same command again measures only what is
+    missing. Ctrl-C keeps the finished points (exit 130)."""
+    backend = None
+    try:
+        try:
+            m = Mode(mode.lower())
+        except ValueError:
+            raise ParvaError(f"--mode: expected one of {MODES}, got {mode!r}") from None
+        spec = parse_model(model, shape, dtype)
+        job_sizes = parse_ints(sizes, "--sizes")
+        check_sizes(m, job_sizes)
+        settings = Settings(duration, warmup, None if max_latency is None else max_latency / 1000, timeout)
+        spec = worker.with_declared_shape(spec)
+        label = check_name(name or spec.default_name)
+        store = ProfileStore(out, label)
+        store.prepare()
+
+        job = Job(
+            spec, label, m, job_sizes, parse_ints(batches, "--batches"), parse_ints(procs, "--procs"),
+            settings, retry_errors,
+        )
+        existing, _torn, meta = store.load()
+        check_compatible(job, existing, meta, store.csv_path)
+        if not todo(job.points(), existing, retry_errors):
+            err.print(f"{store.csv_path}: all {len(job.points())} points already measured", highlight=False, soft_wrap=True)
+            return
+        device, backend = make_device(m, gpu_index, job_sizes)  # a missing GPU fails before torch loads
+        worker.check(spec)
+
+        from parvagpu.profiler.console import RichProgress
+        from parvagpu.profiler.runner import ProcessLauncher
+        from parvagpu.profiler.sysinfo import describe, library_versions
+
+        summary = run_profile(
+            job, device, ProcessLauncher(spec, settings, m.value), store, RichProgress(err, quiet),
+            system=lambda: describe(None if m is Mode.cpu else gpu_index), libraries=library_versions,
+        )
+        if summary.dropped_torn_line:
+            err.print(f"{summary.csv_path}: dropped an incomplete last line; that point was measured again",
+                      highlight=False, soft_wrap=True)
+        err.print(
+            f"wrote {summary.csv_path}: {summary.measured} point(s) measured, {summary.skipped} skipped, "
+            f"{summary.failed} failed; {summary.already} were already there",
+            highlight=False,
+            soft_wrap=True,
+        )
+    except ParvaError as exc:
+        fail_on(exc)
+    except ProfileInterrupted as exc:
+        s = exc.summary
+        err.print(
+            f"interrupted: {s.already + s.measured + s.skipped} of {s.total} points saved in {s.csv_path}; "
+            "run the same command again to measure the rest",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted before measuring; nothing was written", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    finally:
+        if backend is not None:
+            backend.close()

@@ -1,0 +1,209 @@
+"""CLI verbs `serve`, `load` and `simulate`, registered on the main Typer app."""
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from parvagpu.cli.common import err, example_dir, fail_on
+from parvagpu.fileio.writer import atomic_write
+from parvagpu.contract.plan_json import read_plan
+from parvagpu.core.errors import ParvaError
+
+MODELS_HELP = "Models config (YAML/JSON): model name -> {factory: pkg.mod:fn, shape: [...]} (see docs/serving.md)."
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    atomic_write(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    err.print(f"wrote {path}", highlight=False)
+
+
+def simulate(
+    plan_file: Optional[Path] = typer.Argument(None, help="Plan JSON (or use --scenario)."),
+    scenario: Optional[int] = typer.Option(
+        None, "--scenario", "-s", help="Plan the embedded example's scenario K (1-6) and simulate it."
+    ),
+    max_procs: int = typer.Option(3, "--max-procs", help="With --scenario: most MPS processes per segment."),
+    profiles_dir: Optional[Path] = typer.Option(
+        None, "--profiles", help="Profile CSVs for partial-batch service times (default: embedded example "
+        "when it has the plan's models; otherwise every batch takes the full batch's latency)."
+    ),
+    duration: float = typer.Option(30.0, "--duration", help="Seconds of simulated traffic."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the arrival streams."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply every planned rate."),
+    depth: Optional[int] = typer.Option(
+        None, "--depth", help="Admission queue depth in batch rounds (default: the deepest meeting the SLO)."
+    ),
+    wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", help="Batch wait for every segment (default: from the SLO)."),
+    overhead_ms: float = typer.Option(0.0, "--overhead-ms", help="Transport overhead added to every request."),
+    unbounded: bool = typer.Option(False, "--unbounded", help="No admission limit: every request queues."),
+    service_scale: float = typer.Option(
+        1.0, "--service-scale", help="Multiply every profiled service time (hardware slower or faster than profiled)."
+    ),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency CDF plot here (PNG/PDF)."),
+) -> None:
+    """Simulate a served plan: predicted p50/p95/p99, SLO attainment, 0.45 L rule check.
+
+    Poisson arrivals, the serving router, per-segment dynamic batching and admission, service
+    times from the profiles; deterministic for a seed."""
+    from parvagpu.inputs.profiles import load_profiles
+    from parvagpu.serving.simulator import simulate as run_sim
+    from parvagpu.serving.stats import console, plot_cdf, stats_table
+
+    try:
+        plan = _plan_or_scenario(plan_file, scenario, max_procs)
+        if profiles_dir is not None:
+            profiles = load_profiles(profiles_dir)
+        else:
+            embedded = load_profiles(example_dir() / "profiles")
+            models = {s.model for s in plan.services}
+            profiles = embedded if models <= set(embedded) else None
+        res = run_sim(
+            plan, duration_s=duration, seed=seed, rate_scale=rate_scale, profiles=profiles, depth=depth,
+            wait_s=None if wait_ms is None else wait_ms / 1000.0, overhead_ms=overhead_ms, unbounded=unbounded,
+            service_scale=service_scale,
+        )
+        console().print(stats_table(res.stats, f"simulated {duration:g} s at {rate_scale:g}x planned rates "
+                              f"({res.requests} requests, {res.elapsed_s:.2f} s)"))
+        if json_out is not None:
+            _write_json(json_out, res.to_dict())
+        if plot is not None:
+            plot_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, "simulated latency CDF")
+            err.print(f"wrote {plot}", highlight=False)
+    except ParvaError as exc:
+        fail_on(exc)
+
+
+def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_procs: int):
+    if (plan_file is None) == (scenario is None):
+        raise ParvaError("give a plan file or --scenario K, not both or neither")
+    if plan_file is not None:
+        return read_plan(plan_file)[0]
+    from parvagpu.core.gpus import DEFAULT_GPU, gpu_type
+    from parvagpu.planning.strategies import plan_parva
+    from parvagpu.inputs.profiles import load_profiles
+    from parvagpu.inputs.services import load_scenario
+
+    profiles = load_profiles(example_dir() / "profiles")
+    services = load_scenario(example_dir() / "SLO", scenario, list(profiles))
+    return plan_parva(services, profiles, gpu_type(DEFAULT_GPU), max_procs)
+
+
+def load(
+    target: str = typer.Argument(..., help="Plan JSON (rates from the plan) or a loopback URL (rates from the server)."),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="Server base URL when TARGET is a plan (loopback only)."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Multiply every planned rate."),
+    duration: float = typer.Option(60.0, "--duration", help="Seconds of traffic (then wait for the replies)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the arrival streams."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Per-request timeout in seconds."),
+    max_requests: int = typer.Option(100_000, "--max-requests", help="Stop scheduling after this many requests."),
+    model: Optional[List[str]] = typer.Option(None, "--model", help="Load only this model (repeatable)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency CDF plot here (PNG/PDF)."),
+) -> None:
+    """Open-loop Poisson load at the planned rates; p50/p95/p99, SLO attainment, every request counted.
+
+    Each request ends ok, 503, failed or timed out. Exit 1 if a request was lost, failed or timed
+    out, or a model's p99 missed its SLO (503s alone do not fail the run: they are backpressure)."""
+    from parvagpu.serving.loadgen import check_loopback, load_http, targets_from_plan
+    from parvagpu.serving.stats import console, plot_cdf, stats_table
+
+    try:
+        if target.startswith(("http://", "https://")) or "://" in target:
+            base, targets = check_loopback(target), None
+            if model:
+                raise ParvaError("--model needs a plan file as TARGET")
+        else:
+            base = check_loopback(url)
+            targets = targets_from_plan(read_plan(Path(target))[0], rate_scale, model)
+        res = load_http(base, targets, duration, seed, rate_scale, timeout, max_requests)
+        console().print(stats_table(res.stats, f"load {base}: {duration:g} s at {rate_scale:g}x planned rates, "
+                                    f"max lag {res.max_lag_ms:.1f} ms"))
+        for m, o in res.overhead_ms.items():
+            err.print(f"{m}: serving overhead (latency - queue - compute) p50 {o['p50']:.2f} ms, p99 {o['p99']:.2f} ms",
+                      highlight=False)
+        if json_out is not None:
+            _write_json(json_out, res.to_dict())
+        if plot is not None:
+            plot_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, f"measured latency CDF ({base})")
+            err.print(f"wrote {plot}", highlight=False)
+    except ParvaError as exc:
+        fail_on(exc)
+    bad = [s.model for s in res.stats
+           if s.lost or s.failed or s.timeouts or not s.ok or s.p99_ms > s.slo_ms]
+    if bad:
+        err.print(f"SLO not met or requests failed for: {', '.join(bad)}", highlight=False)
+        raise typer.Exit(1)
+
+
+def serve(
+    plan_file: Path = typer.Argument(..., help="Plan JSON."),
+    node_state: Optional[List[Path]] = typer.Option(
+        None, "--node-state", help="Node state file written by `apply` (repeat per node); pins each replica "
+        "to its MIG UUID and MPS daemon. Without it nothing is pinned (CPU machine)."
+    ),
+    models_file: Optional[Path] = typer.Option(None, "--models", help=MODELS_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="HTTP bind address."),
+    port: int = typer.Option(8000, "--port", help="HTTP port."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Admission queue depth in batch rounds (default: from the SLO)."),
+    wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", help="Batch wait for every segment (default: from the SLO)."),
+) -> None:
+    """Serve a plan on Ray Serve: HTTP POST /v1/models/<model>/infer, until Ctrl-C.
+
+    A deployment per segment (replicas = procs, dynamic batching up to the batch size), and per
+    model a throughput-weighted router with admission: beyond capacity, a fast 503."""
+    from parvagpu.serving.pinning import pins as make_pins
+    from parvagpu.serving.policy import serving_spec
+    from parvagpu.serving.workers import read_models
+
+    try:
+        plan = read_plan(plan_file)[0]
+        if models_file is None:
+            raise ParvaError("--models CONFIG is required: it says how to load each model")
+        models = read_models(models_file)
+        missing = sorted({s.model for s in plan.services} - set(models))
+        if missing:
+            raise ParvaError(f"{models_file}: no entry for: {', '.join(missing)}")
+        spec = serving_spec(plan, 1.0, depth, None if wait_ms is None else wait_ms / 1000.0)
+        states = []
+        if node_state:
+            from parvagpu.node import read_state
+
+            for p in node_state:
+                st = read_state(p)
+                if st is None:
+                    raise ParvaError(f"{p}: node state file not found")
+                states.append(st)
+        pins = make_pins(spec, states)
+        from parvagpu.serving.app import serve_app
+
+        serve_app(spec, models, pins, host=host, port=port, address=address)
+    except ParvaError as exc:
+        fail_on(exc)
+    err.print(
+        f"serving {len(spec)} models, {sum(len(m.segments) for m in spec.values())} segments at "
+        f"http://{host}:{port}/v1/models/<model>/infer (Ctrl-C to stop)",
+        highlight=False,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    import ray
+    from ray import serve as ray_serve
+
+    from parvagpu.serving.app import APP
+
+    if address is None:
+        ray.shutdown()  # our own local cluster: stopping it stops every replica at once
+    else:
+        ray_serve.delete(APP)  # a shared cluster: remove only this application
+    sys.exit(0)
+

@@ -1,0 +1,1 @@
+"""The plan as files: the JSON contract later stages read, and the seed CSV."""

@@ -1,0 +1,145 @@
+"""The plan contract: the JSON every later stage reads, written and read back strictly."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import PLAN_VERSION, DeploymentMap, PlacedSegment, Segment, Service, Triplet
+from parvagpu.core.errors import ParvaError
+from parvagpu.fileio.reader import read_json
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}") if math.isfinite(x) else x
+
+
+def plan_to_dict(plan: DeploymentMap) -> dict[str, Any]:
+    gpu = gpu_type(plan.gpu_type)
+    gap = None
+    if plan.lower_bound is not None and plan.gpus_used:
+        gap = (plan.gpus_used - plan.lower_bound) / plan.gpus_used
+    return {
+        "version": PLAN_VERSION,
+        "gpus_used": plan.gpus_used,
+        "gpu_type": plan.gpu_type,
+        "strategy": plan.strategy,
+        "max_procs": plan.max_procs,
+        "gpus_per_node": plan.gpus_per_node,
+        "lower_bound": plan.lower_bound,
+        "gap": gap,
+        "segments": [
+            {
+                "model": s.model,
+                "node": plan.node_of(s.gpu),
+                "gpu": plan.local_gpu(s.gpu),
+                "start": s.start,
+                "size": s.size,
+                "profile": gpu.profile(s.size).name,
+                "batch": s.segment.triplet.batch,
+                "procs": s.segment.triplet.procs,
+                "throughput": s.segment.throughput,
+                "latency_ms": s.segment.triplet.latency_ms,
+            }
+            for s in sorted(plan.segments, key=lambda s: (s.gpu, s.start))
+        ],
+        "services": [
+            {
+                "model": c.service.model,
+                "rate": c.service.rate,
+                "latency_ms": c.service.latency_ms,
+                "capacity": c.capacity,
+            }
+            for c in plan.capacities()
+        ],
+        "stats": dict(plan.stats),
+    }
+
+
+def plan_to_json(plan: DeploymentMap) -> str:
+    return json.dumps(plan_to_dict(plan), indent=2) + "\n"
+
+
+_TOP_KEYS = {
+    "version", "gpus_used", "gpu_type", "strategy", "max_procs", "gpus_per_node",
+    "lower_bound", "gap", "segments", "services", "stats",
+}
+_SEG_KEYS = {
+    "model", "node", "gpu", "start", "size", "profile", "batch", "procs", "throughput", "latency_ms",
+}
+_SVC_KEYS = {"model", "rate", "latency_ms", "capacity"}
+
+
+def _need(obj: dict, keys: set[str], where: str, optional: set[str] = frozenset()) -> None:
+    if not isinstance(obj, dict):
+        raise ParvaError(f"{where}: expected an object")
+    missing = keys - optional - set(obj)
+    if missing:
+        raise ParvaError(f"{where}: missing {', '.join(sorted(missing))}")
+    unknown = set(obj) - keys
+    if unknown:
+        raise ParvaError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+
+
+def _int(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ParvaError(f"{where}: expected an integer, got {v!r}")
+    return v
+
+
+def _num(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ParvaError(f"{where}: expected a number, got {v!r}")
+    return float(v)
+
+
+def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]:
+    """Parse a plan JSON object strictly; returns the map and the `gpus_used` it states."""
+    _need(data, _TOP_KEYS, source, optional={"lower_bound", "gap", "stats", "gpus_per_node"})
+    if data["version"] != PLAN_VERSION:
+        raise ParvaError(f"{source}: unsupported plan version {data['version']!r}")
+    gpu = gpu_type(str(data["gpu_type"]))
+    per_node = _int(data.get("gpus_per_node", 8), f"{source}: gpus_per_node")
+    if per_node < 1:
+        raise ParvaError(f"{source}: gpus_per_node must be >= 1")
+    if not isinstance(data["segments"], list) or not isinstance(data["services"], list):
+        raise ParvaError(f"{source}: segments and services must be lists")
+    segments = []
+    for i, s in enumerate(data["segments"]):
+        where = f"{source}: segment {i}"
+        _need(s, _SEG_KEYS, where, optional={"profile", "latency_ms"})
+        node, local = _int(s["node"], where + " node"), _int(s["gpu"], where + " gpu")
+        if node < 0 or not 0 <= local < per_node:
+            raise ParvaError(f"{where}: node {node} / gpu {local} out of range (gpus_per_node {per_node})")
+        t = Triplet(
+            _int(s["size"], where + " size"),
+            _int(s["batch"], where + " batch"),
+            _int(s["procs"], where + " procs"),
+            _num(s["throughput"], where + " throughput"),
+            _num(s.get("latency_ms", 0.0), where + " latency_ms"),
+        )
+        segments.append(
+            PlacedSegment(Segment(str(s["model"]), t), node * per_node + local, _int(s["start"], where + " start"))
+        )
+    services = []
+    for i, s in enumerate(data["services"]):
+        where = f"{source}: service {i}"
+        _need(s, _SVC_KEYS, where, optional={"capacity"})
+        services.append(Service(str(s["model"]), _num(s["rate"], where), _num(s["latency_ms"], where)))
+    lb = data.get("lower_bound")
+    plan = DeploymentMap(
+        gpu_type=gpu.name,
+        strategy=str(data["strategy"]),
+        max_procs=_int(data["max_procs"], f"{source}: max_procs"),
+        gpus_per_node=per_node,
+        segments=tuple(segments),
+        services=tuple(services),
+        lower_bound=None if lb is None else _int(lb, f"{source}: lower_bound"),
+    )
+    return plan, _int(data["gpus_used"], f"{source}: gpus_used")
+
+
+def read_plan(path: Path) -> tuple[DeploymentMap, int]:
+    return plan_from_dict(read_json(path, "plan"), str(path))

@@ -1,0 +1,193 @@
+"""GPU types as data: MIG instance profiles, their sizes, memory and legal start slots.
+
+Placement is expressed on the memory-slice axis, as NVML's `nvmlGpuInstancePlacement_t` does:
+an instance of profile P started at slot `s` covers memory slices `s .. s + P.memory_slices - 1`.
+Nothing else in the package hard-codes a GPU's geometry; every planner, checker and backend reads
+it from here. Source: NVIDIA MIG User Guide tables (A100, H100, H200, A30) and `nvidia-smi mig -lgipp`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
+
+from parvagpu.core.errors import ParvaError
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    """A GPU-instance profile. `size` is the number of compute slices (GPCs), the unit of planning."""
+
+    name: str  # e.g. "3g.40gb"
+    profile_id: int  # `nvidia-smi mig -lgip` ID
+    size: int  # compute slices
+    memory_slices: int  # width on the placement axis
+    starts: tuple[int, ...]  # legal start slots (NVIDIA's -lgipp)
+    memory_mib: int
+    sms: int
+    # The parva allocator's start-slot preference; a permutation of a subset of `starts`.
+    preferred_starts: tuple[int, ...] = ()
+
+    def covers(self, start: int) -> range:
+        return range(start, start + self.memory_slices)
+
+    @property
+    def slot_order(self) -> tuple[int, ...]:
+        return self.preferred_starts or self.starts
+
+
+@dataclass(frozen=True)
+class GpuType:
+    name: str
+    compute_slices: int
+    memory_slices: int
+    profiles: tuple[MigProfile, ...]  # planning profiles only: one per size
+    pci_device_ids: tuple[str, ...] = ()
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(sorted(p.size for p in self.profiles))
+
+    def profile(self, size: int) -> MigProfile:
+        for p in self.profiles:
+            if p.size == size:
+                return p
+        raise ParvaError(f"GPU type {self.name} has no {size}g instance (sizes: {self.sizes})")
+
+    def has_size(self, size: int) -> bool:
+        return any(p.size == size for p in self.profiles)
+
+    def mask(self, size: int, start: int) -> int:
+        """Bitmask of the memory slices an instance of `size` at `start` covers."""
+        width = self.profile(size).memory_slices
+        return ((1 << width) - 1) << start
+
+    def legal(self, size: int, start: int) -> bool:
+        return self.has_size(size) and start in self.profile(size).starts
+
+    def realizable(self, sizes: tuple[int, ...]) -> bool:
+        """Whether a multiset of instance sizes fits on one GPU with legal, non-overlapping placements."""
+        return _pack(self, tuple(sorted(sizes, reverse=True))) is not None
+
+    def pack(self, sizes: tuple[int, ...]) -> tuple[tuple[int, int], ...] | None:
+        """A legal placement (size, start) for a multiset of sizes, or None. Deterministic."""
+        return _pack(self, tuple(sorted(sizes, reverse=True)))
+
+    def layouts(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Every set of legal non-overlapping placements (as (size, start) tuples), enumerated
+        from the placement table. Used by exact planners and checkers."""
+        return _layouts(self)
+
+
+@lru_cache(maxsize=None)
+def _pack(gpu: GpuType, sizes: tuple[int, ...]) -> tuple[tuple[int, int], ...] | None:
+    """Backtracking over starts in preference order; sizes largest first."""
+    if sum(sizes) > gpu.compute_slices:
+        return None
+
+    def rec(i: int, used: int) -> list[tuple[int, int]] | None:
+        if i == len(sizes):
+            return []
+        size = sizes[i]
+        if not gpu.has_size(size):
+            return None
+        for start in gpu.profile(size).slot_order + gpu.profile(size).starts:
+            m = gpu.mask(size, start)
+            if used & m:
+                continue
+            rest = rec(i + 1, used | m)
+            if rest is not None:
+                return [(size, start)] + rest
+        return None
+
+    found = rec(0, 0)
+    return tuple(found) if found is not None else None
+
+
+@lru_cache(maxsize=None)
+def _layouts(gpu: GpuType) -> tuple[tuple[tuple[int, int], ...], ...]:
+    placements = [(p.size, s) for p in gpu.profiles for s in p.starts]
+    out = []
+    for k in range(1, gpu.compute_slices + 1):
+        for combo in combinations(placements, k):
+            if sum(sz for sz, _ in combo) > gpu.compute_slices:
+                continue
+            used = 0
+            ok = True
+            for sz, st in combo:
+                m = gpu.mask(sz, st)
+                if used & m:
+                    ok = False
+                    break
+                used |= m
+            if ok:
+                out.append(tuple(sorted(combo)))
+    return tuple(out)
+
+
+def _seven_slice(
+    name: str, mem: tuple[str, str, str, str, str], mib: tuple[int, ...], sms: tuple[int, ...],
+    pci: tuple[str, ...],
+) -> GpuType:
+    """The 7-compute/8-memory-slice geometry shared by A100, H100 and H200 (same -lgipp)."""
+    ids = (19, 14, 9, 5, 0)
+    sizes = (1, 2, 3, 4, 7)
+    widths = (1, 2, 4, 4, 8)
+    starts = ((0, 1, 2, 3, 4, 5, 6), (0, 2, 4), (0, 4), (0,), (0,))
+    # ParvaGPU's slot preferences: 1g fills around a future 3g@4, 3g always at 4 first.
+    prefs = ((0, 6, 4, 1, 2, 3, 5), (0, 4, 2), (4, 0), (0,), (0,))
+    profiles = tuple(
+        MigProfile(f"{s}g.{m}", i, s, w, st, mb, sm, pr)
+        for s, m, i, w, st, mb, sm, pr in zip(sizes, mem, ids, widths, starts, mib, sms, prefs)
+    )
+    return GpuType(name, 7, 8, profiles, pci)
+
+
+_A100_80_PCI = ("0x20B210DE", "0x20B510DE", "0x20F310DE", "0x20F510DE")
+_H100_PCI = ("0x233010DE", "0x233110DE", "0x232210DE", "0x232410DE")
+
+GPU_TYPES: dict[str, GpuType] = {
+    t.name: t
+    for t in (
+        _seven_slice(
+            "A100-80GB", ("10gb", "20gb", "40gb", "40gb", "80gb"),
+            (9856, 19968, 40192, 40192, 80384), (14, 28, 42, 56, 98), _A100_80_PCI,
+        ),
+        _seven_slice(
+            "A100-40GB", ("5gb", "10gb", "20gb", "20gb", "40gb"),
+            (4864, 9856, 19968, 19968, 40192), (14, 28, 42, 56, 98),
+            ("0x20B010DE", "0x20B110DE", "0x20F110DE", "0x20F610DE"),
+        ),
+        _seven_slice(
+            "H100-80GB", ("10gb", "20gb", "40gb", "40gb", "80gb"),
+            (9856, 19968, 40192, 40192, 80384), (16, 32, 60, 64, 132), _H100_PCI,
+        ),
+        _seven_slice(
+            "H200", ("18gb", "35gb", "71gb", "71gb", "141gb"),
+            (18432, 35840, 72704, 72704, 144384), (16, 32, 60, 64, 132),
+            ("0x233510DE", "0x233B10DE"),
+        ),
+        GpuType(
+            "A30",
+            4,
+            4,
+            (
+                MigProfile("1g.6gb", 14, 1, 1, (0, 1, 2, 3), 5836, 14),
+                MigProfile("2g.12gb", 5, 2, 2, (0, 2), 11672, 28),
+                MigProfile("4g.24gb", 0, 4, 4, (0,), 23344, 56),
+            ),
+            ("0x20B710DE",),
+        ),
+    )
+}
+
+DEFAULT_GPU = "A100-80GB"
+
+
+def gpu_type(name: str) -> GpuType:
+    """Look a GPU type up by name, case-insensitively."""
+    for key, t in GPU_TYPES.items():
+        if key.lower() == name.lower():
+            return t
+    raise ParvaError(f"unknown GPU type {name!r}; known: {', '.join(GPU_TYPES)}")

@@ -1,0 +1,1 @@
+"""File effects at the edge: one checked reader for user files, one atomic writer."""

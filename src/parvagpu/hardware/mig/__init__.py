@@ -1,0 +1,37 @@
+"""MIG hardware behind one small interface: `nvml` for real GPUs, `fake` for tests and dry runs."""
+
+from __future__ import annotations
+
+from parvagpu.hardware.mig.base import (
+    MPS_SERVER,
+    MUTATING,
+    ComputeInstance,
+    GpuInstance,
+    GpuProcess,
+    InsufficientResources,
+    InUse,
+    InvalidArgument,
+    MigBackend,
+    MigError,
+    NoPermission,
+    NotFound,
+    NotSupported,
+    mutating_calls,
+)
+from parvagpu.hardware.mig.fake import FakeBackend, InjectedFailure
+
+BACKENDS = ("nvml", "fake")
+
+
+def open_nvml() -> MigBackend:
+    """The real backend; raises ParvaError with one line when pynvml or the driver is missing."""
+    from parvagpu.hardware.mig.nvml import NvmlBackend
+
+    return NvmlBackend()
+
+
+__all__ = [
+    "BACKENDS", "MPS_SERVER", "MUTATING", "ComputeInstance", "FakeBackend", "GpuInstance", "GpuProcess",
+    "InjectedFailure", "InsufficientResources", "InUse", "InvalidArgument", "MigBackend", "MigError",
+    "NoPermission", "NotFound", "NotSupported", "mutating_calls", "open_nvml",
+]

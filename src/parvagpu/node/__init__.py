@@ -1,0 +1,49 @@
+"""Node agent: make one node's GPUs hold its part of a plan, touching only what differs.
+
+Decide, then act. `read_node` asks the hardware what it holds; `diff` (pure) turns that and the
+plan's wants into ordered steps; `Executor` runs the steps through a `MigBackend` and an
+`MpsControl`, keeping an undo log so that any failure rolls the node back to the layout it found.
+On success the node state file maps every segment to its MIG UUID and MPS directories, which the
+serving layer reads. Instances are identified by (GPU, start slot, profile): one that both the
+node and the plan have is kept, with its compute instance, daemon and workers.
+
+One module per stage: `views` (what the plan wants, what the node holds), `steps` (decide: the
+pure diff), `executor` (apply, with the undo log), `state` (the node's directories and state
+file), `node` (the entry points that put them together under the node lock). This package
+re-exports their public names, so callers import from `parvagpu.node`.
+"""
+
+from __future__ import annotations
+
+from parvagpu.node.executor import ApplyFailed, Executor
+from parvagpu.node.agent import (
+    ApplyResult,
+    NodeStatus,
+    apply_plan,
+    check_placements,
+    node_lock,
+    node_status,
+    teardown,
+)
+from parvagpu.node.state import (
+    DEFAULT_STATE_ROOT,
+    STATE_ENV,
+    STATE_VERSION,
+    NodeDirs,
+    NodeState,
+    StateEntry,
+    default_state_root,
+    read_state,
+    state_doc,
+    state_from_dict,
+)
+from parvagpu.node.steps import Op, Refused, Step, _profile_names, check_node, diff, doomed
+from parvagpu.node.views import GpuView, NodeView, Want, node_wants, plan_nodes, read_node, with_wanted_slots
+
+__all__ = [
+    "DEFAULT_STATE_ROOT", "STATE_ENV", "STATE_VERSION", "ApplyFailed", "ApplyResult", "Executor", "GpuView",
+    "NodeDirs", "NodeState", "NodeStatus", "NodeView", "Op", "Refused", "StateEntry", "Step", "Want",
+    "apply_plan", "check_node", "check_placements", "default_state_root", "diff", "doomed", "node_lock",
+    "node_status", "node_wants", "plan_nodes", "read_node", "read_state", "state_doc", "state_from_dict",
+    "teardown", "with_wanted_slots",
+]

@@ -1,0 +1,175 @@
+"""The agent's entry points: `apply_plan`, `teardown` and `node_status` for one node.
+
+Exists to put the stages together in one place, and nothing else: take the node lock, read the
+node and its state file (`views`, `state`), decide (`steps.diff`), check the placements with the
+hardware, run the steps (`executor`) and record the result in the state file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from parvagpu.hardware.mig.base import GpuProcess, MigBackend
+from parvagpu.core.model import DeploymentMap
+from parvagpu.core.errors import ParvaError
+from parvagpu.hardware.mps import MpsControl
+from parvagpu.node.executor import ApplyFailed, Executor
+from parvagpu.node.state import NodeDirs, load_previous, refresh_previous, state_doc, write_state
+from parvagpu.node.steps import Op, Step, check_node, diff, doomed
+from parvagpu.node.views import NodeView, Want, node_wants, read_node, with_wanted_slots
+
+
+@dataclass
+class ApplyResult:
+    steps: list[Step]
+    executed: bool
+    state_written: bool = False
+    state_path: Path | None = None
+
+    def counts(self) -> Counter:
+        return Counter(s.op.value for s in self.steps)
+
+
+@contextmanager
+def node_lock(dirs: NodeDirs) -> Iterator[None]:
+    """One agent at a time per node: an exclusive lock on `<base>/.lock`, refused at once if
+    held. A directory it had to create for the lock alone is removed again afterwards."""
+    made = []  # directories this call creates, innermost first
+    for d in (dirs.base, *dirs.base.parents):
+        if d.exists():
+            break
+        made.append(d)
+    try:
+        dirs.base.mkdir(parents=True, exist_ok=True)
+        fh = open(dirs.base / ".lock", "a")
+    except OSError as exc:
+        raise ParvaError(f"cannot use {dirs.base}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ParvaError(f"node {dirs.node} is being changed by another parvagpu process ({dirs.base / '.lock'})") from None
+        yield
+    finally:
+        fh.close()
+        if made and [p.name for p in dirs.base.iterdir()] == [".lock"]:
+            (dirs.base / ".lock").unlink(missing_ok=True)
+            for d in made:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+
+
+def _prepare(
+    backend: MigBackend, mps: MpsControl, dirs: NodeDirs, wants: tuple[Want, ...], type_name: str | None,
+    limit: int | None, force: bool, node: int,
+) -> tuple[NodeView, list[Step]]:
+    prev = load_previous(dirs, node, type_name)
+    view = read_node(backend, mps, dirs, limit, prev)
+    if type_name is not None:
+        check_node(view, wants, type_name)
+        # GPUs of another type are not the plan's to manage.
+        view = NodeView(tuple(g for g in view.gpus if g.type_name == type_name), view.mps, {}, view.previous)
+    view = with_wanted_slots(view, mps, dirs, wants)
+    procs = {(g, gi): backend.running_processes(g, gi) for g, gi in doomed(view, wants)}
+    view = NodeView(view.gpus, view.mps, procs, view.previous)
+    steps = diff(view, wants, force)
+    check_placements(backend, steps, wants)
+    return view, steps
+
+
+def check_placements(backend: MigBackend, steps: list[Step], wants: tuple[Want, ...]) -> None:
+    """Ask the hardware whether it offers each placement to be created (once per profile), so a
+    GPU whose table differs from ours fails before anything changes."""
+    width = {w.profile.profile_id: w.profile.memory_slices for w in wants}
+    offered: dict[int, set[tuple[int, int]]] = {}
+    for s in steps:
+        if s.op is not Op.CREATE_GI:
+            continue
+        if s.profile_id not in offered:
+            offered[s.profile_id] = set(backend.possible_placements(s.gpu, s.profile_id))
+        if (s.start, width[s.profile_id]) not in offered[s.profile_id]:
+            starts = sorted(st for st, _ in offered[s.profile_id])
+            raise ParvaError(
+                f"gpu {s.gpu} does not offer {s.profile} at start {s.start} (it offers starts {starts}); "
+                "the GPU table and the hardware disagree"
+            )
+
+
+def apply_plan(
+    plan: DeploymentMap, node: int, backend: MigBackend, mps: MpsControl, dirs: NodeDirs, *,
+    force: bool = False, dry_run: bool = False, kill: Callable[[tuple[int, ...]], None] | None = None,
+) -> ApplyResult:
+    """Make `node` hold its part of `plan`. Raises ParvaError (nothing changed, or rolled back)."""
+    wants = node_wants(plan, node)
+    if dry_run:
+        _view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
+        return ApplyResult(steps, False, False, dirs.state_file)
+    with node_lock(dirs):
+        view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
+        ex = Executor(backend, mps, dirs, view, kill)
+        try:
+            ex.run(steps)
+        except ApplyFailed:
+            refresh_previous(view.previous, ex.live, dirs)
+            raise
+        doc = state_doc(node, plan.gpu_type, plan.gpus_per_node, wants, ex.live, dirs)
+        written = write_state(dirs.state_file, doc)
+    return ApplyResult(steps, True, written, dirs.state_file)
+
+
+def teardown(
+    node: int, backend: MigBackend, mps: MpsControl, dirs: NodeDirs, *,
+    force: bool = False, dry_run: bool = False, kill: Callable[[tuple[int, ...]], None] | None = None,
+) -> ApplyResult:
+    """Stop every daemon and destroy every instance on the node's GPUs (MIG mode stays on)."""
+    def prepare() -> tuple[NodeView, list[Step]]:
+        prev = load_previous(dirs, node, None)
+        limit = prev.gpus_per_node if prev is not None else None
+        return _prepare(backend, mps, dirs, (), None, limit, force, node)
+
+    if dry_run:
+        return ApplyResult(prepare()[1], False, False, dirs.state_file)
+    with node_lock(dirs):
+        view, steps = prepare()
+        Executor(backend, mps, dirs, view, kill).run(steps)
+        removed = False
+        if dirs.state_file.exists():
+            try:
+                dirs.state_file.unlink()
+                removed = True
+            except OSError as exc:
+                raise ParvaError(f"cannot remove {dirs.state_file}: {exc.strerror or exc}") from None
+    return ApplyResult(steps, True, removed, dirs.state_file)
+
+
+@dataclass
+class NodeStatus:
+    view: NodeView
+    processes: dict[tuple[int, int], tuple[GpuProcess, ...]]
+    drift: list[Step] | None  # None when no plan was given
+
+
+def node_status(
+    node: int, backend: MigBackend, mps: MpsControl, dirs: NodeDirs, plan: DeploymentMap | None = None,
+) -> NodeStatus:
+    """What the node holds and, given a plan, the steps `apply` would take (empty: it matches)."""
+    prev = load_previous(dirs, node, plan.gpu_type if plan is not None else None)
+    limit = plan.gpus_per_node if plan is not None else (prev.gpus_per_node if prev else None)
+    view = read_node(backend, mps, dirs, limit, prev)
+    procs = {(g.index, i.gi_id): backend.running_processes(g.index, i.gi_id)
+             for g in view.gpus for i in g.instances if i.cis}
+    drift = None
+    if plan is not None:
+        wants = node_wants(plan, node)
+        check_node(view, wants, plan.gpu_type)
+        view2 = with_wanted_slots(view, mps, dirs, wants)
+        drift = diff(NodeView(view2.gpus, view2.mps, procs, prev), wants, force=True)
+        view = view2
+    return NodeStatus(view, procs, drift)

@@ -1,0 +1,193 @@
+"""Decide: the steps that take a node from what it holds to what the plan wants. Pure, no I/O.
+
+Exists apart from the executor so that every rule of a reconfiguration (what is kept, what is
+torn down and in which order, what is refused without --force) is decided in one place, from
+the views alone, and can be tested and dry-run without hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from parvagpu.core.gpus import gpu_type
+from parvagpu.hardware.mig.base import GpuInstance
+from parvagpu.core.errors import ParvaError
+from parvagpu.node.state import NodeDirs
+from parvagpu.node.views import GpuView, NodeView, Want
+
+
+class Op(str, Enum):
+    STOP_MPS = "stop-mps"
+    KILL = "kill-processes"
+    DESTROY_CI = "destroy-ci"
+    DESTROY_GI = "destroy-gi"
+    CREATE_GI = "create-gi"
+    CREATE_CI = "create-ci"
+    START_MPS = "start-mps"
+    BIND = "bind"
+
+
+@dataclass(frozen=True)
+class Step:
+    op: Op
+    gpu: int
+    start: int
+    profile: str
+    profile_id: int
+    gi_id: int | None = None
+    ci_id: int | None = None
+    slices: int | None = None
+    pids: tuple[int, ...] = ()
+    note: str = ""
+
+    def describe(self, dirs: NodeDirs | None = None) -> str:
+        inst = f"{self.profile}@{self.start}"
+        head = f"gpu {self.gpu}: "
+        if self.op is Op.STOP_MPS:
+            return head + f"stop MPS daemon of {inst}" + (f" ({self.note})" if self.note else "")
+        if self.op is Op.KILL:
+            return head + f"terminate processes {', '.join(map(str, self.pids))} on {inst} (--force)"
+        if self.op is Op.DESTROY_CI:
+            return head + f"destroy compute instance {self.ci_id} of {inst} (GI {self.gi_id})"
+        if self.op is Op.DESTROY_GI:
+            return head + f"destroy GPU instance {inst} (GI {self.gi_id})"
+        if self.op is Op.CREATE_GI:
+            return head + f"create GPU instance {self.profile} (profile {self.profile_id}) at start {self.start}"
+        if self.op is Op.CREATE_CI:
+            unit = "slice" if self.slices == 1 else "slices"
+            return head + f"create compute instance ({self.slices} compute {unit}) in {inst}"
+        if self.op is Op.START_MPS:
+            where = f" (pipe {dirs.pipe_dir(self.gpu, self.start)})" if dirs else ""
+            return head + f"start MPS daemon for {inst}{where}"
+        return head + f"bind {inst} to {self.note} (instance kept)"
+
+
+class Refused(ParvaError):
+    """Applying would destroy an instance that runs processes, and --force was not given."""
+
+
+def _workers(view: NodeView, gpu: int, gi_id: int) -> tuple[int, ...]:
+    return tuple(p.pid for p in view.processes.get((gpu, gi_id), ()) if not p.is_mps_server)
+
+
+def check_node(view: NodeView, wants: tuple[Want, ...], gpu_type_name: str) -> None:
+    """The node can hold the plan: the GPUs exist, are of the plan's type, with MIG mode on."""
+    for g in sorted({w.gpu for w in wants}):
+        gv = view.gpu(g)
+        if gv is None:
+            raise ParvaError(f"the plan uses gpu {g} of this node, which has {len(view.gpus)} GPU(s)")
+        if gv.type_name != gpu_type_name:
+            raise ParvaError(f"gpu {g} is an {gv.type_name}, the plan is for {gpu_type_name}")
+        if not gv.mig:
+            raise ParvaError(f"gpu {g} has MIG mode disabled; enable it (nvidia-smi -i {g} -mig 1, then reset) and retry")
+        if gv.mig_pending != gv.mig:
+            raise ParvaError(f"gpu {g} has a MIG mode change pending; reset the GPU first")
+
+
+def _split(gv: GpuView, wants: list[Want]):
+    """Per GPU: instances to remove, kept instances (whole CI or to rebuild), wants to create."""
+    by_start = {w.start: w for w in wants}
+    remove, keep, rebuild = [], [], []
+    for inst in gv.instances:
+        w = by_start.get(inst.start)
+        if w is not None and w.profile.profile_id == inst.profile_id:
+            (keep if inst.whole_ci else rebuild).append((inst, w))
+        else:
+            remove.append(inst)
+    kept = {inst.start for inst, _ in keep + rebuild}
+    add = [w for w in wants if w.start not in kept]
+    return remove, keep, rebuild, add
+
+
+def doomed(view: NodeView, wants: tuple[Want, ...]) -> list[tuple[int, int]]:
+    """(gpu, GI id) of every instance `diff` would destroy or strip of its compute instances:
+    the only ones whose processes need to be asked for."""
+    out = []
+    for gv in view.gpus:
+        if not gv.mig:
+            continue
+        remove, _keep, rebuild, _add = _split(gv, [w for w in wants if w.gpu == gv.index])
+        out += [(gv.index, i.gi_id) for i in remove] + [(gv.index, i.gi_id) for i, _ in rebuild]
+    return out
+
+
+def diff(view: NodeView, wants: tuple[Want, ...], force: bool = False) -> list[Step]:
+    """Ordered steps from what the node holds to what the plan wants. Pure.
+
+    Per GPU, destroys come before creates (stop the daemon, terminate workers with --force,
+    destroy compute instances, then the GPU instance), and creates go largest first. Instances
+    running processes other than an MPS server are refused without `force`."""
+    steps: list[Step] = []
+    refusals: list[str] = []
+    prev = view.previous.by_slot() if view.previous else {}
+    for gv in view.gpus:
+        if not gv.mig:
+            continue
+        g = gv.index
+        remove, keep, rebuild, add = _split(gv, [w for w in wants if w.gpu == g])
+        live = {s for gg, s in view.mps if gg == g}
+        profile_name = {w.profile.profile_id: w.profile.name for w in wants}
+        names = _profile_names(gv.type_name)
+        destroy: list[Step] = []
+        create: list[Step] = []
+
+        def tear(inst: GpuInstance, keep_gi: bool) -> None:
+            name = names.get(inst.profile_id, profile_name.get(inst.profile_id, f"profile{inst.profile_id}"))
+            base = dict(gpu=g, start=inst.start, profile=name, profile_id=inst.profile_id, gi_id=inst.gi_id)
+            if inst.start in live:
+                destroy.append(Step(Op.STOP_MPS, **base))
+                live.discard(inst.start)
+            pids = _workers(view, g, inst.gi_id)
+            if pids:
+                if not force:
+                    refusals.append(f"gpu {g} {name}@{inst.start} runs processes {', '.join(map(str, pids))}")
+                destroy.append(Step(Op.KILL, **base, pids=pids))
+            for ci in inst.cis:
+                destroy.append(Step(Op.DESTROY_CI, **base, ci_id=ci.ci_id, slices=ci.slices))
+            if not keep_gi:
+                destroy.append(Step(Op.DESTROY_GI, **base))
+
+        for inst in remove:
+            tear(inst, keep_gi=False)
+        for inst, _w in rebuild:
+            tear(inst, keep_gi=True)
+        held = {i.start for i in gv.instances}
+        for s in sorted(live - held):
+            # A daemon whose instance is gone (destroyed behind the agent's back).
+            e = prev.get((g, s))
+            destroy.append(Step(Op.STOP_MPS, g, s, e.profile if e else "?", e.profile_id if e else -1, note="stale"))
+            live.discard(s)
+        for inst, w in keep:
+            e = prev.get((g, inst.start))
+            if inst.start in live and e is not None and e.mig_uuid != inst.uuid:
+                destroy.append(Step(Op.STOP_MPS, g, inst.start, w.profile.name, w.profile.profile_id,
+                                    gi_id=inst.gi_id, note="restart: instance changed"))
+                live.discard(inst.start)
+
+        todo = [(w, None) for w in add] + [(w, inst) for inst, w in rebuild] + [(w, inst) for inst, w in keep]
+        for w, inst in sorted(todo, key=lambda t: (-t[0].profile.size, t[0].start)):
+            base = dict(gpu=g, start=w.start, profile=w.profile.name, profile_id=w.profile.profile_id)
+            if inst is None:
+                create.append(Step(Op.CREATE_GI, **base))
+            if inst is None or not inst.whole_ci:
+                create.append(Step(Op.CREATE_CI, **base, slices=w.profile.size))
+            if w.start not in live:
+                create.append(Step(Op.START_MPS, **base))
+            e = prev.get((g, w.start))
+            if inst is not None and (e is None or (e.model, e.batch, e.procs) != w.binding):
+                create.append(Step(Op.BIND, **base, note=f"{w.model} b{w.batch} x{w.procs}"))
+        steps += destroy + create
+    if refusals and not force:
+        raise Refused(
+            "refusing to destroy instances with running processes (" + "; ".join(refusals)
+            + "); stop them or pass --force"
+        )
+    return steps
+
+
+def _profile_names(type_name: str) -> dict[int, str]:
+    try:
+        return {p.profile_id: p.name for p in gpu_type(type_name).profiles}
+    except ParvaError:
+        return {}

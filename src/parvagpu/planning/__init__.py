@@ -1,0 +1,1 @@
+"""Planners: pure functions from a planning request to a deployment map."""

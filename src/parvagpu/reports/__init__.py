@@ -1,0 +1,1 @@
+"""What people read: plan tables, the strategy comparison and its figures."""

@@ -1,0 +1,108 @@
+"""Rich rendering of a plan: a summary, capacity per model, and a drawing of each GPU's slots."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import DeploymentMap
+
+_COLORS = (
+    "cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta",
+    "bright_green", "bright_yellow", "bright_blue", "bright_red",
+)
+
+
+def summary(plan: DeploymentMap) -> dict[str, float]:
+    """The headline figures shown in tables and compared across strategies."""
+    gpu = gpu_type(plan.gpu_type)
+    used = plan.gpus_used
+    gpcs = plan.gpcs_used()
+    demand = sum(s.rate for s in plan.services)
+    cap = sum(c.capacity for c in plan.capacities())
+    return {
+        "gpus_used": used,
+        "gpcs_used": gpcs,
+        "idle_gpcs": used * gpu.compute_slices - gpcs,
+        "capacity_over_demand": cap / demand if demand else 0.0,
+        "segments": len(plan.segments),
+    }
+
+
+def model_colors(plan: DeploymentMap) -> dict[str, str]:
+    models = sorted({s.model for s in plan.services} | {s.model for s in plan.segments})
+    return {m: _COLORS[i % len(_COLORS)] for i, m in enumerate(models)}
+
+
+def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
+    """One row per GPU; each memory slice is `slice_width` characters wide."""
+    gpu = gpu_type(plan.gpu_type)
+    color = model_colors(plan)
+    SLICE_WIDTH = slice_width
+    table = Table(title="GPU layouts (memory slices 0..%d)" % (gpu.memory_slices - 1), show_lines=False)
+    table.add_column("node/gpu", justify="right", no_wrap=True)
+    table.add_column("slots", no_wrap=True)
+    table.add_column("GPCs", justify="right")
+    for g, segs in plan.by_gpu().items():
+        line = Text()
+        pos = 0
+        for s in segs:
+            if s.start > pos:
+                line.append(("·" * (SLICE_WIDTH * (s.start - pos))), style="dim")
+            width = SLICE_WIDTH * gpu.profile(s.size).memory_slices
+            t = s.segment.triplet
+            label = s.model if width < 16 else f"{s.size}g {s.model} b{t.batch}p{t.procs}"
+            cell = f"[{label[: width - 2].ljust(width - 2)}]"
+            line.append(cell, style=f"bold {color[s.model]}")
+            pos = s.start + gpu.profile(s.size).memory_slices
+        if pos < gpu.memory_slices:
+            line.append("·" * (SLICE_WIDTH * (gpu.memory_slices - pos)), style="dim")
+        used = sum(s.size for s in segs)
+        table.add_row(f"{plan.node_of(g)}/{plan.local_gpu(g)}", line, f"{used}/{gpu.compute_slices}")
+    return table
+
+
+def plan_tables(plan: DeploymentMap, width: int = 100) -> Group:
+    s = summary(plan)
+    head = Table(title=f"parvagpu plan: {plan.strategy} on {plan.gpu_type}", show_header=False)
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("GPUs used", str(s["gpus_used"]))
+    if plan.lower_bound is not None:
+        gap = (plan.gpus_used - plan.lower_bound) / plan.gpus_used if plan.gpus_used else 0.0
+        head.add_row("proven lower bound", f"{plan.lower_bound} (gap {gap:.1%})")
+    else:
+        head.add_row("proven lower bound", "not computed (--strategy auto proves one)")
+    head.add_row("GPCs used", str(s["gpcs_used"]))
+    head.add_row("idle GPCs on used GPUs", str(s["idle_gpcs"]))
+    head.add_row("capacity / demand", f"{s['capacity_over_demand']:.3f}")
+    head.add_row("segments", str(s["segments"]))
+    head.add_row("max procs per segment", str(plan.max_procs))
+
+    per_model = Table(title="Capacity per model")
+    for col, just in (("model", "left"), ("rate", "right"), ("SLO ms", "right"),
+                      ("capacity", "right"), ("cap/rate", "right"), ("segments", "left")):
+        per_model.add_column(col, justify=just)
+    color = model_colors(plan)
+    for c in plan.capacities():
+        sizes = Counter(seg.size for seg in plan.segments if seg.model == c.service.model)
+        per_model.add_row(
+            Text(c.service.model, style=color[c.service.model]),
+            f"{c.service.rate:g}",
+            f"{c.service.latency_ms:g}",
+            f"{c.capacity:.1f}",
+            f"{c.capacity / c.service.rate:.3f}",
+            " ".join(f"{k}g×{v}" for k, v in sorted(sizes.items(), reverse=True)),
+        )
+    slices = gpu_type(plan.gpu_type).memory_slices
+    slice_width = max(6, min(14, (width - 22) // slices))
+    return Group(head, per_model, gpu_drawing(plan, slice_width))
+
+
+def print_plan(plan: DeploymentMap, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(plan_tables(plan, console.width))
