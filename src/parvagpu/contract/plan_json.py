@@ -95,6 +95,13 @@ def _num(v: Any, where: str) -> float:
     return float(v)
 
 
+def _stats(v: Any, where: str) -> tuple[tuple[str, float], ...]:
+    """The planner's figures, in the order written (an object of names to numbers)."""
+    if not isinstance(v, dict):
+        raise ParvaError(f"{where}: expected an object of names to numbers")
+    return tuple((str(k), _num(x, f"{where} {k}")) for k, x in v.items())
+
+
 def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]:
     """Parse a plan JSON object strictly; returns the map and the `gpus_used` it states."""
     _need(data, _TOP_KEYS, source, optional={"lower_bound", "gap", "stats", "gpus_per_node"})
@@ -129,6 +136,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]
         _need(s, _SVC_KEYS, where, optional={"capacity"})
         services.append(Service(str(s["model"]), _num(s["rate"], where), _num(s["latency_ms"], where)))
     lb = data.get("lower_bound")
+    stats = _stats(data.get("stats", {}), f"{source}: stats")
     plan = DeploymentMap(
         gpu_type=gpu.name,
         strategy=str(data["strategy"]),
@@ -137,6 +145,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]
         segments=tuple(segments),
         services=tuple(services),
         lower_bound=None if lb is None else _int(lb, f"{source}: lower_bound"),
+        stats=stats,
     )
     return plan, _int(data["gpus_used"], f"{source}: gpus_used")
 

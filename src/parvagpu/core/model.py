@@ -137,7 +137,9 @@ class ServiceCapacity:
 class DeploymentMap:
     """The planner's output: every segment with its exact placement.
 
-    GPUs are numbered 0..gpus_used-1 globally; node = gpu // gpus_per_node.
+    GPUs are numbered 0..gpus_used-1 globally; node = gpu // gpus_per_node. Segments are kept in
+    (GPU, start slot) order whatever order a planner produced them in, so two maps holding the same
+    placements compare equal (a plan written to JSON and read back is equal to the one written).
     """
 
     gpu_type: str
@@ -148,6 +150,11 @@ class DeploymentMap:
     services: tuple[Service, ...]
     lower_bound: int | None = None
     stats: tuple[tuple[str, float], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.segments, key=lambda s: (s.gpu, s.start, s.model)))
+        if ordered != self.segments:
+            object.__setattr__(self, "segments", ordered)
 
     @property
     def gpus_used(self) -> int:

@@ -1,0 +1,72 @@
+"""The plan JSON contract: a plan written and read back is the same plan, every field included."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from parvagpu.cli import app
+from parvagpu.contract.plan_json import plan_from_dict, plan_to_dict, plan_to_json
+from parvagpu.core.gpus import GPU_TYPES
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+
+positive = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def plans(draw) -> DeploymentMap:
+    """Any well-formed plan: legal layouts per GPU, positive figures, one service per model."""
+    gpu = GPU_TYPES[draw(st.sampled_from(sorted(GPU_TYPES)))]
+    layouts = gpu.layouts()
+    models = [f"m{i}" for i in range(draw(st.integers(1, 5)))]
+    max_procs = draw(st.integers(1, 7))
+    segments = []
+    for g in range(draw(st.integers(0, 6))):
+        for size, start in layouts[draw(st.integers(0, len(layouts) - 1))]:
+            t = Triplet(size, draw(st.sampled_from((1, 2, 8, 64))), draw(st.integers(1, max_procs)),
+                        draw(positive), draw(positive))
+            segments.append(PlacedSegment(Segment(draw(st.sampled_from(models)), t), g, start))
+    draw(st.randoms()).shuffle(segments)  # planners emit segments in any order
+    services = tuple(Service(m, draw(positive), draw(positive)) for m in models)
+    names = draw(st.lists(st.sampled_from(("gpus_before_optimization", "proven_optimal", "heuristic_gpus")),
+                          unique=True, max_size=3))
+    return DeploymentMap(
+        gpu_type=gpu.name, strategy=draw(st.sampled_from(("auto", "parva", "optimal", "mig-only"))),
+        max_procs=max_procs, gpus_per_node=draw(st.integers(1, 8)), segments=tuple(segments),
+        services=services, lower_bound=draw(st.none() | st.integers(0, 6)),
+        stats=tuple((n, draw(positive)) for n in names),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(plans())
+def test_plan_written_and_read_back_compares_equal(plan):
+    text = plan_to_json(plan)
+    back, stated_gpus = plan_from_dict(json.loads(text))
+    assert back == plan  # every field: segments, services, bound, stats, limits
+    assert stated_gpus == plan.gpus_used
+    assert plan_to_json(back) == text
+
+
+def test_segment_order_does_not_change_a_plan():
+    t = Triplet(1, 1, 1, 10.0, 5.0)
+    a = PlacedSegment(Segment("a", t), 1, 0)
+    b = PlacedSegment(Segment("b", t), 0, 6)
+    svc = (Service("a", 1.0, 10.0), Service("b", 1.0, 10.0))
+    one = DeploymentMap("A100-80GB", "parva", 3, 8, (a, b), svc)
+    two = DeploymentMap("A100-80GB", "parva", 3, 8, (b, a), svc)
+    assert one == two and one.segments == (b, a)
+
+
+@pytest.mark.parametrize("strategy", ["parva", "auto", "mig-only", "whole-gpu"])
+def test_planned_plan_round_trips_through_the_cli(strategy):
+    out = CliRunner().invoke(app, ["plan", "--scenario", "2", "--strategy", strategy, "--format", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["stats"], "every strategy records its figures"
+    plan, _ = plan_from_dict(data)
+    assert plan_to_dict(plan) == data
