@@ -10,6 +10,8 @@ A plan is valid when:
 - every service has a capacity (sum of its segments' throughputs) >= its rate, and no segment
   serves a model that is not a service;
 - the stated GPU count matches the GPUs the segments use.
+
+Each check is a function returning its problems; `verify` runs them all in order.
 """
 
 from __future__ import annotations
@@ -17,72 +19,86 @@ from __future__ import annotations
 from collections import defaultdict
 from fractions import Fraction
 
-from parvagpu.core.gpus import gpu_type
-from parvagpu.core.model import DeploymentMap, Profile, Service
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.gpus import GpuType, gpu_type
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, ProfilePoint, Service
 
 
 def _exact(x: float) -> Fraction:
     return Fraction(repr(float(x)))
 
 
-def verify(
-    plan: DeploymentMap,
-    profiles: dict[str, Profile],
-    services: tuple[Service, ...] | None = None,
-    stated_gpus_used: int | None = None,
-) -> list[str]:
-    """Return the reasons the plan is wrong; an empty list means it is valid."""
+def check_services_agree(plan: DeploymentMap, services: tuple[Service, ...]) -> list[str]:
+    """The services checked against must appear in the plan with the same rate and SLO."""
     problems: list[str] = []
-    try:
-        gpu = gpu_type(plan.gpu_type)
-    except ParvaError as exc:
-        return [str(exc)]
-    services = plan.services if services is None else services
-    by_model = {s.model: s for s in services}
-    if services is not plan.services:
-        stated = {s.model: s for s in plan.services}
-        for m, s in by_model.items():
-            p = stated.get(m)
-            if p is None:
-                problems.append(f"service {m} is missing from the plan's services")
-            elif (p.rate, p.latency_ms) != (s.rate, s.latency_ms):
-                problems.append(
-                    f"service {m}: plan says rate {p.rate} / {p.latency_ms} ms, inputs say {s.rate} / {s.latency_ms} ms"
-                )
+    stated = {s.model: s for s in plan.services}
+    for m, s in {s.model: s for s in services}.items():
+        p = stated.get(m)
+        if p is None:
+            problems.append(f"service {m} is missing from the plan's services")
+        elif (p.rate, p.latency_ms) != (s.rate, s.latency_ms):
+            problems.append(
+                f"service {m}: plan says rate {p.rate} / {p.latency_ms} ms, inputs say {s.rate} / {s.latency_ms} ms"
+            )
+    return problems
 
+
+def _check_gpu(plan: DeploymentMap, gpu: GpuType, g: int, segs: list[PlacedSegment]) -> list[str]:
+    """One GPU: legal sizes and starts, disjoint memory slices, compute slices within the GPU."""
+    problems: list[str] = []
     widths = {p.size: p for p in gpu.profiles}
-    per_gpu: dict[int, list] = defaultdict(list)
+    label = f"node {plan.node_of(g)} gpu {plan.local_gpu(g)}"
+    used: list[str | None] = [None] * gpu.memory_slices
+    compute = 0
+    for s in sorted(segs, key=lambda s: s.start):
+        prof = widths.get(s.size)
+        if prof is None:
+            problems.append(f"{label}: {s.model} has size {s.size}g, which {gpu.name} does not offer")
+            continue
+        if s.start not in prof.starts:
+            problems.append(
+                f"{label}: {s.model} {prof.name} at start {s.start} is not a legal placement "
+                f"(legal starts {list(prof.starts)})"
+            )
+            continue
+        compute += s.size
+        for slot in range(s.start, s.start + prof.memory_slices):
+            if used[slot] is not None:
+                problems.append(
+                    f"{label}: {s.model} {prof.name}@{s.start} overlaps {used[slot]} on memory slice {slot}"
+                )
+                break
+            used[slot] = f"{s.model} {prof.name}@{s.start}"
+    if compute > gpu.compute_slices:
+        problems.append(f"{label}: uses {compute} compute slices of {gpu.compute_slices}")
+    return problems
+
+
+def check_placements(plan: DeploymentMap, gpu: GpuType) -> list[str]:
+    """Every GPU's instances form a placement the GPU type allows."""
+    per_gpu: dict[int, list[PlacedSegment]] = defaultdict(list)
     for s in plan.segments:
         per_gpu[s.gpu].append(s)
-    for g, segs in sorted(per_gpu.items()):
-        label = f"node {plan.node_of(g)} gpu {plan.local_gpu(g)}"
-        used = [None] * gpu.memory_slices
-        compute = 0
-        for s in sorted(segs, key=lambda s: s.start):
-            prof = widths.get(s.size)
-            if prof is None:
-                problems.append(f"{label}: {s.model} has size {s.size}g, which {gpu.name} does not offer")
-                continue
-            if s.start not in prof.starts:
-                problems.append(
-                    f"{label}: {s.model} {prof.name} at start {s.start} is not a legal placement "
-                    f"(legal starts {list(prof.starts)})"
-                )
-                continue
-            compute += s.size
-            for slot in range(s.start, s.start + prof.memory_slices):
-                if used[slot] is not None:
-                    problems.append(
-                        f"{label}: {s.model} {prof.name}@{s.start} overlaps {used[slot]} on memory slice {slot}"
-                    )
-                    break
-                used[slot] = f"{s.model} {prof.name}@{s.start}"
-        if compute > gpu.compute_slices:
-            problems.append(f"{label}: uses {compute} compute slices of {gpu.compute_slices}")
+    return [p for g, segs in sorted(per_gpu.items()) for p in _check_gpu(plan, gpu, g, segs)]
 
+
+def _point_index(profile: Profile) -> dict[tuple[int, int, int], ProfilePoint]:
+    """A profile's points by (size, batch, procs); the first in file order wins."""
+    lookup: dict[tuple[int, int, int], ProfilePoint] = {}
+    for p in profile.points:
+        lookup.setdefault((p.size, p.batch, p.procs), p)
+    return lookup
+
+
+def check_segments(
+    plan: DeploymentMap, profiles: dict[str, Profile], services: tuple[Service, ...]
+) -> tuple[list[str], dict[str, float]]:
+    """Every segment is an admissible profiled point of a served model. Returns the problems and
+    the capacity each model gets from its admissible segments."""
+    problems: list[str] = []
+    by_model = {s.model: s for s in services}
     capacity: dict[str, float] = defaultdict(float)
-    points: dict[str, dict] = {}  # per model: (size, batch, procs) -> profiled point
+    points: dict[str, dict[tuple[int, int, int], ProfilePoint]] = {}
     for s in plan.segments:
         t = s.segment.triplet
         where = f"node {plan.node_of(s.gpu)} gpu {plan.local_gpu(s.gpu)} start {s.start} ({s.model})"
@@ -95,9 +111,7 @@ def verify(
             problems.append(f"{where}: no profile for model {s.model}")
             continue
         if s.model not in points:
-            lookup = points[s.model] = {}
-            for p in prof.points:
-                lookup.setdefault((p.size, p.batch, p.procs), p)
+            points[s.model] = _point_index(prof)
         point = points[s.model].get((t.size, t.batch, t.procs))
         if point is None or point.throughput <= 0:
             problems.append(f"{where}: ({t.size}g, b{t.batch}, p{t.procs}) is not a runnable profiled point")
@@ -114,11 +128,46 @@ def verify(
                 f"{svc.latency_ms:g} ms = {0.45 * svc.latency_ms:g} ms"
             )
         capacity[s.model] += real
-    for svc in services:
-        if capacity[svc.model] < svc.rate:
-            problems.append(
-                f"service {svc.model}: capacity {capacity[svc.model]:g} req/s is below its rate {svc.rate:g}"
-            )
+    return problems, capacity
+
+
+def check_capacity(services: tuple[Service, ...], capacity: dict[str, float]) -> list[str]:
+    """Every service's capacity reaches its rate."""
+    return [
+        f"service {svc.model}: capacity {capacity.get(svc.model, 0.0):g} req/s is below its rate {svc.rate:g}"
+        for svc in services
+        if capacity.get(svc.model, 0.0) < svc.rate
+    ]
+
+
+def check_gpu_count(plan: DeploymentMap, stated_gpus_used: int | None) -> list[str]:
+    """The GPU count the plan states is the number its segments use."""
     if stated_gpus_used is not None and stated_gpus_used != plan.gpus_used:
-        problems.append(f"plan states gpus_used {stated_gpus_used}, its segments use {plan.gpus_used}")
+        return [f"plan states gpus_used {stated_gpus_used}, its segments use {plan.gpus_used}"]
+    return []
+
+
+def verify(
+    plan: DeploymentMap,
+    profiles: dict[str, Profile],
+    services: tuple[Service, ...] | None = None,
+    stated_gpus_used: int | None = None,
+) -> list[str]:
+    """Return the reasons the plan is wrong; an empty list means it is valid.
+
+    `services` defaults to the plan's own; when given, they must also agree with the plan's."""
+    try:
+        gpu = gpu_type(plan.gpu_type)
+    except ParvaError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    if services is None:
+        services = plan.services
+    else:
+        problems += check_services_agree(plan, services)
+    problems += check_placements(plan, gpu)
+    segment_problems, capacity = check_segments(plan, profiles, services)
+    problems += segment_problems
+    problems += check_capacity(services, capacity)
+    problems += check_gpu_count(plan, stated_gpus_used)
     return problems
