@@ -68,6 +68,64 @@ class SegmentResult:
     batches: dict[int, int] = field(default_factory=dict)  # batch size -> count
 
 
+class _SegmentQueue:
+    """One segment's FIFO queue and in-flight count over sorted arrival times `arr`.
+
+    `admit(j)` applies the in-flight limit as it stands at arrival j (batches finished by then have
+    released their requests); `start_batch` takes up to `batch` queued requests into a batch that
+    ends at `finish` and records each one's latency."""
+
+    __slots__ = ("arr", "cap", "queue", "inflight", "done", "lat", "batches")
+
+    def __init__(self, arr: list[float], cap: int) -> None:
+        self.arr = arr
+        self.cap = cap
+        self.queue: deque[int] = deque()
+        self.inflight = 0
+        self.done: list[tuple[float, int]] = []  # heap of (completion time, requests completed)
+        self.lat = [math.nan] * len(arr)
+        self.batches: dict[int, int] = {}
+
+    def admit(self, j: int) -> bool:
+        t, done = self.arr[j], self.done
+        while done and done[0][0] <= t:
+            self.inflight -= heapq.heappop(done)[1]
+        if self.inflight < self.cap:
+            self.inflight += 1
+            self.queue.append(j)
+            return True
+        return False
+
+    def admit_until(self, i: int, t: float) -> int:
+        """Admit or reject every arrival from i up to time t; the index of the next one."""
+        arr, n = self.arr, len(self.arr)
+        while i < n and arr[i] <= t:
+            self.admit(i)
+            i += 1
+        return i
+
+    def fill(self, i: int, opened: float, batch: int, wait_s: float) -> tuple[float, int]:
+        """A batch opened at `opened` closes when `batch` requests are queued or `wait_s` later:
+        (close time, index of the next arrival)."""
+        q, arr, n = self.queue, self.arr, len(self.arr)
+        if len(q) >= batch or wait_s <= 0:
+            return opened, i
+        deadline = opened + wait_s
+        while len(q) < batch and i < n and arr[i] <= deadline:
+            if self.admit(i) and len(q) >= batch:
+                return arr[i], i + 1
+            i += 1
+        return deadline, i  # not filled in time
+
+    def start_batch(self, finish: float, k: int) -> None:
+        heapq.heappush(self.done, (finish, k))
+        self.batches[k] = self.batches.get(k, 0) + 1
+        q, arr, lat = self.queue, self.arr, self.lat
+        for _ in range(k):
+            j = q.popleft()
+            lat[j] = finish - arr[j]
+
+
 def simulate_segment(
     arrivals,
     procs: int,
@@ -84,56 +142,22 @@ def simulate_segment(
         raise ParvaError(f"bad segment: procs={procs} batch={batch} service times={len(service_s)}")
     arr = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
     n = len(arr)
-    lat = [math.nan] * n
-    cap = limit if limit is not None else n + 1
+    seg = _SegmentQueue(arr, limit if limit is not None else n + 1)
     free = [0.0] * procs  # heap of server free times
-    done: list[tuple[float, int]] = []  # heap of (completion time, requests completed)
-    inflight = 0
-    q: deque[int] = deque()
-    batches: dict[int, int] = {}
     i = 0
-    push, pop = heapq.heappush, heapq.heappop
-
-    def admit(j: int) -> bool:
-        """Arrival j meets the in-flight limit as it stands at its arrival time."""
-        nonlocal inflight
-        t = arr[j]
-        while done and done[0][0] <= t:
-            inflight -= pop(done)[1]
-        if inflight < cap:
-            inflight += 1
-            q.append(j)
-            return True
-        return False
-
-    while i < n or q:
-        if not q:
-            admit(i)
+    while i < n or seg.queue:
+        if not seg.queue:
+            seg.admit(i)
             i += 1
             continue
-        t0 = max(free[0], arr[q[0]])
-        # every arrival up to t0 is admitted or rejected before the batch opens
-        while i < n and arr[i] <= t0:
-            admit(i)
-            i += 1
-        close = t0
-        if len(q) < batch and wait_s > 0:
-            deadline = t0 + wait_s
-            while len(q) < batch and i < n and arr[i] <= deadline:
-                if admit(i) and len(q) >= batch:
-                    close = arr[i]
-                i += 1
-            if len(q) < batch:
-                close = deadline
-        k = min(batch, len(q))
+        opened = max(free[0], arr[seg.queue[0]])  # the first free server takes the oldest request
+        i = seg.admit_until(i, opened)  # every arrival up to then is admitted or rejected first
+        close, i = seg.fill(i, opened, batch, wait_s)
+        k = min(batch, len(seg.queue))
         finish = close + service_s[k - 1]
         heapq.heapreplace(free, finish)
-        push(done, (finish, k))
-        batches[k] = batches.get(k, 0) + 1
-        for _ in range(k):
-            j = q.popleft()
-            lat[j] = finish - arr[j]
-    return SegmentResult(np.asarray(lat, dtype=float), batches)
+        seg.start_batch(finish, k)
+    return SegmentResult(np.asarray(seg.lat, dtype=float), seg.batches)
 
 
 def poisson_arrivals(rng, rate: float, duration_s: float):
@@ -204,48 +228,81 @@ def simulate(
     started = time.perf_counter()
     spec: dict[str, ModelSpec] = serving_spec(plan, rate_scale, depth, wait_s)
     streams = np.random.SeedSequence(seed).spawn(len(spec))
-    stats, rule, segs, lats = [], [], [], {}
-    total = 0
-    for (model, ms), ss in zip(spec.items(), streams):
-        rng = np.random.default_rng(ss)
-        arrivals = poisson_arrivals(rng, ms.rate, duration_s)
-        total += arrivals.size
-        picks = np.asarray(WeightedRouter([s.throughput for s in ms.segments]).sequence(arrivals.size), dtype=int)
-        ok_lat = []
-        rejected = 0
-        for idx, seg in enumerate(ms.segments):
-            a = arrivals[picks == idx]
-            prof = profiles.get(model) if profiles else None
-            svc = [t * service_scale for t in service_times(seg, prof)]
-            res = simulate_segment(a, seg.procs, seg.batch, seg.wait_s, svc, None if unbounded else seg.limit)
-            served = res.latencies_s[~np.isnan(res.latencies_s)]
-            rej = int(a.size - served.size)
-            rejected += rej
-            ok_lat.append(served)
-            nb = sum(res.batches.values())
-            busy = sum(c * svc[k - 1] for k, c in res.batches.items())
-            segs.append({
-                "segment": seg.name, "model": model, "size": seg.size, "batch": seg.batch,
-                "procs": seg.procs, "rate": a.size / duration_s, "capacity": seg.throughput,
-                "wait_ms": 1000 * seg.wait_s, "limit": seg.limit,
-                "utilisation": busy / (seg.procs * duration_s),
-                "mean_batch": (served.size / nb) if nb else 0.0, "rejected": rej,
-            })
-        lat_ms = np.concatenate(ok_lat) * 1000.0 + overhead_ms if ok_lat else np.empty(0)
-        st = summarize(model, ms.rate, ms.latency_ms, lat_ms, int(arrivals.size), rejected=rejected,
-                       duration_s=duration_s)
-        stats.append(st)
-        lats[model] = lat_ms
-        worst = max(s.latency_ms for s in ms.segments)
-        rule.append({
-            "model": model, "slo_ms": ms.latency_ms, "rule_ms": 0.45 * ms.latency_ms,
-            "max_batch_latency_ms": worst, "batch_latency_over_slo": worst / ms.latency_ms,
-            "p99_ms": st.p99_ms if st.ok else None,
-            "p99_over_slo": (st.p99_ms / ms.latency_ms) if st.ok else None,
-            "verdict": st.verdict,
-        })
+    how = _How(duration_s, overhead_ms, unbounded, service_scale)
+    runs = [
+        _simulate_model(ms, poisson_arrivals(np.random.default_rng(ss), ms.rate, duration_s),
+                        (profiles or {}).get(model), how)
+        for (model, ms), ss in zip(spec.items(), streams)
+    ]
     return SimResult(
-        stats=tuple(stats), rule=tuple(rule), segments=tuple(segs), duration_s=duration_s, seed=seed,
-        rate_scale=rate_scale, elapsed_s=time.perf_counter() - started, requests=total,
-        latencies_ms=lats,
+        stats=tuple(r.stats for r in runs), rule=tuple(_rule_row(ms, r.stats) for ms, r in zip(spec.values(), runs)),
+        segments=tuple(row for r in runs for row in r.segments), duration_s=duration_s, seed=seed,
+        rate_scale=rate_scale, elapsed_s=time.perf_counter() - started, requests=sum(r.requests for r in runs),
+        latencies_ms={r.stats.model: r.latencies_ms for r in runs},
     )
+
+
+@dataclass(frozen=True)
+class _How:
+    """The simulation's knobs that every segment run needs."""
+
+    duration_s: float
+    overhead_ms: float
+    unbounded: bool
+    service_scale: float
+
+
+@dataclass(frozen=True)
+class _ModelRun:
+    stats: ModelStats
+    segments: tuple[dict, ...]  # one report row per segment
+    latencies_ms: "object"  # numpy array of ok latencies
+    requests: int
+
+
+def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How) -> _ModelRun:
+    """Route one model's arrivals over its segments, simulate each, and summarise the model."""
+    import numpy as np
+
+    picks = np.asarray(WeightedRouter([s.throughput for s in ms.segments]).sequence(arrivals.size), dtype=int)
+    rows, served = [], []
+    for idx, seg in enumerate(ms.segments):
+        row, ok = _simulate_routed(seg, arrivals[picks == idx], profile, how)
+        rows.append(row)
+        served.append(ok)
+    lat_ms = np.concatenate(served) * 1000.0 + how.overhead_ms if served else np.empty(0)
+    rejected = sum(r["rejected"] for r in rows)
+    st = summarize(ms.model, ms.rate, ms.latency_ms, lat_ms, int(arrivals.size), rejected=rejected,
+                   duration_s=how.duration_s)
+    return _ModelRun(st, tuple(rows), lat_ms, int(arrivals.size))
+
+
+def _simulate_routed(seg: SegmentSpec, a, profile: Profile | None, how: _How) -> tuple[dict, "object"]:
+    """One segment on the arrivals routed to it: its report row and its served latencies (s)."""
+    import numpy as np
+
+    svc = [t * how.service_scale for t in service_times(seg, profile)]
+    res = simulate_segment(a, seg.procs, seg.batch, seg.wait_s, svc, None if how.unbounded else seg.limit)
+    served = res.latencies_s[~np.isnan(res.latencies_s)]
+    nb = sum(res.batches.values())
+    busy = sum(c * svc[k - 1] for k, c in res.batches.items())
+    row = {
+        "segment": seg.name, "model": seg.model, "size": seg.size, "batch": seg.batch,
+        "procs": seg.procs, "rate": a.size / how.duration_s, "capacity": seg.throughput,
+        "wait_ms": 1000 * seg.wait_s, "limit": seg.limit,
+        "utilisation": busy / (seg.procs * how.duration_s),
+        "mean_batch": (served.size / nb) if nb else 0.0, "rejected": int(a.size - served.size),
+    }
+    return row, served
+
+
+def _rule_row(ms: ModelSpec, st: ModelStats) -> dict:
+    """The 0.45 L rule for one model: its slowest segment's batch latency and its predicted p99."""
+    worst = max(s.latency_ms for s in ms.segments)
+    return {
+        "model": ms.model, "slo_ms": ms.latency_ms, "rule_ms": 0.45 * ms.latency_ms,
+        "max_batch_latency_ms": worst, "batch_latency_over_slo": worst / ms.latency_ms,
+        "p99_ms": st.p99_ms if st.ok else None,
+        "p99_over_slo": (st.p99_ms / ms.latency_ms) if st.ok else None,
+        "verdict": st.verdict,
+    }
