@@ -18,7 +18,7 @@ import asyncio
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, NamedTuple
 from urllib.parse import urlsplit
 
 from parvagpu.core.errors import ParvaError
@@ -138,6 +138,30 @@ async def run_load(
 ) -> LoadResult:
     """Send the schedule open-loop through `send(model, request_id)`, wait for every reply (each
     bounded by `timeout_s`) and summarise per model."""
+    _check_load(targets, duration_s, timeout_s, max_requests)
+    events = schedule(targets, duration_s, seed, max_requests)
+    run = await _send_all(events, send, timeout_s)
+    sent: dict[str, int] = {t.model: 0 for t in targets}
+    for _, model in events:
+        sent[model] += 1
+    tallies = _tally(targets, run.records)
+    stats = tuple(
+        summarize(t.model, t.rate, t.slo_ms, tallies[t.model].lat, sent[t.model], rejected=tallies[t.model].rejected,
+                  failed=tallies[t.model].failed, timeouts=tallies[t.model].timeouts, duration_s=duration_s)
+        for t in targets
+    )
+    slowest = sorted((r for r in run.records if r.outcome == OK), key=lambda r: -r.latency_s)[:10]
+    return LoadResult(
+        slowest=[{"model": r.model, "sent_at_s": round(r.offset_s, 3), "latency_ms": round(1000 * r.latency_s, 1)}
+                 for r in slowest],
+        stats=stats, duration_s=duration_s, wall_s=run.wall_s, seed=seed, rate_scale=rate_scale,
+        max_lag_ms=1000.0 * run.lag_s, latencies_ms={m: t.lat for m, t in tallies.items()},
+        server={m: t.server for m, t in tallies.items()},
+        overhead_ms={m: t.overhead_summary() for m, t in tallies.items() if t.overhead}, target=target_name,
+    )
+
+
+def _check_load(targets: list[Target], duration_s: float, timeout_s: float, max_requests: int) -> None:
     if not 0 < duration_s <= MAX_DURATION_S:
         raise ParvaError(f"duration must be in (0, {MAX_DURATION_S:g}] s, got {duration_s}")
     if not 0 < max_requests <= MAX_REQUESTS:
@@ -146,8 +170,28 @@ async def run_load(
         raise ParvaError(f"timeout must be positive, got {timeout_s}")
     if not targets:
         raise ParvaError("nothing to load: no model with a positive rate")
-    events = schedule(targets, duration_s, seed, max_requests)
-    records: list[tuple[str, str, float, dict, float]] = []  # model, outcome, latency s, server timings, offset s
+
+
+class _Record(NamedTuple):
+    """One request as it ended."""
+
+    model: str
+    outcome: str
+    latency_s: float  # from its scheduled send time
+    server: dict  # the server's own timings
+    offset_s: float  # scheduled send time from the start
+
+
+@dataclass(frozen=True)
+class _Sent:
+    records: list[_Record]
+    lag_s: float  # how far the sender fell behind its schedule at worst
+    wall_s: float  # from the start until the last reply
+
+
+async def _send_all(events: list[tuple[float, str]], send: Sender, timeout_s: float) -> _Sent:
+    """Send each event at its time (open loop) and wait for every reply."""
+    records: list[_Record] = []
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
     lag = 0.0
@@ -160,7 +204,7 @@ async def run_load(
             outcome, server = TIMEOUT, {}
         except Exception:  # a sender bug or transport error is a failed request, never a lost one
             outcome, server = FAILED, {}
-        records.append((model, outcome, loop.time() - at, server, at - start))
+        records.append(_Record(model, outcome, loop.time() - at, server, at - start))
 
     tasks = []
     for rid, (offset, model) in enumerate(events):
@@ -173,43 +217,43 @@ async def run_load(
         tasks.append(asyncio.ensure_future(one(rid, model, at)))
     if tasks:
         await asyncio.gather(*tasks)
-    wall = loop.time() - start
+    return _Sent(records, lag, loop.time() - start)
 
-    sent: dict[str, int] = {t.model: 0 for t in targets}
-    for _, model in events:
-        sent[model] += 1
-    by_model: dict[str, dict] = {
-        t.model: {"lat": [], OK: 0, REJECTED: 0, FAILED: 0, TIMEOUT: 0, "server": {}, "overhead": []}
-        for t in targets
-    }
-    for model, outcome, latency, server, _ in records:
-        m = by_model[model]
-        m[outcome if outcome in (OK, REJECTED, FAILED, TIMEOUT) else FAILED] += 1
-        if outcome == OK:
-            m["lat"].append(1000.0 * latency)
-            for k, v in server.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    m["server"].setdefault(k, []).append(float(v))
-            if "compute_ms" in server and "queue_ms" in server:
-                m["overhead"].append(1000.0 * latency - server["queue_ms"] - server["compute_ms"])
-    stats, overhead = [], {}
-    for t in targets:
-        m = by_model[t.model]
-        stats.append(
-            summarize(t.model, t.rate, t.slo_ms, m["lat"], sent[t.model], rejected=m[REJECTED],
-                      failed=m[FAILED], timeouts=m[TIMEOUT], duration_s=duration_s)
-        )
-        if m["overhead"]:
-            o = summarize(t.model, 0, 1, m["overhead"], len(m["overhead"]))
-            overhead[t.model] = {"p50": o.p50_ms, "p99": o.p99_ms, "mean": o.mean_ms}
-    slowest = sorted((r for r in records if r[1] == OK), key=lambda r: -r[2])[:10]
-    return LoadResult(
-        slowest=[{"model": r[0], "sent_at_s": round(r[4], 3), "latency_ms": round(1000 * r[2], 1)} for r in slowest],
-        stats=tuple(stats), duration_s=duration_s, wall_s=wall, seed=seed, rate_scale=rate_scale,
-        max_lag_ms=1000.0 * lag, latencies_ms={t.model: by_model[t.model]["lat"] for t in targets},
-        server={t.model: by_model[t.model]["server"] for t in targets}, overhead_ms=overhead,
-        target=target_name,
-    )
+
+@dataclass
+class _Tally:
+    """One model's outcomes: counts, ok latencies (ms), the server's timings and the overhead."""
+
+    lat: list[float] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {OK: 0, REJECTED: 0, FAILED: 0, TIMEOUT: 0})
+    server: dict[str, list[float]] = field(default_factory=dict)
+    overhead: list[float] = field(default_factory=list)  # latency - queue - compute, ms
+
+    rejected = property(lambda self: self.counts[REJECTED])
+    failed = property(lambda self: self.counts[FAILED])
+    timeouts = property(lambda self: self.counts[TIMEOUT])
+
+    def add(self, r: _Record) -> None:
+        self.counts[r.outcome if r.outcome in self.counts else FAILED] += 1
+        if r.outcome != OK:
+            return
+        self.lat.append(1000.0 * r.latency_s)
+        for k, v in r.server.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.server.setdefault(k, []).append(float(v))
+        if "compute_ms" in r.server and "queue_ms" in r.server:
+            self.overhead.append(1000.0 * r.latency_s - r.server["queue_ms"] - r.server["compute_ms"])
+
+    def overhead_summary(self) -> dict[str, float]:
+        o = summarize("", 0, 1, self.overhead, len(self.overhead))
+        return {"p50": o.p50_ms, "p99": o.p99_ms, "mean": o.mean_ms}
+
+
+def _tally(targets: list[Target], records: list[_Record]) -> dict[str, _Tally]:
+    out = {t.model: _Tally() for t in targets}
+    for r in records:
+        out[r.model].add(r)
+    return out
 
 
 class HttpSender:
