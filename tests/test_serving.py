@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
@@ -234,3 +235,75 @@ def test_adaptive_admission_shrinks_limit_for_slow_segments_only():
     plain = Admission([3])
     plain.observe(0, 1e6)
     assert plain.limits == [3]
+
+
+class _Resp:
+    """A deployment response: awaitable once, cancellable."""
+
+    def __init__(self, coro) -> None:
+        self.coro, self.cancelled = coro, False
+
+    def __await__(self):
+        return self.coro.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Handle:
+    """A segment handle whose calls follow a script: 'ok', 'die' (raise) or 'hang'."""
+
+    def __init__(self, *script: str) -> None:
+        self.script, self.calls = list(script), 0
+
+    def remote(self, payload):
+        what = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+
+        async def go():
+            if what == "die":
+                raise RuntimeError("actor died")
+            if what == "hang":
+                await asyncio.sleep(3600)
+            return {"queue_ms": 1.0, "compute_ms": 2.0, "batch": 1}
+
+        return _Resp(go())
+
+
+def _ingress(handle, limit=1):
+    from parvagpu.serving.ingress import Ingress
+
+    seg = {"name": "m-s0", "throughput": 10.0, "limit": limit, "batch": 1, "procs": 1, "wait_s": 0.0,
+           "latency_ms": 10.0}
+    spec = {"m": {"rate": 1.0, "latency_ms": 100.0, "capacity": 10.0, "segments": [seg]}}
+    return Ingress(spec, {"m-s0": handle})
+
+
+def test_ingress_retries_a_dead_replica_once_then_answers_502():
+    ing = _ingress(_Handle("die", "ok"))
+    status, body = asyncio.run(ing.infer("m"))
+    assert status == 200 and body["segment"] == "m-s0" and "ingress_ms" in body["timing"]
+    ing = _ingress(_Handle("die"))
+    status, body = asyncio.run(ing.infer("m"))
+    assert status == 502 and "RuntimeError" in body["error"]
+    st = ing.stats_doc()["m"]
+    assert (st["admitted"], st["retried"], st["failed"], st["ok"], st["inflight"]) == (1, 1, 1, 0, [0])
+
+
+def test_ingress_gives_up_a_hung_call_with_504_and_frees_its_slot():
+    ing = _ingress(_Handle("hang"))
+    ing.models["m"].call_timeout_s = 0.05
+    status, _ = asyncio.run(ing.infer("m"))
+    assert status == 504 and ing.stats_doc()["m"]["inflight"] == [0]
+
+
+def test_ingress_rejects_beyond_the_limit_and_unknown_models():
+    ing = _ingress(_Handle("hang"), limit=1)
+    ing.models["m"].call_timeout_s = 0.2
+
+    async def two():
+        return await asyncio.gather(ing.infer("m"), ing.infer("m"))
+
+    assert sorted(s for s, _ in asyncio.run(two())) == [503, 504]
+    assert asyncio.run(ing.infer("nope"))[0] == 404
+    assert ing.stats_doc()["m"]["rejected"] == 1

@@ -51,32 +51,43 @@ def simulate(
 
     Poisson arrivals, the serving router, per-segment dynamic batching and admission, service
     times from the profiles; deterministic for a seed."""
-    from parvagpu.inputs.profiles import load_profiles
     from parvagpu.serving.simulator import simulate as run_sim
-    from parvagpu.serving.stats import console, plot_cdf, stats_table
+    from parvagpu.serving.stats import console, stats_table
 
     try:
         plan = _plan_or_scenario(plan_file, scenario, max_procs)
-        if profiles_dir is not None:
-            profiles = load_profiles(profiles_dir)
-        else:
-            embedded = load_profiles(example_dir() / "profiles")
-            models = {s.model for s in plan.services}
-            profiles = embedded if models <= set(embedded) else None
         res = run_sim(
-            plan, duration_s=duration, seed=seed, rate_scale=rate_scale, profiles=profiles, depth=depth,
-            wait_s=None if wait_ms is None else wait_ms / 1000.0, overhead_ms=overhead_ms, unbounded=unbounded,
-            service_scale=service_scale,
+            plan, duration_s=duration, seed=seed, rate_scale=rate_scale, profiles=_sim_profiles(plan, profiles_dir),
+            depth=depth, wait_s=None if wait_ms is None else wait_ms / 1000.0, overhead_ms=overhead_ms,
+            unbounded=unbounded, service_scale=service_scale,
         )
         console().print(stats_table(res.stats, f"simulated {duration:g} s at {rate_scale:g}x planned rates "
                               f"({res.requests} requests, {res.elapsed_s:.2f} s)"))
-        if json_out is not None:
-            _write_json(json_out, res.to_dict())
-        if plot is not None:
-            plot_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, "simulated latency CDF")
-            err.print(f"wrote {plot}", highlight=False)
+        _write_outputs(res, json_out, plot, "simulated latency CDF")
     except ParvaError as exc:
         fail_on(exc)
+
+
+def _sim_profiles(plan, profiles_dir: Optional[Path]):
+    """The given profiles; else the embedded example's when it has every model of the plan; else
+    None (every batch then takes the full batch's latency)."""
+    from parvagpu.inputs.profiles import load_profiles
+
+    if profiles_dir is not None:
+        return load_profiles(profiles_dir)
+    embedded = load_profiles(example_dir() / "profiles")
+    return embedded if {s.model for s in plan.services} <= set(embedded) else None
+
+
+def _write_outputs(res, json_out: Optional[Path], plot: Optional[Path], title: str) -> None:
+    """The result's JSON and its latency CDF plot, where asked for."""
+    from parvagpu.serving.stats import plot_cdf
+
+    if json_out is not None:
+        _write_json(json_out, res.to_dict())
+    if plot is not None:
+        plot_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, title)
+        err.print(f"wrote {plot}", highlight=False)
 
 
 def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_procs: int):
@@ -111,7 +122,7 @@ def load(
     Each request ends ok, 503, failed or timed out. Exit 1 if a request was lost, failed or timed
     out, or a model's p99 missed its SLO (503s alone do not fail the run: they are backpressure)."""
     from parvagpu.serving.loadgen import check_loopback, load_http, targets_from_plan
-    from parvagpu.serving.stats import console, plot_cdf, stats_table
+    from parvagpu.serving.stats import console, stats_table
 
     try:
         if target.startswith(("http://", "https://")) or "://" in target:
@@ -127,11 +138,7 @@ def load(
         for m, o in res.overhead_ms.items():
             err.print(f"{m}: serving overhead (latency - queue - compute) p50 {o['p50']:.2f} ms, p99 {o['p99']:.2f} ms",
                       highlight=False)
-        if json_out is not None:
-            _write_json(json_out, res.to_dict())
-        if plot is not None:
-            plot_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, f"measured latency CDF ({base})")
-            err.print(f"wrote {plot}", highlight=False)
+        _write_outputs(res, json_out, plot, f"measured latency CDF ({base})")
     except ParvaError as exc:
         fail_on(exc)
     bad = [s.model for s in res.stats
@@ -158,29 +165,8 @@ def serve(
 
     A deployment per segment (replicas = procs, dynamic batching up to the batch size), and per
     model a throughput-weighted router with admission: beyond capacity, a fast 503."""
-    from parvagpu.serving.pinning import pins as make_pins
-    from parvagpu.serving.policy import serving_spec
-    from parvagpu.serving.workers import read_models
-
     try:
-        plan = read_plan(plan_file)[0]
-        if models_file is None:
-            raise ParvaError("--models CONFIG is required: it says how to load each model")
-        models = read_models(models_file)
-        missing = sorted({s.model for s in plan.services} - set(models))
-        if missing:
-            raise ParvaError(f"{models_file}: no entry for: {', '.join(missing)}")
-        spec = serving_spec(plan, 1.0, depth, None if wait_ms is None else wait_ms / 1000.0)
-        states = []
-        if node_state:
-            from parvagpu.node import read_state
-
-            for p in node_state:
-                st = read_state(p)
-                if st is None:
-                    raise ParvaError(f"{p}: node state file not found")
-                states.append(st)
-        pins = make_pins(spec, states)
+        spec, models, pins = _serving_inputs(plan_file, models_file, node_state, depth, wait_ms)
         from parvagpu.serving.app import serve_app
 
         serve_app(spec, models, pins, host=host, port=port, address=address)
@@ -191,11 +177,51 @@ def serve(
         f"http://{host}:{port}/v1/models/<model>/infer (Ctrl-C to stop)",
         highlight=False,
     )
+    _wait_for_stop()
+    _stop_serving(address)
+    sys.exit(0)
+
+
+def _serving_inputs(plan_file: Path, models_file: Optional[Path], node_state: Optional[List[Path]],
+                    depth: Optional[int], wait_ms: Optional[float]):
+    """Everything `serve` checks before starting Ray: (serving spec, models config, pins)."""
+    from parvagpu.serving.pinning import pins
+    from parvagpu.serving.policy import serving_spec
+    from parvagpu.serving.workers import read_models
+
+    plan = read_plan(plan_file)[0]
+    if models_file is None:
+        raise ParvaError("--models CONFIG is required: it says how to load each model")
+    models = read_models(models_file)
+    missing = sorted({s.model for s in plan.services} - set(models))
+    if missing:
+        raise ParvaError(f"{models_file}: no entry for: {', '.join(missing)}")
+    spec = serving_spec(plan, 1.0, depth, None if wait_ms is None else wait_ms / 1000.0)
+    return spec, models, pins(spec, _node_states(node_state or []))
+
+
+def _node_states(paths: List[Path]) -> list:
+    from parvagpu.node import read_state
+
+    states = []
+    for p in paths:
+        st = read_state(p)
+        if st is None:
+            raise ParvaError(f"{p}: node state file not found")
+        states.append(st)
+    return states
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGINT or SIGTERM."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
+
+
+def _stop_serving(address: Optional[str]) -> None:
     import ray
     from ray import serve as ray_serve
 
@@ -205,5 +231,3 @@ def serve(
         ray.shutdown()  # our own local cluster: stopping it stops every replica at once
     else:
         ray_serve.delete(APP)  # a shared cluster: remove only this application
-    sys.exit(0)
-

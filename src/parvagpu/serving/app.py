@@ -5,7 +5,8 @@
   machine) and batching with `@serve.batch` up to the segment's batch size with the SLO-derived
   wait (`policy.py`). `max_ongoing_requests` per replica = its share of the segment's in-flight
   limit, so Ray never queues more than the admission allows.
-- One HTTP ingress deployment holding, per model, its own router and admission counters: requests
+- One HTTP ingress deployment holding, per model, its own router and admission counters (the
+  decisions are in `ingress.py`, which needs no Ray): requests
   are split over the model's segments by smooth weighted round-robin on segment throughput
   (`router.py`), a full segment spills over to another segment of the model, and when all are
   full the request gets a 503 at once. Limits shrink when a segment's measured batch time exceeds
@@ -38,13 +39,6 @@ from parvagpu.serving.policy import ModelSpec
 from parvagpu.serving.workers import WorkerModel
 
 APP = "parvagpu"
-RETRIES = 1
-CALL_TIMEOUT_SLOS = 10  # a segment call still running after 10 SLOs is given up (504)
-MIN_CALL_TIMEOUT_S = 5.0
-
-
-async def _result(resp):
-    return await resp
 
 
 def _require_ray():
@@ -57,19 +51,21 @@ def _require_ray():
 
 def _deployments():
     """Define the deployment classes on first use, so importing this module needs no Ray."""
+    return _segment_worker(), _plan_ingress()
+
+
+def _segment_worker():
     from ray import serve
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
 
     @serve.deployment
     class SegmentWorker:
-        def __init__(self, segment: str, model: dict, batch: int, wait_s: float, size: int) -> None:
-            from parvagpu.serving.workers import WorkerModel, build_runner
+        """One replica (MPS process) of a segment: dynamic batching, the model call in a thread."""
 
-            spec = WorkerModel(name=model.pop("name"), **{**model, "shape": tuple(model["shape"]),
-                                                          "args": tuple(sorted(model["args"].items()))})
+        def __init__(self, segment: str, model: str, cfg: dict, batch: int, wait_s: float, size: int) -> None:
+            from parvagpu.serving.workers import build_runner
+
             self.segment = segment
-            self.run = build_runner(spec, batch, threads=size)
+            self.run = build_runner(WorkerModel.from_dict(model, cfg), batch, threads=size)
             self.run(1)  # warm up before taking traffic
             self.infer.set_max_batch_size(batch)
             self.infer.set_batch_wait_timeout_s(wait_s)
@@ -88,97 +84,54 @@ def _deployments():
             return await self.infer(time.perf_counter())
 
         def pid(self) -> int:
-            import os
-
             return os.getpid()
+
+    return SegmentWorker
+
+
+def _plan_ingress():
+    from ray import serve
 
     @serve.deployment(max_ongoing_requests=100_000, num_replicas=1, ray_actor_options={"num_cpus": 0})
     class PlanIngress:
-        def __init__(self, spec: dict, handles: dict) -> None:
-            from parvagpu.serving.policy import Admission
-            from parvagpu.serving.router import WeightedRouter
+        """The HTTP ingress: `ingress.Ingress` behind Ray Serve."""
 
-            self.spec = spec
-            self.models = {}
-            for model, m in spec.items():
-                segs = m["segments"]
-                self.models[model] = {
-                    "router": WeightedRouter([s["throughput"] for s in segs]),
-                    "admission": Admission(
-                        [s["limit"] for s in segs],
-                        [(s["batch"], s["procs"], s["wait_s"], s["latency_ms"], m["latency_ms"]) for s in segs],
-                    ),
-                    "handles": [handles[s["name"]] for s in segs],
-                    "names": [s["name"] for s in segs],
-                    "counts": {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0},
-                    "call_timeout": max(MIN_CALL_TIMEOUT_S, CALL_TIMEOUT_SLOS * m["latency_ms"] / 1000.0),
-                }
+        def __init__(self, spec: dict, handles: dict) -> None:
+            from parvagpu.serving.ingress import Ingress
+
+            self.ingress = Ingress(spec, handles)
 
         async def infer(self, model: str, payload: Any = None) -> tuple[int, dict]:
             """(HTTP status, body) for one request: the Python-handle entry point too."""
-            m = self.models.get(model)
-            if m is None:
-                return 404, {"error": f"unknown model {model!r}", "models": sorted(self.models)}
-            adm = m["admission"]
-            i = m["router"].pick(adm.has_room)
-            if i is None or not adm.try_acquire(i):
-                m["counts"]["rejected"] += 1
-                return 503, {"error": f"{model}: over planned capacity, retry later"}
-            m["counts"]["admitted"] += 1
-            t0 = time.perf_counter()
+            return await self.ingress.infer(model, payload)
+
+        async def __call__(self, request):
+            return await _http(self.ingress, request)
+
+    return PlanIngress
+
+
+async def _http(ingress, request):
+    """HTTP routes, matched by hand: cheaper per request than a web framework's router."""
+    from starlette.responses import JSONResponse
+
+    path = request.url.path.rstrip("/")
+    parts = path.split("/")
+    if request.method == "POST" and len(parts) == 5 and parts[1:3] == ["v1", "models"] and parts[4] == "infer":
+        payload = None
+        body = await request.body()
+        if body:
             try:
-                last = None
-                for attempt in range(1 + RETRIES):
-                    resp = m["handles"][i].remote(payload)
-                    try:
-                        timing = await asyncio.wait_for(_result(resp), m["call_timeout"])
-                    except asyncio.TimeoutError:
-                        resp.cancel()  # a hung replica: the request is a miss, answered, not retried
-                        m["counts"]["failed"] += 1
-                        return 504, {"error": f"{model}: segment {m['names'][i]} did not answer in time"}
-                    except Exception as exc:  # replica died or failed: retry once, then report
-                        last = exc
-                        if attempt < RETRIES:
-                            m["counts"]["retried"] += 1
-                        continue
-                    m["counts"]["ok"] += 1
-                    adm.observe(i, timing.get("compute_ms", 0.0))
-                    timing["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
-                    return 200, {"model": model, "segment": m["names"][i], "timing": timing}
-                m["counts"]["failed"] += 1
-                return 502, {"error": f"{model}: segment {m['names'][i]} failed: {type(last).__name__}"}
-            finally:
-                adm.release(i)
-
-        async def __call__(self, request: Request):
-            """HTTP routes, matched by hand: cheaper per request than a web framework's router."""
-            path = request.url.path.rstrip("/")
-            parts = path.split("/")
-            if request.method == "POST" and len(parts) == 5 and parts[1:3] == ["v1", "models"] and parts[4] == "infer":
-                payload = None
-                body = await request.body()
-                if body:
-                    try:
-                        payload = json.loads(body)
-                    except ValueError:
-                        return JSONResponse({"error": "body is not JSON"}, status_code=400)
-                status, out = await self.infer(parts[3], payload)
-                return JSONResponse(out, status_code=status)
-            if request.method == "GET" and path == "/v1/models":
-                return JSONResponse({"models": [
-                    {"model": k, "rate": v["rate"], "latency_ms": v["latency_ms"], "capacity": v["capacity"],
-                     "segments": [s["name"] for s in v["segments"]]}
-                    for k, v in self.spec.items()
-                ]})
-            if request.method == "GET" and path == "/v1/stats":
-                return JSONResponse({
-                    k: {**v["counts"], "inflight": list(v["admission"].inflight), "limits": list(v["admission"].limits),
-                        "batch_ms": list(v["admission"].batch_ms)}
-                    for k, v in self.models.items()
-                })
-            return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
-
-    return SegmentWorker, PlanIngress
+                payload = json.loads(body)
+            except ValueError:
+                return JSONResponse({"error": "body is not JSON"}, status_code=400)
+        status, out = await ingress.infer(parts[3], payload)
+        return JSONResponse(out, status_code=status)
+    if request.method == "GET" and path == "/v1/models":
+        return JSONResponse(ingress.models_doc())
+    if request.method == "GET" and path == "/v1/stats":
+        return JSONResponse(ingress.stats_doc())
+    return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
 
 
 def spec_to_dict(spec: dict[str, ModelSpec]) -> dict:
@@ -205,7 +158,7 @@ def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: 
     pins = pins or {}
     handles = {}
     for model, ms in spec.items():
-        cfg = {"name": model, **models[model].to_dict()}
+        cfg = models[model].to_dict()
         for seg in ms.segments:
             pin = pins.get(seg.name)
             opts: dict[str, Any] = {"num_cpus": 0}
@@ -219,7 +172,7 @@ def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: 
                 ray_actor_options=opts,
                 health_check_period_s=2.0,
                 graceful_shutdown_timeout_s=1.0,
-            ).bind(seg.name, dict(cfg), seg.batch, seg.wait_s, seg.size)
+            ).bind(seg.name, model, cfg, seg.batch, seg.wait_s, seg.size)
     cap = front_door_limit(spec)
     return PlanIngress.options(max_ongoing_requests=cap, max_queued_requests=FRONT_QUEUE).bind(
         spec_to_dict(spec), handles

@@ -49,6 +49,11 @@ class WorkerModel:
         return {"factory": self.factory, "shape": list(self.shape), "dtype": self.dtype,
                 "threads": self.threads, "args": dict(self.args)}
 
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "WorkerModel":
+        """Back from `to_dict` (how a replica receives it)."""
+        return cls(name, d["factory"], tuple(d["shape"]), d["dtype"], d["threads"], tuple(sorted(d["args"].items())))
+
 
 def parse_models(data: Any, source: str = "models config") -> dict[str, WorkerModel]:
     if isinstance(data, dict) and "models" in data:
