@@ -34,7 +34,7 @@ from parvagpu.node import (
 from parvagpu.core.gpus import gpu_type
 from parvagpu.hardware.mig import FakeBackend, InjectedFailure, mutating_calls
 from parvagpu.hardware.mig.base import ComputeInstance, GpuInstance, GpuProcess
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.core.model import PlacedSegment
 from parvagpu.hardware.mps import FakeMps, MpsError
 
@@ -442,7 +442,7 @@ def test_hardware_placement_table_is_consulted(tmp_path):
             return tuple(p for p in places if p[0] != 4) if profile_id == 9 else places
 
     fake = Narrow("A100-80GB", 8)
-    with pytest.raises(ParvaError, match="does not offer 3g.40gb at start 4"):
+    with pytest.raises(SystemFailure, match="does not offer 3g.40gb at start 4"):
         apply_plan(scenario_plan(6), 0, fake, FakeMps(fake), NodeDirs(tmp_path, 0))
     assert mutating_calls(fake.calls) == 0
 

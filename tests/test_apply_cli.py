@@ -175,15 +175,78 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, s6, args, ne
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_nvml_backend_without_a_driver_is_one_line(tmp_path, s6, monkeypatch):
-    from parvagpu.core.errors import ParvaError
+@pytest.mark.parametrize("verb", ["apply", "status", "teardown"])
+def test_nvml_backend_without_a_driver_is_a_system_failure(tmp_path, s6, monkeypatch, verb):
+    """No driver is the machine's failure, not bad input: one line, exit 4, nothing written."""
+    pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
+    from nvml_stub import StubNvml
 
-    def no_driver():
-        raise ParvaError("cannot initialise NVML (Driver Not Loaded); is an NVIDIA driver installed and loaded?")
+    from parvagpu.hardware.mig import FakeBackend
 
-    monkeypatch.setattr("parvagpu.cli.node.open_nvml", no_driver)
-    line = one_error_line(run("apply", s6, "--node", 0, "--state-dir", tmp_path / "st"))
-    assert "NVML" in line
+    monkeypatch.setitem(sys.modules, "pynvml", StubNvml(FakeBackend(), driver=False))
+    args = {"apply": ["apply", s6], "status": ["status"], "teardown": ["teardown"]}[verb]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = one_error_line(run(*args, "--node", 0, "--state-dir", tmp_path / "st"), code=4)
+    assert "cannot initialise NVML" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_without_nvidia_ml_py_the_nvml_backend_is_bad_input_with_the_install_hint(tmp_path, s6, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    line = one_error_line(run("apply", s6, "--node", 0, "--state-dir", tmp_path / "st"), code=2)
+    assert "pip install 'parvagpu[nvml]'" in line
+
+
+def test_a_hardware_error_while_reading_the_node_is_exit_4(tmp_path, s6, node, monkeypatch):
+    from parvagpu.hardware.mig import FakeBackend, NoPermission
+
+    assert run("apply", s6, *node).exit_code == 0
+
+    def denied(self, gpu):
+        raise NoPermission("nvmlDeviceGetGpuInstances: Insufficient Permissions")
+
+    monkeypatch.setattr(FakeBackend, "list_instances", denied)
+    for args in (["status"], ["apply", s6], ["teardown"]):
+        line = one_error_line(run(*args, *node), code=4)
+        assert "Insufficient Permissions" in line
+
+
+def test_a_rollback_that_cannot_finish_is_exit_4(tmp_path, s6, s5, node, monkeypatch):
+    """A failed step is exit 1 when rolled back; when undoing fails too the node is in neither
+    layout, which is the machine's failure: exit 4, and the line says to check `status`."""
+    from parvagpu.hardware.mig import FakeBackend, InsufficientResources, InUse
+
+    assert run("apply", s6, *node).exit_code == 0
+    real_create = FakeBackend.create_gpu_instance
+    calls = []
+
+    def flaky(self, gpu, profile_id, start):
+        calls.append(1)
+        if len(calls) == 5:
+            raise InsufficientResources("injected")
+        return real_create(self, gpu, profile_id, start)
+
+    real_destroy = FakeBackend.destroy_gpu_instance
+
+    def stuck(self, gpu, gi_id):
+        if len(calls) >= 5:  # only while undoing
+            raise InUse("injected: cannot destroy")
+        return real_destroy(self, gpu, gi_id)
+
+    monkeypatch.setattr(FakeBackend, "create_gpu_instance", flaky)
+    monkeypatch.setattr(FakeBackend, "destroy_gpu_instance", stuck)
+    line = one_error_line(run("apply", s5, *node), code=4)
+    assert "rollback incomplete" in line and "parvagpu status" in line
+
+
+def test_a_node_held_by_another_agent_is_refused_with_exit_1(tmp_path, s6, node):
+    from parvagpu.node import node_lock
+
+    with node_lock(NodeDirs(tmp_path / "st", 0)):
+        for args in (["apply", s6], ["teardown"]):
+            line = one_error_line(run(*args, *node), code=1)
+            assert "being changed by another parvagpu process" in line
+    assert run("apply", s6, *node).exit_code == 0
 
 
 def test_export_k8s_and_mig_parted(tmp_path, s6):

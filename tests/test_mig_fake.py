@@ -26,7 +26,7 @@ from parvagpu.hardware.mig import (
     NotSupported,
     mutating_calls,
 )
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.hardware.mps import FakeMps, MpsError
 
 
@@ -382,9 +382,21 @@ def test_nvml_without_driver_is_one_clear_error(monkeypatch):
     from parvagpu.hardware.mig.nvml import NvmlBackend
 
     monkeypatch.setitem(sys.modules, "pynvml", StubNvml(FakeBackend(), driver=False))
-    with pytest.raises(ParvaError, match="cannot initialise NVML.*driver") as info:
+    with pytest.raises(SystemFailure, match="cannot initialise NVML.*driver") as info:
         NvmlBackend()
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and info.value.exit_code == 4
+
+
+def test_nvml_errors_are_system_failures(monkeypatch):
+    """Every NVML error the backend maps, and a daemon that fails, exit 4 (not 2, bad input)."""
+    b = _stubbed_nvml(monkeypatch, FakeBackend("A100-80GB", 1))
+    with pytest.raises(SystemFailure) as info:
+        b.create_gpu_instance(0, 9, 1)  # 3g.40gb cannot start at 1
+    assert info.value.exit_code == 4
+    with pytest.raises(SystemFailure):
+        b.destroy_gpu_instance(0, 99)
+    with pytest.raises(SystemFailure):
+        FakeMps().stop("/nowhere", "/l")
 
 
 def test_nvml_counts_every_nvml_call(monkeypatch):

@@ -1,7 +1,8 @@
 """CLI verbs that act on nodes and clusters: apply, status, teardown, export.
 
-Registered on the main Typer app by `parvagpu.cli`. Thin: open a backend, call `agent` or
-`export`, render. Bad input exits 2 with one line; a refused or rolled-back apply exits 1.
+Registered on the main Typer app by `parvagpu.cli`. Thin: open a backend, call the agent, render.
+Errors are one line with their kind's exit code: 1 refused or rolled back (or `status --plan`
+found drift), 2 bad input, 4 the hardware or the system failed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from parvagpu import node as agent
-from parvagpu.cli.common import fail, fail_on
+from parvagpu.cli.common import fail_on
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.gpus import DEFAULT_GPU
@@ -115,15 +116,14 @@ def apply_cmd(
 
     Changes only what differs; kept instances and their workers keep running.
 
-    Any failure rolls back to the layout found. Exit 1 when refused or rolled back, 2 on bad input."""
+    Any failure rolls back to the layout found. Exit 1 when refused or rolled back, 2 on bad input,
+    4 when the hardware fails (or a rollback cannot finish)."""
     dirs = _dirs(state_dir, node)
     try:
         plan, _ = read_plan(plan_file)
         agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
         with _node(backend, fake_state, fake_gpus, plan.gpu_type, save=not dry_run) as (b, mps, kill):
             result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
-    except (agent.ApplyFailed, agent.Refused) as exc:
-        fail(str(exc), code=1)
     except ParvaError as exc:
         fail_on(exc)
     head = f"node {node} ({plan.gpu_type}, backend {backend.value})"
@@ -153,8 +153,6 @@ def teardown_cmd(
         type_name = prev.gpu_type if prev else DEFAULT_GPU
         with _node(backend, fake_state, fake_gpus, type_name, save=not dry_run) as (b, mps, kill):
             result = agent.teardown(node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
-    except (agent.ApplyFailed, agent.Refused) as exc:
-        fail(str(exc), code=1)
     except ParvaError as exc:
         fail_on(exc)
     head = f"node {node} (backend {backend.value})"
@@ -185,45 +183,59 @@ def status_cmd(
             st = agent.node_status(node, b, mps, dirs, plan)
     except ParvaError as exc:
         fail_on(exc)
-    bound = st.view.previous.by_slot() if st.view.previous else {}
-    rows = []
-    for g in st.view.gpus:
-        if not g.instances:
-            rows.append({"gpu": g.index, "type": g.type_name, "mig": g.mig, "instance": None})
-        for i in g.instances:
-            e = bound.get((g.index, i.start))
-            procs = st.processes.get((g.index, i.gi_id), ())
-            rows.append({
-                "gpu": g.index, "type": g.type_name, "mig": g.mig,
-                "instance": f"{agent._profile_names(g.type_name).get(i.profile_id, i.profile_id)}@{i.start}",
-                "gi_id": i.gi_id, "ci_ids": [c.ci_id for c in i.cis], "mig_uuid": i.uuid,
-                "mps": (g.index, i.start) in st.view.mps,
-                "workers": [p.pid for p in procs if not p.is_mps_server],
-                "segment": None if e is None or e.mig_uuid != i.uuid else
-                f"{e.model} b{e.batch} x{e.procs}",
-            })
+    rows = _status_rows(st)
     if as_json:
         doc = {"node": node, "instances": rows,
                "matches_plan": None if st.drift is None else not st.drift,
                "drift": None if st.drift is None else [s.describe() for s in st.drift]}
         typer.echo(json.dumps(doc, indent=2))
     else:
-        t = Table(title=f"node {node}")
-        for col in ("GPU", "type", "MIG", "instance", "GI", "CI", "MIG UUID", "MPS", "workers", "segment"):
-            t.add_column(col)
-        for r in rows:
-            if r["instance"] is None:
-                t.add_row(str(r["gpu"]), r["type"], "on" if r["mig"] else "off", "-", "", "", "", "", "", "")
-                continue
-            t.add_row(
-                str(r["gpu"]), r["type"], "on", r["instance"], str(r["gi_id"]), ",".join(map(str, r["ci_ids"])),
-                r["mig_uuid"] or "-", "running" if r["mps"] else "-", str(len(r["workers"])), r["segment"] or "-",
-            )
-        Console(width=max(160, Console().width)).print(t)
-        if st.drift is not None:
-            if st.drift:
-                _print_steps(f"differs from {plan_file}: apply would take {len(st.drift)} steps", st.drift, dirs)
-            else:
-                Console(highlight=False).print(f"matches {plan_file}")
+        _print_status(node, rows, st.drift, plan_file, dirs)
     if st.drift:
         raise typer.Exit(1)
+
+
+def _status_rows(st: agent.NodeStatus) -> list[dict]:
+    """One row per instance (or per GPU without one), as `status --json` prints them."""
+    bound = st.view.previous.by_slot() if st.view.previous else {}
+    rows: list[dict] = []
+    for g in st.view.gpus:
+        if not g.instances:
+            rows.append({"gpu": g.index, "type": g.type_name, "mig": g.mig, "instance": None})
+        names = agent.profile_names(g.type_name)
+        for i in g.instances:
+            e = bound.get((g.index, i.start))
+            procs = st.processes.get((g.index, i.gi_id), ())
+            rows.append({
+                "gpu": g.index, "type": g.type_name, "mig": g.mig,
+                "instance": f"{names.get(i.profile_id, i.profile_id)}@{i.start}",
+                "gi_id": i.gi_id, "ci_ids": [c.ci_id for c in i.cis], "mig_uuid": i.uuid,
+                "mps": (g.index, i.start) in st.view.mps,
+                "workers": [p.pid for p in procs if not p.is_mps_server],
+                "segment": None if e is None or e.mig_uuid != i.uuid else
+                f"{e.model} b{e.batch} x{e.procs}",
+            })
+    return rows
+
+
+def _print_status(
+    node: int, rows: list[dict], drift: list | None, plan_file: Optional[Path], dirs: agent.NodeDirs,
+) -> None:
+    t = Table(title=f"node {node}")
+    for col in ("GPU", "type", "MIG", "instance", "GI", "CI", "MIG UUID", "MPS", "workers", "segment"):
+        t.add_column(col)
+    for r in rows:
+        if r["instance"] is None:
+            t.add_row(str(r["gpu"]), r["type"], "on" if r["mig"] else "off", "-", "", "", "", "", "", "")
+            continue
+        t.add_row(
+            str(r["gpu"]), r["type"], "on", r["instance"], str(r["gi_id"]), ",".join(map(str, r["ci_ids"])),
+            r["mig_uuid"] or "-", "running" if r["mps"] else "-", str(len(r["workers"])), r["segment"] or "-",
+        )
+    Console(width=max(160, Console().width)).print(t)
+    if drift is None:
+        return
+    if drift:
+        _print_steps(f"differs from {plan_file}: apply would take {len(drift)} steps", drift, dirs)
+    else:
+        Console(highlight=False).print(f"matches {plan_file}")

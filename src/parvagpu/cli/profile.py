@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from parvagpu.cli.common import err, fail_on
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.profiler import worker
 from parvagpu.profiler.results import todo
 from parvagpu.profiler.session import Job, ProfileInterrupted, check_compatible
@@ -41,7 +41,7 @@ def make_device(mode: Mode, gpu: int, sizes: tuple[int, ...]):
             raise ParvaError(f"--gpu-index {gpu}: this machine has {backend.gpu_count()} GPU(s)")
         external = mode is Mode.mps_share and os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
         if not external and shutil.which(CONTROL) is None:
-            raise ParvaError(f"{CONTROL} not found on PATH; it ships with the NVIDIA driver utilities")
+            raise SystemFailure(f"{CONTROL} not found on PATH; it ships with the NVIDIA driver utilities")
         if mode is Mode.mps_share:
             backend.close()
             return MpsShareDevice(gpu, NvidiaMps()), None

@@ -17,15 +17,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import ParvaError, SystemFailure
 
 CONTROL = "nvidia-cuda-mps-control"
 PID_FILE = "nvidia-cuda-mps-control.pid"  # written by the daemon into its pipe directory
 _SOCKET_MAX = 107  # sun_path limit; the daemon's sockets live in the pipe directory
 
 
-class MpsError(ParvaError):
-    """Starting or stopping a daemon failed."""
+class MpsError(SystemFailure):
+    """Starting or stopping a daemon, or stopping a process, failed (exit 4)."""
 
 
 @runtime_checkable

@@ -10,16 +10,16 @@ from __future__ import annotations
 import fcntl
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
-from parvagpu.hardware.mig.base import GpuProcess, MigBackend
+from parvagpu.core.errors import EXIT_INVALID_PLAN, ParvaError, SystemFailure
 from parvagpu.core.model import DeploymentMap
-from parvagpu.core.errors import ParvaError
+from parvagpu.hardware.mig.base import GpuProcess, MigBackend
 from parvagpu.hardware.mps import MpsControl
-from parvagpu.node.executor import ApplyFailed, Executor
-from parvagpu.node.state import NodeDirs, load_previous, refresh_previous, state_doc, write_state
+from parvagpu.node.executor import ApplyFailed, Executor, Key, Live
+from parvagpu.node.state import NodeDirs, NodeState, StateEntry, load_previous, write_state
 from parvagpu.node.steps import Op, Step, check_node, diff, doomed
 from parvagpu.node.views import NodeView, Want, node_wants, read_node, with_wanted_slots
 
@@ -33,6 +33,12 @@ class ApplyResult:
 
     def counts(self) -> Counter:
         return Counter(s.op.value for s in self.steps)
+
+
+class NodeBusy(ParvaError):
+    """Another agent holds the node's lock: this run is refused. Exit 1."""
+
+    exit_code = EXIT_INVALID_PLAN
 
 
 @contextmanager
@@ -53,7 +59,7 @@ def node_lock(dirs: NodeDirs) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ParvaError(f"node {dirs.node} is being changed by another parvagpu process ({dirs.base / '.lock'})") from None
+            raise NodeBusy(f"node {dirs.node} is being changed by another parvagpu process ({dirs.base / '.lock'})") from None
         yield
     finally:
         fh.close()
@@ -96,7 +102,7 @@ def check_placements(backend: MigBackend, steps: list[Step], wants: tuple[Want, 
             offered[s.profile_id] = set(backend.possible_placements(s.gpu, s.profile_id))
         if (s.start, width[s.profile_id]) not in offered[s.profile_id]:
             starts = sorted(st for st, _ in offered[s.profile_id])
-            raise ParvaError(
+            raise SystemFailure(
                 f"gpu {s.gpu} does not offer {s.profile} at start {s.start} (it offers starts {starts}); "
                 "the GPU table and the hardware disagree"
             )
@@ -106,7 +112,8 @@ def apply_plan(
     plan: DeploymentMap, node: int, backend: MigBackend, mps: MpsControl, dirs: NodeDirs, *,
     force: bool = False, dry_run: bool = False, kill: Callable[[tuple[int, ...]], None] | None = None,
 ) -> ApplyResult:
-    """Make `node` hold its part of `plan`. Raises ParvaError (nothing changed, or rolled back)."""
+    """Make `node` hold its part of `plan`. Raises ParvaError (nothing changed), `Refused` or
+    `ApplyFailed` (rolled back), `SystemFailure` (the hardware failed before any change)."""
     wants = node_wants(plan, node)
     if dry_run:
         _view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
@@ -117,11 +124,40 @@ def apply_plan(
         try:
             ex.run(steps)
         except ApplyFailed:
-            refresh_previous(view.previous, ex.live, dirs)
+            _refresh_previous(view.previous, ex.live, dirs)
             raise
-        doc = state_doc(node, plan.gpu_type, plan.gpus_per_node, wants, ex.live, dirs)
-        written = write_state(dirs.state_file, doc)
+        state = NodeState(node, plan.gpu_type, plan.gpus_per_node, _entries(wants, ex.live, dirs))
+        written = write_state(dirs.state_file, state)
     return ApplyResult(steps, True, written, dirs.state_file)
+
+
+def _entries(wants: tuple[Want, ...], live: Mapping[Key, Live], dirs: NodeDirs) -> tuple[StateEntry, ...]:
+    """The state file's segments: what the plan wanted, with the ids the hardware gave it."""
+    out = []
+    for w in sorted(wants, key=lambda w: (w.gpu, w.start)):
+        inst = live[(w.gpu, w.start)]
+        out.append(StateEntry(
+            w.model, w.gpu, w.start, w.profile.size, w.profile.name, w.profile.profile_id, w.batch, w.procs,
+            inst.gi_id, inst.cis[0].ci_id, inst.uuid, dirs.pipe_dir(w.gpu, w.start), dirs.log_dir(w.gpu, w.start),
+        ))
+    return tuple(out)
+
+
+def _refresh_previous(prev: NodeState | None, live: Mapping[Key, Live], dirs: NodeDirs) -> None:
+    """After a rollback, instances the agent re-created have new ids and UUIDs: keep the old
+    state file truthful about them (best effort: the apply's own error is what gets reported)."""
+    if prev is None:
+        return
+    segs = []
+    for e in prev.segments:
+        inst = live.get((e.gpu, e.start))
+        if inst is not None and inst.profile_id == e.profile_id and inst.cis:
+            e = replace(e, gi_id=inst.gi_id, ci_id=inst.cis[0].ci_id, mig_uuid=inst.uuid)
+        segs.append(e)
+    try:
+        write_state(dirs.state_file, replace(prev, segments=tuple(segs)))
+    except ParvaError:
+        pass
 
 
 def teardown(

@@ -2,24 +2,22 @@
 
 Exists so that the state file's format lives in one place: the agent writes it after an apply
 (and corrects it after a rollback), the serving layer reads it (`read_state`, `state_from_dict`)
-to find each segment's MIG UUID and MPS directories. Nothing here decides or touches a GPU.
+to find each segment's MIG UUID and MPS directories. Nothing here decides or touches a GPU, and
+nothing here imports the rest of the agent: the file has its own record types.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any
 
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.fileio.reader import read_json
 from parvagpu.core.errors import ParvaError
-
-if TYPE_CHECKING:
-    from parvagpu.node.executor import Live
-    from parvagpu.node.views import Want
 
 STATE_VERSION = 1
 STATE_ENV = "PARVAGPU_STATE_DIR"
@@ -73,6 +71,8 @@ class StateEntry:
 
 @dataclass(frozen=True)
 class NodeState:
+    """A node state file: the node, its GPU type and size, and its segments."""
+
     node: int
     gpu_type: str
     gpus_per_node: int
@@ -82,21 +82,10 @@ class NodeState:
         return {(e.gpu, e.start): e for e in self.segments}
 
 
-def state_doc(
-    node: int, gpu_type_name: str, gpus_per_node: int, wants: tuple[Want, ...], live: Mapping[tuple[int, int], Live],
-    dirs: NodeDirs,
-) -> dict[str, Any]:
-    segs = []
-    for w in sorted(wants, key=lambda w: (w.gpu, w.start)):
-        inst = live[(w.gpu, w.start)]
-        segs.append({
-            "model": w.model, "gpu": w.gpu, "start": w.start, "size": w.profile.size, "profile": w.profile.name,
-            "profile_id": w.profile.profile_id, "batch": w.batch, "procs": w.procs, "gi_id": inst.gi_id,
-            "ci_id": inst.cis[0].ci_id, "mig_uuid": inst.uuid,
-            "mps_pipe_dir": dirs.pipe_dir(w.gpu, w.start), "mps_log_dir": dirs.log_dir(w.gpu, w.start),
-        })
-    return {"version": STATE_VERSION, "node": node, "gpu_type": gpu_type_name, "gpus_per_node": gpus_per_node,
-            "segments": segs}
+def state_doc(state: NodeState) -> dict[str, Any]:
+    """The JSON document of a node state file (segments in file order)."""
+    return {"version": STATE_VERSION, "node": state.node, "gpu_type": state.gpu_type,
+            "gpus_per_node": state.gpus_per_node, "segments": [dataclasses.asdict(e) for e in state.segments]}
 
 
 def state_from_dict(data: Any, source: str) -> NodeState:
@@ -125,9 +114,9 @@ def read_state(path: Path) -> NodeState | None:
     return state_from_dict(read_json(path, "node state"), str(path))
 
 
-def write_state(path: Path, doc: dict[str, Any]) -> bool:
+def write_state(path: Path, state: NodeState) -> bool:
     """Write only when the content changes, so a no-op apply leaves the file alone."""
-    text = json.dumps(doc, indent=2) + "\n"
+    text = json.dumps(state_doc(state), indent=2) + "\n"
     try:
         if Path(path).read_text(encoding="utf-8") == text:
             return False
@@ -155,22 +144,3 @@ def load_previous(dirs: NodeDirs, node: int, type_name: str | None) -> NodeState
     if type_name is not None and prev.gpu_type != type_name:
         raise ParvaError(f"{dirs.state_file} is for {prev.gpu_type}, the plan is for {type_name}")
     return prev
-
-
-def refresh_previous(prev: NodeState | None, live: Mapping[tuple[int, int], Live], dirs: NodeDirs) -> None:
-    """After a rollback, instances the agent re-created have new ids and UUIDs: keep the old
-    state file truthful about them."""
-    if prev is None:
-        return
-    segs = []
-    for e in prev.segments:
-        inst = live.get((e.gpu, e.start))
-        if inst is not None and inst.profile_id == e.profile_id and inst.cis:
-            e = StateEntry(**{**e.__dict__, "gi_id": inst.gi_id, "ci_id": inst.cis[0].ci_id, "mig_uuid": inst.uuid})
-        segs.append(e.__dict__)
-    doc = {"version": STATE_VERSION, "node": prev.node, "gpu_type": prev.gpu_type,
-           "gpus_per_node": prev.gpus_per_node, "segments": segs}
-    try:
-        write_state(dirs.state_file, doc)
-    except ParvaError:
-        pass

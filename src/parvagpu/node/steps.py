@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Mapping, NamedTuple
 
+from parvagpu.core.errors import EXIT_INVALID_PLAN, ParvaError
 from parvagpu.core.gpus import gpu_type
 from parvagpu.hardware.mig.base import GpuInstance
-from parvagpu.core.errors import ParvaError
-from parvagpu.node.state import NodeDirs
+from parvagpu.node.state import NodeDirs, StateEntry
 from parvagpu.node.views import GpuView, NodeView, Want
 
 
@@ -64,7 +65,9 @@ class Step:
 
 
 class Refused(ParvaError):
-    """Applying would destroy an instance that runs processes, and --force was not given."""
+    """Applying would destroy an instance that runs processes, and --force was not given. Exit 1."""
+
+    exit_code = EXIT_INVALID_PLAN
 
 
 def _workers(view: NodeView, gpu: int, gi_id: int) -> tuple[int, ...]:
@@ -85,8 +88,16 @@ def check_node(view: NodeView, wants: tuple[Want, ...], gpu_type_name: str) -> N
             raise ParvaError(f"gpu {g} has a MIG mode change pending; reset the GPU first")
 
 
-def _split(gv: GpuView, wants: list[Want]):
-    """Per GPU: instances to remove, kept instances (whole CI or to rebuild), wants to create."""
+class _Split(NamedTuple):
+    """One GPU's instances sorted against its wants."""
+
+    remove: list[GpuInstance]  # not wanted: torn down
+    keep: list[tuple[GpuInstance, Want]]  # wanted, one whole compute instance: kept as is
+    rebuild: list[tuple[GpuInstance, Want]]  # wanted, but its compute instances are split: rebuilt whole
+    add: list[Want]  # wanted, not there: created
+
+
+def _split(gv: GpuView, wants: list[Want]) -> _Split:
     by_start = {w.start: w for w in wants}
     remove, keep, rebuild = [], [], []
     for inst in gv.instances:
@@ -96,8 +107,7 @@ def _split(gv: GpuView, wants: list[Want]):
         else:
             remove.append(inst)
     kept = {inst.start for inst, _ in keep + rebuild}
-    add = [w for w in wants if w.start not in kept]
-    return remove, keep, rebuild, add
+    return _Split(remove, keep, rebuild, [w for w in wants if w.start not in kept])
 
 
 def doomed(view: NodeView, wants: tuple[Want, ...]) -> list[tuple[int, int]]:
@@ -107,8 +117,8 @@ def doomed(view: NodeView, wants: tuple[Want, ...]) -> list[tuple[int, int]]:
     for gv in view.gpus:
         if not gv.mig:
             continue
-        remove, _keep, rebuild, _add = _split(gv, [w for w in wants if w.gpu == gv.index])
-        out += [(gv.index, i.gi_id) for i in remove] + [(gv.index, i.gi_id) for i, _ in rebuild]
+        split = _split(gv, [w for w in wants if w.gpu == gv.index])
+        out += [(gv.index, i.gi_id) for i in split.remove] + [(gv.index, i.gi_id) for i, _ in split.rebuild]
     return out
 
 
@@ -124,60 +134,10 @@ def diff(view: NodeView, wants: tuple[Want, ...], force: bool = False) -> list[S
     for gv in view.gpus:
         if not gv.mig:
             continue
-        g = gv.index
-        remove, keep, rebuild, add = _split(gv, [w for w in wants if w.gpu == g])
-        live = {s for gg, s in view.mps if gg == g}
-        profile_name = {w.profile.profile_id: w.profile.name for w in wants}
-        names = _profile_names(gv.type_name)
-        destroy: list[Step] = []
-        create: list[Step] = []
-
-        def tear(inst: GpuInstance, keep_gi: bool) -> None:
-            name = names.get(inst.profile_id, profile_name.get(inst.profile_id, f"profile{inst.profile_id}"))
-            base = dict(gpu=g, start=inst.start, profile=name, profile_id=inst.profile_id, gi_id=inst.gi_id)
-            if inst.start in live:
-                destroy.append(Step(Op.STOP_MPS, **base))
-                live.discard(inst.start)
-            pids = _workers(view, g, inst.gi_id)
-            if pids:
-                if not force:
-                    refusals.append(f"gpu {g} {name}@{inst.start} runs processes {', '.join(map(str, pids))}")
-                destroy.append(Step(Op.KILL, **base, pids=pids))
-            for ci in inst.cis:
-                destroy.append(Step(Op.DESTROY_CI, **base, ci_id=ci.ci_id, slices=ci.slices))
-            if not keep_gi:
-                destroy.append(Step(Op.DESTROY_GI, **base))
-
-        for inst in remove:
-            tear(inst, keep_gi=False)
-        for inst, _w in rebuild:
-            tear(inst, keep_gi=True)
-        held = {i.start for i in gv.instances}
-        for s in sorted(live - held):
-            # A daemon whose instance is gone (destroyed behind the agent's back).
-            e = prev.get((g, s))
-            destroy.append(Step(Op.STOP_MPS, g, s, e.profile if e else "?", e.profile_id if e else -1, note="stale"))
-            live.discard(s)
-        for inst, w in keep:
-            e = prev.get((g, inst.start))
-            if inst.start in live and e is not None and e.mig_uuid != inst.uuid:
-                destroy.append(Step(Op.STOP_MPS, g, inst.start, w.profile.name, w.profile.profile_id,
-                                    gi_id=inst.gi_id, note="restart: instance changed"))
-                live.discard(inst.start)
-
-        todo = [(w, None) for w in add] + [(w, inst) for inst, w in rebuild] + [(w, inst) for inst, w in keep]
-        for w, inst in sorted(todo, key=lambda t: (-t[0].profile.size, t[0].start)):
-            base = dict(gpu=g, start=w.start, profile=w.profile.name, profile_id=w.profile.profile_id)
-            if inst is None:
-                create.append(Step(Op.CREATE_GI, **base))
-            if inst is None or not inst.whole_ci:
-                create.append(Step(Op.CREATE_CI, **base, slices=w.profile.size))
-            if w.start not in live:
-                create.append(Step(Op.START_MPS, **base))
-            e = prev.get((g, w.start))
-            if inst is not None and (e is None or (e.model, e.batch, e.procs) != w.binding):
-                create.append(Step(Op.BIND, **base, note=f"{w.model} b{w.batch} x{w.procs}"))
-        steps += destroy + create
+        split = _split(gv, [w for w in wants if w.gpu == gv.index])
+        down = _destroy_steps(view, gv, split, prev, force, _names(gv.type_name, wants))
+        refusals += down.refusals
+        steps += down.steps + _create_steps(gv.index, split, down.running, prev)
     if refusals and not force:
         raise Refused(
             "refusing to destroy instances with running processes (" + "; ".join(refusals)
@@ -186,7 +146,80 @@ def diff(view: NodeView, wants: tuple[Want, ...], force: bool = False) -> list[S
     return steps
 
 
-def _profile_names(type_name: str) -> dict[int, str]:
+@dataclass(frozen=True)
+class _Teardown:
+    """One GPU's destroy steps, the instances they may not touch without --force, and the start
+    slots whose daemons still run after them."""
+
+    steps: list[Step]
+    refusals: list[str]
+    running: frozenset[int]
+
+
+def _destroy_steps(
+    view: NodeView, gv: GpuView, split: _Split, prev: Mapping[tuple[int, int], StateEntry], force: bool,
+    names: Mapping[int, str],
+) -> _Teardown:
+    g = gv.index
+    running = {s for gg, s in view.mps if gg == g}
+    steps: list[Step] = []
+    refusals: list[str] = []
+    for inst, keep_gi in [(i, False) for i in split.remove] + [(i, True) for i, _ in split.rebuild]:
+        name = names.get(inst.profile_id, f"profile{inst.profile_id}")
+        base = dict(gpu=g, start=inst.start, profile=name, profile_id=inst.profile_id, gi_id=inst.gi_id)
+        if inst.start in running:
+            steps.append(Step(Op.STOP_MPS, **base))
+            running.discard(inst.start)
+        pids = _workers(view, g, inst.gi_id)
+        if pids:
+            if not force:
+                refusals.append(f"gpu {g} {name}@{inst.start} runs processes {', '.join(map(str, pids))}")
+            steps.append(Step(Op.KILL, **base, pids=pids))
+        steps += [Step(Op.DESTROY_CI, **base, ci_id=ci.ci_id, slices=ci.slices) for ci in inst.cis]
+        if not keep_gi:
+            steps.append(Step(Op.DESTROY_GI, **base))
+    for s in sorted(running - {i.start for i in gv.instances}):
+        # A daemon whose instance is gone (destroyed behind the agent's back).
+        e = prev.get((g, s))
+        steps.append(Step(Op.STOP_MPS, g, s, e.profile if e else "?", e.profile_id if e else -1, note="stale"))
+        running.discard(s)
+    for inst, w in split.keep:
+        e = prev.get((g, inst.start))
+        if inst.start in running and e is not None and e.mig_uuid != inst.uuid:
+            steps.append(Step(Op.STOP_MPS, g, inst.start, w.profile.name, w.profile.profile_id,
+                              gi_id=inst.gi_id, note="restart: instance changed"))
+            running.discard(inst.start)
+    return _Teardown(steps, refusals, frozenset(running))
+
+
+def _create_steps(
+    g: int, split: _Split, running: frozenset[int], prev: Mapping[tuple[int, int], StateEntry],
+) -> list[Step]:
+    """Largest first: create what is missing, rebuild compute instances, start missing daemons,
+    and record changed bindings of kept instances."""
+    steps: list[Step] = []
+    todo = [(w, None) for w in split.add] + [(w, inst) for inst, w in split.rebuild + split.keep]
+    for w, inst in sorted(todo, key=lambda t: (-t[0].profile.size, t[0].start)):
+        base = dict(gpu=g, start=w.start, profile=w.profile.name, profile_id=w.profile.profile_id)
+        if inst is None:
+            steps.append(Step(Op.CREATE_GI, **base))
+        if inst is None or not inst.whole_ci:
+            steps.append(Step(Op.CREATE_CI, **base, slices=w.profile.size))
+        if w.start not in running:
+            steps.append(Step(Op.START_MPS, **base))
+        e = prev.get((g, w.start))
+        if inst is not None and (e is None or (e.model, e.batch, e.procs) != w.binding):
+            steps.append(Step(Op.BIND, **base, note=f"{w.model} b{w.batch} x{w.procs}"))
+    return steps
+
+
+def _names(type_name: str, wants: tuple[Want, ...]) -> dict[int, str]:
+    """Profile id -> name for one GPU: its type's table, else what the plan calls it."""
+    return {**{w.profile.profile_id: w.profile.name for w in wants}, **profile_names(type_name)}
+
+
+def profile_names(type_name: str) -> dict[int, str]:
+    """Profile id -> profile name of a GPU type; empty for a type the table does not know."""
     try:
         return {p.profile_id: p.name for p in gpu_type(type_name).profiles}
     except ParvaError:

@@ -24,7 +24,8 @@ BACKENDS = ("nvml", "fake")
 
 
 def open_nvml() -> MigBackend:
-    """The real backend; raises ParvaError with one line when pynvml or the driver is missing."""
+    """The real backend. One line when it cannot open: `ParvaError` (exit 2) without nvidia-ml-py,
+    `SystemFailure` (exit 4) when NVML or the driver refuses."""
     from parvagpu.hardware.mig.nvml import NvmlBackend
 
     return NvmlBackend()

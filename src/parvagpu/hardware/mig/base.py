@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import SystemFailure
 
 # Methods that change the GPUs' state. A re-apply that changes nothing calls none of them.
 MUTATING = frozenset(
@@ -24,8 +24,8 @@ MUTATING = frozenset(
 MPS_SERVER = "nvidia-cuda-mps-server"
 
 
-class MigError(ParvaError):
-    """A backend call failed. Subclasses mirror the NVML return codes the agent must handle."""
+class MigError(SystemFailure):
+    """A backend call failed (exit 4). Subclasses mirror the NVML return codes the agent must handle."""
 
     nvml_code = "NVML_ERROR_UNKNOWN"
 

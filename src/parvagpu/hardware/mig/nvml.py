@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from parvagpu.core.gpus import GPU_TYPES
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.hardware.mig.base import (
     ComputeInstance,
     GpuInstance,
@@ -66,7 +66,7 @@ class NvmlBackend:
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
-            raise ParvaError(f"cannot initialise NVML ({exc}); is an NVIDIA driver installed and loaded?") from None
+            raise SystemFailure(f"cannot initialise NVML ({exc}); is an NVIDIA driver installed and loaded?") from None
         self._handles: dict[int, Any] = {}
         self._gi_profiles: dict[int, dict[int, Any]] = {}
 
@@ -157,7 +157,7 @@ class NvmlBackend:
         name = name.decode() if isinstance(name, bytes) else str(name)
         found = _name_to_type(name)
         if found is None:
-            raise ParvaError(f"gpu {gpu}: {name} (PCI {pci}) is not a known MIG GPU type ({', '.join(GPU_TYPES)})")
+            raise SystemFailure(f"gpu {gpu}: {name} (PCI {pci}) is not a known MIG GPU type ({', '.join(GPU_TYPES)})")
         return found
 
     def mig_mode(self, gpu: int) -> tuple[bool, bool]:
