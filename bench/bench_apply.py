@@ -35,7 +35,8 @@ from parvagpu.cli.common import load_inputs  # noqa: E402
 from parvagpu.core.gpus import gpu_type  # noqa: E402
 from parvagpu.hardware.mig import FakeBackend, mutating_calls  # noqa: E402
 from parvagpu.hardware.mps import FakeMps  # noqa: E402
-from parvagpu.planning.strategies import plan as make_plan  # noqa: E402
+from parvagpu.planning.heuristic import plan_parva  # noqa: E402
+from parvagpu.planning.request import PlanRequest  # noqa: E402
 
 
 def plans(model: str, factor: float):
@@ -43,9 +44,9 @@ def plans(model: str, factor: float):
     if model not in {s.model for s in services}:
         raise SystemExit(f"unknown model {model}")
     gpu = gpu_type("A100-80GB")
-    base = make_plan(services, profiles, gpu, 3, 8, "parva")
+    base = plan_parva(PlanRequest(services, profiles, gpu))
     changed = tuple(dataclasses.replace(s, rate=s.rate * factor) if s.model == model else s for s in services)
-    return base, make_plan(changed, profiles, gpu, 3, 8, "parva")
+    return base, plan_parva(PlanRequest(changed, profiles, gpu))
 
 
 def nvml_backend(fake: FakeBackend):

@@ -23,7 +23,9 @@ from common import base_profiles, random_services  # noqa: E402
 
 from parvagpu.core.gpus import gpu_type  # noqa: E402
 from parvagpu.planning.optimizer import solve  # noqa: E402
-from parvagpu.planning.strategies import plan, plan_parva  # noqa: E402
+from parvagpu.planning.heuristic import plan_parva  # noqa: E402
+from parvagpu.planning.request import PlanRequest  # noqa: E402
+from parvagpu.planning.strategies import plan  # noqa: E402
 from parvagpu.verify import verify  # noqa: E402
 
 
@@ -42,14 +44,15 @@ def main() -> None:
     args = ap.parse_args()
     gpu = gpu_type("A100-80GB")
     base = base_profiles()
-    solve(*reversed(random_services(11, 0, base=base)), gpu)  # import HiGHS outside the timings
+    solve(PlanRequest(*reversed(random_services(11, 0, base=base)), gpu))  # import HiGHS outside the timings
     opt_rows, auto_rows = [], []
     for n in map(int, args.sizes.split(",")):
         for seed in range(args.seeds):
             profiles, services = random_services(n, seed=seed, max_procs=args.max_procs, base=base)
-            heur, t_heur = timed(lambda: plan_parva(services, profiles, gpu, args.max_procs))
-            res, t_opt = timed(lambda: solve(services, profiles, gpu, args.max_procs, time_limit=args.time_limit))
-            auto, t_auto = timed(lambda: plan(services, profiles, gpu, args.max_procs, strategy="auto"))
+            request = PlanRequest(services, profiles, gpu, args.max_procs)
+            heur, t_heur = timed(lambda: plan_parva(request))
+            res, t_opt = timed(lambda: solve(request, time_limit=args.time_limit))
+            auto, t_auto = timed(lambda: plan(request, "auto"))
             for p in (heur, res.plan, auto):
                 assert p is not None and verify(p, profiles) == [], (n, seed)
             assert auto.gpus_used <= heur.gpus_used, (n, seed)

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import base_profiles, random_services  # noqa: E402
 
 from parvagpu.core.gpus import gpu_type  # noqa: E402
-from parvagpu.planning.strategies import plan_parva  # noqa: E402
+from parvagpu.planning.heuristic import plan_parva  # noqa: E402
+from parvagpu.planning.request import PlanRequest  # noqa: E402
 from parvagpu.verify import verify  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main() -> None:
         times = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            plan = plan_parva(services, profiles, gpu, max_procs=3)
+            plan = plan_parva(PlanRequest(services, profiles, gpu, max_procs=3))
             times.append(time.perf_counter() - t0)
         assert verify(plan, profiles) == []
         med = statistics.median(times)

@@ -13,7 +13,8 @@ import time
 
 from parvagpu.cli.common import example_dir
 from parvagpu.core.gpus import gpu_type
-from parvagpu.planning.strategies import plan_parva as make_plan
+from parvagpu.planning.heuristic import plan_parva
+from parvagpu.planning.request import PlanRequest
 from parvagpu.inputs.profiles import load_profiles
 from parvagpu.serving.simulator import simulate
 from parvagpu.inputs.services import load_scenario, scenario_count
@@ -30,7 +31,7 @@ def main() -> None:
     timing, rows = [], []
     for k in range(1, scenario_count(example_dir() / "SLO") + 1):
         services = load_scenario(example_dir() / "SLO", k, list(profiles))
-        plan = make_plan(services, profiles, gpu, args.max_procs)
+        plan = plan_parva(PlanRequest(services, profiles, gpu, args.max_procs))
         t0 = time.perf_counter()
         bounded = simulate(plan, args.duration, args.seed, profiles=profiles)
         wall = time.perf_counter() - t0

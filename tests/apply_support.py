@@ -14,6 +14,7 @@ from parvagpu.hardware.mig import FakeBackend
 from parvagpu.hardware.mig.base import MPS_SERVER
 from parvagpu.core.model import DeploymentMap
 from parvagpu.hardware.mps import FakeMps
+from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.strategies import plan as make_plan
 
 
@@ -21,7 +22,7 @@ from parvagpu.planning.strategies import plan as make_plan
 def scenario_plan(k: int, max_procs: int = 3) -> DeploymentMap:
     """The planner's plan for scenario k of the embedded example (what `parvagpu plan -s k` writes)."""
     profiles, services = load_inputs(None, None, k, None, False)
-    return make_plan(services, profiles, gpu_type("A100-80GB"), max_procs, 8, "parva")
+    return make_plan(PlanRequest(services, profiles, gpu_type("A100-80GB"), max_procs, 8), "parva")
 
 
 def write_plan(plan: DeploymentMap, path: Path) -> Path:

@@ -586,10 +586,11 @@ def agent_inputs():
 @given(services(), st.integers(1, 8))
 def test_any_plan_replays_on_the_fake_and_status_matches(tmp_path_factory, svcs, per_node):
     from parvagpu.core.model import Service
+    from parvagpu.planning.request import PlanRequest
     from parvagpu.planning.strategies import plan as make_plan
 
     profiles, _ = agent_inputs()
-    plan = make_plan(tuple(Service(*s) for s in svcs), profiles, A100, 3, per_node, "parva")
+    plan = make_plan(PlanRequest(tuple(Service(*s) for s in svcs), profiles, A100, 3, per_node), "parva")
     root = tmp_path_factory.mktemp("replay")
     for node in plan_nodes(plan):
         fake, mps = fresh_node(plan, per_node)

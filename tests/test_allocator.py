@@ -7,7 +7,8 @@ import pytest
 from parvagpu.planning.allocator import AllocatorPolicy, _Cluster, _valuation, allocate
 from parvagpu.planning.configurator import configure, configure_all
 from parvagpu.core.model import Segment, Triplet
-from parvagpu.planning.strategies import plan_parva
+from parvagpu.planning.heuristic import plan_parva
+from parvagpu.planning.request import PlanRequest
 from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
 
@@ -23,7 +24,7 @@ def test_fix_overlapping_labels(example, profiles, a100):
     overlapping instances that cannot be created. Every placement here is legal and disjoint."""
     for k in range(1, 7):
         services = load_scenario(example / "SLO", k, list(profiles))
-        plan = plan_parva(services, profiles, a100, max_procs=3)
+        plan = plan_parva(PlanRequest(services, profiles, a100, max_procs=3))
         assert verify(plan, profiles) == []
         for segs in plan.by_gpu().values():
             used = 0
@@ -55,7 +56,7 @@ def test_fix_no_dropped_segment_without_small_triplets(a100):
     """A model with no admissible 1g or 2g triplet on a lightly used GPU: the reference removes
     its segment in the optimization pass and never replaces it. Here it is kept."""
     p = {"big": profile("big", [(3, 8, 1, 500.0, 0.020), (1, 8, 1, 50.0, 0.500)])}
-    plan = plan_parva((service("big", 400, 100),), p, a100, max_procs=1)
+    plan = plan_parva(PlanRequest((service("big", 400, 100),), p, a100, max_procs=1))
     assert [(s.size, s.model) for s in plan.segments] == [(3, "big")]
     assert verify(plan, p) == []
 
@@ -63,7 +64,7 @@ def test_fix_no_dropped_segment_without_small_triplets(a100):
 def test_fix_no_fixed_gpu_array(a100):
     """The reference has 2000 GPUs and silently drops what does not fit; here GPUs are unbounded."""
     p = {"huge": profile("huge", [(7, 64, 1, 100.0, 0.010)])}
-    plan = plan_parva((service("huge", 2100 * 100 - 1, 1000),), p, a100, max_procs=1)
+    plan = plan_parva(PlanRequest((service("huge", 2100 * 100 - 1, 1000),), p, a100, max_procs=1))
     assert plan.gpus_used == 2100
     assert plan.capacity("huge") >= 2100 * 100 - 1
 
@@ -83,7 +84,7 @@ def test_fix_valuation_never_undercounts(a100):
 
 def test_gpus_numbered_contiguously(example, profiles, a100):
     services = load_scenario(example / "SLO", 6, list(profiles))
-    plan = plan_parva(services, profiles, a100, max_procs=3)
+    plan = plan_parva(PlanRequest(services, profiles, a100, max_procs=3))
     assert sorted({s.gpu for s in plan.segments}) == list(range(plan.gpus_used))
 
 
@@ -111,7 +112,7 @@ def test_one_3g_per_gpu_policy(a100):
 
 def test_optimization_pass_saves_gpus(example, profiles, a100):
     services = load_scenario(example / "SLO", 5, list(profiles))
-    configs = configure_all(services, profiles, a100, 3)
+    configs = configure_all(PlanRequest(services, profiles, a100, 3))
     without = allocate(configs, a100, AllocatorPolicy(optimize=False))
     with_opt = allocate(configs, a100)
     assert len({s.gpu for s in without.segments}) == 22
@@ -124,6 +125,6 @@ def test_other_gpu_types(example, profiles, name):
 
     gpu = gpu_type(name)
     services = load_scenario(example / "SLO", 3, list(profiles))
-    plan = plan_parva(services, profiles, gpu, max_procs=3)
+    plan = plan_parva(PlanRequest(services, profiles, gpu, max_procs=3))
     assert plan.gpu_type == gpu.name
     assert verify(plan, profiles) == []

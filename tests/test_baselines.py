@@ -11,6 +11,7 @@ from parvagpu.planning.baselines import plan_whole_gpu
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.model import Profile, ProfilePoint, Service
+from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.strategies import STRATEGIES, plan
 from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
@@ -29,7 +30,7 @@ def test_reference_counts_and_rules(example, profiles, a100, strategy):
     got = []
     for k in range(1, 7):
         services = load_scenario(example / "SLO", k, list(profiles))
-        p = plan(services, profiles, a100, 3, strategy=strategy)
+        p = plan(PlanRequest(services, profiles, a100, 3), strategy)
         assert verify(p, profiles) == []
         assert p.strategy == strategy and p.max_procs == 1
         assert all(s.segment.triplet.procs == 1 for s in p.segments)
@@ -48,20 +49,20 @@ def test_mig_only_equals_optimal_at_one_process(example, profiles, a100):
     for k in (5, 6):
         services = load_scenario(example / "SLO", k, list(profiles))
         assert (
-            plan(services, profiles, a100, 1, strategy="optimal").gpus_used
-            == plan(services, profiles, a100, 5, strategy="mig-only").gpus_used
+            plan(PlanRequest(services, profiles, a100, 1), "optimal").gpus_used
+            == plan(PlanRequest(services, profiles, a100, 5), "mig-only").gpus_used
         )
 
 
 def test_whole_gpu_needs_a_whole_gpu_point(a100):
     prof = Profile("small", (ProfilePoint(1, 8, 1, 400.0, 0.02), ProfilePoint(7, 8, 1, 900.0, 0.5)))
     with pytest.raises(ParvaError, match="whole-gpu: model small has no admissible one-process"):
-        plan_whole_gpu((Service("small", 100.0, 100.0),), {"small": prof}, a100)
+        plan_whole_gpu(PlanRequest((Service("small", 100.0, 100.0),), {"small": prof}, a100))
 
 
 def test_unknown_strategy(profiles, a100):
     with pytest.raises(ParvaError, match="unknown strategy 'best'"):
-        plan((Service("resnet50", 10.0, 200.0),), profiles, a100, 3, strategy="best")
+        plan(PlanRequest((Service("resnet50", 10.0, 200.0),), profiles, a100, 3), "best")
     assert set(STRATEGIES) == {"auto", "optimal", "parva", "mig-only", "mps-only", "whole-gpu"}
 
 
@@ -74,7 +75,7 @@ def test_property_sharing_models_are_ordered(w):
     counts = {}
     for st in ("optimal", "mig-only", "mps-only", "whole-gpu"):
         try:
-            p = plan(services, profiles, gpu, max_procs, strategy=st, time_limit=30)
+            p = plan(PlanRequest(services, profiles, gpu, max_procs, time_limit=30), st)
         except ParvaError as exc:
             assert st == "whole-gpu" and "whole-gpu" in str(exc)
             continue
@@ -92,5 +93,5 @@ def test_a30_baselines(example, profiles):
     a30 = gpu_type("A30")
     services = load_scenario(example / "SLO", 3, list(profiles))
     for st in ("mig-only", "mps-only"):
-        p = plan(services, profiles, a30, 3, strategy=st)
+        p = plan(PlanRequest(services, profiles, a30, 3), st)
         assert verify(p, profiles) == [] and {s.size for s in p.segments} <= {1, 2, 4}

@@ -139,9 +139,9 @@ def test_verify_rejects_broken_plans(tmp_path):
     check(count, "states gpus_used 4")
 
 
-def _bad(args, needle, tmp_path=None, out=None):
+def _bad(args, needle, tmp_path=None, out=None, code=2):
     r = run(*args)
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == code, r.output
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("error:")
@@ -187,11 +187,13 @@ def test_bad_inputs(tmp_path, example):
     svc.write_text("- {model: gpt5, rate: 10, latency_ms: 100}\n")
     _bad(["plan", "--services", svc, "--out", out], "model 'gpt5' has no profile", out=out)
     svc.write_text("- {model: resnet50, rate: 10, latency_ms: 5}\n")
-    _bad(["plan", "--services", svc, "--out", out], "model resnet50: no triplet meets the 5 ms SLO", out=out)
+    _bad(["plan", "--services", svc, "--out", out], "model resnet50: no triplet meets the 5 ms SLO", out=out, code=3)
     svc.write_text("- {model: resnet50, rate: [10, latency_ms: 5}\n")
     _bad(["plan", "--services", svc, "--out", out], "invalid YAML", out=out)
     _bad(["plan", "--gpu", "V100", "--out", out], "unknown GPU type", out=out)
-    _bad(["plan", "--max-procs", 0, "--out", out], "--max-procs must be >= 1", out=out)
+    _bad(["plan", "--max-procs", 0, "--out", out], "max procs must be >= 1", out=out)
+    _bad(["plan", "--gpus-per-node", 0, "--out", out], "gpus per node must be >= 1", out=out)
+    _bad(["plan", "--time-limit", 0, "--out", out], "time limit must be positive", out=out)
     _bad(["plan", "--out", tmp_path / "missing" / "p.json"], "does not exist")
     _bad(["verify", tmp_path / "nothere.json"], "cannot read plan")
     (tmp_path / "garbage.json").write_text("{not json")
@@ -202,7 +204,7 @@ def test_infeasible_message_gives_tightest_latency(tmp_path):
     svc = tmp_path / "svc.yaml"
     svc.write_text("- {model: resnet50, rate: 10, latency_ms: 5}\n")
     r = run("plan", "--services", svc)
-    assert r.exit_code == 2
+    assert r.exit_code == 3  # well formed, but cannot be served as asked
     assert "tightest SLO it can meet is just above" in r.stderr
 
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from parvagpu.reports import compare
 from parvagpu.cli import app
 from parvagpu.inputs.services import load_scenario
+from parvagpu.planning.request import PlanRequest
 
 runner = CliRunner()
 
@@ -21,7 +22,7 @@ def run(*args):
 
 def test_run_rows(example, profiles, a100):
     scenarios = [(f"SLO{k}", load_scenario(example / "SLO", k, list(profiles))) for k in (5, 6)]
-    rows = compare.run(scenarios, profiles, a100, 3)
+    rows = compare.run([(name, PlanRequest(services, profiles, a100, 3)) for name, services in scenarios])
     assert [(r.scenario, r.strategy) for r in rows] == [
         (s, st) for s in ("SLO5", "SLO6") for st in compare.ORDER
     ]
@@ -67,7 +68,7 @@ def test_cli_subset_without_files():
         (["--scenario", "x"], "--scenario must be all, K or K,L"),
         (["--scenario", "9"], "scenario 9 out of range 1..6"),
         (["--strategies", "parva,best"], "unknown strategy 'best'"),
-        (["--time-limit", "0"], "--time-limit must be positive"),
+        (["--time-limit", "0"], "time limit must be positive"),
         (["--gpu", "V100"], "unknown GPU type"),
         (["--layout-scenario", "7"], "--layout-scenario '7' is not among"),
     ],

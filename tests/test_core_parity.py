@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from parvagpu.planning.configurator import configure
-from parvagpu.planning.strategies import plan_parva
+from parvagpu.planning.heuristic import plan_parva
+from parvagpu.planning.request import PlanRequest
 from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
 
@@ -18,7 +19,7 @@ GPUS_BEFORE_OPTIMIZATION = {3: [2, 3, 8, 11, 22, 29], 5: [2, 3, 8, 11, 20, 26]}
 
 def _plan(example, profiles, a100, k, procs, truncate=False):
     services = load_scenario(example / "SLO", k, list(profiles), truncate=truncate)
-    return plan_parva(services, profiles, a100, max_procs=procs)
+    return plan_parva(PlanRequest(services, profiles, a100, max_procs=procs))
 
 
 @pytest.mark.parametrize("procs", [3, 5])

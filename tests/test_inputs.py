@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from parvagpu.cli import app
 from parvagpu.core.errors import ParvaError
-from parvagpu.planning.strategies import plan_parva
+from parvagpu.planning.heuristic import plan_parva
+from parvagpu.planning.request import PlanRequest
 from parvagpu.inputs.profiles import load_profile, load_profiles
 from parvagpu.inputs.services import load_scenario, load_services
 from parvagpu.verify import verify
@@ -129,7 +130,7 @@ def test_third_party_fork_data_loads_and_plans(a100):
         assert any(s.rate < 1 for s in services)  # fractional rates kept
         r = runner.invoke(app, ["plan", "--strategy", "parva", "--profiles", str(FORK / "prof_data"),
                                 "--slo", str(FORK / "SLO"), "-s", str(k), "--format", "json"])
-        assert r.exit_code == 2 and "no triplet meets" in r.stderr
+        assert r.exit_code == 3 and "no triplet meets" in r.stderr
         r = runner.invoke(app, ["plan", "--strategy", "parva", "--profiles", str(FORK / "prof_data"),
                                 "--slo", str(FORK / "SLO"), "-s", str(k), "--format", "json",
                                 "--skip-infeasible"])
@@ -137,9 +138,10 @@ def test_third_party_fork_data_loads_and_plans(a100):
         assert "skipped: model" in r.stderr
     from parvagpu.planning.configurator import split_feasible
 
-    kept, dropped = split_feasible(load_scenario(FORK / "SLO", 1, list(profiles)), profiles, a100, 3)
-    assert len(kept) + len(dropped) == 11 and dropped
-    plan = plan_parva(kept, profiles, a100, 3)
+    request = PlanRequest(load_scenario(FORK / "SLO", 1, list(profiles)), profiles, a100, 3)
+    kept, dropped = split_feasible(request)
+    assert len(kept.services) + len(dropped) == 11 and dropped
+    plan = plan_parva(kept)
     assert verify(plan, profiles) == []
 
 

@@ -15,12 +15,16 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from parvagpu.planning import optimizer
+from parvagpu.planning.optimizer import blocks as opt_blocks, covers as opt_covers
+from parvagpu.planning.optimizer.blocks import build_blocks
 from parvagpu.cli import app
 from parvagpu.contract.plan_json import plan_from_dict, plan_to_dict, plan_to_json
 from parvagpu.core.gpus import GPU_TYPES, gpu_type
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import ParvaError, Unservable
 from parvagpu.core.model import Profile, ProfilePoint, Service
-from parvagpu.planning.strategies import plan, plan_parva
+from parvagpu.planning.heuristic import plan_parva
+from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.strategies import plan
 from parvagpu.inputs.services import load_scenario
 from parvagpu.verify import verify
 
@@ -37,7 +41,7 @@ def scenario(example, profiles, k):
 def test_reference_scenarios_proven_optimal(example, profiles, a100, procs, strategy):
     got = []
     for k in range(1, 7):
-        p = plan(scenario(example, profiles, k), profiles, a100, procs, strategy=strategy)
+        p = plan(PlanRequest(scenario(example, profiles, k), profiles, a100, procs), strategy)
         assert verify(p, profiles) == []
         assert p.strategy == strategy
         assert p.lower_bound == p.gpus_used, f"SLO{k}: not proven optimal"
@@ -65,8 +69,8 @@ def test_default_cli_plan_is_auto_and_optimal(procs):
 def test_auto_beats_parva_where_the_heuristic_is_not_optimal(example, profiles, a100):
     for k, procs in ((5, 3), (6, 3), (6, 5)):
         services = scenario(example, profiles, k)
-        heur = plan_parva(services, profiles, a100, procs)
-        auto = plan(services, profiles, a100, procs, strategy="auto")
+        heur = plan_parva(PlanRequest(services, profiles, a100, procs))
+        auto = plan(PlanRequest(services, profiles, a100, procs), "auto")
         assert heur.gpus_used == PARVA[procs][k - 1]
         assert auto.gpus_used == heur.gpus_used - 1
         stats = dict(auto.stats)
@@ -76,14 +80,14 @@ def test_auto_beats_parva_where_the_heuristic_is_not_optimal(example, profiles, 
 def test_auto_keeps_the_heuristic_on_a_full_tie(example, profiles, a100):
     # SLO1: both use 2 GPUs and 10 GPCs, so the heuristic's plan is kept, with the bound.
     services = scenario(example, profiles, 1)
-    heur = plan_parva(services, profiles, a100, 3)
-    auto = plan(services, profiles, a100, 3, strategy="auto")
+    heur = plan_parva(PlanRequest(services, profiles, a100, 3))
+    auto = plan(PlanRequest(services, profiles, a100, 3), "auto")
     assert auto.segments == heur.segments
     assert auto.lower_bound == 2 and dict(auto.stats)["from_optimizer"] == 0.0
 
 
 def test_json_and_table_report_the_bound(example, profiles, a100):
-    p = plan(scenario(example, profiles, 6), profiles, a100, 3, strategy="optimal")
+    p = plan(PlanRequest(scenario(example, profiles, 6), profiles, a100, 3), "optimal")
     data = plan_to_dict(p)
     assert data["lower_bound"] == 16 and isinstance(data["lower_bound"], int) and data["gap"] == 0.0
     r = CliRunner().invoke(app, ["plan", "-s", "6", "--format", "table"])
@@ -94,19 +98,19 @@ def test_json_and_table_report_the_bound(example, profiles, a100):
 
 def test_deterministic(example, profiles, a100):
     services = scenario(example, profiles, 6)
-    a = plan_to_json(plan(services, profiles, a100, 3, strategy="optimal"))
-    b = plan_to_json(plan(services, profiles, a100, 3, strategy="optimal"))
+    a = plan_to_json(plan(PlanRequest(services, profiles, a100, 3), "optimal"))
+    b = plan_to_json(plan(PlanRequest(services, profiles, a100, 3), "optimal"))
     assert a == b
 
 
 def test_cover_and_direct_forms_agree(example, profiles, a100, monkeypatch):
     """The per-model cover variables and the direct y[m,s] form are the same program."""
     services = scenario(example, profiles, 5)
-    with_covers = optimizer.solve(services, profiles, a100, 3)
-    monkeypatch.setattr(optimizer, "MAX_COVER_GRID", 0)  # every block falls back to y
-    blocks = optimizer._blocks(services, profiles, a100, 3, optimizer.mig_columns(a100))
+    with_covers = optimizer.solve(PlanRequest(services, profiles, a100, 3))
+    monkeypatch.setattr(opt_covers, "MAX_COVER_GRID", 0)  # every block falls back to y
+    blocks = build_blocks(PlanRequest(services, profiles, a100, 3), optimizer.mig_columns(a100))
     assert all(b.covers is None for b in blocks)
-    direct = optimizer.solve(services, profiles, a100, 3)
+    direct = optimizer.solve(PlanRequest(services, profiles, a100, 3))
     assert with_covers.optimal and direct.optimal
     assert with_covers.plan.gpus_used == direct.plan.gpus_used == 12
     assert verify(direct.plan, profiles) == []
@@ -115,13 +119,13 @@ def test_cover_and_direct_forms_agree(example, profiles, a100, monkeypatch):
 def test_cover_budget_drops_the_longest_lists(example, profiles, a100, monkeypatch):
     services = scenario(example, profiles, 6)
     cols = optimizer.mig_columns(a100)
-    full = optimizer._blocks(services, profiles, a100, 3, cols)
+    full = build_blocks(PlanRequest(services, profiles, a100, 3), cols)
     counts = sorted(len(b.covers) for b in full)
-    monkeypatch.setattr(optimizer, "MAX_COVERS", sum(counts) - 1)
-    capped = optimizer._blocks(services, profiles, a100, 3, cols)
+    monkeypatch.setattr(opt_blocks, "MAX_COVERS", sum(counts) - 1)
+    capped = build_blocks(PlanRequest(services, profiles, a100, 3), cols)
     assert sum(b.covers is None for b in capped) >= 1
     assert sum(len(b.covers) for b in capped if b.covers is not None) <= sum(counts) - 1
-    res = optimizer.solve(services, profiles, a100, 3)
+    res = optimizer.solve(PlanRequest(services, profiles, a100, 3))
     assert res.optimal and res.plan.gpus_used == 16 and verify(res.plan, profiles) == []
 
 
@@ -171,21 +175,21 @@ def test_identical_services_share_one_block(example, profiles, a100):
     base = profiles["resnet50"]
     profs = {f"r{i}": Profile(f"r{i}", base.points) for i in range(6)}
     services = tuple(Service(f"r{i}", 900.0, 150.0) for i in range(6))
-    blocks = optimizer._blocks(services, profs, a100, 3, optimizer.mig_columns(a100))
+    blocks = build_blocks(PlanRequest(services, profs, a100, 3), optimizer.mig_columns(a100))
     assert len(blocks) == 1 and len(blocks[0].services) == 6
-    res = optimizer.solve(services, profs, a100, 3)
+    res = optimizer.solve(PlanRequest(services, profs, a100, 3))
     assert res.optimal and verify(res.plan, profs) == []
     # the same answer as six distinct services (a rate 1e-9 apart keeps them apart)
     apart = tuple(Service(f"r{i}", 900.0 + i * 1e-9, 150.0) for i in range(6))
-    assert optimizer.solve(apart, profs, a100, 3).plan.gpus_used == res.plan.gpus_used
+    assert optimizer.solve(PlanRequest(apart, profs, a100, 3)).plan.gpus_used == res.plan.gpus_used
 
 
 @pytest.mark.parametrize("gpu_name", sorted(GPU_TYPES))
 def test_every_gpu_type(example, profiles, gpu_name):
     gpu = gpu_type(gpu_name)
     services = scenario(example, profiles, 3)
-    heur = plan_parva(services, profiles, gpu, 3)
-    res = optimizer.solve(services, profiles, gpu, 3)
+    heur = plan_parva(PlanRequest(services, profiles, gpu, 3))
+    res = optimizer.solve(PlanRequest(services, profiles, gpu, 3))
     assert res.optimal
     assert verify(res.plan, profiles) == []
     assert res.lower_bound <= res.plan.gpus_used <= heur.gpus_used
@@ -195,18 +199,18 @@ def test_every_gpu_type(example, profiles, gpu_name):
 
 def test_time_limit_falls_back_to_the_heuristic(example, profiles, a100):
     services = scenario(example, profiles, 6)
-    p = plan(services, profiles, a100, 3, strategy="optimal", time_limit=1e-9)
+    p = plan(PlanRequest(services, profiles, a100, 3, time_limit=1e-9), "optimal")
     assert verify(p, profiles) == []
     assert p.lower_bound is not None and p.lower_bound <= p.gpus_used
-    auto = plan(services, profiles, a100, 3, strategy="auto", time_limit=1e-9)
+    auto = plan(PlanRequest(services, profiles, a100, 3, time_limit=1e-9), "auto")
     assert verify(auto, profiles) == [] and auto.gpus_used == PARVA[3][5]
     with pytest.raises(ParvaError, match="time limit must be positive"):
-        plan(services, profiles, a100, 3, strategy="auto", time_limit=0)
+        plan(PlanRequest(services, profiles, a100, 3, time_limit=0), "auto")
 
 
-def test_infeasible_service_is_a_user_error(profiles, a100):
-    with pytest.raises(ParvaError, match="no triplet meets the 5 ms SLO"):
-        optimizer.solve((Service("resnet50", 100.0, 5.0),), profiles, a100, 3)
+def test_infeasible_service_is_unservable(profiles, a100):
+    with pytest.raises(Unservable, match="no triplet meets the 5 ms SLO"):
+        optimizer.solve(PlanRequest((Service("resnet50", 100.0, 5.0),), profiles, a100, 3))
 
 
 def test_package_import_loads_no_solver_or_plotting():
@@ -253,9 +257,9 @@ def workloads(draw):
 @given(workloads())
 def test_property_optimal_between_bound_and_heuristic(w):
     gpu, profiles, services, max_procs = w
-    heur = plan_parva(services, profiles, gpu, max_procs)
-    opt = plan(services, profiles, gpu, max_procs, strategy="optimal", time_limit=30)
-    auto = plan(services, profiles, gpu, max_procs, strategy="auto", time_limit=30)
+    heur = plan_parva(PlanRequest(services, profiles, gpu, max_procs))
+    opt = plan(PlanRequest(services, profiles, gpu, max_procs, time_limit=30), "optimal")
+    auto = plan(PlanRequest(services, profiles, gpu, max_procs, time_limit=30), "auto")
     for p in (heur, opt, auto):
         assert verify(p, profiles) == [], p.strategy
     assert opt.lower_bound <= opt.gpus_used <= heur.gpus_used

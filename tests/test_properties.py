@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from parvagpu.core.gpus import GPU_TYPES
 from parvagpu.core.model import Profile, ProfilePoint, Service
-from parvagpu.planning.strategies import plan_parva
+from parvagpu.planning.heuristic import plan_parva
+from parvagpu.planning.request import PlanRequest
 from parvagpu.verify import verify
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -52,7 +53,7 @@ def workloads(draw):
 @given(workloads())
 def test_every_random_plan_verifies(w):
     gpu, profiles, services, procs = w
-    plan = plan_parva(services, profiles, gpu, max_procs=procs)
+    plan = plan_parva(PlanRequest(services, profiles, gpu, max_procs=procs))
     assert verify(plan, profiles) == []
     for svc in services:
         assert plan.capacity(svc.model) >= svc.rate
@@ -78,7 +79,7 @@ def test_every_random_plan_verifies(w):
 )
 def test_random_services_on_reference_profiles(profiles, entries, procs):
     services = tuple(Service(m, round(r, 1), round(lat, 1)) for m, r, lat in entries)
-    plan = plan_parva(services, profiles, GPU_TYPES["A100-80GB"], max_procs=procs)
+    plan = plan_parva(PlanRequest(services, profiles, GPU_TYPES["A100-80GB"], max_procs=procs))
     assert verify(plan, profiles) == []
     # Deterministic: the same inputs give the same plan.
-    assert plan_parva(services, profiles, GPU_TYPES["A100-80GB"], max_procs=procs) == plan
+    assert plan_parva(PlanRequest(services, profiles, GPU_TYPES["A100-80GB"], max_procs=procs)) == plan

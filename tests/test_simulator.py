@@ -10,7 +10,8 @@ import pytest
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.core.errors import ParvaError
-from parvagpu.planning.strategies import plan_parva as make_plan
+from parvagpu.planning.heuristic import plan_parva as make_plan
+from parvagpu.planning.request import PlanRequest
 from parvagpu.serving.policy import SegmentSpec
 from parvagpu.serving.simulator import poisson_arrivals, service_times, simulate, simulate_segment
 from parvagpu.inputs.services import load_scenario
@@ -104,9 +105,8 @@ def test_service_times_interpolate_profile_and_pin_own_batch():
 
 
 def test_simulate_is_deterministic_and_validates(profiles):
-    plan = make_plan(
-        (Service("resnet50", 300.0, 200.0), Service("bert", 20.0, 6000.0)), profiles, gpu_type("A100-80GB")
-    )
+    services = (Service("resnet50", 300.0, 200.0), Service("bert", 20.0, 6000.0))
+    plan = make_plan(PlanRequest(services, profiles, gpu_type("A100-80GB")))
     r1 = simulate(plan, duration_s=5, seed=4, profiles=profiles)
     r2 = simulate(plan, duration_s=5, seed=4, profiles=profiles)
     assert [s.to_dict() for s in r1.stats] == [s.to_dict() for s in r2.stats]
@@ -119,7 +119,7 @@ def test_simulate_is_deterministic_and_validates(profiles):
 
 def test_reference_scenario_6_simulates_in_seconds(example, profiles):
     services = load_scenario(example / "SLO", 6, list(profiles))
-    plan = make_plan(services, profiles, gpu_type("A100-80GB"))
+    plan = make_plan(PlanRequest(services, profiles, gpu_type("A100-80GB")))
     t0 = time.perf_counter()
     r = simulate(plan, duration_s=30, seed=0, profiles=profiles)
     elapsed = time.perf_counter() - t0

@@ -29,7 +29,7 @@ from parvagpu.cli.common import (
 )
 from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
 from parvagpu.core.errors import ParvaError
-from parvagpu.planning.strategies import DEFAULT_TIME_LIMIT
+from parvagpu.planning.request import DEFAULT_TIME_LIMIT, PlanRequest
 from parvagpu.inputs.services import load_scenario, scenario_count
 
 
@@ -103,44 +103,63 @@ def compare(
     """Compare every strategy on every scenario: GPUs, proven bound, GPCs, idle GPCs on used
     GPUs (external fragmentation), capacity/demand (internal slack) and planning time."""
     try:
-        if max_procs < 1:
-            raise ParvaError(f"--max-procs must be >= 1, got {max_procs}")
-        if not time_limit > 0:
-            raise ParvaError(f"--time-limit must be positive, got {time_limit}")
         names = cmp.parse_strategies(strategies)
         gpu_t = gpu_type(gpu)
         if out is not None:
-            from parvagpu.reports import plots
-
-            plots.check_available()
-            if out.exists() and not out.is_dir():
-                raise ParvaError(f"{out}: exists and is not a directory")
-            if not out.parent.is_dir():
-                raise ParvaError(f"{out}: directory {out.parent} does not exist")
+            _check_out(out)
         profiles, scenarios = _scenarios(profiles_dir, slo_dir, scenario, services_file, truncate)
-        sc_names = [n for n, _ in scenarios]
-        pick = layout_scenario or sc_names[-1]
-        pick = f"SLO{pick}" if pick.isdigit() else pick
-        if pick not in sc_names:
-            raise ParvaError(f"--layout-scenario {layout_scenario!r} is not among {', '.join(sc_names)}")
-        rows = cmp.run(scenarios, profiles, gpu_t, max_procs, gpus_per_node, names, time_limit)
-        console = Console() if sys.stdout.isatty() else Console(width=120)
-        console.print(cmp.table(rows, f"parvagpu compare: {gpu_t.name}, up to {max_procs} MPS processes"))
-        err.print(
-            "bound: proven minimum of each strategy's own problem (auto, optimal: MIG+MPS); "
-            "idle: unused GPCs on used GPUs; cap/dem: capacity / demand",
-            highlight=False,
-        )
-        if out is None:
-            return
-        files = {"compare.csv": cmp.to_csv(rows).encode()}
-        files.update(_figures(rows, sc_names, names, pick, gpu_t.name, max_procs))
-        out.mkdir(exist_ok=True)
-        for name, data in files.items():
-            _write_bytes(out / name, data)
-        err.print(f"wrote {', '.join(str(out / n) for n in files)}", highlight=False, soft_wrap=True)
+        requests = [
+            (name, PlanRequest(services, profiles, gpu_t, max_procs, gpus_per_node, time_limit))
+            for name, services in scenarios
+        ]
+        pick = _layout_pick(layout_scenario, [n for n, _ in requests])
+        rows = cmp.run(requests, names)
+        _report(rows, gpu_t.name, max_procs)
+        if out is not None:
+            _write_files(out, rows, [n for n, _ in requests], names, pick, gpu_t.name, max_procs)
     except ParvaError as exc:
         fail_on(exc)
+
+
+def _check_out(out: Path) -> None:
+    """Fail before any planning when the figures cannot be drawn or the directory not made."""
+    from parvagpu.reports import plots
+
+    plots.check_available()
+    if out.exists() and not out.is_dir():
+        raise ParvaError(f"{out}: exists and is not a directory")
+    if not out.parent.is_dir():
+        raise ParvaError(f"{out}: directory {out.parent} does not exist")
+
+
+def _layout_pick(layout_scenario: Optional[str], sc_names: list[str]) -> str:
+    """The scenario whose layouts are drawn: the one asked for (K or its name), else the last."""
+    pick = layout_scenario or sc_names[-1]
+    pick = f"SLO{pick}" if pick.isdigit() else pick
+    if pick not in sc_names:
+        raise ParvaError(f"--layout-scenario {layout_scenario!r} is not among {', '.join(sc_names)}")
+    return pick
+
+
+def _report(rows, gpu_name: str, max_procs: int) -> None:
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    console.print(cmp.table(rows, f"parvagpu compare: {gpu_name}, up to {max_procs} MPS processes"))
+    err.print(
+        "bound: proven minimum of each strategy's own problem (auto, optimal: MIG+MPS); "
+        "idle: unused GPCs on used GPUs; cap/dem: capacity / demand",
+        highlight=False,
+    )
+
+
+def _write_files(out: Path, rows, sc_names, names, pick, gpu_name: str, max_procs: int) -> None:
+    """Render the CSV and figures in memory, then write each file to a temporary name renamed
+    into place."""
+    files = {"compare.csv": cmp.to_csv(rows).encode()}
+    files.update(_figures(rows, sc_names, names, pick, gpu_name, max_procs))
+    out.mkdir(exist_ok=True)
+    for name, data in files.items():
+        _write_bytes(out / name, data)
+    err.print(f"wrote {', '.join(str(out / n) for n in files)}", highlight=False, soft_wrap=True)
 
 
 def _figures(rows, sc_names, names, pick, gpu_name, max_procs) -> dict[str, bytes]:

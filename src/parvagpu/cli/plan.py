@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from parvagpu.cli.common import (
@@ -15,11 +16,13 @@ from parvagpu.cli.common import (
 )
 from parvagpu.contract.plan_json import plan_to_json
 from parvagpu.contract.seed_csv import plan_to_seed_csv
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import ParvaError, Unservable
 from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
+from parvagpu.core.model import DeploymentMap
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.planning.configurator import split_feasible
-from parvagpu.planning.strategies import DEFAULT_TIME_LIMIT, STRATEGIES, plan as make_plan
+from parvagpu.planning.request import DEFAULT_TIME_LIMIT, PlanRequest
+from parvagpu.planning.strategies import STRATEGIES, plan as make_plan
 
 
 def plan(
@@ -49,36 +52,44 @@ def plan(
 ) -> None:
     """Plan segments and exact MIG placements for every service."""
     try:
-        if max_procs < 1:
-            raise ParvaError(f"--max-procs must be >= 1, got {max_procs}")
         profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
+        request = PlanRequest(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, time_limit)
         if skip_infeasible:
-            services, dropped = split_feasible(services, profiles, gpu_type(gpu), max_procs)
-            for message in dropped:
-                err.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
-            if not services:
-                raise ParvaError("no service can be served")
-        result = make_plan(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, strategy, time_limit)
-        if out is not None:
-            kind = fmt or (Format.csv if out.suffix.lower() == ".csv" else Format.json)
-            if kind is Format.table:
-                raise ParvaError("--format table cannot be written to a file; use json or csv")
-            text = plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result)
-            atomic_write(out, text)
-            err.print(
-                f"wrote {out}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments",
-                highlight=False,
-            )
-            return
-        kind = fmt or (Format.table if sys.stdout.isatty() else Format.json)
-        if kind is Format.table:
-            from parvagpu.reports.tables import print_plan
-
-            print_plan(result, Console())
-        else:
-            sys.stdout.write(plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result))
+            request = _servable(request)
+        _emit(make_plan(request, strategy), fmt, out)
     except ParvaError as exc:
         fail_on(exc)
+
+
+def _servable(request: PlanRequest) -> PlanRequest:
+    """The request narrowed to the services some triplet can serve; one warning per other one."""
+    request, dropped = split_feasible(request)
+    for message in dropped:
+        err.print(f"[yellow]skipped:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if not request.services:
+        raise Unservable("no service can be served")
+    return request
+
+
+def _emit(result: DeploymentMap, fmt: Optional[Format], out: Optional[Path]) -> None:
+    """Write the plan to `out` (JSON or CSV by suffix or --format), else print it to stdout."""
+    if out is not None:
+        kind = fmt or (Format.csv if out.suffix.lower() == ".csv" else Format.json)
+        if kind is Format.table:
+            raise ParvaError("--format table cannot be written to a file; use json or csv")
+        atomic_write(out, plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result))
+        err.print(
+            f"wrote {out}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments",
+            highlight=False,
+        )
+        return
+    kind = fmt or (Format.table if sys.stdout.isatty() else Format.json)
+    if kind is Format.table:
+        from parvagpu.reports.tables import print_plan
+
+        print_plan(result, Console())
+    else:
+        sys.stdout.write(plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result))
 
 
 def gpus() -> None:

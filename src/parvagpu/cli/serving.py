@@ -96,13 +96,14 @@ def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_pr
     if plan_file is not None:
         return read_plan(plan_file)[0]
     from parvagpu.core.gpus import DEFAULT_GPU, gpu_type
-    from parvagpu.planning.strategies import plan_parva
+    from parvagpu.planning.heuristic import plan_parva
+    from parvagpu.planning.request import PlanRequest
     from parvagpu.inputs.profiles import load_profiles
     from parvagpu.inputs.services import load_scenario
 
     profiles = load_profiles(example_dir() / "profiles")
     services = load_scenario(example_dir() / "SLO", scenario, list(profiles))
-    return plan_parva(services, profiles, gpu_type(DEFAULT_GPU), max_procs)
+    return plan_parva(PlanRequest(services, profiles, gpu_type(DEFAULT_GPU), max_procs))
 
 
 def load(

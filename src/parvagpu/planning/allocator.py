@@ -184,6 +184,15 @@ def allocate(
 ) -> Allocation:
     """Place every configured segment; returns legal placements on contiguously numbered GPUs."""
     cluster = _Cluster(gpu, policy)
+    _relocate(cluster, configs)
+    before = cluster.used_count()
+    if policy.optimize and len(gpu.sizes) >= 2:
+        _optimize(cluster, configs)
+    return Allocation(_numbered(cluster), before)
+
+
+def _relocate(cluster: _Cluster, configs: tuple[ModelConfig, ...]) -> None:
+    """Step 1: segments by size, largest first (FIFO within a size), each on its best-fit GPU."""
     queues: dict[int, list[Segment]] = defaultdict(list)
     for cfg in configs:
         for seg in cfg.segments():
@@ -191,44 +200,48 @@ def allocate(
     for size in sorted(queues, reverse=True):
         for seg in queues[size]:
             cluster.place(seg)
-    before = cluster.used_count()
 
-    if policy.optimize and len(gpu.sizes) >= 2:
-        by_model = {c.service.model: c for c in configs}
-        s1, s2 = gpu.sizes[0], gpu.sizes[1]
-        light = math.floor(gpu.compute_slices * policy.light_fraction + 1e-9)
-        credit: dict[str, float] = defaultdict(float)
-        for g in reversed(list(cluster.gpus)):
-            if g.usage > light:
+
+def _optimize(cluster: _Cluster, configs: tuple[ModelConfig, ...]) -> None:
+    """Step 2: lightly used GPUs, last first, re-covered with their models' two smallest sizes."""
+    gpu = cluster.gpu
+    by_model = {c.service.model: c for c in configs}
+    s1, s2 = gpu.sizes[0], gpu.sizes[1]
+    light = math.floor(gpu.compute_slices * cluster.policy.light_fraction + 1e-9)
+    credit: dict[str, float] = defaultdict(float)
+    for g in reversed(list(cluster.gpus)):
+        if g.usage > light:
+            continue
+        for start in range(gpu.memory_slices):
+            seg = g.slots.get(start)
+            if seg is None:
                 continue
-            for start in range(gpu.memory_slices):
-                seg = g.slots.get(start)
-                if seg is None:
-                    continue
-                cfg = by_model[seg.model]
-                b1, b2 = cfg.best(s1), cfg.best(s2)
-                if b1 is None and b2 is None:
-                    continue  # nothing smaller to split into: keep the segment
-                cluster.remove(g, start)
-                credit[seg.model] += _valuation(seg, cfg)
-                k2, k1 = _split(
-                    credit[seg.model],
-                    b1.throughput if b1 else None,
-                    b2.throughput if b2 else None,
-                    s2 / s1,
-                )
-                credit[seg.model] -= k2 * (b2.throughput if b2 else 0.0) + k1 * (
-                    b1.throughput if b1 else 0.0
-                )
-                for _ in range(k2):
-                    cluster.place(Segment(seg.model, b2))
-                for _ in range(k1):
-                    cluster.place(Segment(seg.model, b1))
+            cfg = by_model[seg.model]
+            b1, b2 = cfg.best(s1), cfg.best(s2)
+            if b1 is None and b2 is None:
+                continue  # nothing smaller to split into: keep the segment
+            cluster.remove(g, start)
+            credit[seg.model] += _valuation(seg, cfg)
+            k2, k1 = _split(
+                credit[seg.model],
+                b1.throughput if b1 else None,
+                b2.throughput if b2 else None,
+                s2 / s1,
+            )
+            credit[seg.model] -= k2 * (b2.throughput if b2 else 0.0) + k1 * (
+                b1.throughput if b1 else 0.0
+            )
+            for _ in range(k2):
+                cluster.place(Segment(seg.model, b2))
+            for _ in range(k1):
+                cluster.place(Segment(seg.model, b1))
 
+
+def _numbered(cluster: _Cluster) -> tuple[PlacedSegment, ...]:
+    """Every placed segment, on the used GPUs numbered contiguously in cluster order."""
     used = [g for g in cluster.gpus if g.slots]
-    placed = tuple(
+    return tuple(
         PlacedSegment(seg, new_index, start)
         for new_index, g in enumerate(used)
         for start, seg in sorted(g.slots.items())
     )
-    return Allocation(placed, before)

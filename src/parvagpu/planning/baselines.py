@@ -24,58 +24,48 @@ placement), so the same checker validates them.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
-from parvagpu.planning.configurator import best_by_size, build_index, infeasible_message
-from parvagpu.core.gpus import GpuType
-from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Segment, Service
-from parvagpu.core.errors import ParvaError
+from parvagpu.core.errors import Unservable
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment
+from parvagpu.planning.configurator import IndexCache, best_by_size, infeasible_message
+from parvagpu.planning.heuristic import plan_parva
+from parvagpu.planning.optimizer import mps_columns, solve
+from parvagpu.planning.request import PlanRequest
 
-BASELINES = ("mig-only", "mps-only", "whole-gpu")
 
-
-def _relabel(plan: DeploymentMap, strategy: str, bound: int, optimal: bool, extra=()) -> DeploymentMap:
-    return DeploymentMap(
-        plan.gpu_type, strategy, plan.max_procs, plan.gpus_per_node, plan.segments, plan.services,
-        bound, plan.stats + (("proven_optimal", float(optimal)),) + tuple(extra),
+def _labelled(plan: DeploymentMap, strategy: str, bound: int, optimal: bool, extra=()) -> DeploymentMap:
+    return replace(
+        plan, strategy=strategy, lower_bound=bound,
+        stats=plan.stats + (("proven_optimal", float(optimal)),) + tuple(extra),
     )
 
 
-def plan_mig_only(
-    services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType,
-    gpus_per_node: int = 8, time_limit: float = 10.0,
-) -> DeploymentMap:
+def plan_mig_only(request: PlanRequest) -> DeploymentMap:
     """MIG segments with one process each, solved exactly (heuristic fallback on a time-out)."""
-    from parvagpu.planning.optimizer import solve
-    from parvagpu.planning.strategies import plan_parva
-
-    res = solve(services, profiles, gpu, 1, gpus_per_node, time_limit=time_limit, strategy="mig-only")
+    one = replace(request, max_procs=1)
+    res = solve(one, strategy="mig-only")
     if res.plan is not None:
-        return _relabel(res.plan, "mig-only", res.lower_bound, res.optimal)
-    heur = plan_parva(services, profiles, gpu, 1, gpus_per_node)
+        return _labelled(res.plan, "mig-only", res.lower_bound, res.optimal)
+    heur = plan_parva(one)
     bound = min(res.lower_bound, heur.gpus_used)
-    return _relabel(heur, "mig-only", bound, heur.gpus_used == bound, (("heuristic_fallback", 1.0),))
+    return _labelled(heur, "mig-only", bound, heur.gpus_used == bound, (("heuristic_fallback", 1.0),))
 
 
-def plan_whole_gpu(
-    services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType,
-    gpus_per_node: int = 8,
-) -> DeploymentMap:
+def plan_whole_gpu(request: PlanRequest) -> DeploymentMap:
     """One model per GPU, replicas on whole GPUs, one process each."""
+    gpu = request.gpu
     full = max(gpu.sizes)
     start = gpu.profile(full).starts[0]
-    cache: dict[int, object] = {}
+    index = IndexCache(request.profiles, gpu, 1)
     placed: list[PlacedSegment] = []
-    for svc in services:
-        prof = profiles[svc.model]
-        key = id(prof.points)
-        if key not in cache:
-            cache[key] = build_index(prof, gpu, 1)
-        per_size = best_by_size(cache[key], svc.exact_latency_ms)
+    for svc in request.services:
+        per_size = best_by_size(index(svc.model), svc.exact_latency_ms)
         if not per_size:
-            raise ParvaError(infeasible_message(svc, cache[key]))
+            raise Unservable(infeasible_message(svc, index(svc.model)))
         t = per_size.get(full)
         if t is None:
-            raise ParvaError(
+            raise Unservable(
                 f"whole-gpu: model {svc.model} has no admissible one-process triplet on a whole "
                 f"{gpu.name} for its {svc.latency_ms:g} ms SLO"
             )
@@ -85,48 +75,24 @@ def plan_whole_gpu(
         placed.extend(PlacedSegment(Segment(svc.model, t), len(placed), start) for _ in range(n))
     used = len(placed)
     return DeploymentMap(
-        gpu_type=gpu.name, strategy="whole-gpu", max_procs=1, gpus_per_node=gpus_per_node,
-        segments=tuple(placed), services=tuple(services), lower_bound=used,
+        gpu_type=gpu.name, strategy="whole-gpu", max_procs=1, gpus_per_node=request.gpus_per_node,
+        segments=tuple(placed), services=request.services, lower_bound=used,
         stats=(("proven_optimal", 1.0),),
     )
 
 
-def plan_mps_only(
-    services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType,
-    gpus_per_node: int = 8, time_limit: float = 10.0,
-) -> DeploymentMap:
+def plan_mps_only(request: PlanRequest) -> DeploymentMap:
     """gpulet-style MPS sharing (at most two one-process partitions per GPU), solved exactly;
     whole GPUs (a valid mps-only plan) on a time-out."""
-    from parvagpu.planning.optimizer import mps_columns, solve
-
-    res = solve(
-        services, profiles, gpu, 1, gpus_per_node, time_limit=time_limit,
-        columns=mps_columns(gpu, 2), strategy="mps-only",
-    )
+    one = replace(request, max_procs=1)
+    res = solve(one, columns=mps_columns(request.gpu, 2), strategy="mps-only")
     if res.plan is not None:
-        return _relabel(res.plan, "mps-only", res.lower_bound, res.optimal)
-    whole = plan_whole_gpu(services, profiles, gpu, gpus_per_node)
+        return _labelled(res.plan, "mps-only", res.lower_bound, res.optimal)
+    whole = plan_whole_gpu(request)
     bound = min(res.lower_bound, whole.gpus_used)
-    fallback = DeploymentMap(
-        whole.gpu_type, "mps-only", 1, whole.gpus_per_node, whole.segments, whole.services,
-    )
-    return _relabel(fallback, "mps-only", bound, whole.gpus_used == bound, (("heuristic_fallback", 1.0),))
+    fallback = replace(whole, strategy="mps-only", lower_bound=None, stats=())
+    return _labelled(fallback, "mps-only", bound, whole.gpus_used == bound, (("heuristic_fallback", 1.0),))
 
 
-def plan_baseline(
-    strategy: str, services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType,
-    max_procs: int = 3, gpus_per_node: int = 8, time_limit: float = 10.0,
-) -> DeploymentMap:
-    """Dispatch by name. `max_procs` is not used: every baseline runs one process per partition."""
-    from parvagpu.planning.strategies import check_services
-
-    check_services(services, profiles)
-    if gpus_per_node < 1:
-        raise ParvaError(f"gpus per node must be >= 1, got {gpus_per_node}")
-    if strategy == "mig-only":
-        return plan_mig_only(services, profiles, gpu, gpus_per_node, time_limit)
-    if strategy == "mps-only":
-        return plan_mps_only(services, profiles, gpu, gpus_per_node, time_limit)
-    if strategy == "whole-gpu":
-        return plan_whole_gpu(services, profiles, gpu, gpus_per_node)
-    raise ParvaError(f"unknown baseline {strategy!r}; known: {', '.join(BASELINES)}")
+# Every baseline runs one process per partition, whatever the request's `max_procs`.
+BASELINES = {"mig-only": plan_mig_only, "mps-only": plan_mps_only, "whole-gpu": plan_whole_gpu}

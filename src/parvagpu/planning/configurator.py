@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
+from typing import Mapping
 
+from parvagpu.core.errors import Unservable
 from parvagpu.core.gpus import GpuType
-from parvagpu.core.errors import ParvaError
 from parvagpu.core.model import Profile, ProfilePoint, Segment, Service, Triplet
+from parvagpu.planning.request import PlanRequest
 
 ADMISSION = Fraction(9, 20)  # 0.45: latency per batch must be < 0.45 * SLO
 
@@ -130,13 +132,12 @@ def configure(
     service: Service, profile: Profile, gpu: GpuType, max_procs: int,
     index: ProfileIndex | None = None,
 ) -> ModelConfig:
-    """Optimal triplet decision and demand matching for one service."""
-    if max_procs < 1:
-        raise ParvaError(f"max procs must be >= 1, got {max_procs}")
+    """Optimal triplet decision and demand matching for one service; `Unservable` when no
+    triplet meets its SLO."""
     index = index or build_index(profile, gpu, max_procs)
     per_size = best_by_size(index, service.exact_latency_ms)
     if not per_size:
-        raise ParvaError(infeasible_message(service, index))
+        raise Unservable(infeasible_message(service, index))
     optimal: Triplet | None = None
     for size in sorted(per_size):  # strict '>' in size order: first maximum wins
         t = per_size[size]
@@ -154,33 +155,39 @@ def configure(
     return ModelConfig(service, optimal, n, last, tuple(sorted(per_size.items())))
 
 
-def split_feasible(
-    services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType, max_procs: int
-) -> tuple[tuple[Service, ...], tuple[str, ...]]:
-    """Services some triplet can serve, and a message for each one none can."""
+class IndexCache:
+    """Profile indexes built once per distinct profile and reused by every service using it
+    (e.g. replicas of one measured model under several service names)."""
+
+    def __init__(self, profiles: Mapping[str, Profile], gpu: GpuType, max_procs: int) -> None:
+        self._profiles, self._gpu, self._max_procs = profiles, gpu, max_procs
+        self._cache: dict[int, ProfileIndex] = {}
+
+    def __call__(self, model: str) -> ProfileIndex:
+        profile = self._profiles[model]
+        key = id(profile.points)
+        if key not in self._cache:
+            self._cache[key] = build_index(profile, self._gpu, self._max_procs)
+        return self._cache[key]
+
+
+def split_feasible(request: PlanRequest) -> tuple[PlanRequest, tuple[str, ...]]:
+    """The request narrowed to the services some triplet can serve, and a message for each one
+    none can."""
+    index = IndexCache(request.profiles, request.gpu, request.max_procs)
     kept, dropped = [], []
-    for s in services:
-        index = build_index(profiles[s.model], gpu, max_procs)
-        if best_by_size(index, s.exact_latency_ms):
+    for s in request.services:
+        if best_by_size(index(s.model), s.exact_latency_ms):
             kept.append(s)
         else:
-            dropped.append(infeasible_message(s, index))
-    return tuple(kept), tuple(dropped)
+            dropped.append(infeasible_message(s, index(s.model)))
+    return replace(request, services=tuple(kept)), tuple(dropped)
 
 
-def configure_all(
-    services: tuple[Service, ...], profiles: dict[str, Profile], gpu: GpuType, max_procs: int
-) -> tuple[ModelConfig, ...]:
-    """Configure every service, in the given order.
-
-    Indexes are shared between models whose profiles share the same points (e.g. replicas of
-    one measured model under several service names)."""
-    cache: dict[int, ProfileIndex] = {}
-    out = []
-    for s in services:
-        profile = profiles[s.model]
-        key = id(profile.points)
-        if key not in cache:
-            cache[key] = build_index(profile, gpu, max_procs)
-        out.append(configure(s, profile, gpu, max_procs, cache[key]))
-    return tuple(out)
+def configure_all(request: PlanRequest) -> tuple[ModelConfig, ...]:
+    """Configure every service of the request, in its order."""
+    index = IndexCache(request.profiles, request.gpu, request.max_procs)
+    return tuple(
+        configure(s, request.profiles[s.model], request.gpu, request.max_procs, index(s.model))
+        for s in request.services
+    )

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from parvagpu.core.gpus import GpuType
-from parvagpu.core.model import DeploymentMap, Profile, Service
 from parvagpu.core.errors import ParvaError
-from parvagpu.planning.strategies import DEFAULT_TIME_LIMIT, STRATEGIES, plan as make_plan
+from parvagpu.core.model import DeploymentMap
+from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.strategies import STRATEGIES, plan as make_plan
 from parvagpu.verify import verify
 
 # Report order: the paper's heuristic, the default, the exact model, then the baselines.
@@ -70,28 +70,22 @@ def parse_strategies(text: str | None) -> tuple[str, ...]:
 
 
 def run(
-    scenarios: Sequence[tuple[str, tuple[Service, ...]]],
-    profiles: dict[str, Profile],
-    gpu: GpuType,
-    max_procs: int = 3,
-    gpus_per_node: int = 8,
-    strategies: Sequence[str] = ORDER,
-    time_limit: float = DEFAULT_TIME_LIMIT,
+    requests: Sequence[tuple[str, PlanRequest]], strategies: Sequence[str] = ORDER,
 ) -> list[Row]:
-    """Plan every scenario with every strategy and check each plan. A strategy that cannot serve
-    a scenario (e.g. whole-gpu when a model needs a smaller, faster instance) gets a row with its
-    error instead of stopping the comparison."""
+    """Plan every named request (a scenario) with every strategy and check each plan. A strategy
+    that cannot serve a scenario (e.g. whole-gpu when a model needs a smaller, faster instance)
+    gets a row with its error instead of stopping the comparison."""
     rows = []
-    for name, services in scenarios:
+    for name, request in requests:
         for strategy in strategies:
             t0 = time.perf_counter()
             try:
-                p = make_plan(services, profiles, gpu, max_procs, gpus_per_node, strategy, time_limit)
+                p = make_plan(request, strategy)
             except ParvaError as exc:
                 rows.append(Row(name, strategy, time.perf_counter() - t0, error=str(exc)))
                 continue
             seconds = time.perf_counter() - t0
-            rows.append(Row(name, strategy, seconds, p, not verify(p, profiles)))
+            rows.append(Row(name, strategy, seconds, p, not verify(p, request.profiles)))
     return rows
 
 

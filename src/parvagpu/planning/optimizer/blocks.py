@@ -1,0 +1,138 @@
+"""The program's rows of demand: services grouped into blocks, each with its non-dominated segment
+options and, when few enough to list, its minimal covers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Sequence
+
+from parvagpu.core.errors import Unservable
+from parvagpu.core.model import Service, Triplet
+from parvagpu.planning.configurator import IndexCache, best_by_size, infeasible_message
+from parvagpu.planning.optimizer.columns import Column, substitutes
+from parvagpu.planning.optimizer.covers import covers_many
+from parvagpu.planning.request import PlanRequest
+
+# Most cover columns in all: the blocks with the most covers fall back to the y form first.
+MAX_COVERS = 1_000_000
+
+Options = tuple[tuple[int, Triplet], ...]  # (size index, triplet), non-dominated, size order
+
+
+@dataclass(frozen=True, eq=False)
+class Block:
+    """One service, or interchangeable services (same points, latency and rate), solved as a unit."""
+
+    services: tuple[Service, ...]
+    rate: float
+    options: Options
+    covers: object = None  # int array (covers x options), or None for the y form
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything the solve steps share: the request, the layouts, the blocks and the strategy
+    name the plans carry."""
+
+    request: PlanRequest
+    columns: tuple[Column, ...]
+    blocks: tuple[Block, ...]
+    strategy: str
+
+
+class _OptionTable:
+    """Each (profile, latency SLO)'s options, computed once: the best admissible triplet of every
+    size some layout uses, less the sizes a smaller, at least as fast size can replace."""
+
+    def __init__(self, request: PlanRequest, columns: Sequence[Column]) -> None:
+        self.gpu, self.profiles = request.gpu, request.profiles
+        self.sub = substitutes(columns, len(self.gpu.sizes))
+        self.usable = {s for c in columns for s, n in zip(self.gpu.sizes, c.counts) if n}
+        self.index = IndexCache(request.profiles, request.gpu, request.max_procs)
+        self.cache: dict[tuple[int, Fraction], Options] = {}
+
+    def key(self, svc: Service) -> tuple[int, Fraction]:
+        return (id(self.profiles[svc.model].points), svc.exact_latency_ms)
+
+    def options(self, svc: Service, key: tuple[int, Fraction]) -> Options:
+        if key not in self.cache:
+            index = self.index(svc.model)
+            per_size = best_by_size(index, svc.exact_latency_ms)
+            if not per_size:
+                raise Unservable(infeasible_message(svc, index))
+            sizes = self.gpu.sizes
+            cand = [(sizes.index(s), t) for s, t in sorted(per_size.items()) if s in self.usable]
+            self.cache[key] = tuple(
+                (i, t) for i, t in cand
+                if not any(j < i and u.throughput >= t.throughput and self.sub[i][j] for j, u in cand)
+            )
+        if not self.cache[key]:
+            raise Unservable(f"model {svc.model}: no admissible triplet fits a layout of {self.gpu.name}")
+        return self.cache[key]
+
+
+def _groups(request: PlanRequest, columns: Sequence[Column]) -> list[Block]:
+    """Services with the same profile points, latency SLO and rate, as one block each (in
+    first-seen order), without covers yet."""
+    table = _OptionTable(request, columns)
+    groups: dict[tuple, list[Service]] = {}
+    options: dict[tuple, Options] = {}
+    for svc in request.services:
+        okey = table.key(svc)
+        options[okey] = table.options(svc, okey)
+        groups.setdefault((okey, svc.rate), []).append(svc)
+    return [Block(tuple(m), rate, options[okey]) for (okey, rate), m in groups.items()]
+
+
+def _with_covers(groups: list[Block]) -> list[Block]:
+    """Each group's minimal covers (None when too many to list), enumerated once per distinct
+    (rate, option throughputs)."""
+    keys: dict[tuple, int] = {}
+    for g in groups:
+        keys.setdefault((g.rate, tuple(t.throughput for _, t in g.options)), len(keys))
+    covers_of = covers_many(list(keys))
+    return [
+        replace(g, covers=covers_of[keys[(g.rate, tuple(t.throughput for _, t in g.options))]])
+        for g in groups
+    ]
+
+
+def _cap_covers(groups: list[Block]) -> list[Block]:
+    """Keep the program's size bounded: drop the longest cover lists until at most MAX_COVERS
+    cover columns remain."""
+    total = sum(len(g.covers) for g in groups if g.covers is not None)
+    if total <= MAX_COVERS:
+        return groups
+    lengths = sorted((len(g.covers) for g in groups if g.covers is not None), reverse=True)
+    cut, kept = lengths[0] + 1, total
+    for n in lengths:
+        if kept <= MAX_COVERS:
+            break
+        kept -= n
+        cut = n
+    return [g if g.covers is not None and len(g.covers) < cut else replace(g, covers=None) for g in groups]
+
+
+def build_blocks(request: PlanRequest, columns: Sequence[Column]) -> tuple[Block, ...]:
+    """The blocks of the program; a group without covers becomes one y-form block per service.
+    `Unservable` when some service has no option."""
+    blocks: list[Block] = []
+    for g in _cap_covers(_with_covers(_groups(request, columns))):
+        if g.covers is not None:
+            blocks.append(g)
+        else:
+            blocks.extend(Block((m,), g.rate, g.options) for m in g.services)
+    return tuple(blocks)
+
+
+def trivial_bound(blocks: Sequence[Block], sizes: tuple[int, ...], slices: int) -> int:
+    """Each service's GPCs at its most efficient size (at least one segment), over one GPU's;
+    the bound while no LP has been solved."""
+    gpcs = 0.0
+    for b in blocks:
+        eff = max(t.throughput / sizes[i] for i, t in b.options)
+        smallest = min(sizes[i] for i, _ in b.options)
+        gpcs += len(b.services) * max(b.rate / eff, smallest)
+    return max(0, math.ceil(gpcs / slices * (1 - 1e-9)))

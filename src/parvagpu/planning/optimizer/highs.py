@@ -1,0 +1,84 @@
+"""HiGHS, the one solver: a program in coordinate form in, the solved HiGHS object out.
+
+`highspy` is imported on the first solve, never at package import.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from parvagpu.planning.optimizer.columns import Column
+
+
+def _highs():
+    import highspy
+
+    # The bare binding: the Python wrapper prints a banner on stdout when first constructed.
+    cls = getattr(highspy, "_Highs", None) or highspy.Highs
+    h = cls()
+    for key, val in (
+        ("output_flag", False), ("log_to_console", False), ("threads", 1), ("random_seed", 0),
+    ):
+        h.setOptionValue(key, val)
+    return h
+
+
+def _csc(cols: np.ndarray, rows: np.ndarray, vals: np.ndarray, ncol: int):
+    order = np.argsort(cols, kind="stable")
+    starts = np.zeros(ncol + 1, dtype=np.int32)
+    np.cumsum(np.bincount(cols, minlength=ncol), out=starts[1:])
+    return starts, rows[order].astype(np.int32), vals[order]
+
+
+def run(
+    cost, upper, row_lo, row_hi, cols, rows, vals, *, integer: bool, time_limit: float,
+    mip_rel_gap: float = 0.0,
+):
+    """One HiGHS solve of min cost.x, row_lo <= A x <= row_hi, 0 <= x <= upper; returns
+    (highs, feasible)."""
+    h = _highs()
+    h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+    if integer:
+        h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
+        h.setOptionValue("mip_abs_gap", 1.0 - 1e-6)  # the objective is integral
+        # The incumbent is known and the layouts carry no GPU identity: the feasibility-jump
+        # heuristic and symmetry detection only cost time (seconds on 10^5 columns, unchecked
+        # against the time limit).
+        h.setOptionValue("mip_heuristic_run_feasibility_jump", False)
+        h.setOptionValue("mip_detect_symmetry", False)
+    # Presolve finds little to remove in these programs and, on 10^5 columns, costs more than the
+    # LP itself (2-3x) and than the capped MIP; it also runs without time checks.
+    h.setOptionValue("presolve", "off")
+    ncol = len(cost)
+    starts, index, value = _csc(cols, rows, vals, ncol)
+    h.passModel(
+        ncol, len(row_lo), len(value), 1, 1, 0.0,
+        np.asarray(cost, dtype=np.float64), np.zeros(ncol), np.asarray(upper, dtype=np.float64),
+        np.asarray(row_lo, dtype=np.float64), np.asarray(row_hi, dtype=np.float64),
+        starts, index, np.asarray(value, dtype=np.float64),
+        np.full(ncol, 1 if integer else 0, dtype=np.int32),
+    )
+    h.run()
+    return h, h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
+
+
+def pack(demand: Sequence[int], columns: Sequence[Column], time_limit: float):
+    """Fewest layouts covering `demand` instances per size (the packing problem, y fixed)."""
+    cols, rows, vals = [], [], []
+    for c_i, c in enumerate(columns):
+        for k, a in enumerate(c.counts):
+            if a:
+                cols.append(c_i)
+                rows.append(k)
+                vals.append(float(a))
+    n = len(columns)
+    h, ok = run(
+        np.ones(n), np.full(n, float(sum(demand))), np.asarray(demand, dtype=float),
+        np.full(len(demand), np.inf), np.array(cols), np.array(rows), np.array(vals, dtype=float),
+        integer=True, time_limit=time_limit,
+    )
+    if not ok:  # only on a time-out: one GPU per instance always fits
+        return None
+    return np.round(np.asarray(h.getSolution().col_value)).astype(np.int64)

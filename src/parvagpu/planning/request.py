@@ -1,0 +1,56 @@
+"""The planning request: what every strategy plans from, checked once when it is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.gpus import GpuType
+from parvagpu.core.model import Profile, Service
+
+# Seconds the exact solves may take when the caller names no limit.
+DEFAULT_TIME_LIMIT = 10.0
+DEFAULT_MAX_PROCS = 3  # the paper's limit of MPS processes per segment
+DEFAULT_GPUS_PER_NODE = 8
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Services to serve, their models' profiles, the GPU type and the planning limits.
+
+    `time_limit` (seconds) bounds the exact solves; the heuristic alone ignores it. A request that
+    exists is valid: every service has a profile, is listed once, and has a positive rate and
+    latency SLO; the limits are in range. Whether an SLO can be met is the planners' question
+    (`Unservable`), not the request's."""
+
+    services: tuple[Service, ...]
+    profiles: Mapping[str, Profile] = field(repr=False)
+    gpu: GpuType
+    max_procs: int = DEFAULT_MAX_PROCS
+    gpus_per_node: int = DEFAULT_GPUS_PER_NODE
+    time_limit: float = DEFAULT_TIME_LIMIT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services", tuple(self.services))
+        if self.max_procs < 1:
+            raise ParvaError(f"max procs must be >= 1, got {self.max_procs}")
+        if self.gpus_per_node < 1:
+            raise ParvaError(f"gpus per node must be >= 1, got {self.gpus_per_node}")
+        if not self.time_limit > 0:
+            raise ParvaError(f"time limit must be positive, got {self.time_limit}")
+        _check_services(self.services, self.profiles)
+
+
+def _check_services(services: tuple[Service, ...], profiles: Mapping[str, Profile]) -> None:
+    seen: set[str] = set()
+    for s in services:
+        if s.model not in profiles:
+            raise ParvaError(f"model {s.model!r} has no profile (known: {', '.join(sorted(profiles))})")
+        if s.model in seen:
+            raise ParvaError(f"model {s.model!r} is listed twice")
+        if not s.rate > 0:
+            raise ParvaError(f"model {s.model}: rate must be positive, got {s.rate}")
+        if not s.latency_ms > 0:
+            raise ParvaError(f"model {s.model}: latency SLO must be positive, got {s.latency_ms}")
+        seen.add(s.model)
