@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from parvagpu import __version__
-from parvagpu.cli import compare, export, node, plan, profile, serving, verify
+from parvagpu.cli import compare, diff, export, node, plan, profile, serving, verify
 
 app = typer.Typer(
     help="Serve many DNN models on the fewest MIG/MPS-partitioned GPUs while meeting every SLO.",
@@ -41,6 +41,7 @@ app.command("profile")(profile.profile)
 app.command("plan")(plan.plan)
 app.command("gpus")(plan.gpus)
 app.command("compare")(compare.compare)
+app.command("diff")(diff.diff)
 # 6. Check (independent of the planners)
 app.command("verify")(verify.verify)
 # 3. Apply on a node, or export for cluster tools

@@ -9,6 +9,7 @@ from typing import Any
 
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import PLAN_VERSION, DeploymentMap, PlacedSegment, Segment, Service, Triplet
+from parvagpu.core.transition import ModelChange, Schedule, Transition
 from parvagpu.core.errors import ParvaError
 from parvagpu.fileio.reader import read_json
 
@@ -21,7 +22,7 @@ def plan_to_dict(plan: DeploymentMap) -> dict[str, Any]:
     gap = None
     if plan.lower_bound is not None and plan.gpus_used:
         gap = (plan.gpus_used - plan.lower_bound) / plan.gpus_used
-    return {
+    out = {
         "version": PLAN_VERSION,
         "gpus_used": plan.gpus_used,
         "gpu_type": plan.gpu_type,
@@ -30,21 +31,7 @@ def plan_to_dict(plan: DeploymentMap) -> dict[str, Any]:
         "gpus_per_node": plan.gpus_per_node,
         "lower_bound": plan.lower_bound,
         "gap": gap,
-        "segments": [
-            {
-                "model": s.model,
-                "node": plan.node_of(s.gpu),
-                "gpu": plan.local_gpu(s.gpu),
-                "start": s.start,
-                "size": s.size,
-                "profile": gpu.profile(s.size).name,
-                "batch": s.segment.triplet.batch,
-                "procs": s.segment.triplet.procs,
-                "throughput": s.segment.throughput,
-                "latency_ms": s.segment.triplet.latency_ms,
-            }
-            for s in sorted(plan.segments, key=lambda s: (s.gpu, s.start))
-        ],
+        "segments": [_segment(plan, gpu, s) for s in plan.segments],
         "services": [
             {
                 "model": c.service.model,
@@ -56,6 +43,58 @@ def plan_to_dict(plan: DeploymentMap) -> dict[str, Any]:
         ],
         "stats": dict(plan.stats),
     }
+    if plan.transition is not None:
+        out["transition"] = _transition_to_dict(plan, gpu, plan.transition)
+    return out
+
+
+def _segment(plan: DeploymentMap, gpu, s: PlacedSegment) -> dict[str, Any]:
+    return {
+        "model": s.model,
+        "node": plan.node_of(s.gpu),
+        "gpu": plan.local_gpu(s.gpu),
+        "start": s.start,
+        "size": s.size,
+        "profile": gpu.profile(s.size).name,
+        "batch": s.segment.triplet.batch,
+        "procs": s.segment.triplet.procs,
+        "throughput": s.segment.throughput,
+        "latency_ms": s.segment.triplet.latency_ms,
+    }
+
+
+def schedule_to_dict(plan: DeploymentMap, t: Transition, sched: Schedule) -> dict[str, Any]:
+    """What `parvagpu diff` writes: the transition, its ordered steps and its dips."""
+    gpu = gpu_type(plan.gpu_type)
+    out = _transition_to_dict(plan, gpu, t)
+    out["changed"] = t.changed
+    out["spare_gpus"] = [{"node": plan.node_of(g), "gpu": plan.local_gpu(g)} for g in sched.spare_gpus]
+    out["steps"] = [
+        {"step": i + 1, "action": st.action, "bridge": st.bridge, **_segment(plan, gpu, st.segment)}
+        for i, st in enumerate(sched.steps)
+    ]
+    out["dips"] = [
+        {"model": d.model, "shortfall": d.shortfall, "steps": d.steps, "after_step": d.first + 1}
+        for d in sched.dips
+    ]
+    return out
+
+
+def _transition_to_dict(plan: DeploymentMap, gpu, t: Transition) -> dict[str, Any]:
+    """The `transition` section: what changes from the running plan (see core.transition)."""
+    return {
+        "kept": t.kept,
+        "added": [_segment(plan, gpu, s) for s in t.added],
+        "removed": [_segment(plan, gpu, s) for s in t.removed],
+        "gpus_touched": [{"node": plan.node_of(g), "gpu": plan.local_gpu(g)} for g in t.gpus_touched],
+        "models": [
+            {
+                "model": m.model, "old_rate": m.old_rate, "new_rate": m.new_rate,
+                "old_capacity": m.old_capacity, "new_capacity": m.new_capacity,
+            }
+            for m in t.models
+        ],
+    }
 
 
 def plan_to_json(plan: DeploymentMap) -> str:
@@ -64,8 +103,10 @@ def plan_to_json(plan: DeploymentMap) -> str:
 
 _TOP_KEYS = {
     "version", "gpus_used", "gpu_type", "strategy", "max_procs", "gpus_per_node",
-    "lower_bound", "gap", "segments", "services", "stats",
+    "lower_bound", "gap", "segments", "services", "stats", "transition",
 }
+_TRANSITION_KEYS = {"kept", "added", "removed", "gpus_touched", "models"}
+_CHANGE_KEYS = {"model", "old_rate", "new_rate", "old_capacity", "new_capacity"}
 _SEG_KEYS = {
     "model", "node", "gpu", "start", "size", "profile", "batch", "procs", "throughput", "latency_ms",
 }
@@ -104,7 +145,7 @@ def _stats(v: Any, where: str) -> tuple[tuple[str, float], ...]:
 
 def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]:
     """Parse a plan JSON object strictly; returns the map and the `gpus_used` it states."""
-    _need(data, _TOP_KEYS, source, optional={"lower_bound", "gap", "stats", "gpus_per_node"})
+    _need(data, _TOP_KEYS, source, optional={"lower_bound", "gap", "stats", "gpus_per_node", "transition"})
     if data["version"] != PLAN_VERSION:
         raise ParvaError(f"{source}: unsupported plan version {data['version']!r}")
     gpu = gpu_type(str(data["gpu_type"]))
@@ -113,23 +154,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]
         raise ParvaError(f"{source}: gpus_per_node must be >= 1")
     if not isinstance(data["segments"], list) or not isinstance(data["services"], list):
         raise ParvaError(f"{source}: segments and services must be lists")
-    segments = []
-    for i, s in enumerate(data["segments"]):
-        where = f"{source}: segment {i}"
-        _need(s, _SEG_KEYS, where, optional={"profile", "latency_ms"})
-        node, local = _int(s["node"], where + " node"), _int(s["gpu"], where + " gpu")
-        if node < 0 or not 0 <= local < per_node:
-            raise ParvaError(f"{where}: node {node} / gpu {local} out of range (gpus_per_node {per_node})")
-        t = Triplet(
-            _int(s["size"], where + " size"),
-            _int(s["batch"], where + " batch"),
-            _int(s["procs"], where + " procs"),
-            _num(s["throughput"], where + " throughput"),
-            _num(s.get("latency_ms", 0.0), where + " latency_ms"),
-        )
-        segments.append(
-            PlacedSegment(Segment(str(s["model"]), t), node * per_node + local, _int(s["start"], where + " start"))
-        )
+    segments = [_read_segment(s, f"{source}: segment {i}", per_node) for i, s in enumerate(data["segments"])]
     services = []
     for i, s in enumerate(data["services"]):
         where = f"{source}: service {i}"
@@ -146,8 +171,45 @@ def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]
         services=tuple(services),
         lower_bound=None if lb is None else _int(lb, f"{source}: lower_bound"),
         stats=stats,
+        transition=_read_transition(data["transition"], f"{source}: transition", per_node)
+        if data.get("transition") is not None else None,
     )
     return plan, _int(data["gpus_used"], f"{source}: gpus_used")
+
+
+def _read_segment(s: Any, where: str, per_node: int) -> PlacedSegment:
+    _need(s, _SEG_KEYS, where, optional={"profile", "latency_ms"})
+    node, local = _int(s["node"], where + " node"), _int(s["gpu"], where + " gpu")
+    if node < 0 or not 0 <= local < per_node:
+        raise ParvaError(f"{where}: node {node} / gpu {local} out of range (gpus_per_node {per_node})")
+    t = Triplet(
+        _int(s["size"], where + " size"),
+        _int(s["batch"], where + " batch"),
+        _int(s["procs"], where + " procs"),
+        _num(s["throughput"], where + " throughput"),
+        _num(s.get("latency_ms", 0.0), where + " latency_ms"),
+    )
+    return PlacedSegment(Segment(str(s["model"]), t), node * per_node + local, _int(s["start"], where + " start"))
+
+
+def _read_transition(t: Any, where: str, per_node: int) -> Transition:
+    """The `transition` section; `gpus_touched` is derived from added and removed, not trusted."""
+    _need(t, _TRANSITION_KEYS, where, optional={"gpus_touched"})
+    for key in ("added", "removed", "models"):
+        if not isinstance(t[key], list):
+            raise ParvaError(f"{where}: {key} must be a list")
+    models = []
+    for i, m in enumerate(t["models"]):
+        w = f"{where} model {i}"
+        _need(m, _CHANGE_KEYS, w)
+        models.append(ModelChange(str(m["model"]), *(_num(m[k], f"{w} {k}") for k in (
+            "old_rate", "new_rate", "old_capacity", "new_capacity"))))
+    return Transition(
+        kept=_int(t["kept"], f"{where} kept"),
+        added=tuple(_read_segment(s, f"{where} added {i}", per_node) for i, s in enumerate(t["added"])),
+        removed=tuple(_read_segment(s, f"{where} removed {i}", per_node) for i, s in enumerate(t["removed"])),
+        models=tuple(models),
+    )
 
 
 def read_plan(path: Path) -> tuple[DeploymentMap, int]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from parvagpu.core.transition import Transition
 
 PLAN_VERSION = 1
 
@@ -140,6 +144,8 @@ class DeploymentMap:
     GPUs are numbered 0..gpus_used-1 globally; node = gpu // gpus_per_node. Segments are kept in
     (GPU, start slot) order whatever order a planner produced them in, so two maps holding the same
     placements compare equal (a plan written to JSON and read back is equal to the one written).
+    A plan made from a running one (`plan --current`) may leave GPUs of that plan empty, so its
+    numbering can have holes, and it records its `transition` from the running plan.
     """
 
     gpu_type: str
@@ -150,6 +156,7 @@ class DeploymentMap:
     services: tuple[Service, ...]
     lower_bound: int | None = None
     stats: tuple[tuple[str, float], ...] = field(default=())
+    transition: Transition | None = None
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.segments, key=lambda s: (s.gpu, s.start, s.model)))
