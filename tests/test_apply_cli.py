@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from parvagpu.node import NodeDirs, read_state
 from parvagpu.cli import app
-from parvagpu.export.manifests import check_mig_parted
+from parvagpu.export.mig_parted import check_mig_parted
 
 runner = CliRunner()
 

@@ -14,18 +14,9 @@ import pytest
 import yaml
 from apply_support import scenario_plan
 
-from parvagpu.export.manifests import (
-    DEFAULT_NODE_LABEL,
-    MIG_CONFIG_LABEL,
-    POD_SCRIPT,
-    check_mig_parted,
-    config_name,
-    k8s_deployments,
-    k8s_files,
-    mig_parted_config,
-    mig_parted_files,
-    write_files,
-)
+from parvagpu.export.common import write_files
+from parvagpu.export.k8s import DEFAULT_NODE_LABEL, POD_SCRIPT, k8s_deployments, k8s_files
+from parvagpu.export.mig_parted import MIG_CONFIG_LABEL, check_mig_parted, config_name, mig_parted_config, mig_parted_files
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.errors import ParvaError
 

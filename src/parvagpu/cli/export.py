@@ -12,7 +12,6 @@ from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.errors import ParvaError
 
 
-
 def export_mig_parted(
     plan_file: Path = typer.Argument(..., help="Plan JSON written by `parvagpu plan`."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write into (created if missing)."),
@@ -22,7 +21,8 @@ def export_mig_parted(
     """mig-parted v1 config per node, its ConfigMap, and nvidia.com/mig.config node labels.
 
     mig-parted cannot pin start slots; `parvagpu apply` is the exact path (docs/apply.md)."""
-    from parvagpu.export.manifests import mig_parted_files, write_files
+    from parvagpu.export.common import write_files
+    from parvagpu.export.mig_parted import mig_parted_files
 
     try:
         plan, _ = read_plan(plan_file)
@@ -44,13 +44,8 @@ def export_k8s(
     """One Deployment per segment requesting nvidia.com/mig-<profile> on its node.
 
     Each pod starts its own MPS daemon on its MIG device, then the segment's processes."""
-    from parvagpu.export.manifests import (
-        DEFAULT_IMAGE,
-        DEFAULT_NODE_LABEL,
-        DEFAULT_WORKER_CMD,
-        k8s_files,
-        write_files,
-    )
+    from parvagpu.export.common import write_files
+    from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, k8s_files
 
     try:
         plan, _ = read_plan(plan_file)
