@@ -23,11 +23,11 @@ from parvagpu.fileio.writer import atomic_write
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.gpus import DEFAULT_GPU
 from parvagpu.hardware.mig import FakeBackend, mutating_calls, open_nvml
+from parvagpu.hardware.mig.fake import FAKE_STATE_VERSION
 from parvagpu.core.errors import ParvaError
 from parvagpu.hardware.mps import FakeMps, NvidiaMps, terminate_processes
 
 FAKE_STATE_ENV = "PARVAGPU_FAKE_STATE"
-FAKE_STATE_VERSION = 1
 
 
 class Backend(str, Enum):

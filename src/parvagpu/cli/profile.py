@@ -14,7 +14,7 @@ from parvagpu.cli.common import err, fail_on
 from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.profiler import worker
 from parvagpu.profiler.results import todo
-from parvagpu.profiler.session import Job, ProfileInterrupted, check_compatible
+from parvagpu.profiler.session import Job, ProfileInterrupted, Summary, check_compatible
 from parvagpu.profiler.session import profile as run_profile
 from parvagpu.profiler.spec import Mode, Settings, check_name, check_sizes, parse_ints, parse_model
 from parvagpu.profiler.store import ProfileStore
@@ -84,48 +84,15 @@ def profile(
     missing. Ctrl-C keeps the finished points (exit 130)."""
     backend = None
     try:
-        try:
-            m = Mode(mode.lower())
-        except ValueError:
-            raise ParvaError(f"--mode: expected one of {MODES}, got {mode!r}") from None
-        spec = parse_model(model, shape, dtype)
-        job_sizes = parse_ints(sizes, "--sizes")
-        check_sizes(m, job_sizes)
         settings = Settings(duration, warmup, None if max_latency is None else max_latency / 1000, timeout)
-        spec = worker.with_declared_shape(spec)
-        label = check_name(name or spec.default_name)
-        store = ProfileStore(out, label)
+        job = _parse_job(model, shape, dtype, name, mode, sizes, batches, procs, settings, retry_errors)
+        store = ProfileStore(out, job.name)
         store.prepare()
-
-        job = Job(
-            spec, label, m, job_sizes, parse_ints(batches, "--batches"), parse_ints(procs, "--procs"),
-            settings, retry_errors,
-        )
-        existing, _torn, meta = store.load()
-        check_compatible(job, existing, meta, store.csv_path)
-        if not todo(job.points(), existing, retry_errors):
-            err.print(f"{store.csv_path}: all {len(job.points())} points already measured", highlight=False, soft_wrap=True)
+        if _all_measured(job, store):
             return
-        device, backend = make_device(m, gpu_index, job_sizes)  # a missing GPU fails before torch loads
-        worker.check(spec)
-
-        from parvagpu.profiler.console import RichProgress
-        from parvagpu.profiler.runner import ProcessLauncher
-        from parvagpu.profiler.sysinfo import describe, library_versions
-
-        summary = run_profile(
-            job, device, ProcessLauncher(spec, settings, m.value), store, RichProgress(err, quiet),
-            system=lambda: describe(None if m is Mode.cpu else gpu_index), libraries=library_versions,
-        )
-        if summary.dropped_torn_line:
-            err.print(f"{summary.csv_path}: dropped an incomplete last line; that point was measured again",
-                      highlight=False, soft_wrap=True)
-        err.print(
-            f"wrote {summary.csv_path}: {summary.measured} point(s) measured, {summary.skipped} skipped, "
-            f"{summary.failed} failed; {summary.already} were already there",
-            highlight=False,
-            soft_wrap=True,
-        )
+        device, backend = make_device(job.mode, gpu_index, job.sizes)  # a missing GPU fails before torch loads
+        worker.check(job.spec)
+        _report(_run(job, device, store, gpu_index, quiet))
     except ParvaError as exc:
         fail_on(exc)
     except ProfileInterrupted as exc:
@@ -143,3 +110,54 @@ def profile(
     finally:
         if backend is not None:
             backend.close()
+
+
+def _parse_job(
+    model: str, shape: Optional[str], dtype: str, name: Optional[str], mode: str, sizes: str, batches: str,
+    procs: str, settings: Settings, retry_errors: bool,
+) -> Job:
+    """Every option checked, before anything is created or loaded into a worker."""
+    try:
+        m = Mode(mode.lower())
+    except ValueError:
+        raise ParvaError(f"--mode: expected one of {MODES}, got {mode!r}") from None
+    spec = parse_model(model, shape, dtype)
+    job_sizes = parse_ints(sizes, "--sizes")
+    check_sizes(m, job_sizes)
+    job_batches, job_procs = parse_ints(batches, "--batches"), parse_ints(procs, "--procs")
+    spec = worker.with_declared_shape(spec)
+    label = check_name(name or spec.default_name)
+    return Job(spec, label, m, job_sizes, job_batches, job_procs, settings, retry_errors)
+
+
+def _all_measured(job: Job, store: ProfileStore) -> bool:
+    """The file already holds every point (after checking it belongs to this model and mode)."""
+    existing, _torn, meta = store.load()
+    check_compatible(job, existing, meta, store.csv_path)
+    if todo(job.points(), existing, job.retry_errors):
+        return False
+    err.print(f"{store.csv_path}: all {len(job.points())} points already measured", highlight=False, soft_wrap=True)
+    return True
+
+
+def _run(job: Job, device, store: ProfileStore, gpu_index: int, quiet: bool) -> Summary:
+    from parvagpu.profiler.console import RichProgress
+    from parvagpu.profiler.runner import ProcessLauncher
+    from parvagpu.profiler.sysinfo import describe, library_versions
+
+    return run_profile(
+        job, device, ProcessLauncher(job.spec, job.settings, job.mode.value), store, RichProgress(err, quiet),
+        system=lambda: describe(None if job.mode is Mode.cpu else gpu_index), libraries=library_versions,
+    )
+
+
+def _report(summary: Summary) -> None:
+    if summary.dropped_torn_line:
+        err.print(f"{summary.csv_path}: dropped an incomplete last line; that point was measured again",
+                  highlight=False, soft_wrap=True)
+    err.print(
+        f"wrote {summary.csv_path}: {summary.measured} point(s) measured, {summary.skipped} skipped, "
+        f"{summary.failed} failed; {summary.already} were already there",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -10,23 +10,15 @@ node and the plan have is kept, with its compute instance, daemon and workers.
 One module per stage: `views` (what the plan wants, what the node holds), `steps` (decide: the
 pure diff), `executor` (apply, with the undo log), `state` (the node's directories and state
 file, with its own record types), `agent` (the entry points that put them together under the
-node lock). This package re-exports their public names, so callers import from `parvagpu.node`;
+node lock). This package re-exports the names callers need (entry points, records, errors), so they
+import from `parvagpu.node`;
 the submodules import each other directly, never this package.
 """
 
 from __future__ import annotations
 
-from parvagpu.node.agent import (
-    ApplyResult,
-    NodeBusy,
-    NodeStatus,
-    apply_plan,
-    check_placements,
-    node_lock,
-    node_status,
-    teardown,
-)
-from parvagpu.node.executor import ApplyFailed, Executor, RollbackIncomplete
+from parvagpu.node.agent import ApplyResult, NodeBusy, NodeStatus, apply_plan, node_lock, node_status, teardown
+from parvagpu.node.executor import ApplyFailed, RollbackIncomplete
 from parvagpu.node.state import (
     DEFAULT_STATE_ROOT,
     STATE_ENV,
@@ -36,16 +28,14 @@ from parvagpu.node.state import (
     StateEntry,
     default_state_root,
     read_state,
-    state_doc,
     state_from_dict,
 )
-from parvagpu.node.steps import Op, Refused, Step, check_node, diff, doomed, profile_names
-from parvagpu.node.views import GpuView, NodeView, Want, node_wants, plan_nodes, read_node, with_wanted_slots
+from parvagpu.node.steps import Op, Refused, Step, diff, profile_names
+from parvagpu.node.views import GpuView, NodeView, Want, node_wants, plan_nodes
 
 __all__ = [
-    "DEFAULT_STATE_ROOT", "STATE_ENV", "STATE_VERSION", "ApplyFailed", "ApplyResult", "Executor", "GpuView",
-    "NodeBusy", "NodeDirs", "NodeState", "NodeStatus", "NodeView", "Op", "Refused", "RollbackIncomplete",
-    "StateEntry", "Step", "Want", "apply_plan", "check_node", "check_placements", "default_state_root", "diff",
-    "doomed", "node_lock", "node_status", "node_wants", "plan_nodes", "profile_names", "read_node", "read_state",
-    "state_doc", "state_from_dict", "teardown", "with_wanted_slots",
+    "DEFAULT_STATE_ROOT", "STATE_ENV", "STATE_VERSION", "ApplyFailed", "ApplyResult", "GpuView", "NodeBusy",
+    "NodeDirs", "NodeState", "NodeStatus", "NodeView", "Op", "Refused", "RollbackIncomplete", "StateEntry", "Step",
+    "Want", "apply_plan", "default_state_root", "diff", "node_lock", "node_status", "node_wants", "plan_nodes",
+    "profile_names", "read_state", "state_from_dict", "teardown",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.profiler.devices import Device
 from parvagpu.profiler.results import ERROR, OK, OOM, Point, Result, grid, skip_reason, todo
 from parvagpu.profiler.runner import Launcher, Slot
 from parvagpu.profiler.spec import APPROXIMATION, Mode, ModelSpec, Settings
@@ -147,7 +148,7 @@ def _key(p: Point) -> str:
 
 def profile(
     job: Job,
-    device,
+    device: Device,
     launcher: Launcher,
     store: ProfileStore,
     progress: Progress | None = None,
@@ -164,70 +165,94 @@ def profile(
     if not pending:
         summary.complete = True
         return summary
-    results = dict(existing)
-    meta = new_meta(job, meta, system(), libraries())
-    run = {
-        "started": _now(), "ended": None, "outcome": "running",
-        "settings": {
-            "duration_s": job.settings.duration_s, "warmup": job.settings.warmup,
-            "max_latency_ms": None if job.settings.max_latency_s is None else job.settings.max_latency_s * 1000,
-            "sizes": list(job.sizes), "batches": list(job.batches), "procs": list(job.procs),
-            "retry_errors": job.retry_errors,
-        },
-        "measured": [], "skipped": [],
-    }
-    meta["runs"].append(run)
+    log = _RunLog(new_meta(job, meta, system(), libraries()), _run_record(job), summary)
     progress.start(job, len(pending), summary.already)
     try:
-        for size, group in groupby(pending, key=lambda p: p.size):
-            with ExitStack() as stack:
-                slot = None  # made on the first point that is not skipped
-                for point in group:
-                    reason = skip_reason(point, results, job.settings.max_latency_s)
-                    if reason:
-                        result = Result(point, reason, mode=job.mode.value)
-                        progress.begin(point, None)
-                    else:
-                        if slot is None:
-                            slot = stack.enter_context(device.slot(size))
-                        progress.begin(point, slot)
-                        result = launcher.measure(point, slot)
-                    results[point] = result
-                    _record(run, meta, summary, result, reason is not None)
-                    meta["device"] = device.notes()
-                    meta["updated"] = _now()
-                    store.save(results, meta)
-                    progress.end(result)
-        run["outcome"] = "complete"
+        _measure(job, pending, dict(existing), device, launcher, store, progress, log)
+        log.run["outcome"] = "complete"
         summary.complete = True
         return summary
     except KeyboardInterrupt:
-        run["outcome"] = "interrupted"
+        log.run["outcome"] = "interrupted"
         raise ProfileInterrupted(summary) from None
     except BaseException:
-        run["outcome"] = "failed"
+        log.run["outcome"] = "failed"
         raise
     finally:
-        run["ended"] = _now()
+        log.run["ended"] = _now()
         try:
-            if run["measured"] or run["skipped"] or store.meta_path.exists():
-                meta["device"] = device.notes()
-                store.save_meta(meta)
+            if log.run["measured"] or log.run["skipped"] or store.meta_path.exists():
+                log.meta["device"] = device.notes()
+                store.save_meta(log.meta)
         except Exception:  # never hide the error that got us here
             pass
         progress.close()
 
 
-def _record(run: dict, meta: dict, summary: Summary, result: Result, skipped: bool) -> None:
-    key = [result.point.size, result.point.batch, result.point.procs]
-    if skipped:
-        run["skipped"].append(key)
-        summary.skipped += 1
-    else:
-        run["measured"].append(key)
-        summary.measured += 1
-    if result.status in (ERROR, OOM):
-        summary.failed += 1
-        meta["errors"][_key(result.point)] = result.detail or result.status
-    elif result.status == OK:
-        meta["errors"].pop(_key(result.point), None)
+def _run_record(job: Job) -> dict:
+    """This run's entry in the metadata's `runs`: its settings, then what it measured."""
+    s = job.settings
+    return {
+        "started": _now(), "ended": None, "outcome": "running",
+        "settings": {
+            "duration_s": s.duration_s, "warmup": s.warmup,
+            "max_latency_ms": None if s.max_latency_s is None else s.max_latency_s * 1000,
+            "sizes": list(job.sizes), "batches": list(job.batches), "procs": list(job.procs),
+            "retry_errors": job.retry_errors,
+        },
+        "measured": [], "skipped": [],
+    }
+
+
+@dataclass
+class _RunLog:
+    """What a run records as it goes: the metadata (its `runs` ends with this run's record) and
+    the summary returned to the caller."""
+
+    meta: dict
+    run: dict
+    summary: Summary
+
+    def __post_init__(self) -> None:
+        self.meta["runs"].append(self.run)
+
+    def record(self, result: Result, skipped: bool) -> None:
+        key = [result.point.size, result.point.batch, result.point.procs]
+        if skipped:
+            self.run["skipped"].append(key)
+            self.summary.skipped += 1
+        else:
+            self.run["measured"].append(key)
+            self.summary.measured += 1
+        if result.status in (ERROR, OOM):
+            self.summary.failed += 1
+            self.meta["errors"][_key(result.point)] = result.detail or result.status
+        elif result.status == OK:
+            self.meta["errors"].pop(_key(result.point), None)
+
+
+def _measure(
+    job: Job, pending: list[Point], results: dict[Point, Result], device: Device, launcher: Launcher,
+    store: ProfileStore, progress: Progress, log: _RunLog,
+) -> None:
+    """Point by point, one size at a time (its slot made on the first point not skipped and
+    released after the size's last), saving the file after every point."""
+    for size, group in groupby(pending, key=lambda p: p.size):
+        with ExitStack() as stack:
+            slot = None
+            for point in group:
+                reason = skip_reason(point, results, job.settings.max_latency_s)
+                if reason:
+                    result = Result(point, reason, mode=job.mode.value)
+                    progress.begin(point, None)
+                else:
+                    if slot is None:
+                        slot = stack.enter_context(device.slot(size))
+                    progress.begin(point, slot)
+                    result = launcher.measure(point, slot)
+                results[point] = result
+                log.record(result, reason is not None)
+                log.meta["device"] = device.notes()
+                log.meta["updated"] = _now()
+                store.save(results, log.meta)
+                progress.end(result)

@@ -33,7 +33,6 @@ APPROXIMATION = {
     ),
 }
 
-MODEL_KINDS = ("factory", "torchscript", "onnx")
 DTYPES = ("float32", "int64")
 _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")

@@ -20,9 +20,6 @@ from parvagpu.hardware.mig.base import (
 )
 from parvagpu.hardware.mig.fake import FakeBackend, InjectedFailure
 
-BACKENDS = ("nvml", "fake")
-
-
 def open_nvml() -> MigBackend:
     """The real backend. One line when it cannot open: `ParvaError` (exit 2) without nvidia-ml-py,
     `SystemFailure` (exit 4) when NVML or the driver refuses."""
@@ -32,7 +29,7 @@ def open_nvml() -> MigBackend:
 
 
 __all__ = [
-    "BACKENDS", "MPS_SERVER", "MUTATING", "ComputeInstance", "FakeBackend", "GpuInstance", "GpuProcess",
+    "MPS_SERVER", "MUTATING", "ComputeInstance", "FakeBackend", "GpuInstance", "GpuProcess",
     "InjectedFailure", "InsufficientResources", "InUse", "InvalidArgument", "MigBackend", "MigError",
     "NoPermission", "NotFound", "NotSupported", "mutating_calls", "open_nvml",
 ]

@@ -29,7 +29,7 @@ from parvagpu.hardware.mig.base import (
     NotSupported,
 )
 
-FAKE_STATE_VERSION = 1
+FAKE_STATE_VERSION = 1  # of the `--fake-state` file that holds a fake node between commands
 
 
 class InjectedFailure(MigError):
