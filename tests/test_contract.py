@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from parvagpu.cli import app
 from parvagpu.contract.plan_json import plan_from_dict, plan_to_dict, plan_to_json
 from parvagpu.core.gpus import GPU_TYPES
-from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Provenance, Segment, Service, Triplet
 
 positive = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -38,7 +38,11 @@ def plans(draw) -> DeploymentMap:
         gpu_type=gpu.name, strategy=draw(st.sampled_from(("auto", "parva", "optimal", "mig-only"))),
         max_procs=max_procs, gpus_per_node=draw(st.integers(1, 8)), segments=tuple(segments),
         services=services, lower_bound=draw(st.none() | st.integers(0, 6)),
-        stats=tuple((n, draw(positive)) for n in names),
+        stats=tuple((n, draw(positive | st.integers(0, 10**6).map(float))) for n in names),
+        provenance=draw(st.none() | st.builds(
+            Provenance, st.text(max_size=20), st.text("0123456789abcdef", min_size=64, max_size=64),
+            st.just(tuple((m, "ab" * 32) for m in models)), st.none() | st.text(max_size=20),
+        )),
     )
 
 
@@ -70,3 +74,12 @@ def test_planned_plan_round_trips_through_the_cli(strategy):
     assert data["stats"], "every strategy records its figures"
     plan, _ = plan_from_dict(data)
     assert plan_to_dict(plan) == data
+
+
+def test_written_figures_are_rounded_and_integral_stats_are_integers():
+    t = Triplet(1, 1, 1, 5383.360999999999, 5.0)
+    plan = DeploymentMap("A100-80GB", "parva", 3, 8, (PlacedSegment(Segment("a", t), 0, 0),),
+                         (Service("a", 1.0, 10.0),), stats=(("heuristic_gpus", 17.0), ("ms", 0.25)))
+    text = plan_to_json(plan)
+    assert "\"capacity\": 5383.361\n" in text and '"heuristic_gpus": 17,' in text and '"ms": 0.25' in text
+    assert plan_from_dict(json.loads(text))[0] == plan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,7 @@ from parvagpu.core.errors import ParvaError, Unservable
 from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
 from parvagpu.core.model import DeploymentMap
 from parvagpu.fileio.writer import atomic_write
+from parvagpu.inputs.provenance import provenance
 from parvagpu.planning.configurator import split_feasible
 from parvagpu.planning.request import DEFAULT_TIME_LIMIT, PlanRequest
 from parvagpu.planning.strategies import STRATEGIES, plan as make_plan
@@ -52,11 +54,14 @@ def plan(
 ) -> None:
     """Plan segments and exact MIG placements for every service."""
     try:
+        out_kind = None if out is None else _out_format(out, fmt)
         profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
         request = PlanRequest(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, time_limit)
         if skip_infeasible:
             request = _servable(request)
-        _emit(make_plan(request, strategy), fmt, out)
+        result = make_plan(request, strategy)
+        _emit(replace(result, provenance=provenance(profiles, [s.model for s in request.services], profiles_dir)),
+              fmt, out_kind, out)
     except ParvaError as exc:
         fail_on(exc)
 
@@ -71,15 +76,12 @@ def _servable(request: PlanRequest) -> PlanRequest:
     return request
 
 
-def _emit(result: DeploymentMap, fmt: Optional[Format], out: Optional[Path]) -> None:
-    """Write the plan to `out` (JSON or CSV by suffix or --format), else print it to stdout."""
+def _emit(result: DeploymentMap, fmt: Optional[Format], out_kind: Optional[Format], out: Optional[Path]) -> None:
+    """Write the plan to `out` as `out_kind`, else print it to stdout as --format says."""
     if out is not None:
-        kind = fmt or (Format.csv if out.suffix.lower() == ".csv" else Format.json)
-        if kind is Format.table:
-            raise ParvaError("--format table cannot be written to a file; use json or csv")
-        atomic_write(out, plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result))
+        atomic_write(out, plan_to_seed_csv(result) if out_kind is Format.csv else plan_to_json(result))
         err.print(
-            f"wrote {out}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments",
+            f"wrote {escape(str(out))}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments",
             highlight=False,
         )
         return
@@ -90,6 +92,18 @@ def _emit(result: DeploymentMap, fmt: Optional[Format], out: Optional[Path]) -> 
         print_plan(result, Console())
     else:
         sys.stdout.write(plan_to_seed_csv(result) if kind is Format.csv else plan_to_json(result))
+
+
+def _out_format(out: Path, fmt: Optional[Format]) -> Format:
+    """The file's format: its extension says it, and --format, if given, must say the same."""
+    by_suffix = {".json": Format.json, ".csv": Format.csv}.get(out.suffix.lower())
+    if fmt is Format.table:
+        raise ParvaError("--format table cannot be written to a file; use json or csv")
+    if by_suffix is None:
+        raise ParvaError(f"--out {out}: name the file .json (the plan) or .csv (the seed deployment map)")
+    if fmt is not None and fmt is not by_suffix:
+        raise ParvaError(f"--out {out} is a .{by_suffix.value} file but --format is {fmt.value}; make them agree")
+    return by_suffix
 
 
 def gpus() -> None:

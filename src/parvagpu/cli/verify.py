@@ -7,13 +7,16 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from parvagpu.cli.common import (
     ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, err, example_dir, fail_on, load_inputs,
 )
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.model import DeploymentMap
 from parvagpu.inputs.profiles import load_profiles
+from parvagpu.inputs.provenance import EMBEDDED, mismatches
 from parvagpu.verify import verify as verify_plan
 
 
@@ -27,15 +30,20 @@ def verify(
 ) -> None:
     """Check a plan independently: legal placements, admissible segments, capacity >= rate.
 
-    Exit 0 when valid, 1 with the reasons when not, 2 on unreadable input. Without --slo or
-    --services the plan's own services are checked."""
+    Exit 0 when valid, 1 with the reasons when not, 2 on unreadable input or when the plan's
+    profiles cannot be found. Without --profiles, the profiles the plan records it was made with;
+    without --slo, --scenario or --services, the plan's own services."""
     try:
         result, stated = read_plan(plan_file)
+        profiles_dir = _profiles_dir(result, profiles_dir)
         if slo_dir is None and services_file is None and scenario is None:
             profiles = load_profiles(profiles_dir or example_dir() / "profiles")
             services = None
         else:
             profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
+            source = services_file or f"scenario {1 if scenario is None else scenario} of {slo_dir or 'the embedded example'}"
+            err.print(f"checking against the services of {escape(str(source))}, not the plan's own", highlight=False, soft_wrap=True)
+        _check_profiles(result, profiles, profiles_dir)
     except ParvaError as exc:
         fail_on(exc)
     problems = verify_plan(result, profiles, services, stated)
@@ -49,3 +57,36 @@ def verify(
         f"{len(result.services)} services)",
         highlight=False,
     )
+
+
+def _profiles_dir(plan: DeploymentMap, given: Optional[Path]) -> Optional[Path]:
+    """--profiles if given, else the directory the plan records (None: the embedded example)."""
+    rec = plan.provenance
+    if given is not None or rec is None or rec.profiles == EMBEDDED:
+        return given
+    path = Path(rec.profiles)
+    if not path.is_dir():
+        raise ParvaError(
+            f"the plan was made with the profiles in {rec.profiles}, which is not there; "
+            "give --profiles DIR with the same profiles"
+        )
+    err.print(f"profiles: {escape(rec.profiles)} (recorded in the plan)", highlight=False, soft_wrap=True)
+    return path
+
+
+def _check_profiles(plan: DeploymentMap, profiles: dict, profiles_dir: Optional[Path]) -> None:
+    """Bad input, not an invalid plan, when the profiles lack the plan's models; a warning when they
+    differ from those the plan was made with."""
+    where = profiles_dir or "the embedded example"
+    missing = sorted({s.model for s in plan.segments} - set(profiles))
+    if missing:
+        made = "" if plan.provenance is None else f" (the plan was made with {plan.provenance.profiles})"
+        raise ParvaError(
+            f"{where} has no profile for {', '.join(missing)}{made}; give --profiles DIR with the plan's profiles"
+        )
+    if plan.provenance is not None:
+        for m in mismatches(plan.provenance, profiles):
+            err.print(
+                f"[yellow]warning:[/] {escape(m)}: the profile in {escape(str(where))} differs from the one "
+                "the plan was made with (its hash does not match)", highlight=False, soft_wrap=True,
+            )

@@ -8,13 +8,35 @@ from pathlib import Path
 from typing import Any
 
 from parvagpu.core.gpus import gpu_type
-from parvagpu.core.model import PLAN_VERSION, DeploymentMap, PlacedSegment, Segment, Service, Triplet
+from parvagpu.core.model import PLAN_VERSION, DeploymentMap, PlacedSegment, Provenance, Segment, Service, Triplet
 from parvagpu.core.transition import ModelChange, Schedule, Transition
 from parvagpu.core.errors import ParvaError
 from parvagpu.fileio.reader import read_json
 
 def _round(x: float) -> float:
-    return float(f"{x:.6g}") if math.isfinite(x) else x
+    """A derived figure for people (capacity, gap): sums of profiled floats carry binary noise
+    (5383.360999999999); six decimals keep every digit a profile states."""
+    return round(x, 6) if math.isfinite(x) else x
+
+
+def _plain(x: float) -> float | int:
+    """Integer-valued figures are written as integers (17, not 17.0); read back they compare equal."""
+    return int(x) if isinstance(x, float) and x.is_integer() else x
+
+
+def provenance_to_dict(p: Provenance) -> dict[str, Any]:
+    return {"profiles": p.profiles, "sha256": p.sha256, "models": dict(p.models), "measured_on": p.measured_on}
+
+
+def provenance_from_dict(v: Any, where: str) -> Provenance:
+    _need(v, {"profiles", "sha256", "models", "measured_on"}, where, optional={"models", "measured_on"})
+    models = v.get("models", {})
+    if not isinstance(models, dict) or not all(isinstance(h, str) for h in models.values()):
+        raise ParvaError(f"{where}: models must be an object of model names to hashes")
+    on = v.get("measured_on")
+    if not isinstance(v["profiles"], str) or not isinstance(v["sha256"], str) or not (on is None or isinstance(on, str)):
+        raise ParvaError(f"{where}: profiles, sha256 and measured_on must be strings")
+    return Provenance(v["profiles"], v["sha256"], tuple((str(m), h) for m, h in models.items()), on)
 
 
 def plan_to_dict(plan: DeploymentMap) -> dict[str, Any]:
@@ -30,19 +52,21 @@ def plan_to_dict(plan: DeploymentMap) -> dict[str, Any]:
         "max_procs": plan.max_procs,
         "gpus_per_node": plan.gpus_per_node,
         "lower_bound": plan.lower_bound,
-        "gap": gap,
+        "gap": None if gap is None else _round(gap),
         "segments": [_segment(plan, gpu, s) for s in plan.segments],
         "services": [
             {
                 "model": c.service.model,
                 "rate": c.service.rate,
                 "latency_ms": c.service.latency_ms,
-                "capacity": c.capacity,
+                "capacity": _round(c.capacity),
             }
             for c in plan.capacities()
         ],
-        "stats": dict(plan.stats),
+        "stats": {k: _plain(v) for k, v in plan.stats},
     }
+    if plan.provenance is not None:
+        out["provenance"] = provenance_to_dict(plan.provenance)
     if plan.transition is not None:
         out["transition"] = _transition_to_dict(plan, gpu, plan.transition)
     return out
@@ -103,7 +127,7 @@ def plan_to_json(plan: DeploymentMap) -> str:
 
 _TOP_KEYS = {
     "version", "gpus_used", "gpu_type", "strategy", "max_procs", "gpus_per_node",
-    "lower_bound", "gap", "segments", "services", "stats", "transition",
+    "lower_bound", "gap", "segments", "services", "stats", "transition", "provenance",
 }
 _TRANSITION_KEYS = {"kept", "added", "removed", "gpus_touched", "models"}
 _CHANGE_KEYS = {"model", "old_rate", "new_rate", "old_capacity", "new_capacity"}
@@ -145,7 +169,8 @@ def _stats(v: Any, where: str) -> tuple[tuple[str, float], ...]:
 
 def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]:
     """Parse a plan JSON object strictly; returns the map and the `gpus_used` it states."""
-    _need(data, _TOP_KEYS, source, optional={"lower_bound", "gap", "stats", "gpus_per_node", "transition"})
+    _need(data, _TOP_KEYS, source,
+          optional={"lower_bound", "gap", "stats", "gpus_per_node", "transition", "provenance"})
     if data["version"] != PLAN_VERSION:
         raise ParvaError(f"{source}: unsupported plan version {data['version']!r}")
     gpu = gpu_type(str(data["gpu_type"]))
@@ -173,6 +198,8 @@ def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]
         stats=stats,
         transition=_read_transition(data["transition"], f"{source}: transition", per_node)
         if data.get("transition") is not None else None,
+        provenance=None if data.get("provenance") is None
+        else provenance_from_dict(data["provenance"], f"{source}: provenance"),
     )
     return plan, _int(data["gpus_used"], f"{source}: gpus_used")
 

@@ -138,6 +138,18 @@ class ServiceCapacity:
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where a plan's profiles came from: the directory (or the embedded example), a SHA-256 of
+    each planned model's profile points and of all of them, and the GPU they were measured on when
+    the profiler's metadata says so. `verify` uses it to find and match the same profiles."""
+
+    profiles: str
+    sha256: str
+    models: tuple[tuple[str, str], ...] = ()
+    measured_on: str | None = None
+
+
+@dataclass(frozen=True)
 class DeploymentMap:
     """The planner's output: every segment with its exact placement.
 
@@ -157,6 +169,7 @@ class DeploymentMap:
     lower_bound: int | None = None
     stats: tuple[tuple[str, float], ...] = field(default=())
     transition: Transition | None = None
+    provenance: Provenance | None = None
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.segments, key=lambda s: (s.gpu, s.start, s.model)))
