@@ -7,6 +7,7 @@ import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_contract import plans
 from typer.testing import CliRunner
 
 from parvagpu.cli import app
@@ -15,7 +16,6 @@ from parvagpu.core.gpus import GPU_TYPES
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.planning.transition import schedule, transition
 from parvagpu.verify import verify_schedule
-from test_contract import plans
 
 MODELS = ("a", "b", "c", "d")
 
@@ -111,7 +111,7 @@ def test_a_forced_dip_is_short_and_reported_and_a_spare_gpu_avoids_it():
 def test_verify_schedule_catches_a_break_before_make():
     old, new = _swap_pair()
     t = transition(old, new)
-    from parvagpu.core.transition import Step
+    from parvagpu.core.model import Step
 
     wrong = [Step("create", t.added[0])] + [Step("remove", r) for r in t.removed]
     problems = verify_schedule(old, new, wrong)

@@ -7,11 +7,22 @@ import math
 from pathlib import Path
 from typing import Any
 
-from parvagpu.core.gpus import gpu_type
-from parvagpu.core.model import PLAN_VERSION, DeploymentMap, PlacedSegment, Provenance, Segment, Service, Triplet
-from parvagpu.core.transition import ModelChange, Schedule, Transition
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import (
+    PLAN_VERSION,
+    DeploymentMap,
+    ModelChange,
+    PlacedSegment,
+    Provenance,
+    Schedule,
+    Segment,
+    Service,
+    Transition,
+    Triplet,
+)
 from parvagpu.fileio.reader import read_json
+
 
 def _round(x: float) -> float:
     """A derived figure for people (capacity, gap): sums of profiled floats carry binary noise
@@ -105,7 +116,7 @@ def schedule_to_dict(plan: DeploymentMap, t: Transition, sched: Schedule) -> dic
 
 
 def _transition_to_dict(plan: DeploymentMap, gpu, t: Transition) -> dict[str, Any]:
-    """The `transition` section: what changes from the running plan (see core.transition)."""
+    """The `transition` section: what changes from the running plan (see the transition values in core/model.py)."""
     return {
         "kept": t.kept,
         "added": [_segment(plan, gpu, s) for s in t.added],

@@ -24,9 +24,17 @@ from fractions import Fraction
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import GpuType, gpu_type
-from parvagpu.core.model import DeploymentMap, PlacedSegment, Service
-from parvagpu.core.transition import Dip, ModelChange, Schedule, Step, Transition, segment_key
-
+from parvagpu.core.model import (
+    DeploymentMap,
+    Dip,
+    ModelChange,
+    PlacedSegment,
+    Schedule,
+    Service,
+    Step,
+    Transition,
+    segment_key,
+)
 
 
 def _exact(x: float) -> Fraction:

@@ -7,8 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parvagpu.core.gpus import gpu_type
-from parvagpu.core.model import DeploymentMap
-from parvagpu.core.transition import Schedule, Transition
+from parvagpu.core.model import DeploymentMap, Schedule, Transition
 
 
 def print_schedule(new: DeploymentMap, t: Transition, sched: Schedule, console: Console) -> None:
