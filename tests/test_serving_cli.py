@@ -76,5 +76,10 @@ def test_serve_needs_a_models_entry_per_model(plan_file, tmp_path):
     cfg.write_text("models:\n  bert: {factory: 'a.b:c', shape: [1]}\n")
     r = _run("serve", str(plan_file), "--models", str(cfg))
     assert r.exit_code == 2 and "no entry for" in r.output
-    r = _run("serve", str(plan_file))
+    # without --models the example's config is used, but only when it has every model of the plan
+    other = tmp_path / "other.json"
+    other.write_text(plan_file.read_text().replace('"bert"', '"mybert"'))
+    r = _run("serve", str(other))
     assert r.exit_code == 2 and "--models" in r.output
+    r = _run("serve", str(plan_file), "--max-replicas", "0")
+    assert r.exit_code == 2 and "max replicas" in r.output

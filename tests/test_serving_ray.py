@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 if not (os.environ.get("CI") or os.environ.get("PARVAGPU_RAY_TESTS")):
@@ -43,8 +44,11 @@ PLAN = DeploymentMap(
 )
 DEPTH = 4  # in-flight limits: 4 * 2 * 2 = 16 and 4 * 2 * 1 = 8 for sleepy
 MODELS = parse_models({
-    "sleepy": {"factory": "parvagpu.serving.workers:sleep_model", "shape": [4], "args": {"ms_per_batch": 100}},
-    "mlp": {"factory": "parvagpu.serving.workers:numpy_mlp", "shape": [3, 8, 8]},
+    "sleepy": {"factory": "parvagpu.serving.workers:sleep_model", "args": {"ms_per_batch": 100},
+               "inputs": [{"name": "x", "datatype": "FP32", "shape": [4]}],
+               "outputs": [{"name": "sum", "datatype": "FP32", "shape": [1]}]},
+    "mlp": {"factory": "parvagpu.serving.workers:numpy_mlp", "shape": [3, 8, 8],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [10]}]},
 })
 
 
@@ -120,3 +124,44 @@ def _replicas(segment: str) -> list[str]:
         a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
         if a["name"].startswith("SERVE_REPLICA") and f"#{segment}#" in a["name"]
     )
+
+
+def test_oip_with_tritonclient_json_and_binary_batched_and_exact(served):
+    """The Triton client library, JSON and binary tensors, many requests at once: every output equals
+    a direct call of the model on the same input, and requests were batched together."""
+    http = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    from parvagpu.serving.workers import build_runner
+
+    url, _ = served
+    client = http.InferenceServerClient(url.removeprefix("http://"), concurrency=16)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mlp")
+    meta = client.get_model_metadata("mlp")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 8, 8]}]
+    direct = {m: build_runner(MODELS[m], 8).model for m in ("mlp", "sleepy")}
+    rng = np.random.default_rng(5)
+    jobs = []
+    for k in range(48):
+        model, name, out = ("mlp", "input", "logits") if k % 2 else ("sleepy", "x", "sum")
+        n = 1 + k % 2 if model == "sleepy" else 1 + k % 3  # several items in one request too
+        x = rng.standard_normal((n, *MODELS[model].inputs[0].shape)).astype(np.float32)
+        binary = k % 4 < 2
+        inp = http.InferInput(name, list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        req = client.async_infer(model, [inp], request_id=str(k),
+                                 outputs=[http.InferRequestedOutput(out, binary_data=binary)])
+        jobs.append((model, out, x, req))
+    batches = {"mlp": 0, "sleepy": 0}
+    for model, out, x, req in jobs:
+        res = req.get_result()
+        np.testing.assert_allclose(res.as_numpy(out), direct[model](x), rtol=1e-5, atol=1e-5)
+        batches[model] = max(batches[model], res.get_response()["parameters"]["batch"])
+    assert batches["sleepy"] > 1 and batches["mlp"] > 1, batches
+    bad = http.InferInput("x", [1, 5], "FP32")
+    bad.set_data_from_numpy(np.ones((1, 5), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="shape"):
+        client.infer("sleepy", [bad])
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.infer("nope", [bad])
+    client.close()

@@ -14,7 +14,8 @@ from parvagpu.fileio.writer import atomic_write
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.errors import ParvaError
 
-MODELS_HELP = "Models config (YAML/JSON): model name -> {factory: pkg.mod:fn, shape: [...]} (see docs/serving.md)."
+MODELS_HELP = ("Models config (YAML/JSON): model name -> {factory: pkg.mod:fn, inputs, outputs} (see docs/serving.md); "
+               "default: the embedded example's, when it has every model of the plan.")
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -161,21 +162,29 @@ def serve(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: start a local one)."),
     depth: Optional[int] = typer.Option(None, "--depth", help="Admission queue depth in batch rounds (default: from the SLO)."),
     wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", help="Batch wait for every segment (default: from the SLO)."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", help="Serve at this fraction of the planned rates."),
+    max_segments: Optional[int] = typer.Option(None, "--max-segments", help="Serve at most K segments per model "
+                                               "(the fastest): a small machine cannot hold a GPU plan."),
+    max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="At most R replicas per segment."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body; beyond it 413."),
 ) -> None:
-    """Serve a plan on Ray Serve: HTTP POST /v1/models/<model>/infer, until Ctrl-C.
+    """Serve a plan on Ray Serve: the Open Inference Protocol at /v2 (real tensors), until Ctrl-C.
 
     A deployment per segment (replicas = procs, dynamic batching up to the batch size), and per
     model a throughput-weighted router with admission: beyond capacity, a fast 503."""
     try:
-        spec, models, pins = _serving_inputs(plan_file, models_file, node_state, depth, wait_ms)
+        spec, models, pins = _serving_inputs(plan_file, models_file, node_state, depth, wait_ms, rate_scale,
+                                             max_segments, max_replicas)
+        if not max_body_mb > 0:
+            raise ParvaError(f"--max-body-mb must be positive, got {max_body_mb}")
         from parvagpu.serving.app import serve_app
 
-        serve_app(spec, models, pins, host=host, port=port, address=address)
+        serve_app(spec, models, pins, host=host, port=port, address=address, max_body=int(max_body_mb * 2**20))
     except ParvaError as exc:
         fail_on(exc)
     err.print(
         f"serving {len(spec)} models, {sum(len(m.segments) for m in spec.values())} segments at "
-        f"http://{host}:{port}/v1/models/<model>/infer (Ctrl-C to stop)",
+        f"http://{host}:{port}/v2/models/<model>/infer (Ctrl-C to stop)",
         highlight=False,
     )
     _wait_for_stop()
@@ -184,21 +193,33 @@ def serve(
 
 
 def _serving_inputs(plan_file: Path, models_file: Optional[Path], node_state: Optional[List[Path]],
-                    depth: Optional[int], wait_ms: Optional[float]):
+                    depth: Optional[int], wait_ms: Optional[float], rate_scale: float = 1.0,
+                    max_segments: Optional[int] = None, max_replicas: Optional[int] = None):
     """Everything `serve` checks before starting Ray: (serving spec, models config, pins)."""
     from parvagpu.serving.pinning import pins
-    from parvagpu.serving.policy import serving_spec
-    from parvagpu.serving.workers import read_models
+    from parvagpu.serving.policy import reduce_spec, serving_spec
 
     plan = read_plan(plan_file)[0]
+    models = _models_config(models_file, {s.model for s in plan.services})
+    spec = serving_spec(plan, rate_scale, depth, None if wait_ms is None else wait_ms / 1000.0)
+    spec = reduce_spec(spec, max_segments, max_replicas)
+    return spec, models, pins(spec, _node_states(node_state or []))
+
+
+def _models_config(models_file: Optional[Path], needed: set):
+    """The given models config, or the packaged one of the embedded example when it has every model."""
+    from parvagpu.serving.workers import read_models
+
     if models_file is None:
-        raise ParvaError("--models CONFIG is required: it says how to load each model")
+        packaged = example_dir() / "models.yaml"
+        if not needed <= set(read_models(packaged)):
+            raise ParvaError("--models CONFIG is required: it says how to load each model")
+        models_file = packaged
     models = read_models(models_file)
-    missing = sorted({s.model for s in plan.services} - set(models))
+    missing = sorted(needed - set(models))
     if missing:
         raise ParvaError(f"{models_file}: no entry for: {', '.join(missing)}")
-    spec = serving_spec(plan, 1.0, depth, None if wait_ms is None else wait_ms / 1000.0)
-    return spec, models, pins(spec, _node_states(node_state or []))
+    return models
 
 
 def _node_states(paths: List[Path]) -> list:

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.serving.ingress import MAX_BODY_BYTES
 from parvagpu.serving.pinning import Pin
 from parvagpu.serving.policy import ModelSpec
 from parvagpu.serving.workers import WorkerModel
@@ -59,7 +60,8 @@ def _segment_worker():
 
     @serve.deployment
     class SegmentWorker:
-        """One replica (MPS process) of a segment: dynamic batching, the model call in a thread."""
+        """One replica (MPS process) of a segment: dynamic batching counted in items, the model
+        call in a thread, each caller answered with its own rows."""
 
         def __init__(self, segment: str, model: str, cfg: dict, batch: int, wait_s: float, size: int) -> None:
             from parvagpu.serving.workers import build_runner
@@ -71,17 +73,32 @@ def _segment_worker():
             self.infer.set_batch_wait_timeout_s(wait_s)
 
         @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.0)
-        async def infer(self, arrivals: list[float]) -> list[dict]:
-            started = time.perf_counter()
-            k = len(arrivals)
-            compute = await asyncio.get_running_loop().run_in_executor(None, self.run, k)
-            return [
-                {"queue_ms": 1000.0 * (started - a), "compute_ms": 1000.0 * compute, "batch": k}
-                for a in arrivals
-            ]
+        async def infer(self, items: list) -> list[dict]:
+            from parvagpu.serving.workers import run_batch
+
+            return await asyncio.get_running_loop().run_in_executor(None, run_batch, self.run, items)
 
         async def __call__(self, payload: Any = None) -> dict:
-            return await self.infer(time.perf_counter())
+            """A synthetic request: one item of the replica's built-in inputs."""
+            from parvagpu.serving.workers import Item
+
+            return await self.infer(Item(time.perf_counter(), None))
+
+        async def predict(self, inputs: dict, n: int) -> dict:
+            """A real request of n items: the pre hook, its n items through the batch queue, the
+            post hook on its own rows."""
+            from parvagpu.serving.workers import Item, finish, merge, prepare, split
+
+            arrived = time.perf_counter()
+            try:
+                if self.run.pre is not None:
+                    inputs = await asyncio.get_running_loop().run_in_executor(None, prepare, self.run, inputs, n)
+                res = merge(await asyncio.gather(*(self.infer(Item(arrived, x)) for x in split(inputs, n))))
+                if "outputs" in res:
+                    res["outputs"] = finish(self.run, res["outputs"])
+            except Exception as exc:  # a hook's failure answers this request only
+                return {"error": f"{type(exc).__name__}: {exc}"}
+            return res
 
         def pid(self) -> int:
             return os.getpid()
@@ -96,42 +113,62 @@ def _plan_ingress():
     class PlanIngress:
         """The HTTP ingress: `ingress.Ingress` behind Ray Serve."""
 
-        def __init__(self, spec: dict, handles: dict) -> None:
+        def __init__(self, spec: dict, handles: dict, signatures: dict, max_body: int) -> None:
+            from parvagpu import __version__
             from parvagpu.serving.ingress import Ingress
 
-            self.ingress = Ingress(spec, handles)
+            self.ingress = Ingress(spec, handles, signatures, max_body, __version__)
 
         async def infer(self, model: str, payload: Any = None) -> tuple[int, dict]:
-            """(HTTP status, body) for one request: the Python-handle entry point too."""
+            """(HTTP status, body) for one synthetic request: the Python-handle entry point too."""
             return await self.ingress.infer(model, payload)
 
+        async def infer_tensors(self, model: str, inputs: dict, outputs: list | None = None) -> tuple[int, dict]:
+            """Python handle: named arrays in, (status, {"outputs": named arrays, timings} or
+            {"error"}) out, checked like an OIP request."""
+            from parvagpu.serving.ingress import InferRequest, OipError
+
+            try:
+                status, res, names = await self.ingress.infer_tensors(
+                    model, InferRequest(inputs, outputs=None if outputs is None else tuple(outputs)))
+            except OipError as exc:
+                return exc.status, {"error": str(exc)}
+            if status == 200:
+                res["outputs"] = {k: res["outputs"][k] for k in names}
+            return status, res
+
         async def __call__(self, request):
-            return await _http(self.ingress, request)
+            from starlette.responses import Response
+
+            body = await _read_body(request, self.ingress.max_body)
+            if body is None:
+                reply = _too_large(self.ingress.max_body)
+            else:
+                reply = await self.ingress.http(request.method, request.url.path, request.headers, body)
+            return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
     return PlanIngress
 
 
-async def _http(ingress, request):
-    """HTTP routes, matched by hand: cheaper per request than a web framework's router."""
-    from starlette.responses import JSONResponse
+async def _read_body(request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
-    path = request.url.path.rstrip("/")
-    parts = path.split("/")
-    if request.method == "POST" and len(parts) == 5 and parts[1:3] == ["v1", "models"] and parts[4] == "infer":
-        payload = None
-        body = await request.body()
-        if body:
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                return JSONResponse({"error": "body is not JSON"}, status_code=400)
-        status, out = await ingress.infer(parts[3], payload)
-        return JSONResponse(out, status_code=status)
-    if request.method == "GET" and path == "/v1/models":
-        return JSONResponse(ingress.models_doc())
-    if request.method == "GET" and path == "/v1/stats":
-        return JSONResponse(ingress.stats_doc())
-    return JSONResponse({"error": f"no route {request.method} {path}"}, status_code=404)
+
+def _too_large(limit: int):
+    from parvagpu.serving.ingress import Reply
+
+    return Reply(413, json.dumps({"error": f"request body exceeds {limit} bytes"}).encode(),
+                 {"content-type": "application/json"})
 
 
 def spec_to_dict(spec: dict[str, ModelSpec]) -> dict:
@@ -148,7 +185,8 @@ def spec_to_dict(spec: dict[str, ModelSpec]) -> dict:
     }
 
 
-def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: dict[str, Pin] | None = None):
+def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: dict[str, Pin] | None = None,
+              max_body: int = MAX_BODY_BYTES):
     """The Ray Serve application (`Application`) for a serving spec."""
     _require_ray()
     missing = sorted(set(spec) - set(models))
@@ -175,7 +213,7 @@ def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: 
             ).bind(seg.name, model, cfg, seg.batch, seg.wait_s, seg.size)
     cap = front_door_limit(spec)
     return PlanIngress.options(max_ongoing_requests=cap, max_queued_requests=FRONT_QUEUE).bind(
-        spec_to_dict(spec), handles
+        spec_to_dict(spec), handles, {m: models[m].signature for m in spec}, max_body
     )
 
 
@@ -202,6 +240,7 @@ def serve_app(
     host: str = "127.0.0.1",
     port: int = 8000,
     address: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
 ):
     """Start (or join) Ray, start Serve on host:port and deploy the plan; returns the ingress handle."""
     _require_ray()
@@ -220,4 +259,4 @@ def serve_app(
         ray.init(address=address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True)
     serve.start(http_options={"host": host, "port": port})
-    return serve.run(build_app(spec, models, pins), name=APP, route_prefix="/")
+    return serve.run(build_app(spec, models, pins, max_body), name=APP, route_prefix="/")

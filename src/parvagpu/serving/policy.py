@@ -22,7 +22,7 @@ serving side keeps that promise:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from parvagpu.core.model import DeploymentMap
 from parvagpu.core.errors import ParvaError
@@ -141,6 +141,31 @@ def serving_spec(
     return out
 
 
+def reduce_spec(spec: dict[str, ModelSpec], max_segments: int | None = None,
+                max_replicas: int | None = None) -> dict[str, ModelSpec]:
+    """The spec on a smaller machine: per model at most `max_segments` segments (the fastest), each
+    with at most `max_replicas` processes; throughputs and in-flight limits shrink in proportion, the
+    routing shares follow the throughputs, batch sizes and waits stay as planned."""
+    for what, v in (("max segments", max_segments), ("max replicas", max_replicas)):
+        if v is not None and v < 1:
+            raise ParvaError(f"{what} must be >= 1, got {v}")
+    out = {}
+    for model, ms in spec.items():
+        segs = sorted(ms.segments, key=lambda s: (-s.throughput, s.name))[:max_segments or len(ms.segments)]
+        segs = [s for s in ms.segments if s in segs]  # keep the plan's order
+        if max_replicas is not None:
+            segs = [_fewer_procs(s, min(s.procs, max_replicas)) for s in segs]
+        total = sum(s.throughput for s in segs)
+        segs = [replace(s, rate=ms.rate * s.throughput / total) for s in segs]
+        out[model] = replace(ms, segments=tuple(segs))
+    return out
+
+
+def _fewer_procs(s: SegmentSpec, procs: int) -> SegmentSpec:
+    """The segment with `procs` processes: throughput and limit (D x batch x procs) in proportion."""
+    return replace(s, procs=procs, throughput=s.throughput * procs / s.procs, limit=s.limit // s.procs * procs)
+
+
 class Admission:
     """In-flight counters per segment of one model, with their limits.
 
@@ -166,19 +191,20 @@ class Admission:
         self.alpha = alpha
         self.batch_ms: list[float | None] = [None] * len(limits)
 
-    def has_room(self, i: int) -> bool:
-        return self.inflight[i] < self.limits[i]
+    def has_room(self, i: int, n: int = 1) -> bool:
+        """Whether segment i can take n more items (a request of n items counts n)."""
+        return self.inflight[i] + n <= self.limits[i]
 
-    def try_acquire(self, i: int) -> bool:
-        if self.inflight[i] >= self.limits[i]:
+    def try_acquire(self, i: int, n: int = 1) -> bool:
+        if not self.has_room(i, n):
             return False
-        self.inflight[i] += 1
+        self.inflight[i] += n
         return True
 
-    def release(self, i: int) -> None:
-        if self.inflight[i] <= 0:
-            raise RuntimeError(f"release of segment {i} with nothing in flight")
-        self.inflight[i] -= 1
+    def release(self, i: int, n: int = 1) -> None:
+        if self.inflight[i] < n:
+            raise RuntimeError(f"release of {n} on segment {i} with {self.inflight[i]} in flight")
+        self.inflight[i] -= n
 
     def observe(self, i: int, batch_ms: float) -> None:
         """Record one measured batch time of segment i and update its limit."""
