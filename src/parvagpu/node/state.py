@@ -18,6 +18,7 @@ from typing import Any
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.fileio.reader import read_json
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.gpus import GpuType, gpu_type
 
 STATE_VERSION = 1
 STATE_ENV = "PARVAGPU_STATE_DIR"
@@ -88,23 +89,82 @@ def state_doc(state: NodeState) -> dict[str, Any]:
             "gpus_per_node": state.gpus_per_node, "segments": [dataclasses.asdict(e) for e in state.segments]}
 
 
+_TOP_KEYS = frozenset({"version", "node", "gpu_type", "gpus_per_node", "segments"})
+_SEGMENT_KEYS = frozenset(StateEntry.__dataclass_fields__)
+
+
 def state_from_dict(data: Any, source: str) -> NodeState:
-    """Strict reader of a node state file."""
-    keys = {"version", "node", "gpu_type", "gpus_per_node", "segments"}
-    seg_keys = {f for f in StateEntry.__dataclass_fields__}
-    if not isinstance(data, dict) or set(data) != keys:
-        raise ParvaError(f"{source}: not a node state file (expected keys {', '.join(sorted(keys))})")
-    if data["version"] != STATE_VERSION:
+    """Strict reader of a node state file: exact keys, JSON types, ranges, and segments that the
+    node's GPU type can hold (a known profile at a legal start of a GPU of the node, no overlap)."""
+    if not isinstance(data, dict) or set(data) != _TOP_KEYS:
+        raise ParvaError(f"{source}: not a node state file (expected keys {', '.join(sorted(_TOP_KEYS))})")
+    if _int(data["version"]) != STATE_VERSION:
         raise ParvaError(f"{source}: unsupported node state version {data['version']!r}")
-    segs = []
-    for i, e in enumerate(data["segments"] if isinstance(data["segments"], list) else [None]):
-        if not isinstance(e, dict) or set(e) != seg_keys:
-            raise ParvaError(f"{source}: segment {i} is malformed")
-        try:
-            segs.append(StateEntry(**e))
-        except TypeError as exc:
-            raise ParvaError(f"{source}: segment {i}: {exc}") from None
-    return NodeState(int(data["node"]), str(data["gpu_type"]), int(data["gpus_per_node"]), tuple(segs))
+    node = _checked_int(data["node"], f"{source}: node", 0)
+    if not isinstance(data["gpu_type"], str):
+        raise ParvaError(f"{source}: gpu_type must be a string, got {data['gpu_type']!r}")
+    try:
+        gpu = gpu_type(data["gpu_type"])
+    except ParvaError as exc:
+        raise ParvaError(f"{source}: {exc}") from None
+    per_node = _checked_int(data["gpus_per_node"], f"{source}: gpus_per_node", 1)
+    if not isinstance(data["segments"], list):
+        raise ParvaError(f"{source}: segments must be a list")
+    segs = tuple(_entry(e, f"{source}: segment {i}", gpu, per_node) for i, e in enumerate(data["segments"]))
+    _check_overlaps(segs, gpu, source)
+    return NodeState(node, data["gpu_type"], per_node, segs)
+
+
+def _int(value: Any) -> int | None:
+    """A JSON integer (not a boolean, not a float), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _checked_int(value: Any, where: str, low: int, high: int | None = None) -> int:
+    n = _int(value)
+    if n is None:
+        raise ParvaError(f"{where} must be an integer, got {value!r}")
+    if n < low or (high is not None and n > high):
+        span = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ParvaError(f"{where} must be {span}, got {n}")
+    return n
+
+
+def _checked_str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ParvaError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _entry(e: Any, where: str, gpu: GpuType, per_node: int) -> StateEntry:
+    """One segment: a known profile of the node's GPU type, on a GPU of the node, at a legal start."""
+    if not isinstance(e, dict) or set(e) != _SEGMENT_KEYS:
+        raise ParvaError(f"{where} is malformed (expected keys {', '.join(sorted(_SEGMENT_KEYS))})")
+    ints = {k: _checked_int(e[k], f"{where}: {k}", 0) for k in ("gpu", "start", "size", "profile_id", "gi_id", "ci_id")}
+    ints.update({k: _checked_int(e[k], f"{where}: {k}", 1) for k in ("batch", "procs")})
+    strs = {k: _checked_str(e[k], f"{where}: {k}") for k in ("model", "profile", "mig_uuid", "mps_pipe_dir", "mps_log_dir")}
+    if ints["gpu"] >= per_node:
+        raise ParvaError(f"{where}: gpu {ints['gpu']} is not a GPU of the node (gpus_per_node {per_node})")
+    if not gpu.has_size(ints["size"]):
+        raise ParvaError(f"{where}: {gpu.name} has no {ints['size']}g instance (sizes: {gpu.sizes})")
+    prof = gpu.profile(ints["size"])
+    if (strs["profile"], ints["profile_id"]) != (prof.name, prof.profile_id):
+        raise ParvaError(
+            f"{where}: profile {strs['profile']!r} (id {ints['profile_id']}) is not {gpu.name}'s "
+            f"{ints['size']}g profile ({prof.name}, id {prof.profile_id})"
+        )
+    if ints["start"] not in prof.starts:
+        raise ParvaError(f"{where}: {prof.name} cannot start at slot {ints['start']} (legal: {list(prof.starts)})")
+    return StateEntry(**{k: e[k] for k in StateEntry.__dataclass_fields__})
+
+
+def _check_overlaps(segs: tuple[StateEntry, ...], gpu: GpuType, source: str) -> None:
+    used: dict[int, int] = {}
+    for i, e in enumerate(segs):
+        mask = gpu.mask(e.size, e.start)
+        if used.get(e.gpu, 0) & mask:
+            raise ParvaError(f"{source}: segment {i}: {e.profile}@{e.start} overlaps another segment on gpu {e.gpu}")
+        used[e.gpu] = used.get(e.gpu, 0) | mask
 
 
 def read_state(path: Path) -> NodeState | None:
