@@ -152,7 +152,7 @@ def test_injected_failure_rolls_back_through_the_cli(tmp_path, s6, s5, node, mon
         (["apply", "{bad}", "--node", 0, "--backend", "fake"], "invalid JSON"),
         (["apply", "{illegal}", "--node", 0, "--backend", "fake"], "cannot start at slot"),
         (["apply", "{s6}", "--node", 0, "--backend", "fake", "--fake-gpus", 2], "which has 2 GPU"),
-        (["apply", "{s6}", "--node", 0, "--backend", "fake", "--fake-state", "{bad}"], "fake node state"),
+        (["apply", "{s6}", "--node", 0, "--backend", "fake", "--fake-state", "{bad}"], "bad.json: invalid JSON"),
         (["status", "--node", 0, "--backend", "fake", "--plan", "{bad}"], "invalid JSON"),
         (["export", "k8s", "{missing}", "--out", "{out}"], "cannot read plan"),
         (["export", "k8s", "{s6}", "--out", "{s6}"], "not a directory"),
@@ -276,3 +276,42 @@ def test_real_process_exit_code(tmp_path, s6):
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr and "no node 9" in r.stderr
+
+
+def test_fake_state_that_cannot_be_saved_is_refused_before_anything_changes(tmp_path, s6):
+    """The fake node's file is checked first: a missing directory or a non-file in its place is
+    one line, exit 2, and no node state is written."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "link.json").symlink_to(tmp_path / "elsewhere.json")
+    for fake_state in (tmp_path / "missing" / "f.json", tmp_path / "adir", tmp_path / "link.json"):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        r = run("apply", s6, "--node", 0, "--backend", "fake", "--fake-state", fake_state, "--state-dir", tmp_path / "st")
+        line = one_error_line(r)
+        assert "--fake-state" in line
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (tmp_path / "elsewhere.json").exists()
+
+
+def test_fake_gpus_is_bounded(tmp_path, s6):
+    r = run("apply", s6, "--node", 0, "--backend", "fake", "--fake-gpus", 1_000_000_000, "--state-dir", tmp_path / "st")
+    assert "a fake node has 1..1024 GPUs" in one_error_line(r)
+
+
+def test_commands_on_one_fake_state_file_take_turns(tmp_path, s6, node):
+    """An apply waits while another command holds the fake node's file, so no update is lost."""
+    import fcntl
+    import os
+    import threading
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("r", run("apply", s6, *node)))
+    t.start()
+    t.join(timeout=1.5)
+    waited = t.is_alive()
+    os.close(fd)  # releases the lock
+    t.join(timeout=60)
+    assert waited, "apply did not wait for the fake node's lock"
+    assert result["r"].exit_code == 0, result["r"].output
+    assert (tmp_path / "fake.json").exists()

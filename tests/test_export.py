@@ -253,3 +253,49 @@ def test_write_files_refuses_a_file_as_directory(tmp_path, plan):
     out = write_files(tmp_path / "a" / "b", mig_parted_files(plan, "p"))
     assert {p.name for p in out} == {"mig-parted.yaml", "mig-parted-configmap.yaml", "node-labels.yaml", "mig-config-labels.sh"}
     assert os.access(tmp_path / "a" / "b" / "mig-config-labels.sh", os.X_OK)
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("verb", ["k8s", "mig-parted"])
+def test_export_writes_all_files_or_none(tmp_path, verb, monkeypatch):
+    """A target that cannot be written (a directory in its place, or a rename that fails midway)
+    leaves no file of the export behind, and keeps the files that were there."""
+    from apply_support import write_plan
+    from typer.testing import CliRunner
+
+    from parvagpu.cli import app
+
+    plan = write_plan(scenario_plan(6), tmp_path / "s6.json")
+    runner = CliRunner()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    blocked = "node-labels.yaml" if verb == "mig-parted" else "node-selector-labels.sh"
+    (out / blocked).mkdir()
+    r = runner.invoke(app, ["export", verb, str(plan), "--out", str(out)])
+    assert r.exit_code == 2 and "is not a regular file" in r.stderr and "nothing written" in r.stderr, r.output
+    assert _tree(out) == ["keep.txt", blocked]
+    (out / blocked).rmdir()
+
+    real_replace, calls = os.replace, []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    fresh = tmp_path / "new" / "dir"
+    for target in (out, fresh):
+        calls.clear()
+        r = runner.invoke(app, ["export", verb, str(plan), "--out", str(target)])
+        assert r.exit_code == 2 and "No space left on device" in r.stderr and "nothing written" in r.stderr, r.output
+    assert _tree(out) == ["keep.txt"]
+    assert not (tmp_path / "new").exists()  # directories it made are removed again
+    monkeypatch.setattr(os, "replace", real_replace)
+    r = runner.invoke(app, ["export", verb, str(plan), "--out", str(out)])
+    assert r.exit_code == 0 and len(_tree(out)) > 3 and not [p for p in _tree(out) if p.endswith(".tmp")]

@@ -206,15 +206,18 @@ def test_parse_model_dtype_and_shape_forms():
 
 def test_parse_ints_and_names_and_settings():
     assert parse_ints("4,1,2,1", "--batches") == (1, 2, 4)
-    for bad in ("1,a", "0", "", "-1", "1.5"):
+    for bad in ("1,a", "0", "", "-1", "1.5", "\u00b2", "\u0663", "1e9", str(2**20 + 1), "9" * 40):
         with pytest.raises(ParvaError, match="--batches"):
             parse_ints(bad, "--batches")
     assert check_name("resnet50") == "resnet50"
     for bad in ("a/b", "", "../x", "m.meta"):
         with pytest.raises(ParvaError, match="--name"):
             check_name(bad)
-    with pytest.raises(ParvaError, match="--duration"):
-        Settings(duration_s=0)
+    for bad in (0, float("inf"), float("nan"), 1e9):
+        with pytest.raises(ParvaError, match="--duration"):
+            Settings(duration_s=bad)
+    with pytest.raises(ParvaError, match="--timeout"):
+        Settings(timeout_s=float("inf"))
     with pytest.raises(ParvaError, match="--warmup"):
         Settings(warmup=-1)
     with pytest.raises(ParvaError, match="--max-latency"):

@@ -7,7 +7,9 @@ found drift), 2 bad input, 4 the hardware or the system failed.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -19,6 +21,7 @@ from rich.table import Table
 
 from parvagpu import node as agent
 from parvagpu.cli.common import fail_on
+from parvagpu.fileio.reader import read_json
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.gpus import DEFAULT_GPU
@@ -52,16 +55,42 @@ DryRunOpt = typer.Option(False, "--dry-run", help="Print the ordered steps; chan
 
 def _load_fake(path: Optional[Path], type_name: str, gpus: int) -> tuple[FakeBackend, FakeMps]:
     if path is not None and path.exists():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ParvaError(f"{path}: cannot read fake node state: {exc}") from None
+        data = read_json(path, "fake node state")
         if not isinstance(data, dict) or data.get("version") != FAKE_STATE_VERSION:
             raise ParvaError(f"{path}: not a fake node state file (version {FAKE_STATE_VERSION})")
         fake = FakeBackend.from_dict(data.get("mig"), str(path))
         return fake, FakeMps.from_dict(data.get("mps"), fake, str(path))
     fake = FakeBackend(type_name, gpus)
     return fake, FakeMps(fake)
+
+
+def _check_fake_target(path: Path) -> None:
+    """A fake node that will be saved can be saved: checked before anything runs, so a command
+    never changes the node state and then fails to keep the fake node that matches it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ParvaError(f"--fake-state {path}: directory {parent} does not exist")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ParvaError(f"--fake-state {path}: not a regular file; refusing to replace it")
+
+
+@contextmanager
+def _fake_lock(path: Optional[Path]) -> Iterator[None]:
+    """Commands on one fake state file take turns (read, change, save), so none loses another's
+    update: an exclusive lock on its directory, waited for."""
+    if path is None:
+        yield
+        return
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        fd = os.open(parent, os.O_RDONLY)
+    except OSError as exc:
+        raise ParvaError(f"--fake-state {path}: cannot open {parent}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -75,14 +104,17 @@ def _node(backend: Backend, fake_state: Optional[Path], fake_gpus: int, type_nam
         finally:
             b.close()
         return
-    fake, mps = _load_fake(fake_state, type_name, fake_gpus)
-    try:
-        yield fake, mps, fake.kill_processes
-    finally:
-        changed = mutating_calls(fake.calls) or mps.calls["start"] or mps.calls["stop"]
-        if save and fake_state is not None and (changed or fake_state.exists()):
-            doc = {"version": FAKE_STATE_VERSION, "mig": fake.to_dict(), "mps": mps.to_dict()}
-            atomic_write(fake_state, json.dumps(doc, indent=1) + "\n")
+    if save and fake_state is not None:
+        _check_fake_target(fake_state)
+    with _fake_lock(fake_state if fake_state is not None and fake_state.parent.is_dir() else None):
+        fake, mps = _load_fake(fake_state, type_name, fake_gpus)
+        try:
+            yield fake, mps, fake.kill_processes
+        finally:
+            changed = mutating_calls(fake.calls) or mps.calls["start"] or mps.calls["stop"]
+            if save and fake_state is not None and (changed or fake_state.exists()):
+                doc = {"version": FAKE_STATE_VERSION, "mig": fake.to_dict(), "mps": mps.to_dict()}
+                atomic_write(fake_state, json.dumps(doc, indent=1) + "\n")
 
 
 def _dirs(state_dir: Optional[Path], node: int) -> agent.NodeDirs:

@@ -35,7 +35,10 @@ def make_device(mode: Mode, gpu: int, sizes: tuple[int, ...]):
     from parvagpu.hardware.mig import open_nvml
     from parvagpu.hardware.mps import CONTROL, NvidiaMps
 
-    backend = open_nvml()
+    try:
+        backend = open_nvml()
+    except SystemFailure as exc:
+        raise SystemFailure(f"{exc}; --mode {mode.value} needs an NVIDIA GPU (--mode cpu profiles without one)") from None
     try:
         if not 0 <= gpu < backend.gpu_count():
             raise ParvaError(f"--gpu-index {gpu}: this machine has {backend.gpu_count()} GPU(s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,6 +28,14 @@ def describe(result: Result) -> str:
     return f"{result.status}{detail}"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class RichProgress:
     def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
         self.console = console or Console(stderr=True)
@@ -36,10 +45,12 @@ class RichProgress:
         self.slot_label: str | None = None
 
     def start(self, job, pending: int, already: int) -> None:
-        if already:
-            self.console.print(
-                f"{job.name}: {already} point(s) already measured, {pending} to go", highlight=False, soft_wrap=True
-            )
+        done = f"{already} point(s) already measured, " if already else ""
+        self.console.print(
+            f"{escape(job.name)}: {done}{pending} to measure, {job.settings.duration_s:g} s each after loading and "
+            f"warm-up (at least {_duration(pending * job.settings.duration_s)})",
+            highlight=False, soft_wrap=True,
+        )
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -59,14 +70,14 @@ class RichProgress:
         if slot is not None and slot.label and slot.label != self.slot_label:
             self.slot_label = slot.label
             if not self.quiet:
-                self.bar.console.print(f"size {point.size}: {slot.label}", highlight=False, soft_wrap=True)
+                self.bar.console.print(f"size {point.size}: {escape(slot.label)}", highlight=False, soft_wrap=True)
         self.bar.update(self.task, description=f"s{point.size} b{point.batch} p{point.procs}")
 
     def end(self, result: Result) -> None:
         if self.bar is None:
             return
         if not self.quiet or result.status != OK:
-            self.bar.console.print(f"  {result.point}: {describe(result)}", highlight=False, soft_wrap=True)
+            self.bar.console.print(f"  {result.point}: {escape(describe(result))}", highlight=False, soft_wrap=True)
         self.bar.advance(self.task)
 
     def close(self) -> None:

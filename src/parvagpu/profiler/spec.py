@@ -36,6 +36,9 @@ APPROXIMATION = {
 DTYPES = ("float32", "int64")
 _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²".isdigit() is true, int("²") fails
+MAX_VALUE = 1 << 20  # a bound on every batch size, process count and shape dimension
+MAX_SECONDS = 24 * 3600.0  # a bound on --duration and the per-point timeout
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 
 
@@ -94,19 +97,19 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise ParvaError(f"--shape: expected comma-separated positive integers such as 3,224,224, got {text!r}")
     dims = []
     for p in parts:
-        if not p.isdigit() or int(p) < 1:
-            raise ParvaError(f"--shape: {p!r} in {text!r} is not a positive integer")
+        if not _DIGITS.fullmatch(p) or not 1 <= int(p) <= MAX_VALUE:
+            raise ParvaError(f"--shape: {p!r} in {text!r} is not a positive integer (at most {MAX_VALUE})")
         dims.append(int(p))
     return tuple(dims)
 
 
-def parse_ints(text: str, option: str) -> tuple[int, ...]:
-    """`1,2,4` -> (1, 2, 4), sorted and without duplicates; every value must be >= 1."""
+def parse_ints(text: str, option: str, high: int = MAX_VALUE) -> tuple[int, ...]:
+    """`1,2,4` -> (1, 2, 4), sorted and without duplicates; every value in 1..`high`."""
     values = set()
     for p in str(text).split(","):
         p = p.strip()
-        if not p.isdigit() or int(p) < 1:
-            raise ParvaError(f"{option}: expected comma-separated positive integers, got {text!r}")
+        if not _DIGITS.fullmatch(p) or not 1 <= int(p) <= high:
+            raise ParvaError(f"{option}: expected comma-separated integers in 1..{high}, got {text!r}")
         values.add(int(p))
     return tuple(sorted(values))
 
@@ -128,14 +131,14 @@ class Settings:
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        if not self.duration_s > 0:
-            raise ParvaError(f"--duration must be > 0 seconds, got {self.duration_s}")
-        if self.warmup < 0:
-            raise ParvaError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.max_latency_s is not None and not self.max_latency_s > 0:
-            raise ParvaError(f"--max-latency must be > 0 ms, got {self.max_latency_s * 1000:g}")
-        if not self.timeout_s > 0:
-            raise ParvaError("the per-point timeout must be > 0")
+        if not 0 < self.duration_s <= MAX_SECONDS:
+            raise ParvaError(f"--duration must be > 0 and at most {MAX_SECONDS:g} seconds, got {self.duration_s}")
+        if not 0 <= self.warmup <= MAX_VALUE:
+            raise ParvaError(f"--warmup must be in 0..{MAX_VALUE}, got {self.warmup}")
+        if self.max_latency_s is not None and not 0 < self.max_latency_s <= MAX_SECONDS:
+            raise ParvaError(f"--max-latency must be > 0 ms and finite, got {self.max_latency_s * 1000:g}")
+        if not 0 < self.timeout_s <= MAX_SECONDS:
+            raise ParvaError(f"--timeout must be > 0 and at most {MAX_SECONDS:g} seconds, got {self.timeout_s:g}")
 
 
 def check_sizes(mode: Mode, sizes: tuple[int, ...]) -> None:

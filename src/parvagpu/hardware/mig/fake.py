@@ -29,6 +29,7 @@ from parvagpu.hardware.mig.base import (
     NotSupported,
 )
 
+MAX_FAKE_GPUS = 1024
 FAKE_STATE_VERSION = 1  # of the `--fake-state` file that holds a fake node between commands
 
 
@@ -64,8 +65,8 @@ class FakeBackend:
     """`count` GPUs of one type, MIG mode on by default."""
 
     def __init__(self, gpu_type_name: str = "A100-80GB", count: int = 8, mig: bool = True) -> None:
-        if count < 1:
-            raise ParvaError(f"a fake node needs at least one GPU, got {count}")
+        if not 1 <= count <= MAX_FAKE_GPUS:
+            raise ParvaError(f"a fake node has 1..{MAX_FAKE_GPUS} GPUs, got {count}")
         self._type = gpu_type(gpu_type_name)
         self._gpus = [_Gpu(self._type.name, mig, mig) for _ in range(count)]
         self._serial = 0  # makes every created MIG UUID unique, as on hardware
