@@ -1,0 +1,157 @@
+"""The re-plan policy: pure functions from what was observed to a decision with its reason.
+
+Per model the plan provisions a *planned rate* p (the rate it was planned for) and so a capacity
+C >= p (the sum of its segments' throughputs). With the observed arrival rate r:
+
+- **headroom** h: a model is (re-)planned for r x (1 + h);
+- **hysteresis band**: the model is left alone while r x (1 + h_min) <= C (at least h_min headroom
+  left) and r x (1 + h) >= p x (1 - b) (not over-provisioned by more than the band b). Leaving the
+  band upwards is "up", downwards "down"; inside it nothing moves, so noise does not re-plan;
+- **attainment**: a window's SLO attainment below the target re-plans the model up, for
+  max(r, p) x (1 + h), even inside the band (capacity that looks sufficient but is not);
+- **dwell**: a model's planned rate changes at most once per `dwell_s`;
+- **cool-down**: re-plans are at least `cooldown_s` apart, and none starts while a transition runs.
+
+Every model that wants a change and is past its dwell goes into the same re-plan; the others keep
+their planned rate, so a move-aware planner keeps their segments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from parvagpu.core.errors import ParvaError
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    headroom: float = 0.25  # h: plan for observed x (1 + h)
+    min_headroom: float = 0.08  # h_min: re-plan up when less headroom than this is left
+    band: float = 0.30  # b: re-plan down when r (1 + h) < p (1 - b)
+    attainment_target: float = 0.999
+    dwell_s: float = 600.0  # per model, between changes of its planned rate
+    cooldown_s: float = 120.0  # between re-plans
+    min_rate: float = 1.0  # a model is never planned below this rate (req/s)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_headroom <= self.headroom:
+            raise ParvaError(f"need 0 <= min headroom <= headroom, got {self.min_headroom}, {self.headroom}")
+        if not 0 <= self.band < 1:
+            raise ParvaError(f"band must be in [0, 1), got {self.band}")
+        if not 0 < self.attainment_target <= 1:
+            raise ParvaError(f"attainment target must be in (0, 1], got {self.attainment_target}")
+        if self.dwell_s < 0 or self.cooldown_s < 0:
+            raise ParvaError("dwell and cool-down must be >= 0 s")
+        if not self.min_rate > 0:
+            raise ParvaError(f"min rate must be positive, got {self.min_rate}")
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model as the policy sees it at one moment."""
+
+    model: str
+    observed_rate: float  # req/s over the rate window
+    attainment: float | None  # share of the window's requests answered within the SLO; None: too few
+    planned_rate: float  # p
+    capacity: float  # C, of the segments the plan gives it
+    last_change_s: float = -math.inf  # when its planned rate last changed
+
+
+@dataclass(frozen=True)
+class Want:
+    """What one model asks for: a new planned rate (None: keep) and why."""
+
+    model: str
+    rate: float | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A decision record: when, what was seen, what was decided and why."""
+
+    time_s: float
+    replan: bool
+    reason: str
+    targets: tuple[tuple[str, float], ...] = ()  # model -> new planned rate, for a re-plan
+    held: tuple[tuple[str, str], ...] = ()  # models that want a change but wait (dwell), and why
+    observation: tuple[ModelView, ...] = field(default=(), compare=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "time_s": self.time_s,
+            "replan": self.replan,
+            "reason": self.reason,
+            "targets": {m: round(r, 6) for m, r in self.targets},
+            "held": dict(self.held),
+            "observation": {
+                v.model: {"rate": round(v.observed_rate, 6), "attainment": v.attainment,
+                          "planned_rate": v.planned_rate, "capacity": v.capacity}
+                for v in self.observation
+            },
+        }
+
+
+def target_rate(cfg: PolicyConfig, rate: float) -> float:
+    """The rate a model is planned for when its observed rate is `rate`."""
+    return max(cfg.min_rate, rate * (1.0 + cfg.headroom))
+
+
+def judge(cfg: PolicyConfig, v: ModelView) -> Want:
+    """Does this model's demand leave its band (or miss its attainment)? Dwell is not applied here."""
+    if v.attainment is not None and v.attainment < cfg.attainment_target:
+        want = target_rate(cfg, max(v.observed_rate, v.planned_rate))
+        return Want(v.model, want, f"attainment {v.attainment:.4%} < {cfg.attainment_target:.2%}")
+    if v.observed_rate * (1.0 + cfg.min_headroom) > v.capacity:
+        return Want(v.model, target_rate(cfg, v.observed_rate),
+                    f"up: rate {v.observed_rate:.1f}/s leaves < {cfg.min_headroom:.0%} headroom of capacity {v.capacity:.1f}/s")
+    want = target_rate(cfg, v.observed_rate)
+    if want < v.planned_rate * (1.0 - cfg.band) and want < v.planned_rate:
+        return Want(v.model, want,
+                    f"down: rate {v.observed_rate:.1f}/s needs {want:.1f}/s, below {1 - cfg.band:.0%} of planned {v.planned_rate:.1f}/s")
+    return Want(v.model, None, "in band")
+
+
+def dwell_left(cfg: PolicyConfig, now: float, v: ModelView) -> float:
+    """Seconds until the model's planned rate may change again (0: it may now)."""
+    return max(0.0, v.last_change_s + cfg.dwell_s - now)
+
+
+def cooldown_left(cfg: PolicyConfig, now: float, last_replan_s: float) -> float:
+    return max(0.0, last_replan_s + cfg.cooldown_s - now)
+
+
+def decide(
+    cfg: PolicyConfig,
+    now: float,
+    views: tuple[ModelView, ...],
+    last_replan_s: float = -math.inf,
+    transition_running: bool = False,
+) -> Decision:
+    """The policy at time `now`: re-plan (with the models' new planned rates) or hold, and why."""
+    views = tuple(views)
+    wants = [w for w in (judge(cfg, v) for v in views) if w.rate is not None]
+    if not wants:
+        return Decision(now, False, "every model in band", observation=views)
+    if transition_running:
+        return Decision(now, False, "a transition is running", held=tuple((w.model, w.reason) for w in wants),
+                        observation=views)
+    left = cooldown_left(cfg, now, last_replan_s)
+    if left > 0:
+        return Decision(now, False, f"cool-down: {left:.0f} s left", held=tuple((w.model, w.reason) for w in wants),
+                        observation=views)
+    by_model = {v.model: v for v in views}
+    go, held = [], []
+    for w in wants:
+        wait = dwell_left(cfg, now, by_model[w.model])
+        if wait > 0:
+            held.append((w.model, f"dwell: {wait:.0f} s left ({w.reason})"))
+        else:
+            go.append(w)
+    if not go:
+        return Decision(now, False, "every model that wants a change is within its dwell", held=tuple(held),
+                        observation=views)
+    reason = "; ".join(f"{w.model}: {w.reason}" for w in go)
+    return Decision(now, True, reason, tuple((w.model, w.rate) for w in go), tuple(held), views)

@@ -1,0 +1,132 @@
+"""The re-plan policy as pure functions: band, attainment, dwell, cool-down; and the windows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parvagpu.control.policy import ModelView, PolicyConfig, decide, judge, target_rate
+from parvagpu.control.window import AttainmentWindow, RateWindow
+from parvagpu.core.errors import ParvaError
+
+CFG = PolicyConfig(headroom=0.25, min_headroom=0.08, band=0.3, attainment_target=0.999, dwell_s=600, cooldown_s=120)
+
+
+def view(rate, planned=100.0, capacity=110.0, attainment=None, last=-math.inf, model="m"):
+    return ModelView(model, rate, attainment, planned, capacity, last)
+
+
+def test_inside_the_band_nothing_moves():
+    # planned 100 (capacity 110): r (1.08) <= 110 and r (1.25) >= 70 for r in [56, 101.85]
+    for r in (56.0, 80.0, 101.8):
+        assert judge(CFG, view(r)).rate is None
+    assert not decide(CFG, 1000.0, (view(80.0),)).replan
+
+
+def test_leaving_the_band_up_and_down():
+    up = judge(CFG, view(102.0))
+    assert up.rate == pytest.approx(127.5) and up.reason.startswith("up")
+    down = judge(CFG, view(55.0))
+    assert down.rate == pytest.approx(68.75) and down.reason.startswith("down")
+
+
+def test_attainment_below_target_replans_up_inside_the_band():
+    w = judge(CFG, view(60.0, attainment=0.99))
+    assert w.rate == pytest.approx(125.0)  # max(observed, planned) x (1 + h)
+    assert "attainment" in w.reason
+    assert judge(CFG, view(60.0, attainment=0.9995)).rate is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    planned=st.floats(1, 5000), over=st.floats(1.0, 1.5), rate=st.floats(0, 10000),
+)
+def test_band_property(planned, over, rate):
+    """A model is left alone exactly when r (1 + h_min) <= C and r (1 + h) >= p (1 - b); a wanted
+    rate always restores headroom h (or the floor)."""
+    cap = planned * over
+    w = judge(CFG, view(rate, planned, cap))
+    inside = rate * 1.08 <= cap and max(1.0, rate * 1.25) >= planned * 0.7
+    assert (w.rate is None) == inside
+    if w.rate is not None:
+        assert w.rate == pytest.approx(target_rate(CFG, rate))
+        assert w.rate >= rate * 1.25 - 1e-9
+
+
+@settings(max_examples=100, deadline=None)
+@given(now=st.floats(0, 1e6), last=st.floats(0, 1e6))
+def test_dwell_property(now, last):
+    """A model that wants a change is re-planned iff its dwell has passed."""
+    d = decide(CFG, now, (view(500.0, last=last),))
+    assert d.replan == (now - last >= CFG.dwell_s)
+    if not d.replan:
+        assert "dwell" in dict(d.held)["m"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(now=st.floats(0, 1e6), last=st.floats(0, 1e6))
+def test_cooldown_property(now, last):
+    d = decide(CFG, now, (view(500.0),), last_replan_s=last)
+    assert d.replan == (now - last >= CFG.cooldown_s)
+    if not d.replan:
+        assert d.reason.startswith("cool-down")
+
+
+def test_one_replan_carries_every_ready_model_and_holds_the_rest():
+    views = (view(500.0, model="a"), view(500.0, model="b", last=900.0), view(80.0, model="c"))
+    d = decide(CFG, 1000.0, views, last_replan_s=0.0)
+    assert d.replan and dict(d.targets) == {"a": pytest.approx(625.0)}
+    assert set(dict(d.held)) == {"b"}
+    doc = d.to_dict()
+    assert doc["targets"] == {"a": 625.0} and set(doc["observation"]) == {"a", "b", "c"}
+
+
+def test_no_replan_while_a_transition_runs():
+    d = decide(CFG, 1000.0, (view(500.0),), transition_running=True)
+    assert not d.replan and d.reason == "a transition is running"
+
+
+def test_config_is_checked():
+    with pytest.raises(ParvaError):
+        PolicyConfig(headroom=0.1, min_headroom=0.2)
+    with pytest.raises(ParvaError):
+        PolicyConfig(band=1.0)
+
+
+def test_rate_window_slides():
+    w = RateWindow(10.0)
+    for t in range(20):
+        w.add(float(t), 5.0)
+    assert w.rate(19.0) == pytest.approx(5.0)  # t in (9, 19]: 10 events of 5 over 10 s
+    assert w.rate(25.0) == pytest.approx(2.0)  # t in (15, 25]: 4 events
+    early = RateWindow(10.0)
+    early.add(1.0, 4.0)
+    assert early.rate(2.0) == pytest.approx(2.0)  # 4 over the 2 s seen so far
+    with pytest.raises(ParvaError):
+        w.add(3.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 5), st.integers(0, 50)), min_size=1, max_size=50), st.floats(1, 30))
+def test_rate_window_counts_exactly_the_window(gaps, window):
+    w = RateWindow(window)
+    t, seen = 0.0, []
+    for gap, n in gaps:
+        t += gap
+        w.add(t, n)
+        seen.append((t, n))
+    assert w.count(t) == pytest.approx(sum(n for s, n in seen if s > t - window))
+
+
+def test_attainment_window():
+    a = AttainmentWindow(60.0, min_requests=100)
+    a.add(1.0, 50, 50)
+    assert a.attainment(1.0) is None
+    a.add(2.0, 1000, 990)
+    assert a.attainment(2.0) == pytest.approx(1040 / 1050)
+    assert a.attainment(61.5) == pytest.approx(0.99)
+    with pytest.raises(ParvaError):
+        a.add(3.0, 1, 2)
