@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,14 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 0 and r.stdout.startswith(SEED_CSV_HEADER)
+
+
+def test_time_limit_is_the_whole_commands_budget(tmp_path):
+    """A budget spent before planning still gives the heuristic's plan, at once."""
+    out = tmp_path / "p.json"
+    t0 = time.perf_counter()
+    r = run("plan", "-s", "6", "--time-limit", "0.001", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert time.perf_counter() - t0 < 5
+    data = json.loads(out.read_text())
+    assert data["gpus_used"] == 17 and data["stats"]["from_optimizer"] == 0.0

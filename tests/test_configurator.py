@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from parvagpu.planning.configurator import configure
 from parvagpu.core.errors import ParvaError
+from parvagpu.planning.index import TripletIndex
 
 from helpers import profile, service
 
@@ -90,3 +93,45 @@ def test_infeasible_names_model_and_tightest_slo(a100):
         configure(service("slowmodel", 1, 50), p, a100, 3)
     msg = str(e.value)
     assert "slowmodel" in msg and "45 ms" in msg and "100 ms" in msg
+
+
+def _brute_best(profile, latency_ms, gpu, max_procs):
+    """The rule as written: per size, the admissible point with the highest segment throughput,
+    then the smallest batch, then the fewest processes, then the fastest (exact arithmetic)."""
+    from fractions import Fraction
+
+    thr = Fraction(9, 20) * Fraction(repr(float(latency_ms)))
+    out = {}
+    for size in gpu.sizes:
+        pts = [p for p in profile.points if p.size == size and p.runnable and p.procs <= max_procs
+               and p.exact_latency_ms < thr]
+        if pts:
+            b = min(pts, key=lambda p: (-p.segment_throughput, p.batch, p.procs, p.latency_s))
+            out[size] = (b.size, b.batch, b.procs, b.segment_throughput, b.latency_ms)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from([1, 2, 3, 4, 7]), st.integers(1, 4), st.integers(1, 3),
+                  st.sampled_from([0.0, 50.0, 100.0, 100.0, 150.5]),
+                  st.sampled_from([0.009, 0.0135, 0.018, 0.045, 0.09, 0.0899999999999, 0.1])),
+        min_size=1, max_size=30, unique_by=lambda r: r[:3],
+    ),
+    slos=st.lists(st.sampled_from([20.0, 30.0, 40.0, 100.0, 200.0, 222.3]), min_size=1, max_size=4),
+    max_procs=st.integers(1, 3),
+)
+def test_index_matches_the_rule_by_brute_force(a100, rows, slos, max_procs):
+    """Latencies sit exactly on thresholds (0.45 x 20 ms = 9 ms, 0.45 x 200 ms = 90 ms, ...), so
+    the exact comparison near a threshold is exercised."""
+    rows = [(s, b, p, t, lat if t > 0 else 0.0) for s, b, p, t, lat in rows]
+    prof = profile("m", rows)
+    copy = profile("n", rows)  # same content: one index entry
+    index = TripletIndex.build([prof, copy], a100, max_procs)
+    assert len(index.profile_of) == 1
+    services = [service("m", 10, slo) for slo in slos]
+    got = index.best_by_size([prof] * len(slos), services)
+    for slo, per_size in zip(slos, got):
+        want = _brute_best(prof, slo, a100, max_procs)
+        assert {k: (t.size, t.batch, t.procs, t.throughput, t.latency_ms) for k, t in per_size.items()} == want

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from parvagpu.cli import app
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.model import ProfilePoint
 from parvagpu.planning.heuristic import plan_parva
 from parvagpu.planning.request import PlanRequest
 from parvagpu.inputs.profiles import load_profile, load_profiles
@@ -179,3 +180,53 @@ def test_structured_files_share_one_reader(tmp_path):
     assert read_state(tmp_path / "absent.json") is None
     with pytest.raises(ParvaError, match=r"p.json: cannot read plan"):
         read_plan(tmp_path / "p.json")
+
+
+# Bodies the bulk parser sees first: it must accept exactly what the row parser accepts, with the
+# same points, and leave every error to the row parser (the same message).
+BULK_CASES = [
+    "1,1,1,100,0.01\n2,4,2,250.5,0.02\n",
+    "1,1,1,100,0.01\r\n2,4,2,250.5,0.02",
+    " 1 , 1 ,+1, 1e2 , 1E-2 \n",
+    "1,1,1,0,0\n1,2,1,10,0.1\n",
+    "1,1,1,100\n2,1,1,100,0.1,7\n",  # four then six fields: the same comma count as two good rows
+    "1.0,1,1,100,0.01\n",
+    "1,1,1,100,0.01\n\n2,1,1,100,0.01\n",
+    "1,1,1,inf,0.01\n",
+    "1,1,1,0x10,0.01\n",
+    "1,1,1,1_0,0.01\n",
+    "1_0,1,1,10,0.01\n",
+    "1,1,1,100,0.01\n1,1,1,90,0.02\n",
+    "200,1,1,100,0.01\n",
+    "1,1,1,100,-0.01\n",
+    "1,1,1,,0.01\n",
+    '1,1,1,"100",0.01\n',
+    "99999999999999999999,1,1,100,0.01\n",
+]
+
+
+@pytest.mark.parametrize("body", BULK_CASES)
+def test_bulk_parser_agrees_with_row_parser(tmp_path, body):
+    from parvagpu.inputs.profiles import _parse_rows
+
+    good = write(tmp_path, "a.csv", HEADER + "\n1,1,1,50,0.02\n")
+    p = write(tmp_path, "m.csv", HEADER + "\n" + body)
+    try:
+        want = _parse_rows(p, "m", p.read_text(encoding="utf-8-sig"))
+    except ParvaError as exc:
+        want = str(exc)
+    try:
+        got = load_profiles(tmp_path)
+    except ParvaError as exc:
+        assert str(exc) == want
+        return
+    assert got["m"].points == want.points and got["a"].points == load_profile(good).points
+
+
+def test_plain_files_are_parsed_in_bulk(tmp_path):
+    for i, body in enumerate(BULK_CASES[:4]):
+        write(tmp_path, f"m{i}.csv", HEADER + "\n" + body)
+    write(tmp_path, "x.csv", HEADER + ",Mode\n1,1,1,100,0.01,cpu\n")
+    profiles = load_profiles(tmp_path)
+    assert [p._points is None for p in profiles.values()] == [True] * 4 + [False]  # columns only
+    assert profiles["m2"].points[0] == ProfilePoint(1, 1, 1, 100.0, 0.01)

@@ -7,9 +7,13 @@ functions from values to values.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
+from typing import Sequence
+
+import numpy as np
 
 PLAN_VERSION = 1
 
@@ -52,16 +56,148 @@ class ProfilePoint:
         return Fraction(repr(self.latency_s)) * 1000
 
 
-@dataclass(frozen=True)
-class Profile:
-    """All measured points of one model on one GPU type, in file order."""
+# One profile row as packed bytes: what a profile's content digest is taken over.
+ROW_DTYPE = np.dtype([("size", "<i8"), ("batch", "<i8"), ("procs", "<i8"), ("thr", "<f8"), ("lat", "<f8")])
 
-    model: str
-    points: tuple[ProfilePoint, ...]
-    source: str = ""
+
+def row_digest(rows: bytes, extra: tuple = ()) -> bytes:
+    """The content digest of a profile's rows packed as `ROW_DTYPE`, and its extra columns."""
+    h = hashlib.blake2b(rows, digest_size=16)
+    if extra:
+        h.update(repr(extra).encode())
+    return h.digest()
+
+
+@dataclass(frozen=True, eq=False)
+class PointColumns:
+    """A profile's points as columns (one numpy array per field, rows in file order): the form the
+    loader reads and the planners index, so a million points need not exist as objects. `extra`
+    holds each row's extra columns, or is empty when the file has none."""
+
+    size: np.ndarray
+    batch: np.ndarray
+    procs: np.ndarray
+    throughput: np.ndarray
+    latency_s: np.ndarray
+    extra: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # Precomputed `digest` (the loader hashes its rows as it reads them), or None.
+    known_digest: bytes | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for a in (self.size, self.batch, self.procs, self.throughput, self.latency_s):
+            a.flags.writeable = False
+
+    def __len__(self) -> int:
+        return len(self.size)
+
+    @classmethod
+    def of(cls, points: Sequence[ProfilePoint]) -> PointColumns:
+        def col(name: str, dtype) -> np.ndarray:
+            return np.fromiter((getattr(p, name) for p in points), dtype=dtype, count=len(points))
+
+        extra = tuple(p.extra for p in points)
+        return cls(
+            col("size", np.int64), col("batch", np.int64), col("procs", np.int64),
+            col("throughput", np.float64), col("latency_s", np.float64),
+            extra if any(extra) else (),
+        )
+
+    def points(self) -> tuple[ProfilePoint, ...]:
+        extra = self.extra or ((),) * len(self)
+        return tuple(
+            ProfilePoint(int(s), int(b), int(p), float(t), float(lat), e)
+            for s, b, p, t, lat, e in zip(
+                self.size, self.batch, self.procs, self.throughput, self.latency_s, extra
+            )
+        )
+
+    @cached_property
+    def digest(self) -> bytes:
+        """A hash of the content: profiles with equal digests have equal points."""
+        if self.known_digest is not None:
+            return self.known_digest
+        rows = np.empty(len(self), dtype=ROW_DTYPE)
+        for name, a in zip(ROW_DTYPE.names, (self.size, self.batch, self.procs, self.throughput, self.latency_s)):
+            rows[name] = a
+        return row_digest(rows.tobytes(), self.extra)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PointColumns):
+            return NotImplemented
+        return len(self) == len(other) and self.extra == other.extra and all(
+            np.array_equal(a, b) for a, b in zip(
+                (self.size, self.batch, self.procs, self.throughput, self.latency_s),
+                (other.size, other.batch, other.procs, other.throughput, other.latency_s),
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Profile:
+    """All measured points of one model on one GPU type, in file order.
+
+    Made from points (`Profile(model, points, source)`) or from columns (`columns=`, what the
+    loader does); each form is derived from the other on first use and kept. Immutable; equal when
+    model, source and points are equal."""
+
+    __slots__ = ("model", "source", "_points", "_columns")
+
+    def __init__(
+        self, model: str, points: Sequence[ProfilePoint] | None = None, source: str = "",
+        *, columns: PointColumns | None = None,
+    ) -> None:
+        if (points is None) == (columns is None):
+            raise TypeError("Profile needs points or columns, not both")
+        set_ = object.__setattr__
+        set_(self, "model", model)
+        set_(self, "source", source)
+        set_(self, "_points", None if points is None else tuple(points))
+        set_(self, "_columns", columns)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Profile is immutable: cannot set {name}")
+
+    @property
+    def points(self) -> tuple[ProfilePoint, ...]:
+        if self._points is None:
+            object.__setattr__(self, "_points", self._columns.points())
+        return self._points
+
+    @property
+    def columns(self) -> PointColumns:
+        if self._columns is None:
+            object.__setattr__(self, "_columns", PointColumns.of(self._points))
+        return self._columns
+
+    @property
+    def content_key(self) -> bytes:
+        """Equal for profiles with equal points, whatever their model name or file."""
+        return self.columns.digest
 
     def sizes(self) -> tuple[int, ...]:
-        return tuple(sorted({p.size for p in self.points}))
+        return tuple(sorted({int(s) for s in self.columns.size}))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Profile):
+            return NotImplemented
+        return (self.model, self.source) == (other.model, other.source) and (
+            self.points == other.points if self._columns is None or other._columns is None
+            else self.columns == other.columns
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.model, self.source, self.content_key))
+
+    def __repr__(self) -> str:
+        return f"Profile(model={self.model!r}, points={len(self.columns)}, source={self.source!r})"
+
+    def __reduce__(self):
+        return (_profile_from, (self.model, self.source, self.columns))
+
+
+def _profile_from(model: str, source: str, columns: PointColumns) -> Profile:
+    return Profile(model, source=source, columns=columns)
 
 
 @dataclass(frozen=True)
@@ -183,7 +319,15 @@ class DeploymentMap:
         return gpu % self.gpus_per_node
 
     def capacity(self, model: str) -> float:
-        return sum(s.segment.throughput for s in self.segments if s.model == model)
+        return self._capacities.get(model, 0)
+
+    @cached_property
+    def _capacities(self) -> dict[str, float]:
+        """Each model's summed segment throughput, in one pass (summed in segment order)."""
+        out: dict[str, float] = {}
+        for s in self.segments:
+            out[s.model] = out.get(s.model, 0) + s.segment.throughput
+        return out
 
     def capacities(self) -> tuple[ServiceCapacity, ...]:
         return tuple(ServiceCapacity(s, self.capacity(s.model)) for s in self.services)

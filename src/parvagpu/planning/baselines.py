@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from parvagpu.core.errors import Unservable
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment
-from parvagpu.planning.configurator import IndexCache, best_by_size, infeasible_message
+from parvagpu.planning.configurator import unservable
 from parvagpu.planning.heuristic import plan_parva
 from parvagpu.planning.optimizer import mps_columns, solve
 from parvagpu.planning.request import PlanRequest
@@ -57,12 +57,11 @@ def plan_whole_gpu(request: PlanRequest) -> DeploymentMap:
     gpu = request.gpu
     full = max(gpu.sizes)
     start = gpu.profile(full).starts[0]
-    index = IndexCache(request.profiles, gpu, 1)
+    one = replace(request, max_procs=1)
     placed: list[PlacedSegment] = []
-    for svc in request.services:
-        per_size = best_by_size(index(svc.model), svc.exact_latency_ms)
+    for i, (svc, per_size) in enumerate(zip(one.services, one.best_by_size)):
         if not per_size:
-            raise Unservable(infeasible_message(svc, index(svc.model)))
+            raise unservable(one, i)
         t = per_size.get(full)
         if t is None:
             raise Unservable(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import GpuType
-from parvagpu.core.model import Profile, Service
+from parvagpu.core.model import Profile, Service, Triplet
+from parvagpu.planning.index import TripletIndex
 
 # Seconds the exact solves may take when the caller names no limit.
 DEFAULT_TIME_LIMIT = 10.0
@@ -40,6 +42,18 @@ class PlanRequest:
         if not self.time_limit > 0:
             raise ParvaError(f"time limit must be positive, got {self.time_limit}")
         _check_services(self.services, self.profiles)
+
+    # Derived once per request and shared by every planner that plans it (`auto` runs two).
+    @cached_property
+    def index(self) -> TripletIndex:
+        """The admissible-triplet index of the services' profiles (one entry per distinct content)."""
+        return TripletIndex.build([self.profiles[s.model] for s in self.services], self.gpu, self.max_procs)
+
+    @cached_property
+    def best_by_size(self) -> tuple[dict[int, Triplet], ...]:
+        """Per service, in order: the max-throughput admissible triplet of every size that has one
+        (empty when no triplet meets the service's SLO)."""
+        return tuple(self.index.best_by_size([self.profiles[s.model] for s in self.services], self.services))
 
 
 def _check_services(services: tuple[Service, ...], profiles: Mapping[str, Profile]) -> None:

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from parvagpu.core.errors import Unservable
 from parvagpu.core.model import Service, Triplet
-from parvagpu.planning.configurator import IndexCache, best_by_size, infeasible_message
+from parvagpu.planning.configurator import unservable
 from parvagpu.planning.optimizer.columns import Column, substitutes
 from parvagpu.planning.optimizer.covers import covers_many
 from parvagpu.planning.request import PlanRequest
@@ -43,25 +43,24 @@ class Problem:
 
 
 class _OptionTable:
-    """Each (profile, latency SLO)'s options, computed once: the best admissible triplet of every
-    size some layout uses, less the sizes a smaller, at least as fast size can replace."""
+    """Each (profile content, latency SLO)'s options, computed once: the best admissible triplet
+    of every size some layout uses, less the sizes a smaller, at least as fast size can replace."""
 
     def __init__(self, request: PlanRequest, columns: Sequence[Column]) -> None:
-        self.gpu, self.profiles = request.gpu, request.profiles
+        self.request, self.gpu, self.profiles = request, request.gpu, request.profiles
         self.sub = substitutes(columns, len(self.gpu.sizes))
         self.usable = {s for c in columns for s, n in zip(self.gpu.sizes, c.counts) if n}
-        self.index = IndexCache(request.profiles, request.gpu, request.max_procs)
-        self.cache: dict[tuple[int, Fraction], Options] = {}
+        self.cache: dict[tuple[bytes, Fraction], Options] = {}
 
-    def key(self, svc: Service) -> tuple[int, Fraction]:
-        return (id(self.profiles[svc.model].points), svc.exact_latency_ms)
+    def key(self, svc: Service) -> tuple[bytes, Fraction]:
+        return (self.profiles[svc.model].content_key, svc.exact_latency_ms)
 
-    def options(self, svc: Service, key: tuple[int, Fraction]) -> Options:
+    def options(self, i: int, key: tuple[bytes, Fraction]) -> Options:
+        svc = self.request.services[i]
         if key not in self.cache:
-            index = self.index(svc.model)
-            per_size = best_by_size(index, svc.exact_latency_ms)
+            per_size = self.request.best_by_size[i]
             if not per_size:
-                raise Unservable(infeasible_message(svc, index))
+                raise unservable(self.request, i)
             sizes = self.gpu.sizes
             cand = [(sizes.index(s), t) for s, t in sorted(per_size.items()) if s in self.usable]
             self.cache[key] = tuple(
@@ -74,14 +73,14 @@ class _OptionTable:
 
 
 def _groups(request: PlanRequest, columns: Sequence[Column]) -> list[Block]:
-    """Services with the same profile points, latency SLO and rate, as one block each (in
-    first-seen order), without covers yet."""
+    """Services with the same profile content, latency SLO and rate (whatever their names), as
+    one block each (in first-seen order), without covers yet."""
     table = _OptionTable(request, columns)
     groups: dict[tuple, list[Service]] = {}
     options: dict[tuple, Options] = {}
-    for svc in request.services:
+    for i, svc in enumerate(request.services):
         okey = table.key(svc)
-        options[okey] = table.options(svc, okey)
+        options[okey] = table.options(i, okey)
         groups.setdefault((okey, svc.rate), []).append(svc)
     return [Block(tuple(m), rate, options[okey]) for (okey, rate), m in groups.items()]
 

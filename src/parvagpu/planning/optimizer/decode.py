@@ -3,6 +3,7 @@ variables, topped up to the rate, trimmed of what it does not need, re-packed an
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from fractions import Fraction
 from typing import Sequence
@@ -42,52 +43,61 @@ def _members(blocks):
 
 def _decode(blocks, offsets: Sequence[int], values) -> list[list[Segment]]:
     """Each service's segments (services in block order)."""
+    z = np.round(np.asarray(values)).astype(np.int64).tolist()
     out: list[list[Segment]] = []
     for b_i, b in enumerate(blocks):
         off = offsets[b_i]
         if b.covers is not None:
-            z = np.round(values[off:off + len(b.covers)]).astype(np.int64)
-            chosen = [o for o in np.nonzero(z > 0)[0] for _ in range(z[o])]
-            chosen += [int(np.argmin(b.covers.sum(axis=1)))] * (len(b.services) - len(chosen))
+            chosen = [o for o in range(len(b.covers)) for _ in range(z[off + o])]
+            if len(chosen) < len(b.services):
+                chosen += [int(np.argmin(b.covers.sum(axis=1)))] * (len(b.services) - len(chosen))
             for svc, o in zip(b.services, chosen):
                 out.append([
-                    Segment(svc.model, t) for (_, t), n in zip(b.options, b.covers[o]) for _ in range(n)
+                    Segment(svc.model, t) for (_, t), n in zip(b.options, b.covers[o].tolist()) for _ in range(n)
                 ])
         else:
-            y = np.round(values[off:off + len(b.options)]).astype(np.int64)
             svc = b.services[0]
+            y = z[off:off + len(b.options)]
             out.append([Segment(svc.model, t) for (_, t), n in zip(b.options, y) for _ in range(n)])
     _top_up(out, blocks, None)
     return out
 
 
+def _reaches(throughputs: Sequence[float], rate: float) -> bool:
+    """Whether the exact sum of `throughputs` is at least `rate`. The correctly rounded sum
+    decides unless it lands on the rate itself; then exact arithmetic does."""
+    total = math.fsum(throughputs)
+    if total != rate:
+        return total > rate
+    return sum(map(Fraction, throughputs), Fraction(0)) >= Fraction(rate)
+
+
 def _top_up(out: list[list[Segment]], blocks, only: set[str] | None) -> None:
-    """Add segments where a model falls short of its rate (solver tolerance or float sums)."""
+    """Add segments where a model falls short of its rate (solver tolerance), or one more for the
+    models in `only` (a float sum in plan order fell a hair short)."""
     for segs, (svc, b) in zip(out, _members(blocks)):
         if only is not None and svc.model not in only:
             continue
-        need = Fraction(svc.rate)
-        have = sum((Fraction(s.throughput) for s in segs), Fraction(0))
-        while have < need or (only is not None and svc.model in only):
-            gap = need - have
+        force = only is not None
+        while force or not _reaches([s.throughput for s in segs], svc.rate):
+            gap = Fraction(svc.rate) - sum((Fraction(s.throughput) for s in segs), Fraction(0))
             _, t = next(((k, t) for k, t in b.options if Fraction(t.throughput) >= gap), b.options[-1])
             segs.append(Segment(svc.model, t))
-            have += Fraction(t.throughput)
-            only = None if only is None else only - {svc.model}
+            force = False
 
 
 def _trim(out: list[list[Segment]], blocks) -> list[list[Segment]]:
     """Drop segments a model does not need, largest first: fewer GPCs, never more GPUs."""
     res = []
     for segs, (svc, _) in zip(out, _members(blocks)):
-        need = Fraction(svc.rate)
-        total = sum((Fraction(s.throughput) for s in segs), Fraction(0))
-        keep = []
-        for s in sorted(segs, key=lambda s: (-s.size, s.throughput)):
-            if total - Fraction(s.throughput) >= need:
-                total -= Fraction(s.throughput)
+        keep = sorted(segs, key=lambda s: (-s.size, s.throughput))
+        i = 0
+        while i < len(keep):
+            rest = keep[:i] + keep[i + 1:]
+            if _reaches([s.throughput for s in rest], svc.rate):
+                keep = rest
             else:
-                keep.append(s)
+                i += 1
         res.append(keep)
     return res
 
