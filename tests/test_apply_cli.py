@@ -315,3 +315,26 @@ def test_commands_on_one_fake_state_file_take_turns(tmp_path, s6, node):
     assert waited, "apply did not wait for the fake node's lock"
     assert result["r"].exit_code == 0, result["r"].output
     assert (tmp_path / "fake.json").exists()
+
+
+def test_user_text_is_printed_as_is_not_as_markup(tmp_path, s6, node):
+    """A model name with Rich markup in it is shown literally by apply, status and teardown."""
+    doc = json.loads(s6.read_text())
+    old = doc["segments"][0]["model"]
+    odd = "[bold]odd[/]"
+    text = json.dumps(doc).replace(f'"{old}"', json.dumps(odd))
+    plan = tmp_path / "odd.json"
+    plan.write_text(text)
+    r = run("apply", plan, *node)
+    assert r.exit_code == 0, r.output
+    r = run("status", *node)
+    assert r.exit_code == 0 and f"{odd} b" in r.stdout, r.output
+    r = run("status", *node, "--plan", s6)  # the kept instances are re-bound to the old model
+    assert r.exit_code == 1 and f"to {old} b" in r.stdout
+    r = run("apply", s6, *node, "--dry-run")
+    assert r.exit_code == 0 and "bind" in r.stdout
+
+
+def test_export_k8s_help_shows_its_defaults():
+    r = run("export", "k8s", "--help", env={"COLUMNS": "200"})
+    assert "nvcr.io/nvidia/pytorch" in r.stdout and "parvagpu.io/node" in r.stdout

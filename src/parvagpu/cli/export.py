@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from parvagpu.cli.common import err, fail_on
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.errors import ParvaError
+from parvagpu.export.common import write_files
+from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, k8s_files
+from parvagpu.export.mig_parted import mig_parted_files
 
 
 def export_mig_parted(
@@ -21,42 +25,37 @@ def export_mig_parted(
     """mig-parted v1 config per node, its ConfigMap, and nvidia.com/mig.config node labels.
 
     mig-parted cannot pin start slots; `parvagpu apply` is the exact path (docs/apply.md)."""
-    from parvagpu.export.common import write_files
-    from parvagpu.export.mig_parted import mig_parted_files
-
     try:
         plan, _ = read_plan(plan_file)
         files = mig_parted_files(plan, plan_file.name, device_filter, namespace)
         written = write_files(out, files)
     except ParvaError as exc:
         fail_on(exc)
-    err.print(f"wrote {len(written)} files to {out}", highlight=False)
+    err.print(f"wrote {len(written)} files to {escape(str(out))}", highlight=False)
 
 
 def export_k8s(
     plan_file: Path = typer.Argument(..., help="Plan JSON written by `parvagpu plan`."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write into (created if missing)."),
-    image: str = typer.Option(None, "--image", help="Container image of the segment workers."),
-    worker_cmd: str = typer.Option(None, "--worker-cmd", help="Shell command of one worker; sees PARVAGPU_MODEL, PARVAGPU_BATCH, PARVAGPU_WORKER."),
-    node_label: str = typer.Option(None, "--node-label", help="Node label key the Deployments select on (value: plan node index)."),
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="Container image of the segment workers."),
+    worker_cmd: str = typer.Option(
+        DEFAULT_WORKER_CMD, "--worker-cmd",
+        help="Shell command of one worker; sees PARVAGPU_MODEL, PARVAGPU_BATCH, PARVAGPU_WORKER.",
+    ),
+    node_label: str = typer.Option(
+        DEFAULT_NODE_LABEL, "--node-label", help="Node label key the Deployments select on (value: plan node index)."
+    ),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of the Deployments."),
 ) -> None:
     """One Deployment per segment requesting nvidia.com/mig-<profile> on its node.
 
     Each pod starts its own MPS daemon on its MIG device, then the segment's processes."""
-    from parvagpu.export.common import write_files
-    from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, k8s_files
-
     try:
         plan, _ = read_plan(plan_file)
-        files = k8s_files(
-            plan, image if image is not None else DEFAULT_IMAGE,
-            worker_cmd if worker_cmd is not None else DEFAULT_WORKER_CMD,
-            node_label if node_label is not None else DEFAULT_NODE_LABEL, namespace,
-        )
+        files = k8s_files(plan, image, worker_cmd, node_label, namespace)
         written = write_files(out, files)
     except ParvaError as exc:
         fail_on(exc)
-    err.print(f"wrote {len(written)} files to {out} ({len(written) - 1} Deployments)", highlight=False)
+    err.print(f"wrote {len(written)} files to {escape(str(out))} ({len(written) - 1} Deployments)", highlight=False)
 
 

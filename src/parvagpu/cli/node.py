@@ -122,7 +122,7 @@ def _dirs(state_dir: Optional[Path], node: int) -> agent.NodeDirs:
 
 
 def _print_steps(title: str, steps: list, dirs: agent.NodeDirs) -> None:
-    out = Console(highlight=False, soft_wrap=True)
+    out = Console(highlight=False, markup=False, soft_wrap=True)
     out.print(title)
     width = len(str(len(steps)))
     for i, s in enumerate(steps, 1):
@@ -160,13 +160,13 @@ def apply_cmd(
         fail_on(exc)
     head = f"node {node} ({plan.gpu_type}, backend {backend.value})"
     if not result.steps:
-        Console(highlight=False).print(f"{head}: nothing to do, the node matches the plan")
+        Console(highlight=False, markup=False).print(f"{head}: nothing to do, the node matches the plan")
         return
     if dry_run:
         _print_steps(f"{head}: {len(result.steps)} steps (dry run, nothing changed)", result.steps, dirs)
         return
     state = f"; state written to {result.state_path}" if result.state_written else ""
-    Console(highlight=False, soft_wrap=True).print(f"{head}: applied {len(result.steps)} steps ({_summary(result)}){state}")
+    Console(highlight=False, markup=False, soft_wrap=True).print(f"{head}: applied {len(result.steps)} steps ({_summary(result)}){state}")
 
 
 def teardown_cmd(
@@ -189,11 +189,11 @@ def teardown_cmd(
         fail_on(exc)
     head = f"node {node} (backend {backend.value})"
     if not result.steps:
-        Console(highlight=False).print(f"{head}: nothing to tear down")
+        Console(highlight=False, markup=False).print(f"{head}: nothing to tear down")
     elif dry_run:
         _print_steps(f"{head}: {len(result.steps)} steps (dry run, nothing changed)", result.steps, dirs)
     else:
-        Console(highlight=False).print(f"{head}: tore down ({_summary(result)})")
+        Console(highlight=False, markup=False).print(f"{head}: tore down ({_summary(result)})")
 
 
 def status_cmd(
@@ -264,10 +264,10 @@ def _print_status(
             str(r["gpu"]), r["type"], "on", r["instance"], str(r["gi_id"]), ",".join(map(str, r["ci_ids"])),
             r["mig_uuid"] or "-", "running" if r["mps"] else "-", str(len(r["workers"])), r["segment"] or "-",
         )
-    Console(width=max(160, Console().width)).print(t)
+    Console(width=max(160, Console().width), markup=False).print(t)
     if drift is None:
         return
     if drift:
         _print_steps(f"differs from {plan_file}: apply would take {len(drift)} steps", drift, dirs)
     else:
-        Console(highlight=False).print(f"matches {plan_file}")
+        Console(highlight=False, markup=False).print(f"matches {plan_file}")
