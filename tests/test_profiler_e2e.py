@@ -229,3 +229,79 @@ def test_a_file_from_another_mode_is_not_mixed(tmp_path):
     )
     r = run("profile", "parvagpu.profiler.zoo:tiny_cnn", "--mode", "cpu", "--out", out)
     one_line_error(r, "measured in mode mig")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process under `pid`, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_sigterm_stops_the_run_and_its_workers_and_keeps_the_points(torch, tmp_path):
+    out = tmp_path / "p"
+    csv_path = out / "small_mlp.csv"
+    args = ["profile", "parvagpu.profiler.zoo:small_mlp", "--mode", "cpu", "--sizes", "1", "--batches", "1,2,4,8",
+            "--procs", "2", "--duration", "1", "--warmup", "1", "--out", out]
+    proc = subprocess.Popen([sys.executable, "-m", "parvagpu", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while len(_rows(csv_path)) < 1 or len(_descendants(proc.pid)) < 2:  # measuring the next point
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+    workers = _descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before SIGTERM arrived")
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted:" in err and "Traceback" not in err
+    end = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not [p for p in workers if _alive(p)], "workers or the forkserver outlived the run"
+    assert 1 <= len(_rows(csv_path)) < 4 and not list(out.glob(".*.lock"))
+
+
+def test_a_second_run_into_the_same_file_is_refused(tmp_path):
+    from parvagpu.profiler.store import ProfileStore
+
+    out = tmp_path / "o"
+    with ProfileStore(out, "tiny_cnn").claim():
+        r = run("profile", "parvagpu.profiler.zoo:tiny_cnn", *GRID, "--out", out)
+        one_line_error(r, "another parvagpu profile is measuring into it")
+    assert not out.exists()  # the directory the claim made, left empty, is removed
+
+
+def test_mig_mode_without_a_driver_is_exit_4_suggests_cpu_and_leaves_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed")
+    from nvml_stub import StubNvml
+
+    from parvagpu.hardware.mig import FakeBackend
+
+    monkeypatch.setitem(sys.modules, "pynvml", StubNvml(FakeBackend(), driver=False))
+    r = run("profile", "parvagpu.profiler.zoo:tiny_cnn", "--mode", "mig", "--out", tmp_path / "o")
+    assert r.exit_code == 4, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot initialise NVML" in lines[0] and "--mode cpu" in lines[0], r.stderr
+    assert not (tmp_path / "o").exists()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -37,8 +40,8 @@ def make_device(mode: Mode, gpu: int, sizes: tuple[int, ...]):
 
     try:
         backend = open_nvml()
-    except SystemFailure as exc:
-        raise SystemFailure(f"{exc}; --mode {mode.value} needs an NVIDIA GPU (--mode cpu profiles without one)") from None
+    except ParvaError as exc:  # no driver (exit 4), or no nvidia-ml-py (exit 2)
+        raise type(exc)(f"{exc}; --mode {mode.value} needs an NVIDIA GPU (--mode cpu profiles without one)") from None
     try:
         if not 0 <= gpu < backend.gpu_count():
             raise ParvaError(f"--gpu-index {gpu}: this machine has {backend.gpu_count()} GPU(s)")
@@ -84,18 +87,20 @@ def profile(
     """Measure a model's throughput and latency per (instance size, batch, processes) into a profile CSV.
 
     Every finished point is saved at once; running the same command again measures only what is
-    missing. Ctrl-C keeps the finished points (exit 130)."""
+    missing. Ctrl-C or SIGTERM keeps the finished points (exit 130 or 143)."""
     backend = None
+    signals = _Signals()
     try:
-        settings = Settings(duration, warmup, None if max_latency is None else max_latency / 1000, timeout)
-        job = _parse_job(model, shape, dtype, name, mode, sizes, batches, procs, settings, retry_errors)
-        store = ProfileStore(out, job.name)
-        store.prepare()
-        if _all_measured(job, store):
-            return
-        device, backend = make_device(job.mode, gpu_index, job.sizes)  # a missing GPU fails before torch loads
-        worker.check(job.spec)
-        _report(_run(job, device, store, gpu_index, quiet))
+        with signals.sigterm_interrupts():
+            settings = Settings(duration, warmup, None if max_latency is None else max_latency / 1000, timeout)
+            job = _parse_job(model, shape, dtype, name, mode, sizes, batches, procs, settings, retry_errors)
+            store = ProfileStore(out, job.name)
+            with store.claim():
+                if _all_measured(job, store):
+                    return
+                device, backend = make_device(job.mode, gpu_index, job.sizes)  # a missing GPU fails before torch loads
+                worker.check(job.spec)
+                _report(_run(job, device, store, gpu_index, quiet))
     except ParvaError as exc:
         fail_on(exc)
     except ProfileInterrupted as exc:
@@ -106,13 +111,41 @@ def profile(
             highlight=False,
             soft_wrap=True,
         )
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted before measuring; nothing was written", highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
+        raise typer.Exit(signals.exit_code)
     finally:
         if backend is not None:
             backend.close()
+
+
+class _Signals:
+    """SIGTERM stops a run as Ctrl-C does (workers stopped, instance torn down, finished points
+    kept), and the exit code says which signal it was (128 + its number: 130 or 143)."""
+
+    def __init__(self) -> None:
+        self.received = signal.SIGINT
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.received)
+
+    @contextmanager
+    def sigterm_interrupts(self) -> Iterator[None]:
+        def on_term(signum: int, _frame: object) -> None:
+            self.received = signal.Signals(signum)
+            raise KeyboardInterrupt
+
+        try:
+            previous = signal.signal(signal.SIGTERM, on_term)
+        except ValueError:  # not the main thread (tests): leave SIGTERM alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _parse_job(

@@ -4,9 +4,12 @@ a re-run reads them back and measures only what is missing."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from parvagpu.fileio.writer import atomic_write
@@ -22,8 +25,14 @@ class ProfileStore:
         self.csv_path = self.out_dir / f"{name}.csv"
         self.meta_path = self.out_dir / f"{name}{META_SUFFIX}"
 
-    def prepare(self) -> None:
-        """Create the output directory and prove it is writable, before any measuring."""
+    def prepare(self) -> list[Path]:
+        """Create the output directory and prove it is writable, before any measuring. Returns
+        the directories it created, innermost first."""
+        made = []
+        for d in (self.out_dir, *self.out_dir.parents):
+            if d.exists():
+                break
+            made.append(d)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -36,7 +45,35 @@ class ProfileStore:
             os.close(fd)
             os.unlink(tmp)
         except OSError as exc:
+            _remove_empty(made)
             raise ParvaError(f"--out {self.out_dir}: not writable: {exc.strerror or exc}") from None
+        return made
+
+    @contextmanager
+    def claim(self) -> Iterator[None]:
+        """`prepare`, then hold this profile's lock for the run, so a second run into the same
+        file is refused instead of both losing points. Afterwards the lock file goes, and so do
+        the directories `prepare` made if the run left them empty (a failed start leaves nothing)."""
+        made = self.prepare()
+        lock = self.out_dir / f".{self.csv_path.stem}.lock"
+        try:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise ParvaError(f"--out {self.out_dir}: cannot create {lock.name}: {exc.strerror or exc}") from None
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ParvaError(f"{self.csv_path}: another parvagpu profile is measuring into it") from None
+                try:
+                    yield
+                finally:
+                    lock.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+        finally:
+            _remove_empty(made)
 
     def load(self) -> tuple[dict[Point, Result], bool, dict | None]:
         """Points already measured, whether a torn last line was dropped, and the metadata."""
@@ -64,3 +101,12 @@ class ProfileStore:
 
     def save_meta(self, meta: dict) -> None:
         atomic_write(self.meta_path, json.dumps(meta, indent=2) + "\n")
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove these directories (innermost first) while they are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            break
