@@ -184,11 +184,12 @@ def main() -> None:
         results["deploy_s"] = time.time() - t0
         runs = {}
         # warm-up, not recorded: first requests through each path pay one-time costs
-        load_http(url, targets_from_plan(plan, 0.5), 10.0, seed=args.seed + 7, timeout_s=30)
+        load_http(url, targets_from_plan(plan, 0.5), 10.0, seed=args.seed + 7, timeout_s=30, synthetic=True)
         results["loadavg_before"] = os.getloadavg()
         for name, scale, dur in (("1x", 1.0, args.duration), ("1.5x", 1.5, args.duration),
                                  ("2x", 2.0, args.kill_duration)):
-            res = load_http(url, targets_from_plan(plan, scale), dur, seed=args.seed, rate_scale=scale, timeout_s=30)
+            res = load_http(url, targets_from_plan(plan, scale), dur, seed=args.seed, rate_scale=scale, timeout_s=30,
+                            synthetic=True)
             runs[name] = res
             (work / f"load-{name}.json").write_text(json.dumps(res.to_dict(latencies=True)))
             print(f"load {name}: lost {res.lost}", file=sys.stderr, flush=True)
@@ -217,7 +218,8 @@ def main() -> None:
 
         k = threading.Thread(target=killer)
         k.start()
-        res = load_http(url, targets_from_plan(plan, 1.0), args.kill_duration, seed=args.seed + 1, timeout_s=30)
+        res = load_http(url, targets_from_plan(plan, 1.0), args.kill_duration, seed=args.seed + 1, timeout_s=30,
+                        synthetic=True)
         k.join()
         runs["kill"] = res
         (work / "load-kill.json").write_text(json.dumps(res.to_dict(), indent=2))

@@ -163,7 +163,8 @@ def test_http_against_a_loopback_server():
         await site.start()
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, lambda: load_http(f"http://127.0.0.1:{port}", None, 1.5, seed=5))
+            return await loop.run_in_executor(
+                None, lambda: load_http(f"http://127.0.0.1:{port}", None, 1.5, seed=5, synthetic=True))
         finally:
             await runner.cleanup()
 
@@ -189,3 +190,68 @@ def test_cdf_plot_is_written(tmp_path):
     out = tmp_path / "cdf.png"
     plot_cdf({"a": [12.0, 30.0, 55.0, 80.0], "b": [1.0, 2.0]}, {"a": 60.0, "b": 5.0}, out, "t")
     assert out.stat().st_size > 1000
+
+
+def test_http_real_payloads_check_every_answer(tmp_path):
+    """Real OIP requests from the model's metadata: a right answer is ok, a wrong datatype or shape
+    is failed, 503 is rejected; --data tensors are sent as given."""
+    web = pytest.importorskip("aiohttp.web")
+    import numpy as np
+
+    from parvagpu.serving.oip import InferRequest, decode_request, encode_response
+
+    port = _free_port()
+    seen = []
+
+    async def infer(request):
+        req = decode_request(await request.read(), request.headers.get("Inference-Header-Content-Length"))
+        x = req.inputs["x"]
+        seen.append(x)
+        k = len(seen)
+        if k % 5 == 0:
+            return web.json_response({"error": "full"}, status=503)
+        y = x.sum(axis=1, keepdims=True).repeat(3, axis=1)  # (n, 3) FP32 as declared
+        if k % 7 == 0:
+            y = y.astype(np.float64)  # wrong datatype
+        elif k % 11 == 0:
+            y = y[:, :2]  # wrong shape
+        body, n = encode_response("a", InferRequest(req.inputs, binary_all=True), {"y": y}, ("y",), {"queue_ms": 1.0})
+        return web.Response(body=body, headers={"Inference-Header-Content-Length": str(n)})
+
+    async def meta(request):
+        return web.json_response({"name": "a", "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+                                  "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]})
+
+    async def models(request):
+        return web.json_response({"models": [{"model": "a", "rate": 60, "latency_ms": 100}]})
+
+    def serve_and(fn):
+        async def main():
+            app = web.Application()
+            app.router.add_post("/v2/models/a/infer", infer)
+            app.router.add_get("/v2/models/a", meta)
+            app.router.add_get("/v1/models", models)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, fn)
+            finally:
+                await runner.cleanup()
+
+        return asyncio.run(main())
+
+    res = serve_and(lambda: load_http(f"http://127.0.0.1:{port}", None, 1.5, seed=2))
+    s = res.stats[0]
+    bad = sum(1 for k in range(1, s.sent + 1) if k % 5 and (k % 7 == 0 or k % 11 == 0))
+    assert s.sent == len(seen) > 40 and s.lost == 0
+    assert (s.rejected, s.failed, s.ok) == (s.sent // 5, bad, s.sent - s.sent // 5 - bad)
+    assert seen[0].shape == (1, 4) and seen[0].dtype == np.float32
+    (tmp_path / "a").mkdir()
+    np.save(tmp_path / "a" / "x.npy", np.ones((2, 4), dtype=np.float32))
+    seen.clear()
+    serve_and(lambda: load_http(f"http://127.0.0.1:{port}", None, 0.5, seed=2, data_dir=tmp_path))
+    assert seen and all(x.tolist() == [[1.0] * 4] * 2 for x in seen)
+    np.save(tmp_path / "a" / "x.npy", np.ones((2, 5), dtype=np.float32))
+    with pytest.raises(ParvaError, match="does not fit"):
+        serve_and(lambda: load_http(f"http://127.0.0.1:{port}", None, 0.5, data_dir=tmp_path))

@@ -116,13 +116,18 @@ def load(
     timeout: float = typer.Option(10.0, "--timeout", help="Per-request timeout in seconds."),
     max_requests: int = typer.Option(100_000, "--max-requests", help="Stop scheduling after this many requests."),
     model: Optional[List[str]] = typer.Option(None, "--model", help="Load only this model (repeatable)."),
+    synthetic: bool = typer.Option(False, "--synthetic", help="Timing-only requests (/v1): the replicas' built-in inputs."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Request tensors from DIR/<model>/<input>.npy "
+                                        "(items first; default: one item generated from the model's metadata)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency CDF plot here (PNG/PDF)."),
 ) -> None:
     """Open-loop Poisson load at the planned rates; p50/p95/p99, SLO attainment, every request counted.
 
-    Each request ends ok, 503, failed or timed out. Exit 1 if a request was lost, failed or timed
-    out, or a model's p99 missed its SLO (503s alone do not fail the run: they are backpressure)."""
+    Real Open Inference Protocol requests (binary tensors), every answer's outputs checked against the
+    model's metadata (names, datatypes, shapes). Each request ends ok, 503, failed or timed out. Exit 1
+    if a request was lost, failed or timed out, or a model's p99 missed its SLO (503s alone do not
+    fail the run: they are backpressure)."""
     from parvagpu.serving.loadgen import check_loopback, load_http, targets_from_plan
     from parvagpu.serving.stats import console, stats_table
 
@@ -134,7 +139,9 @@ def load(
         else:
             base = check_loopback(url)
             targets = targets_from_plan(read_plan(Path(target))[0], rate_scale, model)
-        res = load_http(base, targets, duration, seed, rate_scale, timeout, max_requests)
+        if synthetic and data is not None:
+            raise ParvaError("--data sends real tensors; it cannot go with --synthetic")
+        res = load_http(base, targets, duration, seed, rate_scale, timeout, max_requests, synthetic, data)
         console().print(stats_table(res.stats, f"load {base}: {duration:g} s at {rate_scale:g}x planned rates, "
                                     f"max lag {res.max_lag_ms:.1f} ms"))
         for m, o in res.overhead_ms.items():

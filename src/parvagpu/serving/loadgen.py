@@ -18,10 +18,14 @@ import asyncio
 import ipaddress
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable, NamedTuple
 from urllib.parse import urlsplit
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.serving.oip import (
+    DTYPES, HEADER_LENGTH, OipError, TensorSpec, datatype_of, decode_response, encode_request,
+)
 from parvagpu.serving.stats import ModelStats, summarize
 
 OK, REJECTED, FAILED, TIMEOUT = "ok", "rejected", "failed", "timeout"
@@ -257,11 +261,17 @@ def _tally(targets: list[Target], records: list[_Record]) -> dict[str, _Tally]:
 
 
 class HttpSender:
-    """POST {base}/v1/models/<model>/infer over one pooled aiohttp session (keep-alive)."""
+    """Requests over one pooled aiohttp session (keep-alive): real OIP requests
+    (`POST {base}/v2/models/<model>/infer`, binary tensors, every answer's outputs checked against
+    the model's metadata) or, `synthetic`, timing-only ones (`POST {base}/v1/models/<model>/infer`)."""
 
-    def __init__(self, base_url: str, connections: int = 256) -> None:
+    def __init__(self, base_url: str, connections: int = 256, synthetic: bool = False,
+                 data_dir: Path | None = None) -> None:
         self.base = check_loopback(base_url)
         self.connections = connections
+        self.synthetic = synthetic
+        self.data_dir = data_dir
+        self.payloads: dict[str, Payload] = {}
         self._session = None
 
     async def __aenter__(self) -> "HttpSender":
@@ -280,6 +290,16 @@ class HttpSender:
             await self._session.close()
 
     async def __call__(self, model: str, rid: int) -> Reply:
+        if self.synthetic:
+            return await self._synthetic(model, rid)
+        p = self.payloads[model]
+        async with self._session.post(f"{self.base}/v2/models/{model}/infer", data=p.body, headers=p.headers) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                return Reply(REJECTED if resp.status == 503 else FAILED)
+            return p.check(body, resp.headers.get(HEADER_LENGTH))
+
+    async def _synthetic(self, model: str, rid: int) -> Reply:
         async with self._session.post(f"{self.base}/v1/models/{model}/infer", json={"id": rid}) as resp:
             body = await resp.read()
             if resp.status == 200:
@@ -302,6 +322,88 @@ class HttpSender:
         except (KeyError, TypeError, ValueError):
             raise ParvaError(f"{self.base}/v1/models: unexpected answer") from None
 
+    async def prepare(self, models: list[str]) -> None:
+        """Each model's request payload, from its metadata (GET /v2/models/<model>)."""
+        if self.synthetic:
+            return
+        for model in models:
+            async with self._session.get(f"{self.base}/v2/models/{model}") as resp:
+                if resp.status != 200:
+                    raise ParvaError(f"{self.base}/v2/models/{model} answered HTTP {resp.status}: {await resp.text()}")
+                meta = await resp.json()
+            self.payloads[model] = Payload.build(model, meta, self.data_dir)
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One model's request, encoded once (binary tensors), and what its answers must hold."""
+
+    body: bytes
+    headers: dict
+    items: int
+    outputs: dict  # output name -> (datatype, per-item shape with -1)
+
+    @classmethod
+    def build(cls, model: str, meta: dict, data_dir: Path | None) -> "Payload":
+        try:
+            inputs = {t["name"]: _input_tensor(model, t, data_dir) for t in meta["inputs"]}
+            outputs = {t["name"]: (t["datatype"], tuple(t["shape"][1:])) for t in meta["outputs"]}
+        except (KeyError, TypeError, IndexError):
+            raise ParvaError(f"{model}: unexpected model metadata") from None
+        items = {a.shape[0] for a in inputs.values()}
+        if len(items) != 1:
+            raise ParvaError(f"{model}: the inputs hold different numbers of items: {sorted(items)}")
+        body, n = encode_request(inputs, binary=True)
+        headers = {"content-type": "application/octet-stream"}
+        if n is not None:
+            headers[HEADER_LENGTH] = str(n)
+        return cls(body, headers, items.pop(), outputs)
+
+    def check(self, body: bytes, header_length: str | None) -> Reply:
+        """OK with the server's timings if the answer holds exactly the declared outputs, each of
+        its datatype and shape for this request's items; FAILED otherwise."""
+        try:
+            outs = decode_response(body, header_length)
+            doc = json.loads(body[:int(header_length)] if header_length else body)
+        except (OipError, ValueError, TypeError):
+            return Reply(FAILED)
+        if set(outs) != set(self.outputs):
+            return Reply(FAILED)
+        for name, arr in outs.items():
+            datatype, shape = self.outputs[name]
+            if datatype_of(arr) != datatype or not TensorSpec(name, datatype, shape).fits(arr.shape) \
+                    or arr.shape[0] != self.items:
+                return Reply(FAILED)
+        params = doc.get("parameters") if isinstance(doc, dict) else None
+        return Reply(OK, params if isinstance(params, dict) else {})
+
+
+def _input_tensor(model: str, t: dict, data_dir: Path | None):
+    """The input tensor `t` of a request to `model`: DIR/<model>/<input>.npy if given (items
+    first), else one item generated from the metadata (-1 as 8): normal floats, integers 0-999,
+    random booleans."""
+    import numpy as np
+
+    if data_dir is not None:
+        path = data_dir / model / f"{t['name']}.npy"
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ParvaError(f"{path}: cannot read: {exc}") from None
+        if datatype_of(arr) != t["datatype"] or not TensorSpec(t["name"], t["datatype"], tuple(t["shape"][1:])).fits(arr.shape):
+            raise ParvaError(f"{path}: {datatype_of(arr)} {list(arr.shape)} does not fit {t['datatype']} {t['shape']}")
+        return arr
+    shape = (1, *(8 if d == -1 else d for d in t["shape"][1:]))
+    rng = np.random.default_rng(0)
+    dt = DTYPES.get(t["datatype"])
+    if dt is None or dt.kind == "O":
+        raise ParvaError(f"{model}: cannot generate a {t['datatype']} input {t['name']!r}; give --data DIR")
+    if dt.kind == "f":
+        return rng.standard_normal(shape).astype(dt)
+    if dt.kind == "b":
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, 1000, shape).astype(dt)
+
 
 def targets_from_plan(plan, rate_scale: float = 1.0, models: list[str] | None = None) -> list[Target]:
     if not rate_scale > 0:
@@ -323,11 +425,14 @@ def load_http(
     rate_scale: float = 1.0,
     timeout_s: float = 10.0,
     max_requests: int = MAX_REQUESTS,
+    synthetic: bool = False,
+    data_dir: Path | None = None,
 ) -> LoadResult:
-    """Run a load against a served plan over HTTP; `targets` None = ask the server (rates scaled)."""
+    """Run a load against a served plan over HTTP; `targets` None = ask the server (rates scaled).
+    Real OIP requests unless `synthetic` (see `HttpSender`)."""
 
     async def main() -> LoadResult:
-        async with HttpSender(url) as sender:
+        async with HttpSender(url, synthetic=synthetic, data_dir=data_dir) as sender:
             served = await sender.models()  # also checks the server is there before any load
             tg = targets
             if tg is None:
@@ -336,6 +441,7 @@ def load_http(
                 missing = sorted({t.model for t in tg} - {t.model for t in served})
                 if missing:
                     raise ParvaError(f"{sender.base} does not serve: {', '.join(missing)}")
+            await sender.prepare([t.model for t in tg])
             return await run_load(tg, sender, duration_s, seed, timeout_s, max_requests, rate_scale, sender.base)
 
     try:
