@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import replace
@@ -19,7 +20,7 @@ from parvagpu.cli.common import (
 from parvagpu.contract.plan_json import plan_to_json
 from parvagpu.contract.seed_csv import plan_to_seed_csv
 from parvagpu.core.errors import ParvaError, Unservable
-from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
+from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, GpuType, gpu_type
 from parvagpu.core.model import DeploymentMap
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.inputs.provenance import provenance
@@ -122,15 +123,38 @@ def _out_format(out: Path, fmt: Optional[Format]) -> Format:
     return by_suffix
 
 
-def gpus() -> None:
-    """List the GPU types and their MIG instance profiles."""
+def gpus(
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog as JSON instead of a table."),
+) -> None:
+    """List the GPU types and their MIG instance profiles (planning ones and the extras: +me,
+    double-memory 1-slice)."""
+    if as_json:
+        sys.stdout.write(json.dumps({"version": 1, "gpus": [_gpu_dict(t) for t in GPU_TYPES.values()]}, indent=2) + "\n")
+        return
     table = Table(title="GPU types")
-    for col in ("GPU", "profile", "id", "GPCs", "memory slices", "legal starts", "MiB", "SMs"):
+    for col in ("GPU", "profile", "id", "GPCs", "memory slices", "legal starts", "MiB", "SMs", "max", "planned"):
         table.add_column(col)
     for t in GPU_TYPES.values():
-        for p in t.profiles:
+        for p in t.all_profiles:
             table.add_row(
                 t.name, p.name, str(p.profile_id), str(p.size), str(p.memory_slices),
-                ",".join(map(str, p.starts)), str(p.memory_mib), str(p.sms),
+                ",".join(map(str, p.starts)), str(p.memory_mib), str(p.sms or "?"),
+                str(p.max_count or ""), "yes" if p in t.profiles else "no",
             )
     Console().print(table)
+
+
+def _gpu_dict(t: GpuType) -> dict:
+    planned = set(t.profiles)
+    return {
+        "name": t.name, "memory_gb": t.memory_gb, "compute_slices": t.compute_slices,
+        "memory_slices": t.memory_slices, "pci_device_ids": list(t.pci_device_ids),
+        "profiles": [
+            {
+                "name": p.name, "id": p.profile_id, "size": p.size, "memory_slices": p.memory_slices,
+                "starts": list(p.starts), "memory_mib": p.memory_mib, "sms": p.sms or None,
+                "max_count": p.max_count or None, "planned": p in planned,
+            }
+            for p in t.all_profiles
+        ],
+    }

@@ -3,7 +3,13 @@
 Placement is expressed on the memory-slice axis, as NVML's `nvmlGpuInstancePlacement_t` does:
 an instance of profile P started at slot `s` covers memory slices `s .. s + P.memory_slices - 1`.
 Nothing else in the package hard-codes a GPU's geometry; every planner, checker and backend reads
-it from here. Source: NVIDIA MIG User Guide tables (A100, H100, H200, A30) and `nvidia-smi mig -lgipp`.
+it from here. Source: the NVIDIA MIG User Guide's "Supported MIG Profiles" and "Supported GPUs"
+tables (A100, A30, H100 80/94/96 GB, H20, H200, B200) and `nvidia-smi mig -lgipp`.
+
+Each type has one *planning* profile per instance size (`profiles`: what the planners choose from)
+and its *extra* profiles (`extra_profiles`): the media-extension `+me` ones and the 1-slice profile
+with twice the memory. The extras are listed by `parvagpu gpus`, accepted by the fake backend and by
+apply/export when a plan names them, and never chosen by a planner (a segment is planned by size).
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ class MigProfile:
     sms: int
     # The parva allocator's start-slot preference; a permutation of a subset of `starts`.
     preferred_starts: tuple[int, ...] = ()
+    max_count: int = 0  # most instances of this profile per GPU; 0: only the geometry limits it
+
+    @property
+    def media(self) -> bool:
+        """A media-extension profile (decoders, JPEG, OFA attached): at most one per GPU."""
+        return self.name.endswith("+me")
 
     def covers(self, start: int) -> range:
         return range(start, start + self.memory_slices)
@@ -44,6 +56,20 @@ class GpuType:
     memory_slices: int
     profiles: tuple[MigProfile, ...]  # planning profiles only: one per size
     pci_device_ids: tuple[str, ...] = ()
+    extra_profiles: tuple[MigProfile, ...] = ()  # +me and double-memory 1-slice: never planned
+    memory_gb: int = 0  # the product's memory, as NVIDIA names it
+
+    @property
+    def all_profiles(self) -> tuple[MigProfile, ...]:
+        """Every MIG profile of the type, planning ones first."""
+        return self.profiles + self.extra_profiles
+
+    def profile_by_id(self, profile_id: int) -> MigProfile | None:
+        return next((p for p in self.all_profiles if p.profile_id == profile_id), None)
+
+    def profile_mask(self, profile: MigProfile, start: int) -> int:
+        """Bitmask of the memory slices `profile` started at `start` covers (any profile)."""
+        return ((1 << profile.memory_slices) - 1) << start
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -128,9 +154,11 @@ def _layouts(gpu: GpuType) -> tuple[tuple[tuple[int, int], ...], ...]:
 
 def _seven_slice(
     name: str, mem: tuple[str, str, str, str, str], mib: tuple[int, ...], sms: tuple[int, ...],
-    pci: tuple[str, ...],
+    pci: tuple[str, ...], extra: tuple[str, int, int] = ("", 0, 0), memory_gb: int = 0,
 ) -> GpuType:
-    """The 7-compute/8-memory-slice geometry shared by A100, H100 and H200 (same -lgipp)."""
+    """The 7-compute/8-memory-slice geometry shared by A100, H100, H20, H200 and B200 (same
+    -lgipp). `extra` names the double-memory 1-slice profile (name suffix, MiB, SMs); the `+me`
+    1-slice profile takes the 1g profile's memory and SMs."""
     ids = (19, 14, 9, 5, 0)
     sizes = (1, 2, 3, 4, 7)
     widths = (1, 2, 4, 4, 8)
@@ -141,11 +169,23 @@ def _seven_slice(
         MigProfile(f"{s}g.{m}", i, s, w, st, mb, sm, pr)
         for s, m, i, w, st, mb, sm, pr in zip(sizes, mem, ids, widths, starts, mib, sms, prefs)
     )
-    return GpuType(name, 7, 8, profiles, pci)
+    extras = (
+        MigProfile(f"1g.{mem[0]}+me", 20, 1, 1, starts[0], mib[0], sms[0], max_count=1),
+        MigProfile(f"1g.{extra[0]}", 15, 1, 2, (0, 2, 4, 6), extra[1], extra[2], max_count=4),
+    )
+    return GpuType(name, 7, 8, profiles, pci, extras, memory_gb)
 
 
 _A100_80_PCI = ("0x20B210DE", "0x20B510DE", "0x20F310DE", "0x20F510DE")
 _H100_PCI = ("0x233010DE", "0x233110DE", "0x232210DE", "0x232410DE")
+_HOPPER_SMS = (16, 32, 60, 64, 132)
+# Types whose per-profile MiB NVIDIA's tables do not give: the profile's nominal size in MiB.
+# SM counts NVIDIA does not document for a type are 0 ("not documented").
+
+
+def _nominal(gbs: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(g * 1024 for g in gbs)
+
 
 GPU_TYPES: dict[str, GpuType] = {
     t.name: t
@@ -153,20 +193,41 @@ GPU_TYPES: dict[str, GpuType] = {
         _seven_slice(
             "A100-80GB", ("10gb", "20gb", "40gb", "40gb", "80gb"),
             (9856, 19968, 40192, 40192, 80384), (14, 28, 42, 56, 98), _A100_80_PCI,
+            ("20gb", 19968, 14), 80,
         ),
         _seven_slice(
             "A100-40GB", ("5gb", "10gb", "20gb", "20gb", "40gb"),
             (4864, 9856, 19968, 19968, 40192), (14, 28, 42, 56, 98),
-            ("0x20B010DE", "0x20B110DE", "0x20F110DE", "0x20F610DE"),
+            ("0x20B010DE", "0x20B110DE", "0x20F110DE", "0x20F610DE"), ("10gb", 9856, 14), 40,
         ),
         _seven_slice(
             "H100-80GB", ("10gb", "20gb", "40gb", "40gb", "80gb"),
-            (9856, 19968, 40192, 40192, 80384), (16, 32, 60, 64, 132), _H100_PCI,
+            (9856, 19968, 40192, 40192, 80384), _HOPPER_SMS, _H100_PCI, ("20gb", 19968, 26), 80,
+        ),
+        # H100 NVL (and the 94 GB SXM5/PCIe parts): the guide's -lgipp, profile names of 94 GB.
+        _seven_slice(
+            "H100-94GB", ("12gb", "24gb", "47gb", "47gb", "94gb"), _nominal((12, 24, 47, 47, 94)),
+            _HOPPER_SMS, ("0x232110DE",), ("24gb", 24 * 1024, 26), 94,
+        ),
+        # H100 on GH200 (96 GB).
+        _seven_slice(
+            "H100-96GB", ("12gb", "24gb", "48gb", "48gb", "96gb"), _nominal((12, 24, 48, 48, 96)),
+            _HOPPER_SMS, ("0x234210DE",), ("24gb", 24 * 1024, 26), 96,
+        ),
+        # H20 (96 GB, fewer SMs than H100; per-profile SMs not documented).
+        _seven_slice(
+            "H20", ("12gb", "24gb", "48gb", "48gb", "96gb"), _nominal((12, 24, 48, 48, 96)),
+            (0, 0, 0, 0, 0), ("0x232910DE",), ("24gb", 24 * 1024, 0), 96,
         ),
         _seven_slice(
             "H200", ("18gb", "35gb", "71gb", "71gb", "141gb"),
-            (18432, 35840, 72704, 72704, 144384), (16, 32, 60, 64, 132),
-            ("0x233510DE", "0x233B10DE"),
+            (18432, 35840, 72704, 72704, 144384), _HOPPER_SMS,
+            ("0x233510DE", "0x233B10DE"), ("35gb", 35840, 26), 141,
+        ),
+        # B200 (180 GB usable): the same 7/8-slice geometry; per-profile SMs not documented.
+        _seven_slice(
+            "B200", ("23gb", "45gb", "90gb", "90gb", "180gb"), _nominal((23, 45, 90, 90, 180)),
+            (0, 0, 0, 0, 0), ("0x290110DE",), ("45gb", 45 * 1024, 0), 180,
         ),
         GpuType(
             "A30",
@@ -178,6 +239,11 @@ GPU_TYPES: dict[str, GpuType] = {
                 MigProfile("4g.24gb", 0, 4, 4, (0,), 23344, 56),
             ),
             ("0x20B710DE",),
+            (
+                MigProfile("1g.6gb+me", 21, 1, 1, (0, 1, 2, 3), 5836, 14, max_count=1),
+                MigProfile("2g.12gb+me", 6, 2, 2, (0, 2), 11672, 28, max_count=1),
+            ),
+            24,
         ),
     )
 }

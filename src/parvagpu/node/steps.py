@@ -221,6 +221,6 @@ def _names(type_name: str, wants: tuple[Want, ...]) -> dict[int, str]:
 def profile_names(type_name: str) -> dict[int, str]:
     """Profile id -> profile name of a GPU type; empty for a type the table does not know."""
     try:
-        return {p.profile_id: p.name for p in gpu_type(type_name).profiles}
+        return {p.profile_id: p.name for p in gpu_type(type_name).all_profiles}
     except ParvaError:
         return {}

@@ -146,9 +146,9 @@ class FakeBackend:
         return gi
 
     def _profile(self, profile_id: int):
-        for p in self._type.profiles:
-            if p.profile_id == profile_id:
-                return p
+        p = self._type.profile_by_id(profile_id)  # planning and extra (+me, double-memory) profiles
+        if p is not None:
+            return p
         raise NotSupported(f"GPU instance profile {profile_id!r} is not supported on {self._type.name}")
 
     @property
@@ -190,13 +190,15 @@ class FakeBackend:
         p = self._profile(profile_id)
         if isinstance(start, bool) or not isinstance(start, int) or start not in p.starts:
             raise InvalidArgument(f"gpu {gpu}: {p.name} cannot start at {start!r} (legal starts {list(p.starts)})")
-        want = self._type.mask(p.size, start)
+        want = self._type.profile_mask(p, start)
         used = 0
         compute = 0
         for gi in g.gis.values():
             q = self._profile(gi.profile_id)
-            used |= self._type.mask(q.size, gi.start)
+            used |= self._type.profile_mask(q, gi.start)
             compute += q.size
+        if p.max_count and sum(gi.profile_id == profile_id for gi in g.gis.values()) >= p.max_count:
+            raise InsufficientResources(f"gpu {gpu}: at most {p.max_count} {p.name} per GPU")
         if used & want:
             raise InsufficientResources(f"gpu {gpu}: {p.name}@{start} overlaps an existing GPU instance")
         if compute + p.size > self._type.compute_slices:
@@ -317,6 +319,6 @@ class FakeBackend:
             raise InvalidArgument(f"gpu {gpu}: {p.name} cannot start at {start}")
         used = 0
         for gi in g.gis.values():
-            used |= self._type.mask(self._profile(gi.profile_id).size, gi.start)
-        if used & self._type.mask(p.size, start):
+            used |= self._type.profile_mask(self._profile(gi.profile_id), gi.start)
+        if used & self._type.profile_mask(p, start):
             raise InsufficientResources(f"gpu {gpu}: {p.name}@{start} overlaps another instance")
