@@ -59,7 +59,7 @@ BAD = [
     (_with(version=True), "unsupported node state version True"),
     (_with(gpus_per_node=0), "gpus_per_node must be >= 1, got 0"),
     (_with(gpus_per_node=True), "gpus_per_node must be an integer"),
-    (_with(gpu_type="B200"), "unknown GPU type 'B200'"),
+    (_with(gpu_type="B300"), "unknown GPU type 'B300'"),
     (_with(gpu_type=7), "gpu_type must be a string"),
     (_with(segments={}), "segments must be a list"),
     (_with(extra=1), "not a node state file"),
