@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Sequence
+
+import numpy as np
 
 from parvagpu.core.errors import Unservable
 from parvagpu.core.model import Service, Triplet
@@ -49,23 +50,25 @@ class _OptionTable:
     def __init__(self, request: PlanRequest, columns: Sequence[Column]) -> None:
         self.request, self.gpu, self.profiles = request, request.gpu, request.profiles
         self.sub = substitutes(columns, len(self.gpu.sizes))
-        self.usable = {s for c in columns for s, n in zip(self.gpu.sizes, c.counts) if n}
-        self.cache: dict[tuple[bytes, Fraction], Options] = {}
+        used = {s for c in columns for s, n in zip(self.gpu.sizes, c.counts) if n}
+        self.index_of = {s: i for i, s in enumerate(self.gpu.sizes) if s in used}
+        self.cache: dict[tuple[bytes, float], Options] = {}
 
-    def key(self, svc: Service) -> tuple[bytes, Fraction]:
-        return (self.profiles[svc.model].content_key, svc.exact_latency_ms)
+    def key(self, svc: Service) -> tuple[bytes, float]:
+        # A float latency stands for its exact decimal value (repr is one-to-one on floats).
+        return (self.profiles[svc.model].content_key, float(svc.latency_ms))
 
-    def options(self, i: int, key: tuple[bytes, Fraction]) -> Options:
+    def options(self, i: int, key: tuple[bytes, float]) -> Options:
         svc = self.request.services[i]
         if key not in self.cache:
             per_size = self.request.best_by_size[i]
             if not per_size:
                 raise unservable(self.request, i)
-            sizes = self.gpu.sizes
-            cand = [(sizes.index(s), t) for s, t in sorted(per_size.items()) if s in self.usable]
+            cand = [(self.index_of[s], t) for s, t in sorted(per_size.items()) if s in self.index_of]
+            sub = self.sub
             self.cache[key] = tuple(
                 (i, t) for i, t in cand
-                if not any(j < i and u.throughput >= t.throughput and self.sub[i][j] for j, u in cand)
+                if not any(j < i and sub[i][j] and u.throughput >= t.throughput for j, u in cand)
             )
         if not self.cache[key]:
             raise Unservable(f"model {svc.model}: no admissible triplet fits a layout of {self.gpu.name}")
@@ -93,7 +96,7 @@ def _with_covers(groups: list[Block]) -> list[Block]:
         keys.setdefault((g.rate, tuple(t.throughput for _, t in g.options)), len(keys))
     covers_of = covers_many(list(keys))
     return [
-        replace(g, covers=covers_of[keys[(g.rate, tuple(t.throughput for _, t in g.options))]])
+        Block(g.services, g.rate, g.options, covers_of[keys[(g.rate, tuple(t.throughput for _, t in g.options))]])
         for g in groups
     ]
 
@@ -127,11 +130,17 @@ def build_blocks(request: PlanRequest, columns: Sequence[Column]) -> tuple[Block
 
 
 def trivial_bound(blocks: Sequence[Block], sizes: tuple[int, ...], slices: int) -> int:
-    """Each service's GPCs at its most efficient size (at least one segment), over one GPU's;
-    the bound while no LP has been solved."""
+    """The bound while no LP has been solved: GPCs needed over one GPU's. A block with covers
+    needs at least its smallest cover's GPCs (a Lagrangian bound with every size priced at its
+    share of a GPU, which no layout exceeds); one without, its rate at its most efficient size
+    (at least one segment)."""
     gpcs = 0.0
     for b in blocks:
-        eff = max(t.throughput / sizes[i] for i, t in b.options)
-        smallest = min(sizes[i] for i, _ in b.options)
-        gpcs += len(b.services) * max(b.rate / eff, smallest)
+        size = np.array([sizes[i] for i, _ in b.options], dtype=np.float64)
+        if b.covers is not None:
+            need = float((b.covers @ size).min())
+        else:
+            eff = max(t.throughput / sizes[i] for i, t in b.options)
+            need = max(b.rate / eff, float(size.min()))
+        gpcs += len(b.services) * need
     return max(0, math.ceil(gpcs / slices * (1 - 1e-9)))

@@ -33,54 +33,90 @@ class Model:
 
 
 def build_program(blocks: Sequence[Block], columns: Sequence[Column], nsz: int) -> Model:
+    """The program's matrix: per block its variables (covers or direct y) and demand row, then one
+    x per layout. Cover blocks are laid out for all blocks at once."""
     M = len(blocks)
-    cols, rows, vals, upper, offsets = [], [], [], [], []
+    width = [len(b.covers) if b.covers is not None else len(b.options) for b in blocks]
+    offsets = np.concatenate(([0], np.cumsum(width, dtype=np.int64)))
+    nvar = int(offsets[-1])
     row_lo = np.full(M + nsz, -np.inf)
     row_hi = np.zeros(M + nsz)
-    nvar = 0
-    max_gpus = 0.0
-    for b_i, b in enumerate(blocks):
-        offsets.append(nvar)
-        sidx = np.array([k for k, _ in b.options])
-        n = len(b.services)
-        if b.covers is not None:
-            cov = b.covers
-            nc = len(cov)
-            row_lo[b_i] = row_hi[b_i] = n
-            o, j = np.nonzero(cov)
-            cols += [np.arange(nvar, nvar + nc), nvar + o]
-            rows += [np.full(nc, b_i), M + sidx[j]]
-            vals += [np.ones(nc), cov[o, j].astype(np.float64)]
-            upper.append(np.full(nc, float(n)))
-            max_gpus += n * float(cov.sum(axis=1).min())
-            nvar += nc
-        else:
-            ts = np.array([t.throughput for _, t in b.options])
-            k = len(ts)
-            # In req/s, not normalised: HiGHS's absolute feasibility tolerance (1e-6) then lets a
-            # plan fall short by 1e-6 req/s at most, below the 0.001 resolution of profiled
-            # throughputs, instead of 1e-6 of the rate.
-            row_lo[b_i], row_hi[b_i] = b.rate, np.inf
-            cols += [np.arange(nvar, nvar + k)] * 2
-            rows += [np.full(k, b_i), M + sidx]
-            vals += [ts, np.ones(k)]
-            ub = np.ceil(b.rate / ts)
-            upper.append(ub)
-            max_gpus += float(ub.min())
-            nvar += k
-    for c_i, c in enumerate(columns):
-        for k, a in enumerate(c.counts):
-            if a:
-                cols.append(np.array([nvar + c_i]))
-                rows.append(np.array([M + k]))
-                vals.append(np.array([-float(a)]))
-    upper.append(np.full(len(columns), max(max_gpus, 1.0)))
+    upper = np.zeros(nvar + len(columns))
+    parts = [_cover_entries(blocks, offsets, nsz, row_lo, row_hi, upper),
+             _direct_entries(blocks, offsets, row_lo, row_hi, upper), _layout_entries(columns, nvar, M)]
+    cols, rows, vals = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    upper[nvar:] = max(_max_gpus(blocks, nsz), 1.0)
     cost = np.zeros(nvar + len(columns))
     cost[nvar:] = 1.0
-    return Model(
-        offsets, nvar, np.concatenate(cols).astype(np.int64), np.concatenate(rows).astype(np.int64),
-        np.concatenate(vals), cost, np.concatenate(upper), row_lo, row_hi,
-    )
+    return Model(offsets[:-1].tolist(), nvar, cols.astype(np.int64), rows.astype(np.int64), vals,
+                 cost, upper, row_lo, row_hi)
+
+
+def _cover_matrix(blocks: Sequence[Block], nsz: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every cover of every cover block as a row of counts per size (all sizes), and its block."""
+    idx = [b_i for b_i, b in enumerate(blocks) if b.covers is not None]
+    if not idx:
+        return np.zeros((0, nsz)), np.zeros(0, dtype=np.int64)
+    full = []
+    for b_i in idx:
+        b = blocks[b_i]
+        f = np.zeros((len(b.covers), nsz))
+        f[:, [k for k, _ in b.options]] = b.covers
+        full.append(f)
+    return np.concatenate(full), np.repeat(idx, [len(f) for f in full])
+
+
+def _cover_entries(blocks, offsets, nsz, row_lo, row_hi, upper):
+    """z[m,k]: one demand-row entry, then one supply-row entry per size the cover uses (in size
+    order, as HiGHS is given them column by column)."""
+    F, block = _cover_matrix(blocks, nsz)
+    M = len(blocks)
+    n = np.array([len(b.services) for b in blocks], dtype=np.float64)
+    row_lo[block] = row_hi[block] = n[block]
+    start = np.concatenate(([0], np.flatnonzero(np.diff(block)) + 1)) if len(block) else block
+    var = offsets[block] + np.arange(len(block)) - np.repeat(start, np.diff(np.append(start, len(block))))
+    upper[var] = n[block]
+    o, s = np.nonzero(F)
+    return (np.concatenate([var, var[o]]), np.concatenate([block, M + s]),
+            np.concatenate([np.ones(len(var)), F[o, s]]))
+
+
+def _direct_entries(blocks, offsets, row_lo, row_hi, upper):
+    """y[m,s] for blocks without covers: demand row in req/s, then the supply rows."""
+    cols, rows, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    M = len(blocks)
+    for b_i, b in enumerate(blocks):
+        if b.covers is not None:
+            continue
+        ts = np.array([t.throughput for _, t in b.options])
+        k = len(ts)
+        var = np.arange(offsets[b_i], offsets[b_i] + k)
+        # In req/s, not normalised: HiGHS's absolute feasibility tolerance (1e-6) then lets a
+        # plan fall short by 1e-6 req/s at most, below the 0.001 resolution of profiled
+        # throughputs, instead of 1e-6 of the rate.
+        row_lo[b_i], row_hi[b_i] = b.rate, np.inf
+        cols += [var, var]
+        rows += [np.full(k, b_i), M + np.array([j for j, _ in b.options])]
+        vals += [ts, np.ones(k)]
+        upper[var] = np.ceil(b.rate / ts)
+    return np.concatenate(cols), np.concatenate(rows), np.concatenate(vals)
+
+
+def _layout_entries(columns, nvar, M):
+    ent = [(nvar + c_i, M + k, -float(a)) for c_i, c in enumerate(columns) for k, a in enumerate(c.counts) if a]
+    c, r, v = zip(*ent) if ent else ((), (), ())
+    return np.array(c, dtype=np.int64), np.array(r, dtype=np.int64), np.array(v, dtype=np.float64)
+
+
+def _max_gpus(blocks: Sequence[Block], nsz: int) -> float:
+    """An upper bound on useful GPUs per layout: every service on its fewest segments, one GPU each."""
+    total = 0.0
+    for b in blocks:
+        if b.covers is not None:
+            total += len(b.services) * float(b.covers.sum(axis=1).min())
+        else:
+            total += float(np.ceil(b.rate / np.array([t.throughput for _, t in b.options])).min())
+    return total
 
 
 def dual_bound(model: Model, row_dual: np.ndarray) -> tuple[float, np.ndarray]:
