@@ -116,10 +116,14 @@ class PointColumns:
         """A hash of the content: profiles with equal digests have equal points."""
         if self.known_digest is not None:
             return self.known_digest
+        return row_digest(self.packed(), self.extra)
+
+    def packed(self) -> bytes:
+        """The rows packed as `ROW_DTYPE` (little-endian), in file order."""
         rows = np.empty(len(self), dtype=ROW_DTYPE)
         for name, a in zip(ROW_DTYPE.names, (self.size, self.batch, self.procs, self.throughput, self.latency_s)):
             rows[name] = a
-        return row_digest(rows.tobytes(), self.extra)
+        return rows.tobytes()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PointColumns):
