@@ -314,3 +314,18 @@ def test_a_torn_last_line_is_dropped_and_measured_again(tmp_path):
     summary = profile(job(sizes=(1,), batches=(1, 2), procs=(1,)), FakeDevice(), la, st)
     assert summary.dropped_torn_line and [p for p, _ in la.calls] == [Point(1, 2, 1)]
     assert len(load_profile(st.csv_path).points) == 2
+
+
+def test_remeasure_measures_the_grid_again_and_keeps_other_rows(tmp_path):
+    import dataclasses
+
+    st = store(tmp_path)
+    profile(job(sizes=(1, 2)), FakeDevice(), FakeLauncher(), st)
+    la = FakeLauncher(outcomes={Point(1, 1, 1): ERROR})
+    assert profile(job(sizes=(1,)), FakeDevice(), la, st).measured == 0  # nothing missing
+    summary = profile(dataclasses.replace(job(sizes=(1,)), remeasure=True), FakeDevice(), la, st)
+    assert summary.measured == 6 and summary.already == 0 and len(la.calls) == 6
+    rows = parse_csv(st.csv_path.read_text(), "m.csv")[0]
+    assert len(rows) == 12 and rows[Point(1, 1, 1)].status == ERROR  # size 2 rows kept as they were
+    meta = json.loads(st.meta_path.read_text())
+    assert meta["runs"][-1]["settings"]["remeasure"] is True

@@ -8,6 +8,7 @@ import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -81,6 +82,9 @@ def profile(
     dtype: str = typer.Option("float32", "--dtype", help="Input dtype: float32 (random) or int64 (ones, token ids)."),
     gpu_index: int = typer.Option(0, "--gpu-index", help="GPU to use in mig and mps-share modes."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Measure again the points that failed with an error."),
+    remeasure: bool = typer.Option(
+        False, "--remeasure", help="Measure every point of the grid again, replacing its row (other rows stay)."
+    ),
     timeout: float = typer.Option(600.0, "--timeout", help="Seconds a point may take to load and warm up."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the progress bar and failures."),
 ) -> None:
@@ -94,6 +98,7 @@ def profile(
         with signals.sigterm_interrupts():
             settings = Settings(duration, warmup, None if max_latency is None else max_latency / 1000, timeout)
             job = _parse_job(model, shape, dtype, name, mode, sizes, batches, procs, settings, retry_errors)
+            job = replace(job, remeasure=remeasure)
             store = ProfileStore(out, job.name)
             with store.claim():
                 if _all_measured(job, store):
@@ -170,7 +175,7 @@ def _all_measured(job: Job, store: ProfileStore) -> bool:
     """The file already holds every point (after checking it belongs to this model and mode)."""
     existing, _torn, meta = store.load()
     check_compatible(job, existing, meta, store.csv_path)
-    if todo(job.points(), existing, job.retry_errors):
+    if todo(job.points(), existing, job.retry_errors, job.remeasure):
         return False
     err.print(f"{store.csv_path}: all {len(job.points())} points already measured", highlight=False, soft_wrap=True)
     return True

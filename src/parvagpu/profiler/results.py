@@ -86,9 +86,12 @@ def skip_reason(point: Point, done: Mapping[Point, Result], max_latency_s: float
     return None
 
 
-def todo(points: Iterable[Point], done: Mapping[Point, Result], retry_errors: bool = False) -> list[Point]:
-    """Points still to measure: not in the file yet (or failed with an error, when retrying)."""
-    return [p for p in points if p not in done or (retry_errors and done[p].status == ERROR)]
+def todo(
+    points: Iterable[Point], done: Mapping[Point, Result], retry_errors: bool = False, remeasure: bool = False,
+) -> list[Point]:
+    """Points still to measure: not in the file yet (or failed with an error, when retrying;
+    every one, when re-measuring)."""
+    return [p for p in points if remeasure or p not in done or (retry_errors and done[p].status == ERROR)]
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -35,6 +35,7 @@ class Job:
     procs: tuple[int, ...]
     settings: Settings = field(default_factory=Settings)
     retry_errors: bool = False
+    remeasure: bool = False  # measure every grid point again, replacing its row
 
     def points(self) -> list[Point]:
         return grid(self.sizes, self.batches, self.procs)
@@ -160,7 +161,7 @@ def profile(
     existing, torn, meta = store.load()
     check_compatible(job, existing, meta, store.csv_path)
     points = job.points()
-    pending = todo(points, existing, job.retry_errors)
+    pending = todo(points, existing, job.retry_errors, job.remeasure)
     summary = Summary(store.csv_path, len(points), len(points) - len(pending), dropped_torn_line=torn)
     if not pending:
         summary.complete = True
@@ -198,7 +199,7 @@ def _run_record(job: Job) -> dict:
             "duration_s": s.duration_s, "warmup": s.warmup,
             "max_latency_ms": None if s.max_latency_s is None else s.max_latency_s * 1000,
             "sizes": list(job.sizes), "batches": list(job.batches), "procs": list(job.procs),
-            "retry_errors": job.retry_errors,
+            "retry_errors": job.retry_errors, "remeasure": job.remeasure,
         },
         "measured": [], "skipped": [],
     }
