@@ -11,6 +11,8 @@ import json
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from parvagpu.core.gpus import GPU_TYPES, gpu_type
 from parvagpu.hardware.mig import (
@@ -406,3 +408,53 @@ def test_nvml_counts_every_nvml_call(monkeypatch):
     assert b.calls["create_gpu_instance"] == 1
     assert b.nvml_calls["nvmlDeviceCreateGpuInstanceWithPlacement"] == 1
     assert b.nvml_calls["nvmlGpuInstanceCreateComputeInstance"] == 1
+
+
+# -- the fake state file reader -------------------------------------------------------------------
+
+
+def _fake_doc():
+    f = FakeBackend("A100-80GB", 2)
+    gi = f.create_gpu_instance(0, 9, 4)
+    f.create_compute_instance(0, gi)
+    m = FakeMps(f)
+    m.start("/p", "/l", f.list_instances(0)[0].uuid)
+    return {"mig": f.to_dict(), "mps": m.to_dict()}
+
+
+def _paths(d, pre=()):
+    yield pre
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else ()
+    for k, v in items:
+        yield from _paths(v, pre + (k,))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(list(_paths(_fake_doc()))), value=_JSON)
+def test_fuzz_the_fake_state_reader_gives_a_node_or_one_line(path, value):
+    """Any one value of a valid fake state file replaced by any JSON value: a node that answers
+    every read, or one ParvaError line; never another exception (inf ids crashed it)."""
+    import copy
+
+    doc = copy.deepcopy(_fake_doc())
+    if path:
+        cur = doc
+        for k in path[:-1]:
+            cur = cur[k]
+        cur[path[-1]] = value
+    else:
+        doc = {"mig": value, "mps": value}
+    try:
+        b = FakeBackend.from_dict(doc["mig"], "f.json")
+        FakeMps.from_dict(doc["mps"], b, "f.json")
+        for g in range(b.gpu_count()):
+            b.mig_mode(g), b.list_instances(g), b.gpu_type(g)
+    except ParvaError as exc:
+        assert str(exc).startswith("f.json") and "\n" not in str(exc)

@@ -201,12 +201,18 @@ class FakeMps:
     def from_dict(cls, data: Any, backend: Any | None = None, source: str = "fake state") -> "FakeMps":
         m = cls(backend)
         try:
-            m._pid = int(data.get("pid", 30000))
+            m._pid = _json_int(data.get("pid", 30000))
             for pipe, d in dict(data["daemons"]).items():
                 m.daemons[str(pipe)] = {
                     "log_dir": str(d["log_dir"]), "uuid": str(d["uuid"]),
-                    "server_pid": None if d.get("server_pid") is None else int(d["server_pid"]),
+                    "server_pid": None if d.get("server_pid") is None else _json_int(d["server_pid"]),
                 }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ParvaError(f"{source}: bad MPS section ({type(exc).__name__}: {exc})") from None
         return m
+
+
+def _json_int(v: Any) -> int:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise TypeError(f"expected an integer, got {v!r}")

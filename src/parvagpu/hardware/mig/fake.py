@@ -287,23 +287,23 @@ class FakeBackend:
         a layout the hardware would refuse."""
         try:
             gpus = data["gpus"]
-            fake = cls(str(data["gpu_type"]), len(gpus))
-            fake._serial = int(data.get("serial", 0))
-            fake._next_pid = int(data.get("next_pid", 40000))
+            fake = cls(_json_str(data["gpu_type"]), len(gpus))
+            fake._serial = _json_int(data.get("serial", 0))
+            fake._next_pid = _json_int(data.get("next_pid", 40000))
             for i, g in enumerate(gpus):
-                fake._gpus[i].mig = bool(g["mig"])
-                fake._gpus[i].mig_pending = bool(g.get("mig_pending", g["mig"]))
-                for inst in sorted(g["instances"], key=lambda x: -fake._profile(int(x["profile_id"])).size):
-                    fake._check_free(i, int(inst["profile_id"]), int(inst["start"]))
-                    gi = _Gi(int(inst["gi_id"]), int(inst["profile_id"]), int(inst["start"]))
+                fake._gpus[i].mig = _json_bool(g["mig"])
+                fake._gpus[i].mig_pending = _json_bool(g.get("mig_pending", g["mig"]))
+                for inst in sorted(g["instances"], key=lambda x: -fake._profile(_json_int(x["profile_id"])).size):
+                    fake._check_free(i, _json_int(inst["profile_id"]), _json_int(inst["start"]))
+                    gi = _Gi(_json_int(inst["gi_id"]), _json_int(inst["profile_id"]), _json_int(inst["start"]))
                     if gi.gi_id in fake._gpus[i].gis:
                         raise ValueError(f"gpu {i}: duplicate GI id {gi.gi_id}")
                     for c in inst["cis"]:
-                        gi.cis[int(c["ci_id"])] = _Ci(int(c["ci_id"]), int(c["slices"]), str(c["uuid"]))
+                        gi.cis[_json_int(c["ci_id"])] = _Ci(_json_int(c["ci_id"]), _json_int(c["slices"]), _json_str(c["uuid"]))
                     for p in inst.get("processes", []):
-                        gi.procs[int(p["pid"])] = str(p.get("name", ""))
+                        gi.procs[_json_int(p["pid"])] = str(p.get("name", ""))
                     fake._gpus[i].gis[gi.gi_id] = gi
-        except MigError as exc:
+        except ParvaError as exc:  # the hardware's rules, or the fake's size limit
             raise ParvaError(f"{source}: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ParvaError(f"{source}: not a fake node state ({type(exc).__name__}: {exc})") from None
@@ -322,3 +322,22 @@ class FakeBackend:
             used |= self._type.profile_mask(self._profile(gi.profile_id), gi.start)
         if used & self._type.profile_mask(p, start):
             raise InsufficientResources(f"gpu {gpu}: {p.name}@{start} overlaps another instance")
+
+
+def _json_int(v: Any) -> int:
+    """A JSON integer as written by `to_dict`; anything else makes the file not a fake state."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise TypeError(f"expected an integer, got {v!r}")
+
+
+def _json_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise TypeError(f"expected true or false, got {v!r}")
+
+
+def _json_str(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    raise TypeError(f"expected a string, got {v!r}")
