@@ -38,10 +38,16 @@ def test_fix_slot_minus_one(a100):
     """The reference gives a 2g slot -1 when 1g's hold its preferred starts 0, 4 and 2 while two
     slices are free. Here the GPU is re-packed and both 2g's fit on the one GPU."""
     c = _Cluster(a100, AllocatorPolicy())
-    for size in (1, 1, 1, 2):
-        c.place(_seg("m", size))
-    starts = sorted((s.size, st) for st, s in c.gpus[0].slots.items())
-    assert starts == [(1, 0), (1, 4), (1, 6), (2, 2)]  # the reference's preferences
+    c.place(_seg("m", 2))  # opens GPU 0; its layout is then set to the reference's by hand
+    g = c.gpus[0]
+    c._unbucket(g)
+    g.slots, g.used, g.usage = {}, 0, 0
+    for size, start in ((1, 0), (1, 4), (1, 6), (2, 2)):  # its preferred starts
+        g.slots[start] = _seg("m", size)
+        g.used |= a100.mask(size, start)
+        g.usage += size
+    c._bucket(g)
+    assert sorted((s.size, st) for st, s in g.slots.items()) == [(1, 0), (1, 4), (1, 6), (2, 2)]
     c.place(_seg("m", 2))
     assert len(c.gpus) == 1
     g = c.gpus[0]
@@ -50,6 +56,17 @@ def test_fix_slot_minus_one(a100):
     for st, s in g.slots.items():
         assert a100.legal(s.size, st) and not used & a100.mask(s.size, st)
         used |= a100.mask(s.size, st)
+
+
+def test_small_instances_keep_larger_ones_placeable(a100):
+    """1g instances fill a GPU from slot 6 down, so a 4g@0 (or 3g@0) still fits beside three of
+    them; the reference's 0, 4, 6 leaves room for nothing above 2g. Same GPU count either way."""
+    c = _Cluster(a100, AllocatorPolicy())
+    for _ in range(3):
+        c.place(_seg("m", 1))
+    assert sorted(c.gpus[0].slots) == [4, 5, 6]
+    c.place(_seg("m", 4))
+    assert len(c.gpus) == 1 and sorted(c.gpus[0].slots) == [0, 4, 5, 6]
 
 
 def test_fix_no_dropped_segment_without_small_triplets(a100):

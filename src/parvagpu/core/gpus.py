@@ -100,6 +100,16 @@ class GpuType:
         """A legal placement (size, start) for a multiset of sizes, or None. Deterministic."""
         return _pack(self, tuple(sorted(sizes, reverse=True)))
 
+    def best_start(self, size: int, used: int) -> int | None:
+        """The free legal start for an instance of `size` on a GPU whose memory slices `used`
+        (a bitmask) are taken that keeps the most room for later instances, or None.
+
+        Starts are ranked by what stays placeable: the number of free legal placements of the
+        largest size first, then the next size, and so on; ties go to the `slot_order`
+        preference. On an empty 7-slice GPU, 1g instances go to 6, 5, 4, so 4g@0 (and 3g@0)
+        stay free, where 0, 4, 6 would leave room for nothing larger than 2g."""
+        return _best_start(self, size, used)
+
     def layouts(self) -> tuple[tuple[tuple[int, int], ...], ...]:
         """Every set of legal non-overlapping placements (as (size, start) tuples), enumerated
         from the placement table. Used by exact planners and checkers."""
@@ -129,6 +139,23 @@ def _pack(gpu: GpuType, sizes: tuple[int, ...]) -> tuple[tuple[int, int], ...] |
 
     found = rec(0, 0)
     return tuple(found) if found is not None else None
+
+
+@lru_cache(maxsize=None)
+def _best_start(gpu: GpuType, size: int, used: int) -> int | None:
+    prof = gpu.profile(size)
+    free = [st for st in prof.slot_order + prof.starts if not used & gpu.mask(size, st)]
+    if not free:
+        return None
+
+    def room(st: int) -> tuple[int, ...]:
+        after = used | gpu.mask(size, st)
+        return tuple(
+            sum(1 for x in p.starts if not after & gpu.mask(p.size, x))
+            for p in sorted(gpu.profiles, key=lambda p: -p.size)
+        )
+
+    return max(free, key=lambda st: (room(st), -free.index(st)))
 
 
 @lru_cache(maxsize=None)

@@ -109,11 +109,7 @@ class _Cluster:
     def place(self, seg: Segment) -> None:
         g = self.choose(seg.size)
         self._unbucket(g)
-        profile = self.gpu.profile(seg.size)
-        start = next(
-            (s for s in profile.slot_order + profile.starts if not g.used & self.gpu.mask(seg.size, s)),
-            None,
-        )
+        start = self.gpu.best_start(seg.size, g.used)
         if start is None:
             self._repack(g, seg)
         else:
