@@ -17,7 +17,7 @@ from rich.table import Table
 from parvagpu.cli.common import (
     Format, ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, bound_note, err, fail_on, load_inputs,
 )
-from parvagpu.contract.plan_json import plan_to_json
+from parvagpu.contract.plan_json import plan_to_json, read_plan
 from parvagpu.contract.seed_csv import plan_to_seed_csv
 from parvagpu.core.errors import ParvaError, Unservable
 from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, GpuType, gpu_type
@@ -55,13 +55,25 @@ def plan(
     skip_infeasible: bool = typer.Option(
         False, "--skip-infeasible", help="Plan the services that can be served; warn about the rest."
     ),
+    current_file: Optional[Path] = typer.Option(
+        None, "--current",
+        help="The running plan (JSON): plan from it, changing as few segments as the fewest GPUs allow; "
+        "the plan records its transition.",
+    ),
+    max_extra_gpus: int = typer.Option(
+        0, "--max-extra-gpus", help="With --current: GPUs beyond a fresh plan's that may be used to change fewer segments."
+    ),
 ) -> None:
     """Plan segments and exact MIG placements for every service."""
     started = time.perf_counter()
     try:
         out_kind = None if out is None else _out_format(out, fmt)
         profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
-        request = PlanRequest(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, time_limit)
+        current = read_plan(current_file)[0] if current_file is not None else None
+        if current is None and max_extra_gpus:
+            raise ParvaError("--max-extra-gpus applies to a plan made from --current")
+        request = PlanRequest(services, profiles, gpu_type(gpu), max_procs, gpus_per_node, time_limit,
+                              current=current, max_extra_gpus=max_extra_gpus)
         if skip_infeasible:
             request = _servable(request)
         result = make_plan(_budgeted(request, started), strategy)
@@ -97,8 +109,10 @@ def _emit(result: DeploymentMap, fmt: Optional[Format], out_kind: Optional[Forma
     """Write the plan to `out` as `out_kind`, else print it to stdout as --format says."""
     if out is not None:
         atomic_write(out, plan_to_seed_csv(result) if out_kind is Format.csv else plan_to_json(result))
+        t = result.transition
+        moves = "" if t is None else f"; {t.kept} kept, {len(t.added)} added, {len(t.removed)} removed"
         err.print(
-            f"wrote {escape(str(out))}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments",
+            f"wrote {escape(str(out))}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments{moves}",
             highlight=False,
         )
         return

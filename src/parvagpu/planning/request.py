@@ -8,7 +8,7 @@ from typing import Mapping
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import GpuType
-from parvagpu.core.model import Profile, Service, Triplet
+from parvagpu.core.model import DeploymentMap, Profile, Service, Triplet
 from parvagpu.planning.index import TripletIndex
 
 # Seconds the exact solves may take when the caller names no limit.
@@ -24,7 +24,11 @@ class PlanRequest:
     `time_limit` (seconds) bounds the exact solves; the heuristic alone ignores it. A request that
     exists is valid: every service has a profile, is listed once, and has a positive rate and
     latency SLO; the limits are in range. Whether an SLO can be met is the planners' question
-    (`Unservable`), not the request's."""
+    (`Unservable`), not the request's.
+
+    `current`, when given, is the running plan to re-plan from (`plan --current`): the planners
+    then also minimise the segments that change, and may use up to `max_extra_gpus` GPUs more
+    than a fresh plan to change fewer."""
 
     services: tuple[Service, ...]
     profiles: Mapping[str, Profile] = field(repr=False)
@@ -32,6 +36,8 @@ class PlanRequest:
     max_procs: int = DEFAULT_MAX_PROCS
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE
     time_limit: float = DEFAULT_TIME_LIMIT
+    current: DeploymentMap | None = field(default=None, repr=False)
+    max_extra_gpus: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "services", tuple(self.services))
@@ -42,6 +48,14 @@ class PlanRequest:
         if not self.time_limit > 0:
             raise ParvaError(f"time limit must be positive, got {self.time_limit}")
         _check_services(self.services, self.profiles)
+        if self.max_extra_gpus < 0:
+            raise ParvaError(f"max extra GPUs must be >= 0, got {self.max_extra_gpus}")
+        cur = self.current
+        if cur is not None and (cur.gpu_type != self.gpu.name or cur.gpus_per_node != self.gpus_per_node):
+            raise ParvaError(
+                f"the running plan is for {cur.gpu_type} with {cur.gpus_per_node} GPUs per node; "
+                f"this request is for {self.gpu.name} with {self.gpus_per_node}"
+            )
 
     # Derived once per request and shared by every planner that plans it (`auto` runs two).
     @cached_property

@@ -75,4 +75,8 @@ def plan(request: PlanRequest, strategy: str = "parva") -> DeploymentMap:
         planner = STRATEGIES[strategy]
     except KeyError:
         raise ParvaError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}") from None
+    if request.current is not None:
+        from parvagpu.planning.replan import replan
+
+        return replan(request, strategy, planner)
     return planner(request)

@@ -1,0 +1,137 @@
+"""Re-planning from the running plan (`plan --current`): how much changes, and how fast.
+
+Run: .venv/bin/python bench/bench_replan.py [--sizes 100,1000] [--sample 20] [--scenarios 1-6]
+
+For each workload the running plan is the default strategy's (`auto`) fresh plan. Then
+(a) single-model changes: one model's rate x0.7, x0.9, x1.1 and x1.3 (every model of the embedded
+    scenarios; `--sample` models of the generated workloads), and
+(b) random changes: 20 % of the models (seeded) get a factor drawn from [0.7, 1.3]
+are re-planned with `--current`. Per case: segments changed (added + removed), whether other
+models' segments moved, GPUs against the fresh optimum (the `auto` plan from scratch of the new
+rates), planning time, and the worst capacity dip of the make-before-break transition. Every plan
+is checked with `verify` and every transition with `verify_schedule`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import base_profiles, random_services  # noqa: E402
+
+from parvagpu.cli.common import example_dir  # noqa: E402
+from parvagpu.core.gpus import gpu_type  # noqa: E402
+from parvagpu.inputs.services import load_scenario  # noqa: E402
+from parvagpu.planning.request import PlanRequest  # noqa: E402
+from parvagpu.planning.strategies import plan  # noqa: E402
+from parvagpu.planning.transition import schedule  # noqa: E402
+from parvagpu.verify import verify, verify_schedule  # noqa: E402
+
+GPU = gpu_type("A100-80GB")
+FACTORS = (0.7, 0.9, 1.1, 1.3)
+
+
+def run_case(profiles, current, services, changed: set[str], time_limit: float) -> dict:
+    req = PlanRequest(services, profiles, GPU, 3, time_limit=time_limit, current=current)
+    t0 = time.perf_counter()
+    new = plan(req, "auto")
+    dt = time.perf_counter() - t0
+    assert verify(new, profiles) == [], verify(new, profiles)
+    t = new.transition
+    sched = schedule(current, new)
+    problems = [p for p in verify_schedule(current, new, sched.steps) if "below min" not in p]
+    assert problems == [], problems
+    floors = {m.model: m.floor for m in t.models}
+    worst = max((d.shortfall / floors[d.model] for d in sched.dips if floors.get(d.model)), default=0.0)
+    stats = dict(new.stats)
+    return {
+        "changed": t.changed,
+        "others": sum(1 for s in t.added + t.removed if s.model not in changed),
+        "gpus": new.gpus_used,
+        "fresh": int(stats["fresh_gpus"]),
+        "time": dt,
+        "dip": worst,
+        "dip_steps": max((d.steps for d in sched.dips), default=0),
+        "models": len(changed),
+    }
+
+
+def single_changes(profiles, services, models, time_limit):
+    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=time_limit), "auto")
+    rows = []
+    for m in models:
+        for f in FACTORS:
+            new = tuple(replace(s, rate=round(s.rate * f, 3)) if s.model == m else s for s in services)
+            rows.append(run_case(profiles, current, new, {m}, time_limit))
+    return rows
+
+
+def random_changes(profiles, services, seeds, time_limit):
+    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=time_limit), "auto")
+    rows = []
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        picked = set(rng.sample([s.model for s in services], max(1, round(0.2 * len(services)))))
+        new = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
+                    for s in services)
+        rows.append(run_case(profiles, current, new, picked, time_limit))
+    return rows
+
+
+def summary(label: str, kind: str, rows: list[dict]) -> str:
+    n = len(rows)
+    med = statistics.median(r["changed"] for r in rows)
+    moved = sum(1 for r in rows if r["others"]) / n
+    equal = sum(1 for r in rows if r["gpus"] == r["fresh"])
+    over = max(r["gpus"] - r["fresh"] for r in rows)
+    per_model = max(r["changed"] / r["models"] for r in rows)
+    times = sorted(r["time"] for r in rows)
+    dip = max(r["dip"] for r in rows)
+    dips = sum(1 for r in rows if r["dip"] > 0)
+    return (
+        f"| {label} | {kind} | {n} | {med:g} | {max(r['changed'] for r in rows)} | {per_model:.2f} | "
+        f"{moved:.0%} | {equal}/{n} (max +{over}) | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
+        f"{dips} ({dip:.0%}) |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6")
+    ap.add_argument("--sizes", default="100,1000")
+    ap.add_argument("--sample", type=int, default=10, help="models per generated workload for (a)")
+    ap.add_argument("--seeds", type=int, default=3, help="random-change draws for (b)")
+    ap.add_argument("--time-limit", type=float, default=10.0)
+    args = ap.parse_args()
+    base = base_profiles()
+    print("| workload | changes | cases | median changed | max changed | max changed / changed model | "
+          "others moved | GPUs = fresh | median time | max time | cases with a dip (worst) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    all_single = []
+    for k in [int(x) for x in args.scenarios.split(",") if x]:
+        services = load_scenario(example_dir() / "SLO", k, list(base))
+        rows = single_changes(base, services, [s.model for s in services], args.time_limit)
+        all_single += rows
+        print(summary(f"scenario {k}", "one model", rows), flush=True)
+        print(summary(f"scenario {k}", "20 % random", random_changes(base, services, args.seeds, args.time_limit)),
+              flush=True)
+    if all_single:
+        print(summary("scenarios 1-6", "one model", all_single), flush=True)
+    for n in [int(x) for x in args.sizes.split(",") if x]:
+        profiles, services = random_services(n, 0, base=base)
+        models = random.Random(1).sample([s.model for s in services], min(args.sample, n))
+        print(summary(f"{n:,} services", "one model", single_changes(profiles, services, models, args.time_limit)),
+              flush=True)
+        print(summary(f"{n:,} services", "20 % random", random_changes(profiles, services, args.seeds,
+                                                                      args.time_limit)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

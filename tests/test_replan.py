@@ -1,0 +1,123 @@
+"""Move-aware planning (`plan --current`): fewest GPUs first, then the fewest changed segments."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from parvagpu.cli import app
+from parvagpu.contract.plan_json import plan_from_dict
+from parvagpu.core.errors import ParvaError
+from parvagpu.inputs.services import load_scenario
+from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.strategies import plan
+from parvagpu.planning.transition import schedule
+from parvagpu.verify import verify, verify_schedule
+
+
+@pytest.fixture(scope="module")
+def scenario6(example, profiles, a100):
+    services = load_scenario(example / "SLO", 6, list(profiles))
+    return services, plan(PlanRequest(services, profiles, a100, 3), "auto")
+
+
+def _scaled(services, model, factor):
+    return tuple(replace(s, rate=round(s.rate * factor, 3)) if s.model == model else s for s in services)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "parva"])
+def test_unchanged_services_change_nothing(scenario6, profiles, a100, strategy):
+    services, current = scenario6
+    new = plan(PlanRequest(services, profiles, a100, 3, current=current), strategy)
+    assert new.transition.changed == 0 and new.segments == current.segments
+    assert new.gpus_used == current.gpus_used
+
+
+@pytest.mark.parametrize("model", ["bert", "resnet50", "vgg19"])
+def test_one_rate_up_ten_percent_adds_one_segment_and_moves_no_other_model(scenario6, profiles, a100, model):
+    services, current = scenario6
+    new = plan(PlanRequest(_scaled(services, model, 1.1), profiles, a100, 3, current=current), "auto")
+    assert verify(new, profiles) == []
+    t = new.transition
+    assert new.gpus_used == dict(new.stats)["fresh_gpus"] == 16  # the fresh optimum, proven
+    assert new.lower_bound == 16
+    assert {s.model for s in t.added + t.removed} == {model}
+    assert t.changed == 1
+
+
+def test_a_rate_down_keeps_everything_when_the_fresh_optimum_needs_as_many_gpus(scenario6, profiles, a100):
+    services, current = scenario6
+    new = plan(PlanRequest(_scaled(services, "bert", 0.9), profiles, a100, 3, current=current), "auto")
+    assert dict(new.stats)["fresh_gpus"] == new.gpus_used == 16
+    assert new.transition.changed == 0  # surplus capacity is kept: removing it would be a change
+
+
+def test_a_rate_down_that_frees_a_gpu_reaches_the_fresh_optimum(scenario6, profiles, a100):
+    services, current = scenario6
+    new = plan(PlanRequest(_scaled(services, "vgg19", 0.7), profiles, a100, 3, current=current), "auto")
+    assert verify(new, profiles) == []
+    assert new.gpus_used == dict(new.stats)["fresh_gpus"] == 15
+    assert new.transition.changed <= 4  # the fresh plan itself would change dozens
+
+
+def test_extra_gpus_buy_fewer_changes(scenario6, profiles, a100):
+    services, current = scenario6
+    down = _scaled(services, "vgg19", 0.7)
+    strict = plan(PlanRequest(down, profiles, a100, 3, current=current), "auto")
+    loose = plan(PlanRequest(down, profiles, a100, 3, current=current, max_extra_gpus=1), "auto")
+    assert loose.gpus_used == strict.gpus_used + 1 and loose.transition.changed == 0
+    assert strict.transition.changed > 0
+
+
+def test_strategies_that_cannot_honour_a_running_plan_say_so(scenario6, profiles, a100):
+    services, current = scenario6
+    with pytest.raises(ParvaError, match="--current works with"):
+        plan(PlanRequest(services, profiles, a100, 3, current=current), "mig-only")
+    with pytest.raises(ParvaError, match="running plan is for"):
+        PlanRequest(services, profiles, a100, 3, gpus_per_node=4, current=current)
+
+
+factors = st.sampled_from((0.5, 0.7, 0.9, 1.1, 1.3, 1.6))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 6), st.dictionaries(st.integers(0, 10), factors, min_size=1, max_size=4), st.data())
+def test_random_rate_changes_verify_transition_safely_and_never_need_more_gpus(
+    example, profiles, a100, scenario, changes, data
+):
+    services = load_scenario(example / "SLO", scenario, list(profiles))
+    strategy = data.draw(st.sampled_from(("parva", "parva", "auto")))
+    current = plan(PlanRequest(services, profiles, a100, 3), strategy)
+    new_services = tuple(
+        replace(s, rate=round(s.rate * changes.get(i, 1.0), 3)) for i, s in enumerate(services)
+    )
+    request = PlanRequest(new_services, profiles, a100, 3, time_limit=2.0, current=current)
+    new = plan(request, strategy)
+    assert verify(new, profiles) == []
+    assert new.gpus_used <= plan(replace(request, current=None), strategy).gpus_used
+    sched = schedule(current, new, spare_gpus=len(current.segments))
+    assert sched.dips == () and verify_schedule(current, new, sched.steps) == []
+    tight = schedule(current, new)
+    problems = verify_schedule(current, new, tight.steps)
+    assert all("below min(old rate, new rate)" in p for p in problems) and bool(problems) == bool(tight.dips)
+
+
+def test_plan_current_through_the_cli(tmp_path):
+    runner = CliRunner()
+    running = tmp_path / "running.json"
+    assert runner.invoke(app, ["plan", "-s", "3", "-o", str(running)]).exit_code == 0
+    out = runner.invoke(app, ["plan", "-s", "3", "--current", str(running), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["transition"]["kept"] == len(data["segments"]) and data["transition"]["added"] == []
+    assert plan_from_dict(data)[0].transition.changed == 0
+    moved = runner.invoke(app, ["plan", "-s", "4", "--current", str(running), "-o", str(tmp_path / "new.json")])
+    assert moved.exit_code == 0 and "kept" in moved.output
+    assert runner.invoke(app, ["verify", str(tmp_path / "new.json")]).exit_code == 0
+    bad = runner.invoke(app, ["plan", "-s", "3", "--max-extra-gpus", "1"])
+    assert bad.exit_code == 2 and "--current" in bad.output
