@@ -44,7 +44,8 @@ from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import GpuType
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.core.model import segment_key
-from parvagpu.planning.configurator import IndexCache, best_by_size, threshold_ms, to_triplet
+from parvagpu.planning.configurator import unservable
+from parvagpu.planning.index import threshold_ms
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.transition import transition
 
@@ -92,7 +93,7 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
         if used[s.gpu] & mask:
             continue  # overlaps a segment kept before it: the running plan itself is not legal
         used[s.gpu] |= mask
-        kept.append(PlacedSegment(Segment(s.model, to_triplet(p)), s.gpu, s.start))
+        kept.append(PlacedSegment(Segment(s.model, Triplet(p.size, p.batch, p.procs, p.segment_throughput, p.latency_ms)), s.gpu, s.start))
     return tuple(kept), len(current.segments) - len(kept)
 
 
@@ -184,9 +185,19 @@ def shortfall_cover(deficit: float, per_size: dict[int, Triplet], space: Space) 
     return out
 
 
+def per_size_table(request: PlanRequest) -> dict[str, dict[int, Triplet]]:
+    """Each model's best admissible triplet per size; `Unservable` if a model has none."""
+    out = {}
+    for i, (svc, per_size) in enumerate(zip(request.services, request.best_by_size)):
+        if not per_size:
+            raise unservable(request, i)
+        out[svc.model] = per_size
+    return out
+
+
 def repair(request: PlanRequest, kept: tuple[PlacedSegment, ...], known: set[int]) -> tuple[PlacedSegment, ...]:
     """Keep every segment in `kept`; cover each model's shortfall with new segments."""
-    index = IndexCache(request.profiles, request.gpu, request.max_procs)
+    table = per_size_table(request)
     space = Space(request.gpu, kept, known)
     have: dict[str, Fraction] = defaultdict(Fraction)
     for s in kept:
@@ -196,13 +207,7 @@ def repair(request: PlanRequest, kept: tuple[PlacedSegment, ...], known: set[int
         need = _exact(svc.rate) - have[svc.model]
         if need <= 0:
             continue
-        per_size = best_by_size(index(svc.model), svc.exact_latency_ms)
-        if not per_size:
-            from parvagpu.core.errors import Unservable
-            from parvagpu.planning.configurator import infeasible_message
-
-            raise Unservable(infeasible_message(svc, index(svc.model)))
-        for t in shortfall_cover(float(need), per_size, space):
+        for t in shortfall_cover(float(need), table[svc.model], space):
             out.append(space.place(Segment(svc.model, t)))
     return tuple(out)
 
@@ -213,10 +218,8 @@ def consolidate(
     """Empty GPUs until at most `cap` are used: each time the GPU whose segments are cheapest to
     re-cover elsewhere (fewest new segments, then fewest removed), its models' shortfalls covered
     in the other GPUs' free slots; None when no GPU can be emptied without a new one."""
-    index = IndexCache(request.profiles, request.gpu, request.max_procs)
     rate = {s.model: _exact(s.rate) for s in request.services}
-    latency = {s.model: s.exact_latency_ms for s in request.services}
-    per_size = {m: best_by_size(index(m), latency[m]) for m in rate}
+    per_size = per_size_table(request)
     first = _consolidate(request, list(segments), cap, known, rate, per_size)
     if first is not None:
         return first

@@ -34,7 +34,6 @@ import numpy as np
 
 from parvagpu.core.gpus import GpuType
 from parvagpu.core.model import PlacedSegment, Segment, Triplet
-from parvagpu.planning.configurator import IndexCache, best_by_size
 from parvagpu.planning.optimizer.columns import mig_columns
 from parvagpu.planning.optimizer.highs import _csc, _highs
 from parvagpu.planning.request import PlanRequest
@@ -154,11 +153,10 @@ def solve_moves(
     for c in layouts:
         entries = [(r_cap, 1.0)] + [(r_size + k, -float(a)) for k, a in enumerate(c.counts) if a]
         prog.column(1.0, float(cap), entries)
-    index = IndexCache(request.profiles, gpu, request.max_procs)
     ycols: list[tuple[str, int, Triplet]] = []
     y0 = len(prog.cost)
-    for svc in request.services:
-        for size, t in sorted(best_by_size(index(svc.model), svc.exact_latency_ms).items()):
+    for svc, per_size in zip(request.services, request.best_by_size):
+        for size, t in sorted(per_size.items()):
             prog.column(big, float(np.ceil(svc.rate / t.throughput)),
                         [(r_model[svc.model], t.throughput), (r_size + sizes.index(size), 1.0)])
             ycols.append((svc.model, size, t))
