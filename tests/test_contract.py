@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from parvagpu.cli import app
 from parvagpu.contract.plan_json import plan_from_dict, plan_to_dict, plan_to_json
+from parvagpu.core.fleet import Fleet, FleetNode, Reservation
 from parvagpu.core.gpus import GPU_TYPES
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Provenance, Segment, Service, Triplet
 
@@ -44,6 +45,59 @@ def plans(draw) -> DeploymentMap:
             st.just(tuple((m, "ab" * 32) for m in models)), st.none() | st.text(max_size=20),
         )),
     )
+
+
+@st.composite
+def fleet_plans(draw) -> DeploymentMap:
+    """A mixed-type fleet plan: nodes of different types and GPU counts, a reservation on node 0's
+    GPU 0 (kept free by the drawn layouts), tiers and partly served services."""
+    names = draw(st.lists(st.sampled_from(sorted(GPU_TYPES)), min_size=1, max_size=4))
+    nodes = []
+    for k, name in enumerate(names):
+        reserved = (Reservation(0, 0, 1),) if k == 0 and GPU_TYPES[name].legal(1, 0) else ()
+        nodes.append(FleetNode(f"n{k}", name, draw(st.integers(1, 3)),
+                               draw(st.sampled_from((1.0, 2.5, 0.75))), reserved))
+    fleet = Fleet(tuple(nodes))
+    models = [f"m{i}" for i in range(draw(st.integers(1, 4)))]
+    segments = []
+    for g in range(fleet.total_gpus):
+        gpu = GPU_TYPES[fleet.node(g).gpu]
+        layouts = [lay for lay in gpu.layouts() if not (g == 0 and fleet.nodes[0].reserved
+                                                        and any(st_ == 0 for _, st_ in lay))]
+        if not layouts or not draw(st.booleans()):
+            continue
+        for size, start in layouts[draw(st.integers(0, len(layouts) - 1))]:
+            t = Triplet(size, 1, 1, draw(positive), draw(positive))
+            segments.append(PlacedSegment(Segment(draw(st.sampled_from(models)), t), g, start))
+    services = tuple(Service(m, 100.0, draw(positive), draw(st.integers(0, 3))) for m in models)
+    served = tuple((m, draw(st.sampled_from((0.0, 12.5, 99.0)))) for m in models if draw(st.booleans()))
+    kinds = set(names)
+    return DeploymentMap(
+        gpu_type=names[0] if len(kinds) == 1 else "mixed", strategy="fleet", max_procs=3,
+        gpus_per_node=8, segments=tuple(segments), services=services, fleet=fleet, served=served,
+        stats=(("price_per_hour", 12.5),),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(fleet_plans())
+def test_fleet_plan_written_and_read_back_compares_equal(plan):
+    text = plan_to_json(plan)
+    data = json.loads(text)
+    back, stated_gpus = plan_from_dict(data)
+    assert back == plan and stated_gpus == plan.gpus_used
+    assert plan_to_json(back) == text
+    for seg, s in zip(data["segments"], plan.segments):  # each segment's profile is its node's type's
+        node = plan.fleet.nodes[seg["node"]]
+        assert seg["profile"] == GPU_TYPES[node.gpu].profile(s.size).name and seg["gpu"] < node.gpus
+
+
+def test_a_single_type_plan_has_no_fleet_or_served_keys():
+    t = Triplet(1, 1, 1, 10.0, 5.0)
+    plan = DeploymentMap("A100-80GB", "parva", 3, 8, (PlacedSegment(Segment("a", t), 0, 0),),
+                         (Service("a", 1.0, 10.0),))
+    data = plan_to_dict(plan)
+    assert "fleet" not in data and set(data["services"][0]) == {"model", "rate", "latency_ms", "capacity"}
 
 
 @settings(max_examples=200, deadline=None)

@@ -2,13 +2,14 @@
 checks from the GPU table, the profiles and the services.
 
 A plan is valid when:
-- every instance has a size the GPU type offers, at one of its legal start slots, and the instances
-  on one GPU cover disjoint memory slices and at most all compute slices;
+- every instance has a size its GPU's type offers (a fleet plan: the type of the GPU's node), at one
+  of its legal start slots, and the instances on one GPU cover disjoint memory slices and at most
+  all compute slices, leaving the fleet's reserved slots and GPUs alone;
 - every segment is an admissible triplet of its model's profile: the point exists and is runnable,
   procs <= max_procs, its stated throughput is procs x the profiled per-process throughput, and its
   profiled latency is strictly below 0.45 x the model's latency SLO;
-- every service has a capacity (sum of its segments' throughputs) >= its rate, and no segment
-  serves a model that is not a service;
+- every service has a capacity (sum of its segments' throughputs) >= its rate (or the lower rate
+  the plan says it serves), and no segment serves a model that is not a service;
 - the stated GPU count matches the GPUs the segments use.
 
 Each check is a function returning its problems; `verify` runs them all in order.
@@ -20,6 +21,7 @@ from collections import defaultdict
 from fractions import Fraction
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.fleet import reserved_slots
 from parvagpu.core.gpus import GpuType, gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, ProfilePoint, Service
 
@@ -36,7 +38,7 @@ def check_services_agree(plan: DeploymentMap, services: tuple[Service, ...]) -> 
         p = stated.get(m)
         if p is None:
             problems.append(f"service {m} is missing from the plan's services")
-        elif (p.rate, p.latency_ms) != (s.rate, s.latency_ms):
+        elif (p.rate, p.latency_ms, p.tier) != (s.rate, s.latency_ms, s.tier):
             problems.append(
                 f"service {m}: plan says rate {p.rate} / {p.latency_ms} ms, inputs say {s.rate} / {s.latency_ms} ms"
             )
@@ -50,6 +52,11 @@ def _check_gpu(plan: DeploymentMap, gpu: GpuType, g: int, segs: list[PlacedSegme
     label = f"node {plan.node_of(g)} gpu {plan.local_gpu(g)}"
     used: list[str | None] = [None] * gpu.memory_slices
     compute = 0
+    if plan.fleet is not None:
+        mask, compute = reserved_slots(plan.fleet.node(g), plan.local_gpu(g))
+        for slot in range(gpu.memory_slices):
+            if mask >> slot & 1:
+                used[slot] = "a reserved slot"
     for s in sorted(segs, key=lambda s: s.start):
         prof = widths.get(s.size)
         if prof is None:
@@ -74,12 +81,18 @@ def _check_gpu(plan: DeploymentMap, gpu: GpuType, g: int, segs: list[PlacedSegme
     return problems
 
 
-def check_placements(plan: DeploymentMap, gpu: GpuType) -> list[str]:
-    """Every GPU's instances form a placement the GPU type allows."""
+def check_placements(plan: DeploymentMap, gpu: GpuType | None = None) -> list[str]:
+    """Every GPU's instances form a placement its GPU type allows (`gpu`, else each GPU's own)."""
     per_gpu: dict[int, list[PlacedSegment]] = defaultdict(list)
     for s in plan.segments:
         per_gpu[s.gpu].append(s)
-    return [p for g, segs in sorted(per_gpu.items()) for p in _check_gpu(plan, gpu, g, segs)]
+    problems: list[str] = []
+    for g, segs in sorted(per_gpu.items()):
+        if plan.fleet is not None and not 0 <= g < plan.fleet.total_gpus:
+            problems.append(f"gpu {g}: not a GPU of the plan's fleet")
+            continue
+        problems += _check_gpu(plan, gpu or gpu_type(plan.gpu_type_of(g)), g, segs)
+    return problems
 
 
 def _point_index(profile: Profile) -> dict[tuple[int, int, int], ProfilePoint]:
@@ -91,14 +104,16 @@ def _point_index(profile: Profile) -> dict[tuple[int, int, int], ProfilePoint]:
 
 
 def check_segments(
-    plan: DeploymentMap, profiles: dict[str, Profile], services: tuple[Service, ...]
+    plan: DeploymentMap, profiles: dict[str, Profile], services: tuple[Service, ...],
+    type_profiles: dict[str, dict[str, Profile]] | None = None,
 ) -> tuple[list[str], dict[str, float]]:
-    """Every segment is an admissible profiled point of a served model. Returns the problems and
-    the capacity each model gets from its admissible segments."""
+    """Every segment is an admissible profiled point of a served model, measured on its GPU's type
+    (`type_profiles[type]` where given, else `profiles`). Returns the problems and the capacity each
+    model gets from its admissible segments."""
     problems: list[str] = []
     by_model = {s.model: s for s in services}
     capacity: dict[str, float] = defaultdict(float)
-    points: dict[str, dict[tuple[int, int, int], ProfilePoint]] = {}
+    points: dict[tuple[str, str], dict[tuple[int, int, int], ProfilePoint]] = {}
     for s in plan.segments:
         t = s.segment.triplet
         where = f"node {plan.node_of(s.gpu)} gpu {plan.local_gpu(s.gpu)} start {s.start} ({s.model})"
@@ -106,13 +121,14 @@ def check_segments(
         if svc is None:
             problems.append(f"{where}: model {s.model} is not one of the services")
             continue
-        prof = profiles.get(s.model)
+        kind = plan.gpu_type_of(s.gpu)
+        prof = (type_profiles or {}).get(kind, profiles).get(s.model)
         if prof is None:
-            problems.append(f"{where}: no profile for model {s.model}")
+            problems.append(f"{where}: no profile for model {s.model} on {kind}")
             continue
-        if s.model not in points:
-            points[s.model] = _point_index(prof)
-        point = points[s.model].get((t.size, t.batch, t.procs))
+        if (kind, s.model) not in points:
+            points[kind, s.model] = _point_index(prof)
+        point = points[kind, s.model].get((t.size, t.batch, t.procs))
         if point is None or point.throughput <= 0:
             problems.append(f"{where}: ({t.size}g, b{t.batch}, p{t.procs}) is not a runnable profiled point")
             continue
@@ -131,13 +147,22 @@ def check_segments(
     return problems, capacity
 
 
-def check_capacity(services: tuple[Service, ...], capacity: dict[str, float]) -> list[str]:
-    """Every service's capacity reaches its rate."""
-    return [
-        f"service {svc.model}: capacity {capacity.get(svc.model, 0.0):g} req/s is below its rate {svc.rate:g}"
-        for svc in services
-        if capacity.get(svc.model, 0.0) < svc.rate
-    ]
+def check_capacity(
+    services: tuple[Service, ...], capacity: dict[str, float], served: dict[str, float] | None = None,
+) -> list[str]:
+    """Every service's capacity reaches its rate, or the lower rate the plan says it serves."""
+    served = served or {}
+    problems = []
+    for svc in services:
+        want = served.get(svc.model, svc.rate)
+        if not 0 <= want <= svc.rate:
+            problems.append(f"service {svc.model}: served rate {want:g} is not between 0 and its rate {svc.rate:g}")
+        elif capacity.get(svc.model, 0.0) < want:
+            what = "rate" if want == svc.rate else "served rate"
+            problems.append(
+                f"service {svc.model}: capacity {capacity.get(svc.model, 0.0):g} req/s is below its {what} {want:g}"
+            )
+    return problems
 
 
 def check_gpu_count(plan: DeploymentMap, stated_gpus_used: int | None) -> list[str]:
@@ -152,12 +177,14 @@ def verify(
     profiles: dict[str, Profile],
     services: tuple[Service, ...] | None = None,
     stated_gpus_used: int | None = None,
+    type_profiles: dict[str, dict[str, Profile]] | None = None,
 ) -> list[str]:
     """Return the reasons the plan is wrong; an empty list means it is valid.
 
-    `services` defaults to the plan's own; when given, they must also agree with the plan's."""
+    `services` defaults to the plan's own; when given, they must also agree with the plan's. A
+    fleet plan's segments are checked against `type_profiles` of their GPU's type where given."""
     try:
-        gpu = gpu_type(plan.gpu_type)
+        gpu = gpu_type(plan.gpu_type) if plan.fleet is None else None
     except ParvaError as exc:
         return [str(exc)]
     problems: list[str] = []
@@ -166,9 +193,9 @@ def verify(
     else:
         problems += check_services_agree(plan, services)
     problems += check_placements(plan, gpu)
-    segment_problems, capacity = check_segments(plan, profiles, services)
+    segment_problems, capacity = check_segments(plan, profiles, services, type_profiles)
     problems += segment_problems
-    problems += check_capacity(services, capacity)
+    problems += check_capacity(services, capacity, dict(plan.served))
     problems += check_gpu_count(plan, stated_gpus_used)
     return problems
 

@@ -154,11 +154,11 @@ def apply_cmd(
     try:
         plan, _ = read_plan(plan_file)
         agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
-        with _node(backend, fake_state, fake_gpus, plan.gpu_type, save=not dry_run) as (b, mps, kill):
+        with _node(backend, fake_state, fake_gpus, plan.node_gpu_type(node), save=not dry_run) as (b, mps, kill):
             result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
     except ParvaError as exc:
         fail_on(exc)
-    head = f"node {node} ({plan.gpu_type}, backend {backend.value})"
+    head = f"node {node} ({plan.node_gpu_type(node)}, backend {backend.value})"
     if not result.steps:
         Console(highlight=False, markup=False).print(f"{head}: nothing to do, the node matches the plan")
         return

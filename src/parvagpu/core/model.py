@@ -206,11 +206,13 @@ def _profile_from(model: str, source: str, columns: PointColumns) -> Profile:
 
 @dataclass(frozen=True)
 class Service:
-    """A model to serve: `rate` requests/s with a latency SLO of `latency_ms` milliseconds."""
+    """A model to serve: `rate` requests/s with a latency SLO of `latency_ms` milliseconds.
+    `tier` orders services when a fleet cannot serve them all: 0 is the most important."""
 
     model: str
     rate: float
     latency_ms: float
+    tier: int = 0
 
     @property
     def exact_latency_ms(self) -> Fraction:
@@ -294,6 +296,11 @@ class DeploymentMap:
     placements compare equal (a plan written to JSON and read back is equal to the one written).
     A plan made from a running one (`plan --current`) may leave GPUs of that plan empty, so its
     numbering can have holes, and it records its `transition` from the running plan.
+
+    A plan for a `fleet` numbers GPUs in the fleet's node order (node k's GPU i is the fleet's
+    offset of k plus i), takes each GPU's type from its node (`gpu_type` is then the fleet's one
+    type, or "mixed"), and lists in `served` the services it serves below their rate (model,
+    served rate); every other service is served in full.
     """
 
     gpu_type: str
@@ -306,6 +313,8 @@ class DeploymentMap:
     stats: tuple[tuple[str, float], ...] = field(default=())
     transition: Transition | None = None
     provenance: Provenance | None = None
+    fleet: Fleet | None = None
+    served: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.segments, key=lambda s: (s.gpu, s.start, s.model)))
@@ -317,10 +326,35 @@ class DeploymentMap:
         return len({s.gpu for s in self.segments})
 
     def node_of(self, gpu: int) -> int:
-        return gpu // self.gpus_per_node
+        return self.fleet.node_of(gpu) if self.fleet is not None else gpu // self.gpus_per_node
 
     def local_gpu(self, gpu: int) -> int:
-        return gpu % self.gpus_per_node
+        return self.fleet.local_gpu(gpu) if self.fleet is not None else gpu % self.gpus_per_node
+
+    def gpu_type_of(self, gpu: int) -> str:
+        """The GPU type of one GPU: its node's in a fleet plan, else the plan's."""
+        return self.fleet.node(gpu).gpu if self.fleet is not None else self.gpu_type
+
+    def node_gpu_type(self, node: int) -> str:
+        return self.fleet.nodes[node].gpu if self.fleet is not None else self.gpu_type
+
+    def node_gpus(self, node: int) -> int:
+        """How many GPUs the node has (a fleet node's count, else `gpus_per_node`)."""
+        return self.fleet.nodes[node].gpus if self.fleet is not None else self.gpus_per_node
+
+    def global_gpu(self, node: int, local: int) -> int:
+        return self.fleet.gpu_index(node, local) if self.fleet is not None else node * self.gpus_per_node + local
+
+    def served_rate(self, service: Service) -> float:
+        """The rate the plan serves the service at: its rate unless `served` says less."""
+        return dict(self.served).get(service.model, service.rate)
+
+    def price_per_hour(self) -> float:
+        """Sum of the used GPUs' prices per hour (1 per GPU without a fleet)."""
+        used = {s.gpu for s in self.segments}
+        if self.fleet is None:
+            return float(len(used))
+        return sum(self.fleet.node(g).price_per_gpu_hour for g in used)
 
     def capacity(self, model: str) -> float:
         return self._capacities.get(model, 0)

@@ -71,9 +71,9 @@ def k8s_deployments(
 ) -> dict[str, dict[str, Any]]:
     """One Deployment (replicas 1, Recreate) per segment, keyed by file name."""
     _check_options(image, worker_cmd, node_label)
-    gpu = gpu_type(plan.gpu_type)
     out: dict[str, dict[str, Any]] = {}
     for s in sorted(plan.segments, key=lambda s: (s.gpu, s.start)):
+        gpu = gpu_type(plan.gpu_type_of(s.gpu))  # a fleet plan: the type of the segment's node
         doc = _deployment(plan, s, gpu.profile(s.size), image, worker_cmd, node_label, namespace)
         out[f"{doc['metadata']['name']}.yaml"] = doc
     return out

@@ -33,13 +33,13 @@ def config_name(node: int) -> str:
 def mig_parted_config(plan: DeploymentMap, device_filter: bool = False) -> dict[str, Any]:
     """One named config per node; one `devices: [i]` group per GPU of the node, largest profile
     first. GPUs the plan leaves empty get MIG mode on and no instances."""
-    gpu = gpu_type(plan.gpu_type)
     by_gpu = plan.by_gpu()
     configs: dict[str, list[dict[str, Any]]] = {}
     for node in plan_nodes(plan):
+        gpu = gpu_type(plan.node_gpu_type(node))  # a fleet plan: this node's type
         groups = []
-        for local in range(plan.gpus_per_node):
-            segs = by_gpu.get(node * plan.gpus_per_node + local, [])
+        for local in range(plan.node_gpus(node)):
+            segs = by_gpu.get(plan.global_gpu(node, local), [])
             counts = Counter(s.size for s in segs)
             group: dict[str, Any] = {"devices": [local]}
             if device_filter and gpu.pci_device_ids:

@@ -89,7 +89,8 @@ def load_scenario(
 
 
 def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
-    """A services file: a list of {model, rate, latency_ms}."""
+    """A services file: a list of {model, rate, latency_ms, tier (optional: 0, the most important,
+    by default)}."""
     data = read_document(path, "services file")
     if isinstance(data, dict):
         unknown = set(data) - {"version", "services"}
@@ -109,7 +110,7 @@ def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
         missing = {"model", "rate", "latency_ms"} - set(entry)
         if missing:
             raise ParvaError(f"{where}: missing {', '.join(sorted(missing))}")
-        unknown = set(entry) - {"model", "rate", "latency_ms"}
+        unknown = set(entry) - {"model", "rate", "latency_ms", "tier"}
         if unknown:
             raise ParvaError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
         model = entry["model"]
@@ -127,7 +128,10 @@ def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
             values.append(_value(str(v), where, key, truncate))
         if values[0] is None or values[1] is None:
             raise ParvaError(f"{where}: rate and latency_ms must be numbers")
-        services.append(Service(model, values[0], values[1]))
+        tier = entry.get("tier", 0)
+        if isinstance(tier, bool) or not isinstance(tier, int) or tier < 0:
+            raise ParvaError(f"{where}: tier must be an integer >= 0 (0 is the most important), got {tier!r}")
+        services.append(Service(model, values[0], values[1], tier))
     return tuple(services)
 
 

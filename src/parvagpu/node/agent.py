@@ -116,17 +116,17 @@ def apply_plan(
     `ApplyFailed` (rolled back), `SystemFailure` (the hardware failed before any change)."""
     wants = node_wants(plan, node)
     if dry_run:
-        _view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
+        _view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node)
         return ApplyResult(steps, False, False, dirs.state_file)
     with node_lock(dirs):
-        view, steps = _prepare(backend, mps, dirs, wants, plan.gpu_type, plan.gpus_per_node, force, node)
+        view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node)
         ex = Executor(backend, mps, dirs, view, kill)
         try:
             ex.run(steps)
         except ApplyFailed:
             _refresh_previous(view.previous, ex.live, dirs)
             raise
-        state = NodeState(node, plan.gpu_type, plan.gpus_per_node, _entries(wants, ex.live, dirs))
+        state = NodeState(node, plan.node_gpu_type(node), plan.node_gpus(node), _entries(wants, ex.live, dirs))
         written = write_state(dirs.state_file, state)
     return ApplyResult(steps, True, written, dirs.state_file)
 
@@ -196,15 +196,15 @@ def node_status(
     node: int, backend: MigBackend, mps: MpsControl, dirs: NodeDirs, plan: DeploymentMap | None = None,
 ) -> NodeStatus:
     """What the node holds and, given a plan, the steps `apply` would take (empty: it matches)."""
-    prev = load_previous(dirs, node, plan.gpu_type if plan is not None else None)
-    limit = plan.gpus_per_node if plan is not None else (prev.gpus_per_node if prev else None)
+    prev = load_previous(dirs, node, plan.node_gpu_type(node) if plan is not None else None)
+    limit = plan.node_gpus(node) if plan is not None else (prev.gpus_per_node if prev else None)
     view = read_node(backend, mps, dirs, limit, prev)
     procs = {(g.index, i.gi_id): backend.running_processes(g.index, i.gi_id)
              for g in view.gpus for i in g.instances if i.cis}
     drift = None
     if plan is not None:
         wants = node_wants(plan, node)
-        check_node(view, wants, plan.gpu_type)
+        check_node(view, wants, plan.node_gpu_type(node))
         view2 = with_wanted_slots(view, mps, dirs, wants)
         drift = diff(NodeView(view2.gpus, view2.mps, procs, prev), wants, force=True)
         view = view2

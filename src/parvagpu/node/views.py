@@ -44,7 +44,7 @@ def node_wants(plan: DeploymentMap, node: int) -> tuple[Want, ...]:
     if node not in nodes:
         shown = f"{nodes[0]}..{nodes[-1]}" if nodes else "none"
         raise ParvaError(f"the plan has no node {node} (its nodes: {shown})")
-    gpu = gpu_type(plan.gpu_type)
+    gpu = gpu_type(plan.node_gpu_type(node))  # a fleet plan: this node's type
     wants: list[Want] = []
     used: dict[int, int] = {}
     compute: dict[int, int] = {}
