@@ -409,3 +409,26 @@ def test_example_models_config_covers_the_example():
     models = read_models(example_dir() / "models.yaml")
     assert set(models) == set(load_profiles(example_dir() / "profiles"))
     assert models["inceptionv3"].inputs[0].shape == (3, 299, 299)
+
+
+class _Req:
+    """What `_read_body` reads of a Starlette request: headers and the body's chunks."""
+
+    def __init__(self, chunks: list[bytes], length: str | None) -> None:
+        self.headers = {} if length is None else {"content-length": length}
+        self.chunks, self.read = chunks, 0
+
+    async def stream(self):
+        for c in self.chunks:
+            self.read += 1
+            yield c
+
+
+def test_oversized_bodies_are_refused_before_or_while_reading():
+    from parvagpu.serving.app import _read_body
+
+    big = _Req([b"x" * 10] * 5, "50")
+    assert asyncio.run(_read_body(big, 40)) is None and big.read == 0  # Content-Length says so: nothing read
+    chunked = _Req([b"x" * 10] * 5, None)
+    assert asyncio.run(_read_body(chunked, 25)) is None and chunked.read == 3  # stops at the limit
+    assert asyncio.run(_read_body(_Req([b"ab", b"c"], "3"), 3)) == b"abc"
