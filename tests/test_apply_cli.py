@@ -338,3 +338,10 @@ def test_user_text_is_printed_as_is_not_as_markup(tmp_path, s6, node):
 def test_export_k8s_help_shows_its_defaults():
     r = run("export", "k8s", "--help", env={"COLUMNS": "200"})
     assert "nvcr.io/nvidia/pytorch" in r.stdout and "parvagpu.io/node" in r.stdout
+
+
+@pytest.mark.parametrize("verb", ["apply", "status", "teardown"])
+def test_a_negative_node_index_is_refused(tmp_path, s6, verb):
+    args = ["apply", s6] if verb == "apply" else [verb]
+    line = one_error_line(run(*args, "--node", -1, "--backend", "fake", "--state-dir", tmp_path / "st"))
+    assert "--node must be a plan node index" in line and not (tmp_path / "st").exists()

@@ -117,7 +117,12 @@ def _node(backend: Backend, fake_state: Optional[Path], fake_gpus: int, type_nam
                 atomic_write(fake_state, json.dumps(doc, indent=1) + "\n")
 
 
+MAX_NODE = 1_000_000  # a plan node index; it names the node's state directory
+
+
 def _dirs(state_dir: Optional[Path], node: int) -> agent.NodeDirs:
+    if not 0 <= node <= MAX_NODE:
+        raise ParvaError(f"--node must be a plan node index in 0..{MAX_NODE}, got {node}")
     return agent.NodeDirs(state_dir or agent.default_state_root(), node)
 
 
@@ -150,8 +155,8 @@ def apply_cmd(
 
     Any failure rolls back to the layout found. Exit 1 when refused or rolled back, 2 on bad input,
     4 when the hardware fails (or a rollback cannot finish)."""
-    dirs = _dirs(state_dir, node)
     try:
+        dirs = _dirs(state_dir, node)
         plan, _ = read_plan(plan_file)
         agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
         with _node(backend, fake_state, fake_gpus, plan.node_gpu_type(node), save=not dry_run) as (b, mps, kill):
@@ -179,8 +184,8 @@ def teardown_cmd(
     fake_gpus: int = FakeGpusOpt,
 ) -> None:
     """Stop the node's MPS daemons and destroy its MIG instances (MIG mode stays on)."""
-    dirs = _dirs(state_dir, node)
     try:
+        dirs = _dirs(state_dir, node)
         prev = agent.read_state(dirs.state_file)
         type_name = prev.gpu_type if prev else DEFAULT_GPU
         with _node(backend, fake_state, fake_gpus, type_name, save=not dry_run) as (b, mps, kill):
@@ -206,8 +211,8 @@ def status_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the node's MIG instances, UUIDs, MPS daemons and segments; --plan checks drift."""
-    dirs = _dirs(state_dir, node)
     try:
+        dirs = _dirs(state_dir, node)
         plan = read_plan(plan_file)[0] if plan_file is not None else None
         prev = agent.read_state(dirs.state_file)
         type_name = plan.gpu_type if plan else (prev.gpu_type if prev else DEFAULT_GPU)

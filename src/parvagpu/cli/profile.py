@@ -113,12 +113,12 @@ def profile(
         err.print(
             f"interrupted: {s.already + s.measured + s.skipped} of {s.total} points saved in {s.csv_path}; "
             "run the same command again to measure the rest",
-            highlight=False,
+            highlight=False, markup=False,
             soft_wrap=True,
         )
         raise typer.Exit(signals.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted before measuring; nothing was written", highlight=False, soft_wrap=True)
+        err.print("interrupted before measuring; nothing was written", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(signals.exit_code)
     finally:
         if backend is not None:
@@ -177,7 +177,7 @@ def _all_measured(job: Job, store: ProfileStore) -> bool:
     check_compatible(job, existing, meta, store.csv_path)
     if todo(job.points(), existing, job.retry_errors, job.remeasure):
         return False
-    err.print(f"{store.csv_path}: all {len(job.points())} points already measured", highlight=False, soft_wrap=True)
+    err.print(f"{store.csv_path}: all {len(job.points())} points already measured", highlight=False, markup=False, soft_wrap=True)
     return True
 
 
@@ -195,10 +195,10 @@ def _run(job: Job, device, store: ProfileStore, gpu_index: int, quiet: bool) -> 
 def _report(summary: Summary) -> None:
     if summary.dropped_torn_line:
         err.print(f"{summary.csv_path}: dropped an incomplete last line; that point was measured again",
-                  highlight=False, soft_wrap=True)
+                  highlight=False, markup=False, soft_wrap=True)
     err.print(
         f"wrote {summary.csv_path}: {summary.measured} point(s) measured, {summary.skipped} skipped, "
         f"{summary.failed} failed; {summary.already} were already there",
-        highlight=False,
+        highlight=False, markup=False,
         soft_wrap=True,
     )

@@ -129,7 +129,7 @@ class FakeBackend:
 
     def _gpu(self, gpu: int) -> _Gpu:
         if isinstance(gpu, bool) or not isinstance(gpu, int) or not 0 <= gpu < len(self._gpus):
-            raise InvalidArgument(f"gpu index {gpu!r} out of range (the node has {len(self._gpus)} GPUs)")
+            raise InvalidArgument(f"gpu index {gpu!r} out of range (the node has {len(self._gpus)} GPU{'' if len(self._gpus) == 1 else 's'})")
         return self._gpus[gpu]
 
     def _mig_gpu(self, gpu: int) -> _Gpu:
