@@ -45,3 +45,175 @@ def test_verify_checks_each_gpu_against_its_type_and_the_reservations():
     short = _plan([PlacedSegment(Segment("m", one), 2, 0)], served=(("m", 5.0),))
     assert verify(short, profiles) == []  # served at 5 req/s, as the plan says
     assert any("below its served rate 6" in p for p in verify(_plan(short.segments, (("m", 6.0),)), profiles))
+
+
+# --- planning against a fleet ---------------------------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+import json  # noqa: E402
+
+from typer.testing import CliRunner  # noqa: E402
+
+from parvagpu.cli import app  # noqa: E402
+from parvagpu.cli.common import load_inputs  # noqa: E402
+from parvagpu.contract.plan_json import plan_from_dict, plan_to_json  # noqa: E402
+from parvagpu.core.errors import Unservable  # noqa: E402
+from parvagpu.core.fleet import reserved_slots  # noqa: E402
+from parvagpu.core.gpus import gpu_type  # noqa: E402
+from parvagpu.planning.fleet import FleetRequest, plan_fleet  # noqa: E402
+
+
+def _faster(profiles, speed):
+    """The example's profiles as if measured on a GPU `speed` times as fast (synthetic)."""
+    return {m: Profile(m, tuple(replace(q, throughput=round(q.throughput * speed, 3),
+                                        latency_s=round(q.latency_s / speed, 6)) for q in p.points))
+            for m, p in profiles.items()}
+
+
+@pytest.fixture(scope="module")
+def example():
+    profiles, services = load_inputs(None, None, 6, None, False)
+    return profiles, services, {"A100-80GB": profiles, "H100-80GB": _faster(profiles, 1.5)}
+
+
+def _check(plan, by_type):
+    assert verify(plan, by_type["A100-80GB"], type_profiles=by_type) == []
+    back, _ = plan_from_dict(json.loads(plan_to_json(plan)))
+    assert back == plan
+
+
+def _types_used(plan):
+    return {plan.gpu_type_of(s.gpu) for s in plan.segments}
+
+
+def _half_fast(profiles):
+    fast = _faster(profiles, 2.0)
+    h100 = {m: fast[m] if i % 2 == 0 else profiles[m] for i, m in enumerate(sorted(profiles))}
+    return {"A100-80GB": profiles, "H100-80GB": h100}
+
+
+def test_the_cheapest_plan_mixes_types(example):
+    """H100 (synthetic) is twice as fast for half the models and no faster for the rest, at 1.5x
+    the price: the cheapest plan puts the first on H100s and the rest on A100s, below either type
+    alone, proven optimal."""
+    profiles, services, _ = example
+    by_type = _half_fast(profiles)
+    a_only = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("a", "A100-80GB", 40, 1.0),))))
+    h_only = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("h", "H100-80GB", 40, 1.5),))))
+    fleet = Fleet((FleetNode("a", "A100-80GB", 40, 1.0), FleetNode("h", "H100-80GB", 40, 1.5)))
+    plan = plan_fleet(FleetRequest(services, by_type, fleet))
+    _check(plan, by_type)
+    assert _types_used(plan) == {"A100-80GB", "H100-80GB"} and plan.gpu_type == "mixed"
+    stats = dict(plan.stats)
+    assert stats["proven_optimal"] == 1.0 and stats["price_per_hour"] == pytest.approx(plan.price_per_hour())
+    assert plan.price_per_hour() < min(a_only.price_per_hour(), h_only.price_per_hour())
+    for p in (a_only, h_only):
+        assert dict(p.stats)["proven_optimal"] == 1.0
+
+
+def test_reserved_slots_and_gpus_are_never_used(example):
+    _, services, by_type = example
+    reserved = (Reservation(0, 0, 3), Reservation(1), Reservation(2, 4, 3), Reservation(3, 6, 1))
+    need = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("a", "A100-80GB", 64),)))).gpus_used
+    fleet = Fleet((FleetNode("a", "A100-80GB", need + 2, 1.0, reserved),))
+    plan = plan_fleet(FleetRequest(services, by_type, fleet, allow_partial=True))
+    _check(plan, by_type)
+    a100 = gpu_type("A100-80GB")
+    for s in plan.segments:
+        mask, _ = reserved_slots(fleet.nodes[0], s.gpu)
+        assert not mask & a100.mask(s.size, s.start), s
+    assert 1 not in {s.gpu for s in plan.segments}
+
+
+def test_a_fleet_one_gpu_too_small_cuts_the_lowest_tier_in_proportion(example):
+    _, services, by_type = example
+    tiered = tuple(replace(s, tier=0 if i < 4 else 1 if i < 7 else 2) for i, s in enumerate(services))
+    one = {"A100-80GB": by_type["A100-80GB"]}
+    need = plan_fleet(FleetRequest(tiered, one, Fleet((FleetNode("a", "A100-80GB", 64),)))).gpus_used
+    small = Fleet((FleetNode("a", "A100-80GB", need - 1),))
+    with pytest.raises(Unservable, match="cannot be served as asked"):
+        plan_fleet(FleetRequest(tiered, one, small))
+    plan = plan_fleet(FleetRequest(tiered, one, small, allow_partial=True))
+    _check(plan, {"A100-80GB": one["A100-80GB"]})
+    served = {s.model: plan.served_rate(s) / s.rate for s in tiered}
+    assert plan.gpus_used <= need - 1
+    assert all(served[s.model] == 1.0 for s in tiered if s.tier < 2)
+    cut = [served[s.model] for s in tiered if s.tier == 2]
+    assert 0 < min(cut) and max(cut) < 1 and max(cut) - min(cut) < 1e-5  # shortfall in proportion to rate
+    data = json.loads(plan_to_json(plan))
+    low = [d for d in data["services"] if d.get("tier") == 2]
+    assert all(d["shortfall"] > 0 and d["served_rate"] + d["shortfall"] == pytest.approx(d["rate"]) for d in low)
+
+
+def _run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_refuses_a_type_without_profiles_in_one_line(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("version: v1\nnodes:\n  - {name: rack1-a, gpu: A100-80GB, gpus: 8, price_per_gpu_hour: 2.5}\n"
+                     "  - {name: rack2-b, gpu: H100-80GB, gpus: 4, reserved: [{gpu: 0, start: 0, size: 3}]}\n")
+    r = _run("plan", "--fleet", fleet, "--format", "json")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "no profiles measured on H100-80GB" in r.output and "--reuse-profiles-from" in r.output
+    r = _run("plan", "--gpu", "H200", "--format", "json")
+    assert r.exit_code == 2 and "no profiles measured on H200" in r.output
+    assert _run("plan", "--gpu", "H200", "--reuse-profiles-from", "A100-80GB", "--format", "json").exit_code == 0
+    out = tmp_path / "plan.json"
+    r = _run("plan", "--fleet", fleet, "--reuse-profiles-from", "A100-80GB", "-o", out)
+    assert r.exit_code == 0, r.output
+    data = json.loads(out.read_text())
+    assert data["fleet"]["nodes"][1]["reserved"] == [{"gpu": 0, "start": 0, "size": 3}]
+    assert all("served_rate" in s for s in data["services"])
+    assert _run("verify", out).exit_code == 0
+
+
+def test_cli_exit_3_on_a_too_small_fleet_unless_partial(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("version: v1\nnodes: [{name: n, gpu: A100-80GB, gpus: 1}]\n")
+    r = _run("plan", "--fleet", fleet, "-s", "6", "--format", "json")
+    assert r.exit_code == 3 and "cannot be served as asked" in r.output
+    r = _run("plan", "--fleet", fleet, "-s", "6", "--format", "json", "--allow-partial")
+    assert r.exit_code == 0, r.output
+    assert any(s["shortfall"] > 0 for s in json.loads(r.stdout)["services"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: v1\nnodes: [{name: n, gpu: A100-80GB, gpus: 1, reserved: [{gpu: 3}]}]\n")
+    r = _run("plan", "--fleet", bad)
+    assert r.exit_code == 2 and "reserved gpu 3" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_profiles_in_a_directory_per_type(tmp_path, example):
+    import shutil
+
+    from parvagpu.cli.common import example_dir
+
+    for t in ("A100-80GB", "H200"):
+        shutil.copytree(example_dir() / "profiles", tmp_path / "profiles" / t)
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("version: v1\nnodes: [{name: a, gpu: A100-80GB, gpus: 2}, {name: h, gpu: H200, gpus: 2}]\n")
+    out = tmp_path / "plan.json"
+    r = _run("plan", "--fleet", fleet, "--profiles", tmp_path / "profiles", "--slo", example_dir() / "SLO", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert _run("verify", out, "--profiles", tmp_path / "profiles").exit_code == 0
+
+
+def test_export_and_apply_work_node_by_node_on_a_mixed_plan(tmp_path, example):
+    from parvagpu.export.mig_parted import mig_parted_config
+    from parvagpu.hardware.mig import FakeBackend
+    from parvagpu.hardware.mps import FakeMps
+    from parvagpu.node import NodeDirs, apply_plan
+
+    profiles, services, _ = example
+    by_type = _half_fast(profiles)
+    fleet = Fleet((FleetNode("a", "A100-80GB", 16, 1.0), FleetNode("h", "H100-80GB", 16, 1.5)))
+    plan = plan_fleet(FleetRequest(services, by_type, fleet))
+    assert _types_used(plan) == {"A100-80GB", "H100-80GB"}
+    config = mig_parted_config(plan)["mig-configs"]
+    for node, t in ((0, "A100-80GB"), (1, "H100-80GB")):
+        names = {p for g in config[f"parvagpu-node{node}"] for p in g["mig-devices"]}
+        assert names <= {p.name for p in gpu_type(t).profiles}
+        fake = FakeBackend(t, fleet.nodes[node].gpus)
+        apply_plan(plan, node, fake, FakeMps(fake), NodeDirs(tmp_path / "st", node))
+        held = sorted((i.gpu, i.start, i.slices) for g in range(fleet.nodes[node].gpus) for i in fake.list_instances(g))
+        mine = sorted((plan.local_gpu(s.gpu), s.start, s.size) for s in plan.segments if plan.node_of(s.gpu) == node)
+        assert held == mine

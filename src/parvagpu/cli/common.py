@@ -33,6 +33,13 @@ class Format(str, Enum):
 
 def bound_note(plan) -> str:
     """How far the plan is from the proven minimum, for one-line messages."""
+    stats = dict(plan.stats)
+    if plan.fleet is not None:
+        price = f" (price {stats.get('price_per_hour', 0):g}/h"
+        if "price_gap" in stats:
+            price += f", proven within {stats['price_gap']:.2%}"
+        short = sum(1 for _ in plan.served)
+        return price + (f"; {short} services served below their rate" if short else "") + ")"
     if plan.lower_bound is None:
         return " (no lower bound: use --strategy auto)"
     if plan.gpus_used <= plan.lower_bound:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from parvagpu.cli.common import (
-    Format, ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, bound_note, err, fail_on, load_inputs,
+    Format, ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, bound_note, err, example_dir, fail_on, load_inputs,
 )
 from parvagpu.contract.plan_json import plan_to_json, read_plan
 from parvagpu.contract.seed_csv import plan_to_seed_csv
@@ -23,10 +23,13 @@ from parvagpu.core.errors import ParvaError, Unservable
 from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, GpuType, gpu_type
 from parvagpu.core.model import DeploymentMap
 from parvagpu.fileio.writer import atomic_write
+from parvagpu.inputs.fleet import check_measured_on, load_fleet, measured_type, profiles_by_type, profiles_for
 from parvagpu.inputs.provenance import provenance
 from parvagpu.planning.configurator import split_feasible
 from parvagpu.planning.request import DEFAULT_TIME_LIMIT, PlanRequest
 from parvagpu.planning.strategies import STRATEGIES, plan as make_plan
+
+EXAMPLE_GPU = "A100-80GB"  # the embedded example was measured on it
 
 
 def plan(
@@ -63,12 +66,31 @@ def plan(
     max_extra_gpus: int = typer.Option(
         0, "--max-extra-gpus", help="With --current: GPUs beyond a fresh plan's that may be used to change fewer segments."
     ),
+    fleet_file: Optional[Path] = typer.Option(
+        None, "--fleet", help="Fleet file (YAML/JSON): plan onto these nodes, GPU types, prices and reserved slots."
+    ),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial", help="With --fleet: when the fleet is too small, plan the served share by tier "
+        "(exit 0) instead of exit 3.",
+    ),
+    reuse_profiles_from: Optional[str] = typer.Option(
+        None, "--reuse-profiles-from", help="Plan a GPU type without its own profiles with this type's measurements.",
+    ),
 ) -> None:
     """Plan segments and exact MIG placements for every service."""
     started = time.perf_counter()
     try:
         out_kind = None if out is None else _out_format(out, fmt)
+        if fleet_file is not None:
+            if strategy != "auto" or current_file is not None:
+                raise ParvaError("--fleet plans with the fleet optimizer; --strategy and --current do not apply")
+            _emit(_fleet_plan(fleet_file, profiles_dir, slo_dir, scenario, services_file, truncate, max_procs,
+                              time_limit, allow_partial, reuse_profiles_from), fmt, out_kind, out)
+            return
         profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
+        where = str(profiles_dir) if profiles_dir is not None else "the embedded example"
+        check_measured_on(gpu_type(gpu).name, measured_type(profiles, profiles_dir, EXAMPLE_GPU),
+                          reuse_profiles_from, where)
         current = read_plan(current_file)[0] if current_file is not None else None
         if current is None and max_extra_gpus:
             raise ParvaError("--max-extra-gpus applies to a plan made from --current")
@@ -93,6 +115,24 @@ def _budgeted(request: PlanRequest, started: float) -> PlanRequest:
     an overspent budget still gives the heuristic's plan)."""
     spent = time.perf_counter() - started + _WRITE_RESERVE_S * len(request.services)
     return replace(request, time_limit=max(request.time_limit - spent, 1e-3))
+
+
+def _fleet_plan(
+    fleet_file: Path, profiles_dir: Optional[Path], slo_dir, scenario, services_file, truncate: bool,
+    max_procs: int, time_limit: float, allow_partial: bool, reuse_from: Optional[str],
+) -> DeploymentMap:
+    """Plan onto the fleet: each of its types' profiles (a subdirectory per type, or the type the
+    metadata names), the services, the fleet program."""
+    from parvagpu.planning.fleet import FleetRequest, plan_fleet
+
+    fleet = load_fleet(fleet_file)
+    root = profiles_dir or example_dir() / "profiles"
+    found = profiles_by_type(root, EXAMPLE_GPU if profiles_dir is None else None)
+    where = str(profiles_dir) if profiles_dir is not None else "the embedded example"
+    by_type = profiles_for(fleet.types, found, reuse_from, where)
+    flat = None if profiles_dir is None or not any((root / t).is_dir() for t in found) else root / next(iter(found))
+    _, services = load_inputs(flat or profiles_dir, slo_dir, scenario, services_file, truncate)
+    return plan_fleet(FleetRequest(services, by_type, fleet, max_procs, time_limit, allow_partial=allow_partial))
 
 
 def _servable(request: PlanRequest) -> PlanRequest:

@@ -15,6 +15,7 @@ from parvagpu.cli.common import (
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.model import DeploymentMap
+from parvagpu.inputs.fleet import profiles_by_type
 from parvagpu.inputs.profiles import load_profiles
 from parvagpu.inputs.provenance import EMBEDDED, mismatches
 from parvagpu.verify import verify as verify_plan
@@ -36,17 +37,18 @@ def verify(
     try:
         result, stated = read_plan(plan_file)
         profiles_dir = _profiles_dir(result, profiles_dir)
+        type_profiles, flat = _per_type(result, profiles_dir)
         if slo_dir is None and services_file is None and scenario is None:
-            profiles = load_profiles(profiles_dir or example_dir() / "profiles")
+            profiles = load_profiles(flat or example_dir() / "profiles")
             services = None
         else:
-            profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
+            profiles, services = load_inputs(flat, slo_dir, scenario, services_file, truncate)
             source = services_file or f"scenario {1 if scenario is None else scenario} of {slo_dir or 'the embedded example'}"
             err.print(f"checking against the services of {escape(str(source))}, not the plan's own", highlight=False, soft_wrap=True)
         _check_profiles(result, profiles, profiles_dir)
     except ParvaError as exc:
         fail_on(exc)
-    problems = verify_plan(result, profiles, services, stated)
+    problems = verify_plan(result, profiles, services, stated, type_profiles)
     if problems:
         for p in problems:
             err.print(f"[red]invalid:[/] {p}", highlight=False, soft_wrap=True)
@@ -57,6 +59,15 @@ def verify(
         f"{len(result.services)} services)",
         highlight=False,
     )
+
+
+def _per_type(plan: DeploymentMap, profiles_dir: Optional[Path]) -> tuple[Optional[dict], Optional[Path]]:
+    """A fleet plan's profiles in one subdirectory per GPU type: those by type, and one of the
+    subdirectories to read services against; else (None, the directory)."""
+    if plan.fleet is None or profiles_dir is None or not any((profiles_dir / t).is_dir() for t in plan.fleet.types):
+        return None, profiles_dir
+    by_type = profiles_by_type(profiles_dir)
+    return by_type, profiles_dir / next(t for t in plan.fleet.types if t in by_type)
 
 
 def _profiles_dir(plan: DeploymentMap, given: Optional[Path]) -> Optional[Path]:

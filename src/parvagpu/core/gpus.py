@@ -284,3 +284,33 @@ def gpu_type(name: str) -> GpuType:
         if key.lower() == name.lower():
             return t
     raise ParvaError(f"unknown GPU type {name!r}; known: {', '.join(GPU_TYPES)}")
+
+
+# NVML device names (`nvidia-smi -L`, the profiler's metadata) to catalog types; first match wins,
+# so the more specific names come first ("GH200" before "H200" before "H20", "NVL" before H100).
+_DEVICE_PATTERNS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("A100", "80GB"), "A100-80GB"),
+    (("A100",), "A100-40GB"),
+    (("GH200",), "H100-96GB"),
+    (("H200",), "H200"),
+    (("H100", "96GB"), "H100-96GB"),
+    (("H100", "NVL"), "H100-94GB"),
+    (("H100", "94GB"), "H100-94GB"),
+    (("H100",), "H100-80GB"),
+    (("H20",), "H20"),
+    (("B200",), "B200"),
+    (("A30",), "A30"),
+)
+
+
+def type_of_device(name: str) -> str | None:
+    """The catalog type of a GPU named as NVML names it (e.g. "NVIDIA A100-SXM4-80GB"), a catalog
+    name itself, or None when the name matches no type."""
+    for key in GPU_TYPES:
+        if key.lower() == name.strip().lower():
+            return key
+    upper = name.upper().replace(" ", "-")
+    for words, kind in _DEVICE_PATTERNS:
+        if all(w in upper for w in words):
+            return kind
+    return None

@@ -19,15 +19,15 @@ _COLORS = (
 
 def summary(plan: DeploymentMap) -> dict[str, float]:
     """The headline figures shown in tables and compared across strategies."""
-    gpu = gpu_type(plan.gpu_type)
     used = plan.gpus_used
     gpcs = plan.gpcs_used()
+    slices = sum(gpu_type(plan.gpu_type_of(g)).compute_slices for g in {s.gpu for s in plan.segments})
     demand = sum(s.rate for s in plan.services)
     cap = sum(c.capacity for c in plan.capacities())
     return {
         "gpus_used": used,
         "gpcs_used": gpcs,
-        "idle_gpcs": used * gpu.compute_slices - gpcs,
+        "idle_gpcs": slices - gpcs,
         "capacity_over_demand": cap / demand if demand else 0.0,
         "segments": len(plan.segments),
     }
@@ -40,14 +40,17 @@ def model_colors(plan: DeploymentMap) -> dict[str, str]:
 
 def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
     """One row per GPU; each memory slice is `slice_width` characters wide."""
-    gpu = gpu_type(plan.gpu_type)
     color = model_colors(plan)
     SLICE_WIDTH = slice_width
-    table = Table(title="GPU layouts (memory slices 0..%d)" % (gpu.memory_slices - 1), show_lines=False)
+    slices = max((gpu_type(plan.gpu_type_of(g)).memory_slices for g in plan.by_gpu()), default=8)
+    table = Table(title="GPU layouts (memory slices 0..%d)" % (slices - 1), show_lines=False)
     table.add_column("node/gpu", justify="right", no_wrap=True)
+    if plan.fleet is not None:
+        table.add_column("type", no_wrap=True)
     table.add_column("slots", no_wrap=True)
     table.add_column("GPCs", justify="right")
     for g, segs in plan.by_gpu().items():
+        gpu = gpu_type(plan.gpu_type_of(g))
         line = Text()
         pos = 0
         for s in segs:
@@ -62,7 +65,11 @@ def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
         if pos < gpu.memory_slices:
             line.append("·" * (SLICE_WIDTH * (gpu.memory_slices - pos)), style="dim")
         used = sum(s.size for s in segs)
-        table.add_row(f"{plan.node_of(g)}/{plan.local_gpu(g)}", line, f"{used}/{gpu.compute_slices}")
+        where = f"{plan.node_of(g)}/{plan.local_gpu(g)}"
+        if plan.fleet is not None:
+            table.add_row(f"{plan.fleet.node(g).name}/{plan.local_gpu(g)}", gpu.name, line, f"{used}/{gpu.compute_slices}")
+        else:
+            table.add_row(where, line, f"{used}/{gpu.compute_slices}")
     return table
 
 
@@ -72,7 +79,13 @@ def plan_tables(plan: DeploymentMap, width: int = 100) -> Group:
     head.add_column(style="bold")
     head.add_column()
     head.add_row("GPUs used", str(s["gpus_used"]))
-    if plan.lower_bound is not None:
+    stats = dict(plan.stats)
+    if plan.fleet is not None:
+        head.add_row("fleet", f"{len(plan.fleet.nodes)} nodes, {plan.fleet.total_gpus} GPUs")
+        head.add_row("price per hour", f"{plan.price_per_hour():g}")
+        if "price_lower_bound" in stats:
+            head.add_row("proven price bound", f"{stats['price_lower_bound']:g} (gap {stats['price_gap']:.2%})")
+    elif plan.lower_bound is not None:
         gap = (plan.gpus_used - plan.lower_bound) / plan.gpus_used if plan.gpus_used else 0.0
         head.add_row("proven lower bound", f"{plan.lower_bound} (gap {gap:.1%})")
     else:
@@ -84,21 +97,33 @@ def plan_tables(plan: DeploymentMap, width: int = 100) -> Group:
     head.add_row("max procs per segment", str(plan.max_procs))
 
     per_model = Table(title="Capacity per model")
-    for col, just in (("model", "left"), ("rate", "right"), ("SLO ms", "right"),
-                      ("capacity", "right"), ("cap/rate", "right"), ("segments", "left")):
+    cols = [("model", "left"), ("rate", "right"), ("SLO ms", "right"),
+            ("capacity", "right"), ("cap/rate", "right"), ("segments", "left")]
+    fleet = plan.fleet is not None
+    if fleet:
+        cols[1:1] = [("tier", "right")]
+        cols[3:3] = [("served", "right"), ("shortfall", "right")]
+    for col, just in cols:
         per_model.add_column(col, justify=just)
     color = model_colors(plan)
     for c in plan.capacities():
-        sizes = Counter(seg.size for seg in plan.segments if seg.model == c.service.model)
-        per_model.add_row(
+        sizes = Counter(
+            (plan.gpu_type_of(seg.gpu) if fleet else "", seg.size) for seg in plan.segments if seg.model == c.service.model
+        )
+        cells = [
             Text(c.service.model, style=color[c.service.model]),
             f"{c.service.rate:g}",
             f"{c.service.latency_ms:g}",
             f"{c.capacity:.1f}",
             f"{c.capacity / c.service.rate:.3f}",
-            " ".join(f"{k}g×{v}" for k, v in sorted(sizes.items(), reverse=True)),
-        )
-    slices = gpu_type(plan.gpu_type).memory_slices
+            " ".join(f"{t + ' ' if t else ''}{k}g×{v}" for (t, k), v in sorted(sizes.items(), key=lambda kv: (kv[0][0], -kv[0][1]))),
+        ]
+        if fleet:
+            served = plan.served_rate(c.service)
+            cells[1:1] = [str(c.service.tier)]
+            cells[3:3] = [f"{served:g}", f"{c.service.rate - served:g}"]
+        per_model.add_row(*cells)
+    slices = max((gpu_type(plan.gpu_type_of(g)).memory_slices for g in plan.by_gpu()), default=8)
     slice_width = max(6, min(14, (width - 22) // slices))
     return Group(head, per_model, gpu_drawing(plan, slice_width))
 
