@@ -220,10 +220,15 @@ def consolidate(
     in the other GPUs' free slots; None when no GPU can be emptied without a new one."""
     rate = {s.model: _exact(s.rate) for s in request.services}
     per_size = per_size_table(request)
-    first = _consolidate(request, list(segments), cap, known, rate, per_size)
-    if first is not None:
-        return first
-    return _consolidate(request, _trim(segments, rate), cap, known, rate, per_size)
+    room = cap * request.gpu.compute_slices
+    if sum(s.size for s in segments) <= room:
+        first = _consolidate(request, list(segments), cap, known, rate, per_size)
+        if first is not None:
+            return first
+    trimmed = _trim(segments, rate)
+    if sum(s.size for s in trimmed) > room:
+        return None  # even trimmed, the segments need more slices than the cap's GPUs hold
+    return _consolidate(request, trimmed, cap, known, rate, per_size)
 
 
 def _trim(segments, rate) -> list[PlacedSegment]:
@@ -263,7 +268,7 @@ def _consolidate(request, segs, cap, known, rate, per_size):
     return tuple(segs)
 
 
-_TRY_EMPTY = 64  # GPUs tried per emptying round, least used first
+_TRY_EMPTY = 24  # GPUs tried per emptying round, least used first
 
 
 def _empty(space: Space, gone, have, rate, per_size) -> list[PlacedSegment] | None:
@@ -314,18 +319,32 @@ def local_replans(
         sorted(by_gpu, key=lambda g: (-any(s.model in changed for s in by_gpu[g]), -free[g], g)),
     )
     found = []
+    small = max(0.2, request.time_limit / 20)
     for order in orders:
         for k in range(2, min(len(order), 8) + 1):
             if time.perf_counter() > deadline:
                 return found
-            sub = _wipe_and_plan(request, by_gpu, order[:k], cap, planner)
+            sub = _wipe_and_plan(request, by_gpu, order[:k], cap, planner, small)
+            if sub is not None:
+                found.append(sub)
+                break
+    # Many models changed: every GPU serving one, and more of the least used if that is not enough.
+    serving = [g for g in orders[1] if any(s.model in changed for s in by_gpu[g])]
+    others = [g for g in orders[0] if g not in set(serving)]
+    if len(serving) > 8:
+        for extra in (0, len(by_gpu) // 20, len(by_gpu) // 10, len(by_gpu) // 5):
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            sub = _wipe_and_plan(request, by_gpu, serving + others[:extra], cap, planner, left)
             if sub is not None:
                 found.append(sub)
                 break
     return found
 
 
-def _wipe_and_plan(request, by_gpu, wiped, cap, planner):
+def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit):
+    wiped = set(wiped)
     kept = [s for g, segs in by_gpu.items() if g not in wiped for s in segs]
     if len(by_gpu) - len(wiped) >= cap:
         return None
@@ -338,7 +357,7 @@ def _wipe_and_plan(request, by_gpu, wiped, cap, planner):
     )
     if not residual:
         return tuple(kept)
-    sub_request = replace(request, services=residual, current=None, time_limit=max(0.2, request.time_limit / 20))
+    sub_request = replace(request, services=residual, current=None, time_limit=time_limit)
     sub = planner(sub_request)
     if len(by_gpu) - len(wiped) + sub.gpus_used > cap:
         return None
@@ -445,7 +464,7 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     best = _best(cands, cap, gpus_first)
     if best.changes > floor:
         changed = _changed_models(request, current)
-        deadline = t0 + request.time_limit / 2
+        deadline = t0 + request.time_limit * 0.6
         for segs in local_replans(request, cands[1].segments, cap, planner, changed, deadline):
             cands.append(_candidate("local", segs, current, per_node))
         best = _best(cands, cap, gpus_first)
@@ -453,7 +472,7 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
         from parvagpu.planning.replan_program import solve_moves
 
         left = request.time_limit - (time.perf_counter() - t0)
-        budget = max(min(left, request.time_limit / 5), 0.5)
+        budget = max(left, 0.5)
         opened = _neighbourhood(request, kept, best.segments, _changed_models(request, current))
         found = solve_moves(request, kept, cap, best.segments, known, budget, opened)
         if found is not None:
