@@ -23,6 +23,7 @@ from parvagpu import node as agent
 from parvagpu.cli.common import fail_on
 from parvagpu.fileio.reader import read_json
 from parvagpu.fileio.writer import atomic_write
+from parvagpu.core.model import DeploymentMap
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.gpus import DEFAULT_GPU
 from parvagpu.hardware.mig import FakeBackend, mutating_calls, open_nvml
@@ -160,7 +161,8 @@ def apply_cmd(
         plan, _ = read_plan(plan_file)
         agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
         with _node(backend, fake_state, fake_gpus, plan.node_gpu_type(node), save=not dry_run) as (b, mps, kill):
-            result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill)
+            result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill,
+                                      order=transition_order(plan, node))
     except ParvaError as exc:
         fail_on(exc)
     head = f"node {node} ({plan.node_gpu_type(node)}, backend {backend.value})"
@@ -172,6 +174,20 @@ def apply_cmd(
         return
     state = f"; state written to {result.state_path}" if result.state_written else ""
     Console(highlight=False, markup=False, soft_wrap=True).print(f"{head}: applied {len(result.steps)} steps ({_summary(result)}){state}")
+
+
+def transition_order(plan: DeploymentMap, node: int) -> list[tuple[str, int, int]] | None:
+    """The node's part of the plan's make-before-break transition, when the plan records one
+    (`plan --current`): ("create" | "remove", local GPU, start) in order; bridges are left out."""
+    if plan.transition is None:
+        return None
+    from parvagpu.planning.transition import old_plan_of, schedule
+
+    sched = schedule(old_plan_of(plan), plan)
+    return [
+        (st.action, plan.local_gpu(st.segment.gpu), st.segment.start)
+        for st in sched.steps if not st.bridge and plan.node_of(st.segment.gpu) == node
+    ]
 
 
 def teardown_cmd(

@@ -12,7 +12,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 from parvagpu.core.errors import EXIT_INVALID_PLAN, ParvaError, SystemFailure
 from parvagpu.core.model import DeploymentMap
@@ -20,7 +20,7 @@ from parvagpu.hardware.mig.base import GpuProcess, MigBackend
 from parvagpu.hardware.mps import MpsControl
 from parvagpu.node.executor import ApplyFailed, Executor, Key, Live
 from parvagpu.node.state import NodeDirs, NodeState, StateEntry, load_previous, write_state
-from parvagpu.node.steps import Op, Step, check_node, diff, doomed
+from parvagpu.node.steps import Op, Step, check_node, diff, doomed, in_transition_order
 from parvagpu.node.views import NodeView, Want, node_wants, read_node, with_wanted_slots
 
 
@@ -111,15 +111,20 @@ def check_placements(backend: MigBackend, steps: list[Step], wants: tuple[Want, 
 def apply_plan(
     plan: DeploymentMap, node: int, backend: MigBackend, mps: MpsControl, dirs: NodeDirs, *,
     force: bool = False, dry_run: bool = False, kill: Callable[[tuple[int, ...]], None] | None = None,
+    order: Sequence[tuple[str, int, int]] | None = None,
 ) -> ApplyResult:
     """Make `node` hold its part of `plan`. Raises ParvaError (nothing changed), `Refused` or
-    `ApplyFailed` (rolled back), `SystemFailure` (the hardware failed before any change)."""
+    `ApplyFailed` (rolled back), `SystemFailure` (the hardware failed before any change).
+
+    `order`, the node's part of a plan's make-before-break transition as ("create" | "remove",
+    gpu, start), puts the steps in that order (see `steps.in_transition_order`)."""
     wants = node_wants(plan, node)
     if dry_run:
         _view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node)
-        return ApplyResult(steps, False, False, dirs.state_file)
+        return ApplyResult(_ordered(steps, order), False, False, dirs.state_file)
     with node_lock(dirs):
         view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node)
+        steps = _ordered(steps, order)
         ex = Executor(backend, mps, dirs, view, kill)
         try:
             ex.run(steps)
@@ -129,6 +134,10 @@ def apply_plan(
         state = NodeState(node, plan.node_gpu_type(node), plan.node_gpus(node), _entries(wants, ex.live, dirs))
         written = write_state(dirs.state_file, state)
     return ApplyResult(steps, True, written, dirs.state_file)
+
+
+def _ordered(steps: list[Step], order: Sequence[tuple[str, int, int]] | None) -> list[Step]:
+    return steps if order is None else in_transition_order(steps, order)
 
 
 def _entries(wants: tuple[Want, ...], live: Mapping[Key, Live], dirs: NodeDirs) -> tuple[StateEntry, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, NamedTuple
+from typing import Mapping, NamedTuple, Sequence
 
 from parvagpu.core.errors import EXIT_INVALID_PLAN, ParvaError
 from parvagpu.core.gpus import gpu_type
@@ -224,3 +224,24 @@ def profile_names(type_name: str) -> dict[int, str]:
         return {p.profile_id: p.name for p in gpu_type(type_name).all_profiles}
     except ParvaError:
         return {}
+
+
+_TEARDOWN = frozenset({Op.STOP_MPS, Op.KILL, Op.DESTROY_CI, Op.DESTROY_GI})
+
+
+def in_transition_order(steps: list[Step], order: Sequence[tuple[str, int, int]]) -> list[Step]:
+    """`diff`'s steps in the order of a make-before-break transition. Pure.
+
+    `order` lists the node's ("create" | "remove", gpu, start) in transition order. Each
+    instance's own teardown or creation steps stay together and in `diff`'s order; teardowns the
+    transition does not name (instances the running plan did not hold) go first, then the named
+    groups in order, then the rest (daemons and bindings of kept instances)."""
+    groups: dict[tuple[str, int, int], list[Step]] = {}
+    for s in steps:
+        kind = "remove" if s.op in _TEARDOWN else "create"
+        groups.setdefault((kind, s.gpu, s.start), []).append(s)
+    named = [k for k in dict.fromkeys(order) if k in groups]
+    rest = [k for k in groups if k not in set(named)]
+    first = [k for k in rest if k[0] == "remove"]
+    last = [k for k in rest if k[0] == "create"]
+    return [s for k in first + named + last for s in groups[k]]
