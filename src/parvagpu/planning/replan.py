@@ -445,6 +445,8 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
         raise ParvaError(f"--current works with the strategies {', '.join(MOVE_AWARE)}, not {strategy}")
     current = request.current
     assert current is not None
+    if current.fleet is not None:
+        raise ParvaError("--current takes a single-type plan; re-planning a fleet plan is not supported yet")
     t0 = time.perf_counter()
     fresh = planner(replace(request, current=None))
     cap = fresh.gpus_used + request.max_extra_gpus

@@ -44,6 +44,8 @@ def _exact(x: float) -> Fraction:
 
 
 def _check_compatible(old: DeploymentMap, new: DeploymentMap) -> None:
+    if old.fleet is not None or new.fleet is not None:
+        raise ParvaError("transitions are computed between single-type plans; a fleet plan is not supported yet")
     if old.gpu_type != new.gpu_type:
         raise ParvaError(f"the plans are for different GPU types ({old.gpu_type}, {new.gpu_type})")
     if old.gpus_per_node != new.gpus_per_node:
