@@ -455,6 +455,8 @@ def test_fuzz_the_fake_state_reader_gives_a_node_or_one_line(path, value):
         b = FakeBackend.from_dict(doc["mig"], "f.json")
         FakeMps.from_dict(doc["mps"], b, "f.json")
         for g in range(b.gpu_count()):
-            b.mig_mode(g), b.list_instances(g), b.gpu_type(g)
+            b.gpu_type(g)
+            if b.mig_mode(g)[0]:  # with MIG mode off, listing is the hardware's NotSupported
+                b.list_instances(g)
     except ParvaError as exc:
         assert str(exc).startswith("f.json") and "\n" not in str(exc)
