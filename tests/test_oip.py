@@ -432,3 +432,28 @@ def test_oversized_bodies_are_refused_before_or_while_reading():
     chunked = _Req([b"x" * 10] * 5, None)
     assert asyncio.run(_read_body(chunked, 25)) is None and chunked.read == 3  # stops at the limit
     assert asyncio.run(_read_body(_Req([b"ab", b"c"], "3"), 3)) == b"abc"
+
+
+def test_weights_from_a_local_state_dict_are_loaded(tmp_path):
+    torch = pytest.importorskip("torch")
+    from parvagpu.profiler.zoo import tiny_cnn
+
+    trained = tiny_cnn()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.5)  # anything but the factory's own seeded weights
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "models.yaml").write_text(
+        "models:\n  c:\n    factory: parvagpu.profiler.zoo:tiny_cnn\n    weights: w.pt\n"
+        "    inputs: [{name: x, datatype: FP32, shape: [3, 32, 32]}]\n"
+        "    outputs: [{name: y, datatype: FP32, shape: [10]}]\n")
+    from parvagpu.serving.workers import read_models
+
+    runner = build_runner(read_models(tmp_path / "models.yaml")["c"], 2)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    out, _ = runner.predict({"x": x})
+    with torch.inference_mode():
+        want = trained.eval()(torch.from_numpy(x)).numpy()
+        seeded = tiny_cnn().eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out["y"], want, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(out["y"], seeded)
