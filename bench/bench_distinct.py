@@ -10,10 +10,12 @@ and latency SLO of its original in scenario 3 of the embedded example. `--identi
 copies instead (same content, distinct files).
 
 Measured per size, each as a separate process (`python -m parvagpu plan ... --out plan.json`):
-wall time from launch to exit and peak resident memory (from `wait4`), for `--strategy parva` and
+wall time from launch to exit, CPU time (user + system) and peak resident memory (from `wait4`),
+the best of `--repeat` runs by wall time, for `--strategy parva` and
 for the default (`auto`, `--time-limit 10`), with the GPUs, proven bound and gap of the written plan;
 and, in this process, the time to merely read and convert the same CSV files with the standard
-library (`csv` and `int`/`float` per cell): the floor the whole command is compared with.
+library (`csv` and `int`/`float` per cell): the floor the whole command is compared with, in wall
+and CPU time (CPU time is the steadier figure on a machine other jobs share).
 """
 
 from __future__ import annotations
@@ -67,20 +69,20 @@ def write_inputs(n: int, root: Path, identical: bool) -> tuple[Path, Path]:
     return prof_dir, slo_dir
 
 
-def stdlib_read(prof_dir: Path) -> float:
-    """Seconds to read and convert every profile file with `csv` and int/float, nothing else."""
-    t0 = time.perf_counter()
+def stdlib_read(prof_dir: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds to read and convert every profile file with `csv` and int/float."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for f in sorted(prof_dir.glob("*.csv")):
         with f.open(newline="") as fh:
             rows = csv.reader(fh)
             next(rows)
             for r in rows:
                 (int(r[0]), int(r[1]), int(r[2]), float(r[3]), float(r[4]))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-def run_plan(args: list[str], out: Path) -> tuple[float, float, dict]:
-    """(wall seconds, peak RSS in MiB, the plan JSON) of one `parvagpu plan` process."""
+def run_plan(args: list[str], out: Path) -> tuple[float, float, float, dict]:
+    """(wall seconds, CPU seconds, peak RSS in MiB, the plan JSON) of one `parvagpu plan` process."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "parvagpu", "plan", *args, "--out", str(out)],
@@ -91,7 +93,7 @@ def run_plan(args: list[str], out: Path) -> tuple[float, float, dict]:
     err = proc.stderr.read().decode()
     if proc.returncode != 0:
         raise SystemExit(f"plan {' '.join(args)} failed ({proc.returncode}): {err}")
-    return wall, usage.ru_maxrss / 1024, json.loads(out.read_text())
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, json.loads(out.read_text())
 
 
 def main() -> None:
@@ -106,34 +108,36 @@ def main() -> None:
             root = Path(tmp)
             prof_dir, slo_dir = write_inputs(n, root, args.identical)
             inputs = ["--profiles", str(prof_dir), "--slo", str(slo_dir), "--scenario", "1"]
-            floor = min(stdlib_read(prof_dir) for _ in range(args.repeat))
+            floor = min(stdlib_read(prof_dir) for _ in range(args.repeat))  # by wall time
             row = {"n": n, "floor": floor}
             for label, extra in (("parva", ["--strategy", "parva"]), ("auto", [])):
                 best = None
                 for _ in range(args.repeat):
                     got = run_plan(inputs + extra, root / "plan.json")
                     best = got if best is None or got[0] < best[0] else best
-                wall, rss, plan = best
-                row[label] = (wall, rss, plan["gpus_used"], plan["lower_bound"], plan["gap"])
-                print(f"  n={n} {label}: {wall:.2f} s, {rss:.0f} MiB, {plan['gpus_used']} GPUs, "
-                      f"bound {plan['lower_bound']}", file=sys.stderr, flush=True)
+                wall, cpu, rss, plan = best
+                row[label] = (wall, cpu, rss, plan["gpus_used"], plan["lower_bound"], plan["gap"])
+                print(f"  n={n} {label}: {wall:.2f} s wall, {cpu:.2f} s CPU, {rss:.0f} MiB, "
+                      f"{plan['gpus_used']} GPUs, bound {plan['lower_bound']}", file=sys.stderr, flush=True)
             rows.append(row)
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
           f"python {platform.python_version()}; {'identical copies' if args.identical else 'distinct content'}")
     print()
-    print("| services | stdlib read | parva wall | parva peak | default wall | default peak "
-          "| GPUs | bound | gap | default / stdlib |")
+    print("| services | stdlib read (wall / CPU) | parva (wall / CPU) | parva peak | default (wall / CPU) "
+          "| default peak | GPUs | bound | gap | default / stdlib (wall, CPU) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        pw, pm, *_ = r["parva"]
-        aw, am, gpus, lb, gap = r["auto"]
-        print(f"| {r['n']:,} | {r['floor']:.2f} s | {pw:.2f} s | {pm:.0f} MiB | {aw:.2f} s | {am:.0f} MiB "
-              f"| {gpus:,} | {'' if lb is None else f'{lb:,}'} | {'' if gap is None else f'{gap:.2%}'} "
-              f"| {aw / r['floor']:.1f}x |")
+        fw, fc = r["floor"]
+        pw, pc, pm, *_ = r["parva"]
+        aw, ac, am, gpus, lb, gap = r["auto"]
+        print(f"| {r['n']:,} | {fw:.2f} / {fc:.2f} s | {pw:.2f} / {pc:.2f} s | {pm:.0f} MiB | {aw:.2f} / {ac:.2f} s "
+              f"| {am:.0f} MiB | {gpus:,} | {'' if lb is None else f'{lb:,}'} | {'' if gap is None else f'{gap:.2%}'} "
+              f"| {aw / fw:.1f}x, {ac / fc:.1f}x |")
     if len(rows) >= 2:
         a, b = rows[-2], rows[-1]
-        k = math.log(b["auto"][0] / a["auto"][0]) / math.log(b["n"] / a["n"])
-        print(f"\ngrowth exponent of the default command between {a['n']:,} and {b['n']:,} services: {k:.2f}")
+        for i, what in ((0, "wall"), (1, "CPU")):
+            k = math.log(b["auto"][i] / a["auto"][i]) / math.log(b["n"] / a["n"])
+            print(f"growth exponent of the default command ({what}) between {a['n']:,} and {b['n']:,} services: {k:.2f}")
 
 
 if __name__ == "__main__":

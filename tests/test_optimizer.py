@@ -173,7 +173,9 @@ def test_minimal_covers_match_brute_force(rate, ts):
 
 def test_identical_services_share_one_block(example, profiles, a100):
     base = profiles["resnet50"]
-    profs = {f"r{i}": Profile(f"r{i}", base.points) for i in range(6)}
+    # Distinct objects with equal content (as distinct files with the same rows load): one block.
+    profs = {f"r{i}": Profile(f"r{i}", tuple(list(base.points))) for i in range(6)}
+    assert len({id(p.points) for p in profs.values()}) == 6
     services = tuple(Service(f"r{i}", 900.0, 150.0) for i in range(6))
     blocks = build_blocks(PlanRequest(services, profs, a100, 3), optimizer.mig_columns(a100))
     assert len(blocks) == 1 and len(blocks[0].services) == 6
