@@ -81,6 +81,9 @@ class _Cluster:
         self.policy = policy
         self.gpus: list[_Gpu] = []
         self.buckets: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        # (instance multiset, size) -> eligible: looked up for every bucket at every placement,
+        # so kept here rather than hashing the GPU type each time.
+        self.eligible: dict[tuple[tuple[int, ...], int], bool] = {}
 
     def _unbucket(self, g: _Gpu) -> None:
         lst = self.buckets[g.key()]
@@ -94,7 +97,12 @@ class _Cluster:
         best: tuple[int, int] | None = None
         total = self.gpu.compute_slices
         for key, members in self.buckets.items():
-            if not members or not _eligible(self.gpu, key, size, self.policy.single_instance_sizes):
+            if not members:
+                continue
+            ok = self.eligible.get((key, size))
+            if ok is None:
+                ok = self.eligible[(key, size)] = _eligible(self.gpu, key, size, self.policy.single_instance_sizes)
+            if not ok:
                 continue
             cand = (total - sum(key) - size, members[0])
             if best is None or cand < best:

@@ -67,7 +67,9 @@ class TripletIndex:
         size, batch, procs = cat("size", np.int64), cat("batch", np.int64), cat("procs", np.int64)
         thr, lat = cat("throughput", np.float64), cat("latency_s", np.float64)
         sizes = np.array(gpu.sizes, dtype=np.int64)
-        usable = (thr > 0) & (procs <= max_procs) & np.isin(size, sizes)
+        offered = np.zeros(int(sizes.max()) + 2, dtype=bool)
+        offered[sizes] = True
+        usable = (thr > 0) & (procs <= max_procs) & offered[np.clip(size, 0, len(offered) - 1)]
         pid, size, batch, procs, lat = pid[usable], size[usable], batch[usable], procs[usable], lat[usable]
         seg = procs.astype(np.float64) * thr[usable]
         gkey = pid * len(sizes) + np.searchsorted(sizes, size)
