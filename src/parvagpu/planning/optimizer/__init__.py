@@ -49,11 +49,11 @@ re-solved so the GPU count matches the final segments.
 The steps, one module each: `columns` (layouts), `covers` (minimal covers), `blocks` (services
 grouped, their options and covers), `program` (the matrix, its Lagrangian bound, rounding),
 `highs` (the solver; `highspy` is imported on the first solve, never at package import),
-`decode` (values to a placed plan) and `solve` (the steps in order, within the time limit).
+`decode` (values to a placed plan) and `search` (`solve`: the steps in order, within the time limit).
 """
 
 from parvagpu.planning.optimizer.columns import Column, mig_columns, mps_columns
 from parvagpu.planning.optimizer.covers import minimal_covers
-from parvagpu.planning.optimizer.solve import OptimizerResult, solve
+from parvagpu.planning.optimizer.search import OptimizerResult, solve
 
 __all__ = ["Column", "OptimizerResult", "mig_columns", "minimal_covers", "mps_columns", "solve"]
