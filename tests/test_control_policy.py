@@ -34,10 +34,16 @@ def test_leaving_the_band_up_and_down():
 
 
 def test_attainment_below_target_replans_up_inside_the_band():
-    w = judge(CFG, view(60.0, attainment=0.99))
+    w = judge(CFG, view(90.0, attainment=0.99))
     assert w.rate == pytest.approx(125.0)  # max(observed, planned) x (1 + h)
     assert "attainment" in w.reason
-    assert judge(CFG, view(60.0, attainment=0.9995)).rate is None
+    assert judge(CFG, view(90.0, attainment=0.9995)).rate is None
+
+
+def test_attainment_raises_the_plan_at_most_to_the_max_headroom():
+    # observed 70: at most 70 x 1.6 = 112; planned 100 -> 112, then no further
+    assert judge(CFG, view(70.0, attainment=0.99)).rate == pytest.approx(112.0)
+    assert judge(CFG, view(70.0, planned=112.0, capacity=120.0, attainment=0.99)).rate is None
 
 
 @settings(max_examples=100, deadline=None)

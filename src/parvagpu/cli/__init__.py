@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from parvagpu import __version__
-from parvagpu.cli import compare, diff, export, node, plan, profile, serving, verify
+from parvagpu.cli import compare, control, diff, export, node, plan, profile, serving, verify
 
 app = typer.Typer(
     help="Serve many DNN models on the fewest MIG/MPS-partitioned GPUs while meeting every SLO.",
@@ -56,5 +56,7 @@ app.add_typer(export_app, name="export")
 app.command("serve")(serving.serve)
 app.command("load")(serving.load)
 app.command("simulate")(serving.simulate)
+# 7. Follow the load: synthetic traces (replayed by `simulate --trace`)
+app.command("trace-gen")(control.trace_gen)
 
 __all__ = ["app"]

@@ -47,15 +47,28 @@ def simulate(
     ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency CDF plot here (PNG/PDF)."),
+    trace: Optional[Path] = typer.Option(
+        None, "--trace", help="Replay this load trace (CSV time_s,model,rate) through the controller, a static "
+        "peak plan and an oracle instead (see docs/control.md); needs --services."),
+    services_file: Optional[Path] = typer.Option(None, "--services", "-f", help="With --trace: the models' latency SLOs."),
+    settings: Optional[Path] = typer.Option(
+        None, "--settings", help="With --trace: controller settings (YAML/JSON: policy, costs, replay)."),
 ) -> None:
     """Simulate a served plan: predicted p50/p95/p99, SLO attainment, 0.45 L rule check.
 
     Poisson arrivals, the serving router, per-segment dynamic batching and admission, service
-    times from the profiles; deterministic for a seed."""
+    times from the profiles; deterministic for a seed. With --trace: GPU-hours and attainment of
+    the controller against a static peak plan and an oracle over a time-varying load."""
     from parvagpu.serving.simulator import simulate as run_sim
     from parvagpu.serving.stats import console, stats_table
 
     try:
+        if trace is not None:
+            from parvagpu.cli.control import simulate_trace
+
+            return simulate_trace(trace, services_file, profiles_dir, settings, max_procs, seed, json_out)
+        if services_file is not None or settings is not None:
+            raise ParvaError("--services and --settings go with --trace")
         plan = _plan_or_scenario(plan_file, scenario, max_procs)
         res = run_sim(
             plan, duration_s=duration, seed=seed, rate_scale=rate_scale, profiles=_sim_profiles(plan, profiles_dir),

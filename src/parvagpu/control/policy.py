@@ -8,7 +8,9 @@ C >= p (the sum of its segments' throughputs). With the observed arrival rate r:
   left) and r x (1 + h) >= p x (1 - b) (not over-provisioned by more than the band b). Leaving the
   band upwards is "up", downwards "down"; inside it nothing moves, so noise does not re-plan;
 - **attainment**: a window's SLO attainment below the target re-plans the model up, for
-  max(r, p) x (1 + h), even inside the band (capacity that looks sufficient but is not);
+  max(r, p) x (1 + h), even inside the band (capacity that looks sufficient but is not), but never
+  above r x (1 + h_max): where more capacity does not help (a segment whose admission limit loses
+  requests at any load), the model is not re-planned again and again;
 - **dwell**: a model's planned rate changes at most once per `dwell_s`;
 - **cool-down**: re-plans are at least `cooldown_s` apart, and none starts while a transition runs.
 
@@ -28,6 +30,7 @@ from parvagpu.core.errors import ParvaError
 class PolicyConfig:
     headroom: float = 0.25  # h: plan for observed x (1 + h)
     min_headroom: float = 0.08  # h_min: re-plan up when less headroom than this is left
+    max_headroom: float = 0.6  # h_max: attainment misses raise the plan up to r x (1 + h_max)
     band: float = 0.30  # b: re-plan down when r (1 + h) < p (1 - b)
     attainment_target: float = 0.999
     dwell_s: float = 600.0  # per model, between changes of its planned rate
@@ -35,8 +38,9 @@ class PolicyConfig:
     min_rate: float = 1.0  # a model is never planned below this rate (req/s)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_headroom <= self.headroom:
-            raise ParvaError(f"need 0 <= min headroom <= headroom, got {self.min_headroom}, {self.headroom}")
+        if not 0 <= self.min_headroom <= self.headroom <= self.max_headroom:
+            raise ParvaError("need 0 <= min headroom <= headroom <= max headroom, got "
+                             f"{self.min_headroom}, {self.headroom}, {self.max_headroom}")
         if not 0 <= self.band < 1:
             raise ParvaError(f"band must be in [0, 1), got {self.band}")
         if not 0 < self.attainment_target <= 1:
@@ -102,8 +106,10 @@ def target_rate(cfg: PolicyConfig, rate: float) -> float:
 def judge(cfg: PolicyConfig, v: ModelView) -> Want:
     """Does this model's demand leave its band (or miss its attainment)? Dwell is not applied here."""
     if v.attainment is not None and v.attainment < cfg.attainment_target:
-        want = target_rate(cfg, max(v.observed_rate, v.planned_rate))
-        return Want(v.model, want, f"attainment {v.attainment:.4%} < {cfg.attainment_target:.2%}")
+        most = max(cfg.min_rate, v.observed_rate * (1.0 + cfg.max_headroom))
+        want = min(target_rate(cfg, max(v.observed_rate, v.planned_rate)), most)
+        if want > v.planned_rate:
+            return Want(v.model, want, f"attainment {v.attainment:.4%} < {cfg.attainment_target:.2%}")
     if v.observed_rate * (1.0 + cfg.min_headroom) > v.capacity:
         return Want(v.model, target_rate(cfg, v.observed_rate),
                     f"up: rate {v.observed_rate:.1f}/s leaves < {cfg.min_headroom:.0%} headroom of capacity {v.capacity:.1f}/s")

@@ -1,0 +1,86 @@
+"""The serving model of the trace replay: attainment per (model, its serving segments, offered rate),
+taken from the discrete-event simulator of `parvagpu simulate` and kept in a table.
+
+A day of 100 models is tens of billions of requests at production rates; simulating each one would
+take hours. Between two events (a trace step, a controller tick, a transition step finishing) a
+model's offered rate and serving segments are constant, so the replay only needs the share of its
+requests answered within the SLO in that steady state. That share is measured once per
+(model, its segments' configurations, load bucket) by `parvagpu.serving.simulator.simulate` itself, on a plan holding
+that model's serving segments alone (same router, batching, admission limits and profile service
+times as `simulate`), with `samples` Poisson arrivals at the bucket's load, and reused whenever the
+state recurs. It is measured at loads rho = rate / capacity on a grid of `step` and interpolated
+linearly between the two grid points around the load; a model without a serving segment answers
+nothing.
+
+Approximations, each stated where it is made: the batch waits follow the offered rate (the served
+application's waits follow its planned rate; both stay within 10 % of the SLO); queue build-up when
+the state changes is not carried from one interval to the next (a draining segment finishes its
+in-flight requests; a new segment starts empty); a table entry is an estimate from `samples`
+requests, so attainment above 1 - 1/samples is not resolved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
+from parvagpu.serving.simulator import simulate
+
+MIN_RHO = 0.1  # below this, loads share the 0.1 grid point's attainment (losses only fall with load)
+MAX_RHO = 4.0  # above this, the served rate is the 4.0 grid point's, i.e. no more than capacity
+
+
+class AttainmentTable:
+    """attained(model, segments, rate): the share of requests answered within the SLO."""
+
+    def __init__(self, template: DeploymentMap, slos: dict[str, float], profiles: dict[str, Profile],
+                 samples: int = 4000, step: float = 0.1, seed: int = 0) -> None:
+        self.template = template  # GPU type, max procs and GPUs per node of every sub-plan
+        self.slos = slos
+        self.profiles = profiles
+        self.samples = samples
+        self.step = step
+        self.seed = seed
+        self._table: dict[tuple, float] = {}
+        self.simulated_requests = 0
+
+    def attained(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:
+        if rate <= 0:
+            return 1.0
+        if not segments:
+            return 0.0
+        capacity = sum(s.segment.throughput for s in segments)
+        rho = rate / capacity
+        x = min(MAX_RHO, max(MIN_RHO, rho)) / self.step
+        lo = math.floor(x + 1e-9)
+        configs = _configs(segments)
+        a0 = self._at(model, segments, configs, lo, capacity)
+        a = a0 if x - lo < 1e-9 else a0 + (x - lo) * (self._at(model, segments, configs, lo + 1, capacity) - a0)
+        return a * (MAX_RHO / rho) if rho > MAX_RHO else a
+
+    def _at(self, model: str, segments: tuple[PlacedSegment, ...], configs: tuple, k: int, capacity: float) -> float:
+        key = (model, configs, k)
+        a = self._table.get(key)
+        if a is None:
+            a = self._table[key] = self._measure(model, segments, k * self.step * capacity)
+        return a
+
+    def _measure(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:
+        sub = replace(self.template, segments=segments, services=(Service(model, rate, self.slos[model]),),
+                      transition=None, stats=(), lower_bound=None, provenance=None)
+        res = simulate(sub, duration_s=self.samples / rate, seed=self.seed,
+                       profiles={model: self.profiles[model]} if model in self.profiles else None)
+        st = res.stats[0]
+        self.simulated_requests += st.sent
+        return st.within_slo / st.sent if st.sent else 1.0
+
+    @property
+    def entries(self) -> int:
+        return len(self._table)
+
+
+def _configs(segments: tuple[PlacedSegment, ...]) -> tuple:
+    """What the serving model depends on: the segments' triplets, not where they are placed."""
+    return tuple(sorted((t.size, t.batch, t.procs, t.throughput, t.latency_ms)
+                        for t in (s.segment.triplet for s in segments)))

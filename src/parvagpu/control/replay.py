@@ -1,0 +1,456 @@
+"""Replaying a load trace through the controller: GPU-hours, SLO attainment, re-plans and moves.
+
+Three ways to serve the same trace, each judged by the same serving model (`fluid.AttainmentTable`,
+measured with `simulate`'s discrete-event simulator):
+
+- **controller**: every `tick_s` the policy of `policy.py` (the same `decide` the live loop uses)
+  looks at each model's arrival rate over the last `window_s` (Poisson-noisy counts, as an ingress
+  would see them) and its attainment; on a re-plan the planner makes the new plan from the running
+  one (`current=`, move-aware, where the planner supports it; else from scratch) and the transition
+  runs in `transition.schedule`'s make-before-break order with reconfiguration costs;
+- **static**: one plan sized for every model's peak rate in the trace, for the whole trace;
+- **oracle**: a plan from scratch every `oracle_interval_s` for the interval's true peak rates,
+  switched instantly at no cost (a lower bound on GPU-hours no real controller reaches).
+
+Transition timing: the schedule's steps are grouped into runs of consecutive creations or
+removals. A run's steps proceed in parallel across GPUs and one after another on the same GPU; a
+creation takes `create_s + load_s` (instance and MPS daemon, then the model loaded and warm), a
+removal `destroy_s`. A removed segment takes no new requests from the start of its removal
+(draining); a created one serves from the end of its creation. GPUs are counted from the first
+moment a segment is present on them to the last.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+
+from parvagpu.control.fluid import AttainmentTable
+from parvagpu.control.policy import ModelView, PolicyConfig, decide, target_rate
+from parvagpu.control.trace import Trace
+from parvagpu.control.window import AttainmentWindow, RateWindow
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.gpus import GpuType
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service, segment_key
+from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.strategies import plan as make_plan
+from parvagpu.planning.transition import schedule, transition
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per reconfiguration step (defaults and their sources: docs/control.md)."""
+
+    create_s: float = 4.0  # MIG GPU + compute instance created, MPS daemon started
+    destroy_s: float = 2.0  # instance destroyed
+    load_s: float = 10.0  # model weights loaded onto the instance and warmed up
+
+    def __post_init__(self) -> None:
+        if min(self.create_s, self.destroy_s, self.load_s) < 0:
+            raise ParvaError("reconfiguration costs must be >= 0 s")
+
+
+@dataclass(frozen=True)
+class Options:
+    tick_s: float = 30.0  # how often the controller decides
+    window_s: float = 120.0  # rate window
+    attainment_window_s: float = 300.0
+    oracle_interval_s: float = 300.0
+    strategy: str = "parva"
+    max_procs: int = 3
+    seed: int = 0
+    samples: int = 2000  # requests per serving-model table entry
+
+    def __post_init__(self) -> None:
+        if min(self.tick_s, self.window_s, self.attainment_window_s, self.oracle_interval_s) <= 0:
+            raise ParvaError("tick, windows and oracle interval must be positive")
+
+
+@dataclass
+class Tally:
+    """Requests offered and answered within the SLO, per model (fractional: a fluid count)."""
+
+    sent: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    good: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add(self, model: str, sent: float, good: float) -> None:
+        self.sent[model] += sent
+        self.good[model] += good
+
+    def overall(self) -> float:
+        s = sum(self.sent.values())
+        return sum(self.good.values()) / s if s else 1.0
+
+    def per_model(self) -> dict[str, float]:
+        return {m: (self.good[m] / s if s else 1.0) for m, s in self.sent.items()}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One way of serving the trace, summarised."""
+
+    name: str
+    gpu_hours: float
+    attainment: float
+    attainment_in_transitions: float | None
+    per_model: dict[str, float]
+    replans: int
+    created: int
+    removed: int
+    hours: float
+    peak_gpus: int
+    model_replans: dict[str, int] = field(default_factory=dict)
+    min_model_gap_s: float | None = None  # shortest time between two re-plans of one model
+    transition_s: float = 0.0  # time spent in transitions
+
+    def row(self) -> dict:
+        worst = min(self.per_model.items(), key=lambda kv: kv[1]) if self.per_model else ("-", 1.0)
+        return {
+            "run": self.name, "gpu_hours": round(self.gpu_hours, 2), "peak_gpus": self.peak_gpus,
+            "attainment": self.attainment, "attainment_in_transitions": self.attainment_in_transitions,
+            "worst_model": worst[0], "worst_attainment": worst[1],
+            "replans": self.replans, "replans_per_hour": self.replans / self.hours,
+            "segments_created": self.created, "segments_removed": self.removed,
+            "changes_per_hour": (self.created + self.removed) / self.hours,
+            "max_model_replans": max(self.model_replans.values(), default=0),
+            "min_model_gap_s": self.min_model_gap_s, "transition_hours": self.transition_s / 3600,
+        }
+
+
+@dataclass(frozen=True)
+class Inputs:
+    trace: Trace
+    slos: dict[str, float]  # model -> latency SLO (ms)
+    profiles: dict[str, Profile]
+    gpu: GpuType
+    gpus_per_node: int = 8
+
+
+def plan_for(inp: Inputs, opts: Options, rates: dict[str, float], current: DeploymentMap | None = None) -> DeploymentMap:
+    """A plan for `rates`, from the running plan `current` when the planner takes one."""
+    services = tuple(Service(m, max(r, 1e-3), inp.slos[m]) for m, r in sorted(rates.items()))
+    kw = {}
+    if current is not None and "current" in {f.name for f in fields(PlanRequest)}:
+        kw["current"] = current
+    req = PlanRequest(services, inp.profiles, inp.gpu, opts.max_procs, inp.gpus_per_node, **kw)
+    return make_plan(req, opts.strategy)
+
+
+def _check(inp: Inputs) -> None:
+    missing = [m for m in inp.trace.models if m not in inp.slos]
+    if missing:
+        raise ParvaError(f"the services file has no latency SLO for trace model(s) {', '.join(missing[:5])}")
+    missing = [m for m in inp.trace.models if m not in inp.profiles]
+    if missing:
+        raise ParvaError(f"no profile for trace model(s) {', '.join(missing[:5])}")
+
+
+def _by_model(plan: DeploymentMap) -> dict[str, tuple[PlacedSegment, ...]]:
+    out: dict[str, list[PlacedSegment]] = defaultdict(list)
+    for s in plan.segments:
+        out[s.model].append(s)
+    return {m: tuple(v) for m, v in out.items()}
+
+
+def _step_ends(trace: Trace) -> list[tuple[float, float, tuple[float, ...]]]:
+    ends = trace.times[1:] + (trace.end_s,)
+    return list(zip(trace.times, ends, trace.rates))
+
+
+def run_static(inp: Inputs, opts: Options, table: AttainmentTable) -> RunResult:
+    plan = plan_for(inp, opts, inp.trace.peak())
+    segs = _by_model(plan)
+    tally = Tally()
+    for a, b, rates in _step_ends(inp.trace):
+        for m, r in zip(inp.trace.models, rates):
+            tally.add(m, r * (b - a), r * (b - a) * table.attained(m, segs.get(m, ()), r))
+    hours = inp.trace.duration_s / 3600
+    return RunResult("static (peak)", plan.gpus_used * hours, tally.overall(), None, tally.per_model(), 1,
+                     len(plan.segments), 0, hours, plan.gpus_used)
+
+
+def run_oracle(inp: Inputs, opts: Options, table: AttainmentTable) -> RunResult:
+    tally, gpu_h, peak, plans, created, removed = Tally(), 0.0, 0, 0, 0, 0
+    plan = None
+    steps = _step_ends(inp.trace)
+    k = 0
+    t0 = inp.trace.times[0]
+    while k < len(steps):
+        end = min(steps[k][0] + opts.oracle_interval_s, inp.trace.end_s)
+        group = []
+        while k < len(steps) and steps[k][0] < end:
+            group.append(steps[k])
+            k += 1
+        peaks = {m: max(g[2][i] for g in group) for i, m in enumerate(inp.trace.models)}
+        new = plan_for(inp, opts, peaks)
+        if plans:
+            t = transition(plan, new)
+            created, removed = created + len(t.added), removed + len(t.removed)
+        plan, segs = new, _by_model(new)
+        plans += 1
+        for a, b, rates in group:
+            for m, r in zip(inp.trace.models, rates):
+                tally.add(m, r * (b - a), r * (b - a) * table.attained(m, segs.get(m, ()), r))
+        span = group[-1][1] - group[0][0]
+        gpu_h += plan.gpus_used * span / 3600
+        peak = max(peak, plan.gpus_used)
+    hours = (inp.trace.end_s - t0) / 3600
+    return RunResult(f"oracle (fresh every {opts.oracle_interval_s:g} s, free)", gpu_h, tally.overall(), None,
+                     tally.per_model(), plans, created, removed, hours, peak)
+
+
+@dataclass
+class _Run:
+    """A run of consecutive creations or removals of one transition, with its start and end."""
+
+    action: str
+    segments: list[PlacedSegment]
+    start: float
+    end: float
+
+
+def _runs(steps, start: float, costs: Costs) -> list[_Run]:
+    """Group a schedule's steps into runs and time them (see the module docstring)."""
+    groups: list[tuple[str, list[PlacedSegment]]] = []
+    for st in steps:
+        if groups and groups[-1][0] == st.action:
+            groups[-1][1].append(st.segment)
+        else:
+            groups.append((st.action, [st.segment]))
+    out, t = [], start
+    for action, segs in groups:
+        each = costs.create_s + costs.load_s if action == "create" else costs.destroy_s
+        per_gpu: dict[int, int] = defaultdict(int)
+        for s in segs:
+            per_gpu[s.gpu] += 1
+        end = t + each * max(per_gpu.values())
+        out.append(_Run(action, segs, t, end))
+        t = end
+    return out
+
+
+class _Cluster:
+    """What is on the GPUs (present) and what takes traffic (serving), per model."""
+
+    def __init__(self, plan: DeploymentMap) -> None:
+        self.per_node = plan.gpus_per_node
+        self.present: dict[tuple, PlacedSegment] = {segment_key(s, self.per_node): s for s in plan.segments}
+        self.serving: dict[str, dict[tuple, PlacedSegment]] = defaultdict(dict)
+        for k, s in self.present.items():
+            self.serving[s.model][k] = s
+        self._cache: dict[str, tuple[PlacedSegment, ...]] = {}
+
+    def segments(self, model: str) -> tuple[PlacedSegment, ...]:
+        out = self._cache.get(model)
+        if out is None:
+            out = self._cache[model] = tuple(sorted(self.serving[model].values(), key=lambda s: (s.gpu, s.start)))
+        return out
+
+    def gpus(self) -> int:
+        return len({s.gpu for s in self.present.values()})
+
+    def begin(self, run: _Run) -> None:
+        for s in run.segments:
+            k = segment_key(s, self.per_node)
+            if run.action == "create":
+                self.present[k] = s
+            else:
+                self.serving[s.model].pop(k, None)  # draining: no new requests
+                self._cache.pop(s.model, None)
+
+    def finish(self, run: _Run) -> None:
+        for s in run.segments:
+            k = segment_key(s, self.per_node)
+            if run.action == "create":
+                self.serving[s.model][k] = s
+            else:
+                self.present.pop(k, None)
+            self._cache.pop(s.model, None)
+
+
+class _Controller:
+    """The controller's replay state: the plan, the windows, the running transition, the tallies."""
+
+    def __init__(self, inp: Inputs, opts: Options, cfg: PolicyConfig, costs: Costs, table: AttainmentTable) -> None:
+        import numpy as np
+
+        self.inp, self.opts, self.cfg, self.costs, self.table = inp, opts, cfg, costs, table
+        self.rng = np.random.default_rng(opts.seed)
+        t0 = inp.trace.times[0]
+        first = dict(zip(inp.trace.models, inp.trace.rates[0]))
+        self.planned = {m: target_rate(cfg, r) for m, r in first.items()}
+        self.plan = plan_for(inp, opts, self.planned)
+        self.cluster = _Cluster(self.plan)
+        self.capacity = self._capacities(self.plan)
+        self.changed: dict[str, list[float]] = {m: [] for m in inp.trace.models}
+        self.rates = {m: RateWindow(opts.window_s, t0) for m in inp.trace.models}
+        self.attain = {m: AttainmentWindow(opts.attainment_window_s) for m in inp.trace.models}
+        self.runs: list[_Run] = []
+        self.last_replan = -math.inf
+        self.replans = self.created = self.removed = 0
+        self.tally, self.in_transition = Tally(), Tally()
+        self.gpu_s = 0.0
+        self.transition_s = 0.0
+        self.peak = self.plan.gpus_used
+        self.decisions: list = []
+
+    @staticmethod
+    def _capacities(plan: DeploymentMap) -> dict[str, float]:
+        cap: dict[str, float] = defaultdict(float)
+        for s in plan.segments:
+            cap[s.model] += s.segment.throughput
+        return cap
+
+    def serve(self, a: float, b: float, rates: tuple[float, ...]) -> None:
+        """Traffic in [a, b) with nothing changing: tallies, windows, GPU time."""
+        dt = b - a
+        if dt <= 0:
+            return
+        moving = bool(self.runs)
+        for m, r in zip(self.inp.trace.models, rates):
+            sent = r * dt
+            good = sent * self.table.attained(m, self.cluster.segments(m), r)
+            self.tally.add(m, sent, good)
+            if moving:
+                self.in_transition.add(m, sent, good)
+            self.rates[m].add(b, float(self.rng.poisson(sent)) if sent > 0 else 0.0)
+            self.attain[m].add(b, sent, good)
+        gpus = self.cluster.gpus()
+        self.gpu_s += gpus * dt
+        self.peak = max(self.peak, gpus)
+        if moving:
+            self.transition_s += dt
+
+    def next_event(self, t: float) -> float:
+        """The next moment a transition run begins or ends after t (inf when none)."""
+        times = [x for r in self.runs for x in (r.start, r.end) if x > t]
+        return min(times, default=math.inf)
+
+    def advance_runs(self, t: float) -> None:
+        for r in list(self.runs):
+            if r.start <= t and not getattr(r, "begun", False):
+                self.cluster.begin(r)
+                r.begun = True
+            if r.end <= t:
+                self.cluster.finish(r)
+                self.runs.remove(r)
+
+    def tick(self, now: float) -> None:
+        views = tuple(
+            ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m],
+                      self.capacity.get(m, 0.0), self.changed[m][-1] if self.changed[m] else -math.inf)
+            for m in self.inp.trace.models
+        )
+        d = decide(self.cfg, now, views, self.last_replan, transition_running=bool(self.runs))
+        if d.replan:
+            self.decisions.append(d)
+            self._replan(now, dict(d.targets))
+
+    def _replan(self, now: float, targets: dict[str, float]) -> None:
+        for m, r in targets.items():
+            self.planned[m] = r
+            self.changed[m].append(now)
+        new = plan_for(self.inp, self.opts, self.planned, current=self.plan)
+        sched = schedule(self.plan, new)
+        self.created += sum(1 for s in sched.steps if s.action == "create")
+        self.removed += sum(1 for s in sched.steps if s.action == "remove")
+        self.runs = _runs(sched.steps, now, self.costs)
+        self.plan, self.capacity = new, self._capacities(new)
+        self.last_replan = now
+        self.replans += 1
+        self.advance_runs(now)
+
+    def result(self) -> RunResult:
+        gaps = [b - a for ts in self.changed.values() for a, b in zip(ts, ts[1:])]
+        hours = self.inp.trace.duration_s / 3600
+        inside = self.in_transition.overall() if self.in_transition.sent else None
+        return RunResult(
+            "controller", self.gpu_s / 3600, self.tally.overall(), inside, self.tally.per_model(), self.replans,
+            self.created, self.removed, hours, self.peak,
+            model_replans={m: len(ts) for m, ts in self.changed.items()},
+            min_model_gap_s=min(gaps) if gaps else None, transition_s=self.transition_s,
+        )
+
+
+def run_controller(inp: Inputs, opts: Options, cfg: PolicyConfig, costs: Costs, table: AttainmentTable) -> tuple[RunResult, list]:
+    """Replay the trace through the controller; its result and its re-plan decisions."""
+    ctl = _Controller(inp, opts, cfg, costs, table)
+    trace = inp.trace
+    t, end = trace.times[0], trace.end_s
+    steps = _step_ends(trace)
+    k = 0
+    next_tick = t + opts.tick_s
+    while t < end:
+        while k + 1 < len(steps) and steps[k][1] <= t:
+            k += 1
+        b = min(steps[k][1], next_tick, ctl.next_event(t), end)
+        ctl.serve(t, b, steps[k][2])
+        t = b
+        ctl.advance_runs(t)
+        if t >= next_tick:
+            ctl.tick(t)
+            next_tick += opts.tick_s
+    return ctl.result(), ctl.decisions
+
+
+@dataclass(frozen=True)
+class Report:
+    runs: tuple[RunResult, ...]
+    decisions: tuple
+    elapsed_s: float
+    table_entries: int
+    simulated_requests: int
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": "trace replay", "elapsed_s": self.elapsed_s, "serving_model_entries": self.table_entries,
+            "simulated_requests": self.simulated_requests,
+            "runs": [dict(r.row(), per_model=r.per_model, model_replans=r.model_replans) for r in self.runs],
+            "decisions": [d.to_dict() | {"observation": None} for d in self.decisions],
+        }
+
+
+def replay(inp: Inputs, opts: Options = Options(), cfg: PolicyConfig = PolicyConfig(), costs: Costs = Costs()) -> Report:
+    """The controller, the static peak plan and the oracle on one trace."""
+    _check(inp)
+    started = time.perf_counter()
+    template = plan_for(inp, opts, {m: 1.0 for m in inp.trace.models})
+    table = AttainmentTable(template, inp.slos, inp.profiles, opts.samples, seed=opts.seed)
+    ctl, decisions = run_controller(inp, opts, cfg, costs, table)
+    runs = (ctl, run_static(inp, opts, table), run_oracle(inp, opts, table))
+    return Report(runs, tuple(decisions), time.perf_counter() - started, table.entries, table.simulated_requests)
+
+
+POLICY_KEYS = {f.name for f in fields(PolicyConfig)}
+COST_KEYS = {f.name for f in fields(Costs)}
+OPTION_KEYS = {f.name for f in fields(Options)} - {"seed", "max_procs"}
+
+
+def read_settings(path) -> tuple[PolicyConfig, Costs, dict]:
+    """A settings file (YAML/JSON): `policy:` (PolicyConfig fields), `costs:` (Costs fields) and
+    `replay:` (Options fields but seed and max_procs); every key optional, unknown keys rejected."""
+    from parvagpu.fileio.reader import read_document
+
+    doc = read_document(path, "controller settings") or {}
+    if not isinstance(doc, dict) or set(doc) - {"policy", "costs", "replay"}:
+        raise ParvaError(f"{path}: expected a mapping with optional policy, costs and replay sections")
+    parts = []
+    for section, keys in (("policy", POLICY_KEYS), ("costs", COST_KEYS), ("replay", OPTION_KEYS)):
+        part = doc.get(section) or {}
+        if not isinstance(part, dict):
+            raise ParvaError(f"{path}: {section} must be a mapping")
+        unknown = set(part) - keys
+        if unknown:
+            raise ParvaError(f"{path}: unknown {section} keys: {', '.join(sorted(map(str, unknown)))} "
+                             f"(known: {', '.join(sorted(keys))})")
+        bad = [k for k, v in part.items() if isinstance(v, bool) or not isinstance(v, (int, float, str))]
+        if bad:
+            raise ParvaError(f"{path}: {section}.{bad[0]} must be a number")
+        parts.append(part)
+    try:
+        return PolicyConfig(**{k: float(v) for k, v in parts[0].items()}), \
+            Costs(**{k: float(v) for k, v in parts[1].items()}), parts[2]
+    except (TypeError, ValueError) as exc:
+        raise ParvaError(f"{path}: {exc}") from None
