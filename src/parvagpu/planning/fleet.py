@@ -3,8 +3,8 @@
 Objective, in strict order: every service meets its SLO at its rate, the lowest total price per
 hour, the fewest GPUs. Where the fleet cannot serve everything, tiers decide (0 the most
 important): the highest tiers are served fully, the lowest tier that still fits gets the largest
-equal fraction of every service's rate (the shortfall shared in proportion to demand), and the
-tiers below get nothing. Unless the request allows it, such a plan is `Unservable` (exit 3).
+equal fraction of every service's rate found by bisection to 1/1000 (the shortfall shared in
+proportion to demand), and the tiers below get nothing. Unless the request allows it, such a plan is `Unservable` (exit 3).
 
 The program is in `fleet_program`; here: the request, the GPU classes, the groups of services
 with their per-type options, the tier search and the result. Pure, like every planner.
@@ -95,12 +95,10 @@ def _free_columns(gpu: GpuType, mask: int, compute: int) -> tuple[Column, ...]:
     return tuple(Column(v, tuple(sorted(free[v], key=lambda p: p[1]))) for v in sorted(maximal, reverse=True))
 
 
-def _groups(
-    request: FleetRequest, services: tuple[Service, ...], y_form: frozenset[str], share: frozenset[str],
-) -> list[Group]:
-    """Services grouped so that a group has the same options and covers on every type; services in
-    `y_form` (or with too many covers) are singletons buying segments of any type, those in `share`
-    at the program's fraction of their rate. A service with no option on any type is `Unservable`."""
+def _groups(request: FleetRequest, services: tuple[Service, ...]) -> list[Group]:
+    """Services grouped so that a group has the same options and covers on every type; services
+    with too many covers to list are singletons buying segments of any type. A service with no
+    option on any type is `Unservable`."""
     types = {n.gpu: n.type for n in request.fleet.nodes}
     per_service: dict[str, dict[str, tuple]] = {s.model: {} for s in services}
     block_of: dict[str, dict[str, int]] = {s.model: {} for s in services}
@@ -120,12 +118,11 @@ def _groups(
     for s in services:
         if not per_service[s.model]:
             raise Unservable(f"{_first_reason(s, reasons)} on any GPU type of the fleet")
-        single = s.model in y_form or any(c is None for _, c in per_service[s.model].values())
+        single = any(c is None for _, c in per_service[s.model].values())
         key = ("one", s.model) if single else tuple(sorted(block_of[s.model].items()))
         groups.setdefault(key, []).append(s)
     return [
-        Group(tuple(m), m[0].rate, per_service[m[0].model], cover_form=key[0] != "one",
-              share=m[0].model in share)
+        Group(tuple(m), m[0].rate, per_service[m[0].model], cover_form=key[0] != "one")
         for key, m in groups.items()
     ]
 
@@ -140,17 +137,14 @@ class _Outcome:
     feasible: bool  # False only when HiGHS proved no plan exists
 
 
-def _solve(
-    request: FleetRequest, served: Mapping[str, float], clock: _Clock, y_form: frozenset[str] = frozenset(),
-) -> _Outcome:
+def _solve(request: FleetRequest, served: Mapping[str, float], clock: _Clock) -> _Outcome:
     """The cheapest plan serving every service at its rate (or its `served` rate, 0: not at all)."""
     scaled = tuple(replace(s, rate=served.get(s.model, s.rate)) for s in request.services)
     scaled = tuple(s for s in scaled if s.rate > 0)
     types = {n.gpu: n.type for n in request.fleet.nodes}
     classes = gpu_classes(request.fleet)
-    groups = _groups(request, scaled, y_form, frozenset())
-    sol = build_and_solve(groups, classes, types, maximise_share=False, time_limit=clock.left(),
-                          mip_rel_gap=request.mip_rel_gap)
+    groups = _groups(request, scaled)
+    sol = build_and_solve(groups, classes, types, time_limit=clock.left(), mip_rel_gap=request.mip_rel_gap)
     if not sol.feasible:
         return _Outcome(None, sol.status != "kInfeasible")
     bound = max(0.0, sol.bound - TIE * request.fleet.total_gpus)  # see _plan
@@ -196,9 +190,8 @@ def plan_fleet(request: FleetRequest) -> DeploymentMap:
     served, note, fallback = _tiered(request, clock)
     if not request.allow_partial:
         raise Unservable(f"cannot be served as asked: the fleet is too small ({note}); --allow-partial plans it")
-    # The cheapest plan at the served rates; the shared tier keeps the y form, so the share's own
-    # plan is one of its solutions, and is the answer if the solve finds none in time.
-    out = _solve(request, served, clock, frozenset(m for m, r in served.items() if r > 0))
+    # The cheapest plan at the served rates; the bisection's plan if the solve finds none in time.
+    out = _solve(request, served, clock)
     best = out.plan if out.plan is not None else fallback
     return replace(best, stats=best.stats + (("tiers_full", float(len(_tiers_full(request, served)))),))
 
@@ -209,40 +202,53 @@ def _tiers_full(request: FleetRequest, served: Mapping[str, float]) -> set[int]:
 
 def _tiered(request: FleetRequest, clock: _Clock) -> tuple[dict[str, float], str, DeploymentMap]:
     """The served rate of every service not served in full (the highest tiers that fit in full,
-    then the largest equal fraction of the next tier's rates, nothing below it), a note saying so,
-    and the plan that serves them."""
+    then the largest equal fraction found of the next tier's rates, nothing below it), a note
+    saying so, and a plan that serves them."""
     tiers = sorted({s.tier for s in request.services})
-    full: list[Service] = []
+    full: dict[str, float] = {}
     for tier in tiers:
+        rest = {s.model: 0.0 for s in request.services if s.tier > tier}
         these = tuple(s for s in request.services if s.tier == tier)
-        frac, plan = _largest_share(request, tuple(full), these, clock)
-        if frac >= 1.0:
-            full += these
-            continue
+        if tier != tiers[-1] and _fits(request, {**rest}, clock) is not None:
+            continue  # this tier fits in full with the ones above it: try the next
+        frac, plan = _largest_share(request, these, rest, clock)
         note = f"tier {tier} served at {frac:.1%} of its rates, tiers below it not at all"
         return dict(plan.served), note, plan
     raise AssertionError("every tier fits, yet the full plan was infeasible")
 
 
-def _largest_share(request: FleetRequest, full, share, clock: _Clock) -> tuple[float, DeploymentMap | None]:
-    """The largest f in [0, 1] such that `full` at their rates and `share` at f x their rates fit,
-    and a plan serving them so (None when f is 1: the next tier is tried)."""
-    types = {n.gpu: n.type for n in request.fleet.nodes}
-    names = frozenset(s.model for s in share)
-    groups = _groups(request, full + share, names, names)
-    classes = gpu_classes(request.fleet)
-    sol = build_and_solve(groups, classes, types, maximise_share=True, time_limit=clock.left(), mip_rel_gap=0.0)
-    if not sol.feasible:
-        frac = 0.0
-    else:
-        frac = min(1.0, max(0.0, -sol.objective))
-    if frac >= 1.0:
-        return 1.0, None
-    served = {s.model: math.floor(s.rate * frac * 1e6) / 1e6 for s in share}
-    served.update({s.model: 0.0 for s in request.services if s.tier > share[0].tier})
-    if not sol.feasible:  # f = 0: the full tiers' own plan
-        out = _solve(request, served, clock)
-        if out.plan is None:
-            raise Unservable("the fleet plan found no partial plan within the time limit; raise --time-limit")
-        return 0.0, out.plan
-    return frac, _plan(request, groups, classes, sol, served, None, False)
+# Bisection on the shared tier's fraction: steps, and the resolution it stops at.
+_SHARE_STEPS = 12
+_SHARE_RESOLUTION = 1e-3
+
+
+def _fits(request: FleetRequest, served: dict[str, float], clock: _Clock, limit: float | None = None):
+    """Any plan at these served rates (the first HiGHS finds), or None: none exists, or none was
+    found within `limit` seconds."""
+    quick = replace(request, mip_rel_gap=0.99)
+    return _solve(quick, served, _Clock(min(limit or clock.left(), clock.left()))).plan
+
+
+def _largest_share(
+    request: FleetRequest, share: tuple[Service, ...], rest: dict[str, float], clock: _Clock,
+) -> tuple[float, DeploymentMap]:
+    """The largest f (to 1/1000) found such that the tiers above `share` in full and `share` at f x
+    their rates fit, by bisection over feasibility solves (each given a share of the time left; a
+    solve that times out counts as not fitting, so f is never overstated), and a plan for it."""
+    def served_at(f: float) -> dict[str, float]:
+        return {**rest, **{s.model: math.floor(s.rate * f * 1e6) / 1e6 for s in share}}
+
+    lo, hi = 0.0, 1.0
+    best = _fits(request, served_at(0.0), clock)  # the tiers above alone fit, as the last step found
+    if best is None:
+        raise Unservable("the fleet plan found no partial plan within the time limit; raise --time-limit")
+    for step in range(_SHARE_STEPS):
+        if hi - lo <= _SHARE_RESOLUTION:
+            break
+        mid = (lo + hi) / 2
+        plan = _fits(request, served_at(mid), clock, clock.left() / (_SHARE_STEPS - step + 1))
+        if plan is not None:
+            lo, best = mid, plan
+        else:
+            hi = mid
+    return lo, best

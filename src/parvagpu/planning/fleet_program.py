@@ -14,9 +14,6 @@ and minimal covers from `build_blocks`) and adds what a fleet needs:
 
     minimise   sum_c (price_c + TIE) x[c]       (the lowest price, then the fewest GPUs)
 
-For the fleet too small, the same rows with one tier's services in the y form and a fraction f of
-their rates (sum T y >= f rate, maximise f; f counted in millionths, as HiGHS is given integer
-variables only) find the largest equal share of that tier.
 HiGHS solves it with the costs scaled by SCALE, so its absolute gap stop (one unit of the
 objective, set for GPU counts) is 1/SCALE of a price unit.
 """
@@ -40,8 +37,6 @@ SCALE = 1e4
 # A y-form demand row asks a hair above the rate, so HiGHS's feasibility tolerance never leaves a
 # service short.
 _MARGIN = 1e-6
-# The solver's variables are all integers: the share is counted in millionths of the rates.
-SHARE_UNITS = 10**6
 
 Options = tuple[tuple[int, Triplet], ...]
 
@@ -59,13 +54,12 @@ class GpuClass:
 @dataclass(frozen=True)
 class Group:
     """Services with the same options and covers on every type. `per_type`: type name -> (options,
-    covers or None). `share` marks a group whose rate is scaled by the fraction f."""
+    covers or None)."""
 
     services: tuple[Service, ...]
     rate: float
     per_type: Mapping[str, tuple[Options, object]]
     cover_form: bool
-    share: bool = False
 
 
 @dataclass
@@ -77,7 +71,7 @@ class _Program:
     upper: list
     row_lo: list
     row_hi: list
-    var: list  # what each variable is: ("z", g, type, k) / ("y", g, type, j) / ("x", class, column) / ("f",)
+    var: list  # what each variable is: ("z", g, type, k) / ("y", g, type, j) / ("x", class, column)
 
     def add_var(self, what, cost: float, upper: float) -> int:
         self.var.append(what)
@@ -110,19 +104,17 @@ class Solution:
 
 def build_and_solve(
     groups: Sequence[Group], classes: Sequence[GpuClass], types: Mapping[str, GpuType], *,
-    maximise_share: bool, time_limit: float, mip_rel_gap: float,
+    time_limit: float, mip_rel_gap: float,
 ) -> Solution:
-    """Build the program (min price, or max share f) and solve it with HiGHS."""
+    """Build the program and solve it with HiGHS."""
     p = _Program([], [], [], [], [], [], [], [])
     supply = {(t, s): p.add_row(-np.inf, 0.0) for t, gpu in types.items() for s in gpu.sizes}
-    f = p.add_var(("f",), -1.0, float(SHARE_UNITS)) if maximise_share else None
     for g_i, g in enumerate(groups):
-        _add_group(p, g_i, g, types, supply, f)
+        _add_group(p, g_i, g, types, supply)
     for c_i, cl in enumerate(classes):
         cap = p.add_row(-np.inf, float(len(cl.gpus)))
         for k, col in enumerate(cl.columns):
-            cost = 0.0 if maximise_share else (cl.price + TIE) * SCALE
-            v = p.add_var(("x", c_i, k), cost, float(len(cl.gpus)))
+            v = p.add_var(("x", c_i, k), (cl.price + TIE) * SCALE, float(len(cl.gpus)))
             p.coef(cap, v, 1.0)
             for s, a in zip(cl.type.sizes, col.counts):
                 if a:
@@ -138,13 +130,12 @@ def build_and_solve(
     x = np.asarray(h.getSolution().col_value)
     values = {p.var[i]: float(x[i]) for i in np.nonzero(np.abs(x) > 1e-9)[0]}
     info = h.getInfo()
-    unit = SHARE_UNITS if maximise_share else SCALE
-    return Solution(True, status, info.objective_function_value / unit, info.mip_dual_bound / unit, values)
+    return Solution(True, status, info.objective_function_value / SCALE, info.mip_dual_bound / SCALE, values)
 
 
-def _add_group(p: _Program, g_i: int, g: Group, types, supply, f: int | None) -> None:
+def _add_group(p: _Program, g_i: int, g: Group, types, supply) -> None:
     n = len(g.services)
-    if g.cover_form and not g.share:
+    if g.cover_form:
         row = p.add_row(float(n), float(n))
         for t, (options, covers) in g.per_type.items():
             sizes = types[t].sizes
@@ -155,10 +146,8 @@ def _add_group(p: _Program, g_i: int, g: Group, types, supply, f: int | None) ->
                     if c:
                         p.coef(supply[t, sizes[si]], v, float(c))
         return
-    # y form (one service per group): sum T y >= rate (or >= f rate for the shared tier)
-    row = p.add_row(0.0 if g.share else g.rate * (1 + _MARGIN) + _MARGIN, np.inf)
-    if g.share:
-        p.coef(row, f, -(g.rate * (1 + _MARGIN) + _MARGIN) / SHARE_UNITS)
+    # y form (one service per group): sum T y >= rate
+    row = p.add_row(g.rate * (1 + _MARGIN) + _MARGIN, np.inf)
     for t, (options, _) in g.per_type.items():
         sizes = types[t].sizes
         for j, (si, trip) in enumerate(options):
@@ -202,7 +191,7 @@ def decode(
 def _group_segments(g_i: int, g: Group, values: dict) -> list[list[tuple[str, Segment]]]:
     """Each service's (type, segment) list from the group's variables."""
     out: list[list[tuple[str, Segment]]] = []
-    if g.cover_form and not g.share:
+    if g.cover_form:
         chosen = []
         for t, (options, covers) in g.per_type.items():
             for k in range(len(covers)):
