@@ -23,7 +23,7 @@ from fractions import Fraction
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.fleet import reserved_slots
 from parvagpu.core.gpus import GpuType, gpu_type
-from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, ProfilePoint, Service
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
 
 
 def _exact(x: float) -> Fraction:
@@ -95,11 +95,15 @@ def check_placements(plan: DeploymentMap, gpu: GpuType | None = None) -> list[st
     return problems
 
 
-def _point_index(profile: Profile) -> dict[tuple[int, int, int], ProfilePoint]:
-    """A profile's points by (size, batch, procs); the first in file order wins."""
-    lookup: dict[tuple[int, int, int], ProfilePoint] = {}
-    for p in profile.points:
-        lookup.setdefault((p.size, p.batch, p.procs), p)
+def _point_index(profile: Profile) -> dict[tuple[int, int, int], tuple[int, float, float]]:
+    """A profile's (procs, per-process throughput, latency in s) by (size, batch, procs); the
+    first in file order wins. Read from the profile's columns: no point objects are made, so a
+    plan over thousands of profiles is checked in time linear in its size and theirs."""
+    c = profile.columns
+    lookup: dict[tuple[int, int, int], tuple[int, float, float]] = {}
+    for key, point in zip(zip(c.size.tolist(), c.batch.tolist(), c.procs.tolist()),
+                          zip(c.procs.tolist(), c.throughput.tolist(), c.latency_s.tolist())):
+        lookup.setdefault(key, point)
     return lookup
 
 
@@ -113,7 +117,7 @@ def check_segments(
     problems: list[str] = []
     by_model = {s.model: s for s in services}
     capacity: dict[str, float] = defaultdict(float)
-    points: dict[tuple[str, str], dict[tuple[int, int, int], ProfilePoint]] = {}
+    points: dict[tuple[str, str], dict[tuple[int, int, int], tuple[int, float, float]]] = {}
     for s in plan.segments:
         t = s.segment.triplet
         where = f"node {plan.node_of(s.gpu)} gpu {plan.local_gpu(s.gpu)} start {s.start} ({s.model})"
@@ -129,15 +133,16 @@ def check_segments(
         if (kind, s.model) not in points:
             points[kind, s.model] = _point_index(prof)
         point = points[kind, s.model].get((t.size, t.batch, t.procs))
-        if point is None or point.throughput <= 0:
+        if point is None or point[1] <= 0:
             problems.append(f"{where}: ({t.size}g, b{t.batch}, p{t.procs}) is not a runnable profiled point")
             continue
         if t.procs > plan.max_procs:
             problems.append(f"{where}: {t.procs} processes exceed max_procs {plan.max_procs}")
-        real = point.procs * point.throughput
+        procs, throughput, latency_s = point
+        real = procs * throughput
         if abs(real - t.throughput) > 1e-6 * max(1.0, real):
             problems.append(f"{where}: states throughput {t.throughput:g}, profile gives {real:g}")
-        lat_ms = _exact(point.latency_s) * 1000
+        lat_ms = _exact(latency_s) * 1000
         if not lat_ms * 20 < 9 * _exact(svc.latency_ms):
             problems.append(
                 f"{where}: batch latency {float(lat_ms):g} ms is not below 0.45 x SLO "
