@@ -150,7 +150,6 @@ def test_injected_failure_rolls_back_through_the_cli(tmp_path, s6, s5, node, mon
         (["apply", "{s6}", "--node", 3, "--backend", "fake"], "the plan has no node 3"),
         (["apply", "{missing}", "--node", 0, "--backend", "fake"], "cannot read plan"),
         (["apply", "{bad}", "--node", 0, "--backend", "fake"], "invalid JSON"),
-        (["apply", "{illegal}", "--node", 0, "--backend", "fake"], "cannot start at slot"),
         (["apply", "{s6}", "--node", 0, "--backend", "fake", "--fake-gpus", 2], "which has 2 GPU"),
         (["apply", "{s6}", "--node", 0, "--backend", "fake", "--fake-state", "{bad}"], "bad.json: invalid JSON"),
         (["status", "--node", 0, "--backend", "fake", "--plan", "{bad}"], "invalid JSON"),

@@ -10,7 +10,11 @@ A plan is valid when:
   profiled latency is strictly below 0.45 x the model's latency SLO;
 - every service has a capacity (sum of its segments' throughputs) >= its rate (or the lower rate
   the plan says it serves), and no segment serves a model that is not a service;
-- the stated GPU count matches the GPUs the segments use.
+- the stated GPU count matches the GPUs the segments use;
+- the plan serves something (at least one service) and names each service once.
+
+Without profiles (`profiles=None`: they cannot be found), segments are checked against what the
+plan states (throughput, batch latency, process count) instead of the profiled points.
 
 Each check is a function returning its problems; `verify` runs them all in order.
 """
@@ -28,6 +32,15 @@ from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
 
 def _exact(x: float) -> Fraction:
     return Fraction(repr(float(x)))
+
+
+def check_services_listed(plan: DeploymentMap) -> list[str]:
+    """A plan serves at least one service and names each once (a second entry's SLO is never met)."""
+    if not plan.services:
+        return ["the plan has no services"]
+    seen: set[str] = set()
+    twice = [s.model for s in plan.services if s.model in seen or seen.add(s.model)]
+    return [f"service {m} is listed more than once" for m in dict.fromkeys(twice)]
 
 
 def check_services_agree(plan: DeploymentMap, services: tuple[Service, ...]) -> list[str]:
@@ -107,13 +120,27 @@ def _point_index(profile: Profile) -> dict[tuple[int, int, int], tuple[int, floa
     return lookup
 
 
+def _check_stated(plan: DeploymentMap, s: PlacedSegment, svc: Service, where: str) -> tuple[list[str], float]:
+    """A segment checked against what the plan states, when no profiles are at hand."""
+    t = s.segment.triplet
+    problems = []
+    if t.procs > plan.max_procs:
+        problems.append(f"{where}: {t.procs} processes exceed max_procs {plan.max_procs}")
+    if t.latency_ms > 0 and not _exact(t.latency_ms) * 20 < 9 * _exact(svc.latency_ms):
+        problems.append(
+            f"{where}: stated batch latency {t.latency_ms:g} ms is not below 0.45 x SLO {svc.latency_ms:g} ms"
+        )
+    return problems, t.throughput
+
+
 def check_segments(
-    plan: DeploymentMap, profiles: dict[str, Profile], services: tuple[Service, ...],
+    plan: DeploymentMap, profiles: dict[str, Profile] | None, services: tuple[Service, ...],
     type_profiles: dict[str, dict[str, Profile]] | None = None,
 ) -> tuple[list[str], dict[str, float]]:
     """Every segment is an admissible profiled point of a served model, measured on its GPU's type
     (`type_profiles[type]` where given, else `profiles`). Returns the problems and the capacity each
-    model gets from its admissible segments."""
+    model gets from its admissible segments. Without any profiles, the plan's stated figures are
+    checked and counted instead."""
     problems: list[str] = []
     by_model = {s.model: s for s in services}
     capacity: dict[str, float] = defaultdict(float)
@@ -126,7 +153,12 @@ def check_segments(
             problems.append(f"{where}: model {s.model} is not one of the services")
             continue
         kind = plan.gpu_type_of(s.gpu)
-        prof = (type_profiles or {}).get(kind, profiles).get(s.model)
+        if profiles is None and not type_profiles:
+            found, stated = _check_stated(plan, s, svc, where)
+            problems += found
+            capacity[s.model] += stated
+            continue
+        prof = (type_profiles or {}).get(kind, profiles or {}).get(s.model)
         if prof is None:
             problems.append(f"{where}: no profile for model {s.model} on {kind}")
             continue
@@ -179,7 +211,7 @@ def check_gpu_count(plan: DeploymentMap, stated_gpus_used: int | None) -> list[s
 
 def verify(
     plan: DeploymentMap,
-    profiles: dict[str, Profile],
+    profiles: dict[str, Profile] | None,
     services: tuple[Service, ...] | None = None,
     stated_gpus_used: int | None = None,
     type_profiles: dict[str, dict[str, Profile]] | None = None,
@@ -187,12 +219,13 @@ def verify(
     """Return the reasons the plan is wrong; an empty list means it is valid.
 
     `services` defaults to the plan's own; when given, they must also agree with the plan's. A
-    fleet plan's segments are checked against `type_profiles` of their GPU's type where given."""
+    fleet plan's segments are checked against `type_profiles` of their GPU's type where given.
+    `profiles=None` checks the segments against the plan's stated figures (see the module's note)."""
     try:
         gpu = gpu_type(plan.gpu_type) if plan.fleet is None else None
     except ParvaError as exc:
         return [str(exc)]
-    problems: list[str] = []
+    problems = check_services_listed(plan)
     if services is None:
         services = plan.services
     else:

@@ -12,10 +12,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from parvagpu.core.errors import ParvaError
-from parvagpu.core.model import Profile, Service
+from parvagpu.contract.plan_json import read_plan
+from parvagpu.core.errors import EXIT_INVALID_PLAN, ParvaError
+from parvagpu.core.model import DeploymentMap, Profile, Service
 from parvagpu.inputs.profiles import load_profiles
 from parvagpu.inputs.services import check_models, load_scenario, load_services
+from parvagpu.verify import verify
 
 err = Console(stderr=True)
 
@@ -59,6 +61,48 @@ def fail_on(exc: ParvaError) -> NoReturn:
     fail(str(exc), exc.exit_code)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr; the message is user text, printed as is."""
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def plan_profiles(plan: DeploymentMap, profiles_dir: Optional[Path] = None) -> Optional[dict[str, Profile]]:
+    """The profiles to check a plan against: `profiles_dir` when given, else the directory the plan
+    records it was made with when it is there, else the embedded example when it has every model
+    of the plan; None when none is at hand."""
+    from parvagpu.inputs.provenance import EMBEDDED
+
+    if profiles_dir is not None:
+        return load_profiles(profiles_dir)
+    rec = plan.provenance
+    if rec is not None and rec.profiles != EMBEDDED and Path(rec.profiles).is_dir():
+        return load_profiles(Path(rec.profiles))
+    embedded = load_profiles(example_dir() / "profiles")
+    return embedded if {s.model for s in plan.services} <= set(embedded) else None
+
+
+def read_checked_plan(plan_file: Path, profiles_dir: Optional[Path] = None, force: bool = False) -> DeploymentMap:
+    """Read a plan and run `verify`'s independent checks on it, before any verb acts on it.
+
+    Unreadable or malformed: `ParvaError` (exit 2). Invalid: each problem on stderr, then exit 1,
+    unless `force` (an expert's override), which prints them as warnings and returns the plan."""
+    plan, stated = read_plan(plan_file)
+    profiles = plan_profiles(plan, profiles_dir)
+    if profiles is None:
+        warn(f"{plan_file}: no profiles at hand for its models; segments are checked against the plan's own figures")
+    problems = verify(plan, profiles, None, stated)
+    if not problems:
+        return plan
+    label = "[yellow]warning:[/]" if force else "[red]invalid:[/]"
+    for p in problems:
+        err.print(f"{label} {escape(p)}", highlight=False, soft_wrap=True)
+    if force:
+        warn(f"{plan_file}: {len(problems)} problem(s); used anyway because of --force-invalid")
+        return plan
+    fail(f"{plan_file}: {len(problems)} problem(s); not used (check with `parvagpu verify`; "
+         "--force-invalid overrides)", EXIT_INVALID_PLAN)
+
+
 def load_inputs(
     profiles_dir: Optional[Path],
     slo_dir: Optional[Path],
@@ -93,5 +137,7 @@ ServicesOpt = typer.Option(None, "--services", "-f", help="Services file (YAML/J
 TruncateOpt = typer.Option(
     False, "--truncate-slos", help="Truncate SLO values to integers as the reference scheduler does (parity checks)."
 )
-
-
+ForceInvalidOpt = typer.Option(
+    False, "--force-invalid",
+    help="Use the plan even when the checks of `verify` fail (each problem is printed as a warning).",
+)

@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from parvagpu.cli.common import err, fail_on
-from parvagpu.contract.plan_json import read_plan
+from parvagpu.cli.common import ForceInvalidOpt, err, fail_on, read_checked_plan
 from parvagpu.core.errors import ParvaError
 from parvagpu.export.common import write_files
 from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, k8s_files
@@ -21,12 +20,13 @@ def export_mig_parted(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write into (created if missing)."),
     device_filter: bool = typer.Option(False, "--device-filter", help="Restrict each group to the plan's GPU type by PCI id."),
     namespace: str = typer.Option("gpu-operator", "--namespace", help="Namespace of the MIG manager's ConfigMap."),
+    force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """mig-parted v1 config per node, its ConfigMap, and nvidia.com/mig.config node labels.
 
     mig-parted cannot pin start slots; `parvagpu apply` is the exact path (docs/apply.md)."""
     try:
-        plan, _ = read_plan(plan_file)
+        plan = read_checked_plan(plan_file, force=force_invalid)
         files = mig_parted_files(plan, plan_file.name, device_filter, namespace)
         written = write_files(out, files)
     except ParvaError as exc:
@@ -46,12 +46,13 @@ def export_k8s(
         DEFAULT_NODE_LABEL, "--node-label", help="Node label key the Deployments select on (value: plan node index)."
     ),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of the Deployments."),
+    force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """One Deployment per segment requesting nvidia.com/mig-<profile> on its node.
 
     Each pod starts its own MPS daemon on its MIG device, then the segment's processes."""
     try:
-        plan, _ = read_plan(plan_file)
+        plan = read_checked_plan(plan_file, force=force_invalid)
         files = k8s_files(plan, image, worker_cmd, node_label, namespace)
         written = write_files(out, files)
     except ParvaError as exc:

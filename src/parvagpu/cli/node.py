@@ -20,11 +20,10 @@ from rich.console import Console
 from rich.table import Table
 
 from parvagpu import node as agent
-from parvagpu.cli.common import fail_on
+from parvagpu.cli.common import ForceInvalidOpt, fail_on, read_checked_plan
 from parvagpu.fileio.reader import read_json
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.core.model import DeploymentMap
-from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.gpus import DEFAULT_GPU
 from parvagpu.hardware.mig import FakeBackend, mutating_calls, open_nvml
 from parvagpu.hardware.mig.fake import FAKE_STATE_VERSION
@@ -149,6 +148,7 @@ def apply_cmd(
     state_dir: Optional[Path] = StateDirOpt,
     fake_state: Optional[Path] = FakeStateOpt,
     fake_gpus: int = FakeGpusOpt,
+    force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """Make this node hold its part of a plan (MIG instances at exact slots, MPS per instance).
 
@@ -158,7 +158,7 @@ def apply_cmd(
     4 when the hardware fails (or a rollback cannot finish)."""
     try:
         dirs = _dirs(state_dir, node)
-        plan, _ = read_plan(plan_file)
+        plan = read_checked_plan(plan_file, force=force_invalid)
         agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
         with _node(backend, fake_state, fake_gpus, plan.node_gpu_type(node), save=not dry_run) as (b, mps, kill):
             result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill,
@@ -225,11 +225,12 @@ def status_cmd(
     fake_state: Optional[Path] = FakeStateOpt,
     fake_gpus: int = FakeGpusOpt,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """Show the node's MIG instances, UUIDs, MPS daemons and segments; --plan checks drift."""
     try:
         dirs = _dirs(state_dir, node)
-        plan = read_plan(plan_file)[0] if plan_file is not None else None
+        plan = read_checked_plan(plan_file, force=force_invalid) if plan_file is not None else None
         prev = agent.read_state(dirs.state_file)
         type_name = plan.gpu_type if plan else (prev.gpu_type if prev else DEFAULT_GPU)
         with _node(backend, fake_state, fake_gpus, type_name, save=False) as (b, mps, _kill):

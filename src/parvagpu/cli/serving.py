@@ -9,9 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from parvagpu.cli.common import err, example_dir, fail_on
+from parvagpu.cli.common import ForceInvalidOpt, err, example_dir, fail_on, read_checked_plan
 from parvagpu.fileio.writer import atomic_write
-from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.errors import ParvaError
 
 MODELS_HELP = ("Models config (YAML/JSON): model name -> {factory: pkg.mod:fn, inputs, outputs} (see docs/serving.md); "
@@ -53,6 +52,7 @@ def simulate(
     services_file: Optional[Path] = typer.Option(None, "--services", "-f", help="With --trace: the models' latency SLOs."),
     settings: Optional[Path] = typer.Option(
         None, "--settings", help="With --trace: controller settings (YAML/JSON: policy, costs, replay)."),
+    force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """Simulate a served plan: predicted p50/p95/p99, SLO attainment, 0.45 L rule check.
 
@@ -69,7 +69,7 @@ def simulate(
             return simulate_trace(trace, services_file, profiles_dir, settings, max_procs, seed, json_out)
         if services_file is not None or settings is not None:
             raise ParvaError("--services and --settings go with --trace")
-        plan = _plan_or_scenario(plan_file, scenario, max_procs)
+        plan = _plan_or_scenario(plan_file, scenario, max_procs, profiles_dir, force_invalid)
         res = run_sim(
             plan, duration_s=duration, seed=seed, rate_scale=rate_scale, profiles=_sim_profiles(plan, profiles_dir),
             depth=depth, wait_s=None if wait_ms is None else wait_ms / 1000.0, overhead_ms=overhead_ms,
@@ -104,11 +104,12 @@ def _write_outputs(res, json_out: Optional[Path], plot: Optional[Path], title: s
         err.print(f"wrote {plot}", highlight=False)
 
 
-def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_procs: int):
+def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_procs: int,
+                      profiles_dir: Optional[Path] = None, force_invalid: bool = False):
     if (plan_file is None) == (scenario is None):
         raise ParvaError("give a plan file or --scenario K, not both or neither")
     if plan_file is not None:
-        return read_plan(plan_file)[0]
+        return read_checked_plan(plan_file, profiles_dir, force_invalid)
     from parvagpu.core.gpus import DEFAULT_GPU, gpu_type
     from parvagpu.planning.heuristic import plan_parva
     from parvagpu.planning.request import PlanRequest
@@ -134,6 +135,7 @@ def load(
                                         "(items first; default: one item generated from the model's metadata)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency CDF plot here (PNG/PDF)."),
+    force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """Open-loop Poisson load at the planned rates; p50/p95/p99, SLO attainment, every request counted.
 
@@ -151,7 +153,7 @@ def load(
                 raise ParvaError("--model needs a plan file as TARGET")
         else:
             base = check_loopback(url)
-            targets = targets_from_plan(read_plan(Path(target))[0], rate_scale, model)
+            targets = targets_from_plan(read_checked_plan(Path(target), force=force_invalid), rate_scale, model)
         if synthetic and data is not None:
             raise ParvaError("--data sends real tensors; it cannot go with --synthetic")
         res = load_http(base, targets, duration, seed, rate_scale, timeout, max_requests, synthetic, data)
@@ -187,6 +189,7 @@ def serve(
                                                "(the fastest): a small machine cannot hold a GPU plan."),
     max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="At most R replicas per segment."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body; beyond it 413."),
+    force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """Serve a plan on Ray Serve: the Open Inference Protocol at /v2 (real tensors), until Ctrl-C.
 
@@ -194,7 +197,7 @@ def serve(
     model a throughput-weighted router with admission: beyond capacity, a fast 503."""
     try:
         spec, models, pins = _serving_inputs(plan_file, models_file, node_state, depth, wait_ms, rate_scale,
-                                             max_segments, max_replicas)
+                                             max_segments, max_replicas, force_invalid)
         if not max_body_mb > 0:
             raise ParvaError(f"--max-body-mb must be positive, got {max_body_mb}")
         from parvagpu.serving.app import serve_app
@@ -214,12 +217,13 @@ def serve(
 
 def _serving_inputs(plan_file: Path, models_file: Optional[Path], node_state: Optional[List[Path]],
                     depth: Optional[int], wait_ms: Optional[float], rate_scale: float = 1.0,
-                    max_segments: Optional[int] = None, max_replicas: Optional[int] = None):
+                    max_segments: Optional[int] = None, max_replicas: Optional[int] = None,
+                    force_invalid: bool = False):
     """Everything `serve` checks before starting Ray: (serving spec, models config, pins)."""
     from parvagpu.serving.pinning import pins
     from parvagpu.serving.policy import reduce_spec, serving_spec
 
-    plan = read_plan(plan_file)[0]
+    plan = read_checked_plan(plan_file, force=force_invalid)
     models = _models_config(models_file, {s.model for s in plan.services})
     spec = serving_spec(plan, rate_scale, depth, None if wait_ms is None else wait_ms / 1000.0)
     spec = reduce_spec(spec, max_segments, max_replicas)

@@ -51,11 +51,11 @@ def verify(
     problems = verify_plan(result, profiles, services, stated, type_profiles)
     if problems:
         for p in problems:
-            err.print(f"[red]invalid:[/] {p}", highlight=False, soft_wrap=True)
-        err.print(f"{plan_file}: {len(problems)} problem(s)", highlight=False)
+            err.print(f"[red]invalid:[/] {escape(p)}", highlight=False, soft_wrap=True)
+        err.print(f"{escape(str(plan_file))}: {len(problems)} problem(s)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     Console().print(
-        f"{plan_file}: valid ({result.gpus_used} GPUs, {len(result.segments)} segments, "
+        f"{escape(str(plan_file))}: valid ({result.gpus_used} GPUs, {len(result.segments)} segments, "
         f"{len(result.services)} services)",
         highlight=False,
     )

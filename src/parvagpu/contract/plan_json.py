@@ -22,6 +22,9 @@ from parvagpu.core.model import (
     Transition,
     Triplet,
 )
+from parvagpu.core.limits import (
+    MAX_BATCH, MAX_GPUS_PER_NODE, MAX_LATENCY_MS, MAX_NODES, MAX_PROCS, MAX_RATE, MAX_THROUGHPUT,
+)
 from parvagpu.fileio.reader import read_json
 
 
@@ -197,77 +200,119 @@ def _need(obj: dict, keys: set[str], where: str, optional: set[str] = frozenset(
         raise ParvaError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
 
 
-def _int(v: Any, where: str) -> int:
+def _int(v: Any, where: str, low: int | None = None, high: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ParvaError(f"{where}: expected an integer, got {v!r}")
+        raise ParvaError(f"{where}: expected an integer, got {_show(v)}")
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ParvaError(f"{where}: {_show(v)} is outside {'' if low is None else low}..{'' if high is None else high}")
     return v
 
 
-def _num(v: Any, where: str) -> float:
+def _num(v: Any, where: str, high: float = MAX_RATE * MAX_THROUGHPUT, positive: bool = False) -> float:
+    """A finite number in [0, high], or in (0, high] when `positive` (rates, latencies, throughputs)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ParvaError(f"{where}: expected a number, got {v!r}")
-    return float(v)
+        raise ParvaError(f"{where}: expected a number, got {_show(v)}")
+    x = float(v) if not (isinstance(v, int) and v > high) else math.inf
+    if not math.isfinite(x) or not (0 < x if positive else 0 <= x) or x > high:
+        kind = "a positive number" if positive else "a number >= 0"
+        raise ParvaError(f"{where}: must be {kind} up to {high:g}, got {_show(v)}")
+    return x
+
+
+def _str(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ParvaError(f"{where}: expected a non-empty string, got {_show(v)}")
+    return v
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _stats(v: Any, where: str) -> tuple[tuple[str, float], ...]:
-    """The planner's figures, in the order written (an object of names to numbers)."""
+    """The planner's figures, in the order written (an object of names to finite numbers)."""
     if not isinstance(v, dict):
         raise ParvaError(f"{where}: expected an object of names to numbers")
-    return tuple((str(k), _num(x, f"{where} {k}")) for k, x in v.items())
+    out = []
+    for k, x in v.items():
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
+            raise ParvaError(f"{where} {k}: expected a finite number, got {_show(x)}")
+        out.append((str(k), float(x)))
+    return tuple(out)
+
+
+def _read_services(items: list, source: str) -> tuple[tuple[Service, ...], tuple[tuple[str, float], ...]]:
+    """The services, each model once, and the lower rates the plan says it serves."""
+    services: dict[str, Service] = {}
+    served = []
+    for i, s in enumerate(items):
+        where = f"{source}: service {i}"
+        _need(s, _SVC_KEYS, where, optional={"capacity", "tier", "served_rate", "shortfall"})
+        model = _str(s["model"], where + " model")
+        if model in services:
+            raise ParvaError(f"{where}: model {model!r} is listed twice")
+        tier = _int(s.get("tier", 0), where + " tier")
+        svc = Service(model, _num(s["rate"], f"{where} rate", MAX_RATE, positive=True),
+                      _num(s["latency_ms"], f"{where} latency_ms", MAX_LATENCY_MS, positive=True), tier)
+        services[model] = svc
+        if s.get("served_rate") is not None:
+            rate = _num(s["served_rate"], f"{where} served_rate", MAX_RATE)
+            if rate != svc.rate:
+                served.append((model, rate))
+    return tuple(services.values()), tuple(served)
 
 
 def plan_from_dict(data: Any, source: str = "plan") -> tuple[DeploymentMap, int]:
-    """Parse a plan JSON object strictly; returns the map and the `gpus_used` it states."""
+    """Parse a plan JSON object strictly; returns the map and the `gpus_used` it states.
+
+    Structure and value ranges only: every number finite, positive where it must be and bounded
+    (core.limits), each service once, each segment for one of the services. Whether the plan is
+    servable is `verify`'s question."""
     _need(data, _TOP_KEYS, source,
           optional={"lower_bound", "gap", "stats", "gpus_per_node", "transition", "provenance", "fleet"})
     if data["version"] != PLAN_VERSION:
-        raise ParvaError(f"{source}: unsupported plan version {data['version']!r}")
+        raise ParvaError(f"{source}: unsupported plan version {_show(data['version'])}")
     fleet = _read_fleet(data["fleet"], f"{source}: fleet") if data.get("fleet") is not None else None
-    type_name = str(data["gpu_type"])
+    type_name = _str(data["gpu_type"], f"{source}: gpu_type")
     if fleet is None or type_name != MIXED:
         type_name = gpu_type(type_name).name
-    per_node = _int(data.get("gpus_per_node", 8), f"{source}: gpus_per_node")
-    if per_node < 1:
-        raise ParvaError(f"{source}: gpus_per_node must be >= 1")
+    per_node = _int(data.get("gpus_per_node", 8), f"{source}: gpus_per_node", 1, MAX_GPUS_PER_NODE)
     if not isinstance(data["segments"], list) or not isinstance(data["services"], list):
         raise ParvaError(f"{source}: segments and services must be lists")
-    segments = [
-        _read_segment(s, f"{source}: segment {i}", per_node, fleet) for i, s in enumerate(data["segments"])
-    ]
-    services, served = [], []
-    for i, s in enumerate(data["services"]):
-        where = f"{source}: service {i}"
-        _need(s, _SVC_KEYS, where, optional={"capacity", "tier", "served_rate", "shortfall"})
-        tier = _int(s.get("tier", 0), where + " tier")
-        svc = Service(str(s["model"]), _num(s["rate"], where), _num(s["latency_ms"], where), tier)
-        services.append(svc)
-        if s.get("served_rate") is not None and _num(s["served_rate"], where) != svc.rate:
-            served.append((svc.model, _num(s["served_rate"], where)))
+    services, served = _read_services(data["services"], source)
+    models = {s.model for s in services}
+    segments = []
+    for i, s in enumerate(data["segments"]):
+        seg = _read_segment(s, f"{source}: segment {i}", per_node, fleet)
+        if seg.model not in models:
+            raise ParvaError(f"{source}: segment {i}: model {seg.model!r} is not one of the plan's services")
+        segments.append(seg)
     lb = data.get("lower_bound")
     stats = _stats(data.get("stats", {}), f"{source}: stats")
     plan = DeploymentMap(
         gpu_type=type_name,
-        strategy=str(data["strategy"]),
-        max_procs=_int(data["max_procs"], f"{source}: max_procs"),
+        strategy=_str(data["strategy"], f"{source}: strategy"),
+        max_procs=_int(data["max_procs"], f"{source}: max_procs", 1, MAX_PROCS),
         gpus_per_node=per_node,
         segments=tuple(segments),
-        services=tuple(services),
-        lower_bound=None if lb is None else _int(lb, f"{source}: lower_bound"),
+        services=services,
+        lower_bound=None if lb is None else _int(lb, f"{source}: lower_bound", 0),
         stats=stats,
         transition=_read_transition(data["transition"], f"{source}: transition", per_node, fleet)
         if data.get("transition") is not None else None,
         provenance=None if data.get("provenance") is None
         else provenance_from_dict(data["provenance"], f"{source}: provenance"),
         fleet=fleet,
-        served=tuple(served),
+        served=served,
     )
-    return plan, _int(data["gpus_used"], f"{source}: gpus_used")
+    return plan, _int(data["gpus_used"], f"{source}: gpus_used", 0)
 
 
 def _read_fleet(v: Any, where: str) -> Fleet:
     _need(v, {"nodes"}, where)
-    if not isinstance(v["nodes"], list) or not v["nodes"]:
-        raise ParvaError(f"{where}: nodes must be a non-empty list")
+    if not isinstance(v["nodes"], list) or not 0 < len(v["nodes"]) <= MAX_NODES:
+        raise ParvaError(f"{where}: nodes must be a non-empty list of at most {MAX_NODES}")
     nodes = []
     for i, n in enumerate(v["nodes"]):
         w = f"{where} node {i}"
@@ -282,7 +327,8 @@ def _read_fleet(v: Any, where: str) -> Fleet:
                 None if size is None else _int(size, f"{w} reserved {j} size"),
             ))
         nodes.append(FleetNode(
-            str(n["name"]), gpu_type(str(n["gpu"])).name, _int(n["gpus"], f"{w} gpus"),
+            _str(n["name"], f"{w} name"), gpu_type(_str(n["gpu"], f"{w} gpu")).name,
+            _int(n["gpus"], f"{w} gpus", 1, MAX_GPUS_PER_NODE),
             _num(n.get("price_per_gpu_hour", 1.0), f"{w} price_per_gpu_hour"), tuple(res),
         ))
     return Fleet(tuple(nodes))
@@ -290,22 +336,23 @@ def _read_fleet(v: Any, where: str) -> Fleet:
 
 def _read_segment(s: Any, where: str, per_node: int, fleet: Fleet | None = None) -> PlacedSegment:
     _need(s, _SEG_KEYS, where, optional={"profile", "latency_ms"})
-    node, local = _int(s["node"], where + " node"), _int(s["gpu"], where + " gpu")
+    node, local = _int(s["node"], where + " node", 0, MAX_NODES), _int(s["gpu"], where + " gpu", 0)
     if fleet is not None:
         if not 0 <= node < len(fleet.nodes) or not 0 <= local < fleet.nodes[node].gpus:
             raise ParvaError(f"{where}: node {node} / gpu {local} is not in the plan's fleet")
         per_node = fleet.nodes[node].gpus
     elif node < 0 or not 0 <= local < per_node:
         raise ParvaError(f"{where}: node {node} / gpu {local} out of range (gpus_per_node {per_node})")
+    latency = s.get("latency_ms")
     t = Triplet(
-        _int(s["size"], where + " size"),
-        _int(s["batch"], where + " batch"),
-        _int(s["procs"], where + " procs"),
-        _num(s["throughput"], where + " throughput"),
-        _num(s.get("latency_ms", 0.0), where + " latency_ms"),
+        _int(s["size"], where + " size", 1, 64),
+        _int(s["batch"], where + " batch", 1, MAX_BATCH),
+        _int(s["procs"], where + " procs", 1, MAX_PROCS),
+        _num(s["throughput"], where + " throughput", MAX_THROUGHPUT, positive=True),
+        0.0 if latency is None else _num(latency, where + " latency_ms", MAX_LATENCY_MS, positive=True),
     )
     g = fleet.gpu_index(node, local) if fleet is not None else node * per_node + local
-    return PlacedSegment(Segment(str(s["model"]), t), g, _int(s["start"], where + " start"))
+    return PlacedSegment(Segment(_str(s["model"], where + " model"), t), g, _int(s["start"], where + " start", 0, 64))
 
 
 def _read_transition(t: Any, where: str, per_node: int, fleet: Fleet | None = None) -> Transition:
@@ -318,10 +365,10 @@ def _read_transition(t: Any, where: str, per_node: int, fleet: Fleet | None = No
     for i, m in enumerate(t["models"]):
         w = f"{where} model {i}"
         _need(m, _CHANGE_KEYS, w)
-        models.append(ModelChange(str(m["model"]), *(_num(m[k], f"{w} {k}") for k in (
+        models.append(ModelChange(_str(m["model"], f"{w} model"), *(_num(m[k], f"{w} {k}") for k in (
             "old_rate", "new_rate", "old_capacity", "new_capacity"))))
     return Transition(
-        kept=_int(t["kept"], f"{where} kept"),
+        kept=_int(t["kept"], f"{where} kept", 0),
         added=tuple(_read_segment(s, f"{where} added {i}", per_node, fleet) for i, s in enumerate(t["added"])),
         removed=tuple(_read_segment(s, f"{where} removed {i}", per_node, fleet) for i, s in enumerate(t["removed"])),
         models=tuple(models),

@@ -11,7 +11,6 @@ out, so a bad file gets the same one-line error whichever path met it first.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from dataclasses import dataclass
@@ -20,20 +19,30 @@ from pathlib import Path
 import numpy as np
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.limits import MAX_BATCH, MAX_LATENCY_MS, MAX_PROCS, MAX_THROUGHPUT
 from parvagpu.core.model import ROW_DTYPE, PointColumns, Profile, ProfilePoint, row_digest
+from parvagpu.fileio.reader import parse_csv_rows, read_text
+
+# the largest value each column may hold (sizes are checked against the GPU type later)
+_MAX_SIZE = 64
+_MAX = {"Mig instance": _MAX_SIZE, "Batch size": MAX_BATCH, "Workload Number": MAX_PROCS,
+        "Throughput": MAX_THROUGHPUT, "Latency": MAX_LATENCY_MS / 1000}
 
 SEED_COLUMNS = ("Mig instance", "Batch size", "Workload Number", "Throughput", "Latency")
 
 
 def _number(text: str, where: str, column: str, kind: type) -> float | int:
+    shown = text.strip()[:40]
     try:
         value = kind(text.strip())
     except ValueError:
-        raise ParvaError(f"{where}: column {column!r} is not a number: {text.strip()!r}") from None
+        raise ParvaError(f"{where}: column {column!r} is not a number: {shown!r}") from None
     if isinstance(value, float) and not math.isfinite(value):
-        raise ParvaError(f"{where}: column {column!r} is not finite: {text.strip()!r}")
+        raise ParvaError(f"{where}: column {column!r} is not finite: {shown!r}")
     if value < 0:
-        raise ParvaError(f"{where}: column {column!r} is negative: {text.strip()!r}")
+        raise ParvaError(f"{where}: column {column!r} is negative: {shown!r}")
+    if value > _MAX[column]:
+        raise ParvaError(f"{where}: column {column!r} is above {_MAX[column]:g}: {shown!r}")
     return value
 
 
@@ -43,19 +52,13 @@ def load_profile(path: Path, model: str | None = None) -> Profile:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ParvaError(f"{path}: cannot read profile: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ParvaError(f"{path}: not a text CSV file") from None
+    """The checked reader's text (regular files only, bounded size, UTF-8 with or without BOM)."""
+    return read_text(path, "profile", encoding="utf-8-sig")
 
 
 def _parse_rows(path: Path, model: str, text: str) -> Profile:
     """Row by row with `csv`: every check, and the error for the first bad row."""
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    rows = parse_csv_rows(path, text, "profile")
     if not rows:
         raise ParvaError(f"{path}: empty profile file")
     header = [h.strip() for h in rows[0]]
@@ -155,10 +158,12 @@ def _bulk(plain: list[_Plain]) -> list[PointColumns | None]:
 
 
 def _rows_ok(ints: np.ndarray, thr: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    limits = np.array([2**_SIZE_BITS, 2**_BATCH_BITS, 2**_PROCS_BITS])
+    limits = np.array([min(2**_SIZE_BITS - 1, _MAX_SIZE), min(2**_BATCH_BITS - 1, MAX_BATCH),
+                       min(2**_PROCS_BITS - 1, MAX_PROCS)])
     return (
-        (ints >= 1).all(axis=1) & (ints < limits).all(axis=1)
+        (ints >= 1).all(axis=1) & (ints <= limits).all(axis=1)
         & np.isfinite(thr) & np.isfinite(lat) & (thr >= 0) & (lat >= 0) & ((thr > 0) == (lat > 0))
+        & (thr <= _MAX["Throughput"]) & (lat <= _MAX["Latency"])
     )
 
 

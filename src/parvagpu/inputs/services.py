@@ -11,12 +11,12 @@ files with C `atoi` (418.5 -> 418), for parity checks.
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
-from parvagpu.fileio.reader import read_document
+from parvagpu.fileio.reader import read_csv_rows, read_document
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.limits import MAX_LATENCY_MS, MAX_RATE
 from parvagpu.core.model import Profile, Service
 
 RATE_FILE = "SLO_req_rate.csv"
@@ -24,23 +24,23 @@ LATENCY_FILE = "SLO_latency.csv"
 
 
 def _read_rows(path: Path) -> list[list[str]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            return [row for row in csv.reader(fh) if row and any(c.strip() for c in row)]
-    except OSError as exc:
-        raise ParvaError(f"{path}: cannot read SLO file: {exc.strerror or exc}") from None
+    return [row for row in read_csv_rows(path, "SLO file") if row and any(c.strip() for c in row)]
 
 
 def _value(text: str, where: str, what: str, truncate: bool) -> float | None:
     text = text.strip()
     if text.upper() == "N/A":
         return None
+    shown = text[:40]
     try:
         value = float(text)
     except ValueError:
-        raise ParvaError(f"{where}: {what} is not a number or N/A: {text!r}") from None
+        raise ParvaError(f"{where}: {what} is not a number or N/A: {shown!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ParvaError(f"{where}: {what} must be a positive number, got {text!r}")
+        raise ParvaError(f"{where}: {what} must be a positive number, got {shown!r}")
+    top = MAX_RATE if what == "rate" else MAX_LATENCY_MS
+    if value > top:
+        raise ParvaError(f"{where}: {what} {shown} is above the limit {top:g}")
     if truncate:
         value = float(math.trunc(value))
         if value <= 0:
