@@ -166,4 +166,4 @@ def test_verify_says_when_it_cannot_find_the_profiles(tmp_path, s6):
     for s in s6["services"]:
         text = text.replace(f'"{s["model"]}"', f'"my-{s["model"]}"')
     r = run("verify", _write(tmp_path, text))
-    assert r.exit_code == 2 and "cannot find the profiles" in r.stderr and "capacity" not in r.stderr, r.output
+    assert r.exit_code == 2 and "give --profiles DIR" in r.stderr and "capacity" not in r.stderr, r.output
