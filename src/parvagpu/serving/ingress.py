@@ -48,6 +48,13 @@ class ModelRoute:
     counts: dict[str, int] = field(
         default_factory=lambda: {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0}
     )
+    # metrics hook (serving/metrics.py): observer(outcome, segment index, latency s, batch), or None
+    observer: Callable[..., None] | None = None
+
+    def _count(self, outcome: str, i: int | None = None, latency_s: float | None = None, batch=None) -> None:
+        self.counts[outcome] += 1
+        if self.observer is not None:
+            self.observer(outcome, i, latency_s, batch)
 
     @classmethod
     def from_spec(cls, model: str, m: dict, handles: dict, signature: Signature | None = None) -> "ModelRoute":
@@ -73,9 +80,9 @@ class ModelRoute:
         adm, batches = self.admission, self.batches
         i = self.router.pick(lambda j: batches[j] >= n and adm.has_room(j, n))
         if i is None or not adm.try_acquire(i, n):
-            self.counts["rejected"] += 1
+            self._count("rejected")
             return None
-        self.counts["admitted"] += 1
+        self._count("admitted", i)
         return i
 
     async def call(self, i: int, invoke: Callable[[Any], Any], n: int = 1) -> tuple[int, dict]:
@@ -91,22 +98,22 @@ class ModelRoute:
                     res = await asyncio.wait_for(_result(resp), self.call_timeout_s)
                 except asyncio.TimeoutError:
                     resp.cancel()  # a hung replica: the request is a miss, answered, not retried
-                    self.counts["failed"] += 1
+                    self._count("failed", i)
                     return 504, {"error": f"{self.model}: segment {self.names[i]} did not answer in time"}
                 except Exception as exc:  # replica died or failed: retry once, then report
                     last = exc
                     if attempt < RETRIES:
-                        self.counts["retried"] += 1
+                        self._count("retried", i)
                     continue
                 if "error" in res:  # the model or a hook failed on this request: no retry
-                    self.counts["failed"] += 1
+                    self._count("failed", i)
                     return 500, {"error": f"{self.model}: {res['error']}"}
-                self.counts["ok"] += 1
                 self.admission.observe(i, res.get("compute_ms", 0.0))
                 res["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
+                self._count("ok", i, res["ingress_ms"] / 1000.0, res.get("batch"))
                 res["segment"] = self.names[i]
                 return 200, res
-            self.counts["failed"] += 1
+            self._count("failed", i)
             return 502, {"error": f"{self.model}: segment {self.names[i]} failed: {type(last).__name__}"}
         finally:
             self.admission.release(i, n)
