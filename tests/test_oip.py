@@ -97,6 +97,7 @@ def _json_body(**kw) -> bytes:
         (_json_body(data=["a", "b"]), None, "not FP32"),
         (_json_body(datatype="INT64", data=[1.5, 2.0]), None, "not INT64"),
         (_json_body(datatype="UINT8", data=[1, 300]), None, "out of range"),
+        (_json_body(datatype="BYTES", data=["a", None]), None, "must be strings"),
         (_json_body(data=None, parameters={"binary_data_size": 8}), None, "does not fit"),
         (_json_body() + b"xx", str(len(_json_body())), "beyond the inputs"),
         (_json_body(), "12345", "outside the body"),

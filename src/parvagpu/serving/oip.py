@@ -201,7 +201,10 @@ def from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str = "ten
     if raw.size != math.prod(shape):
         raise OipError(f"input {name!r}: {raw.size} values for shape {list(shape)}")
     if datatype == "BYTES":
-        flat = [v.encode() if isinstance(v, str) else v for v in raw.reshape(-1).tolist()]
+        values = raw.reshape(-1).tolist()
+        if not all(isinstance(v, str) for v in values):
+            raise OipError(f"input {name!r}: BYTES data must be strings")
+        flat = [v.encode() for v in values]
         out = np.empty(len(flat), dtype=object)
         out[:] = flat
         return out.reshape(shape)
