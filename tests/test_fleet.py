@@ -195,6 +195,9 @@ def test_profiles_in_a_directory_per_type(tmp_path, example):
     r = _run("plan", "--fleet", fleet, "--profiles", tmp_path / "profiles", "--slo", example_dir() / "SLO", "-o", out)
     assert r.exit_code == 0, r.output
     assert _run("verify", out, "--profiles", tmp_path / "profiles").exit_code == 0
+    assert json.loads(out.read_text())["provenance"]["profiles"] == str((tmp_path / "profiles").resolve())
+    r = _run("verify", out)  # the profiles the plan records, one subdirectory per type
+    assert r.exit_code == 0, r.output
 
 
 def test_export_and_apply_work_node_by_node_on_a_mixed_plan(tmp_path, example):

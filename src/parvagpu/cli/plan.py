@@ -132,7 +132,9 @@ def _fleet_plan(
     by_type = profiles_for(fleet.types, found, reuse_from, where)
     flat = None if profiles_dir is None or not any((root / t).is_dir() for t in found) else root / next(iter(found))
     _, services = load_inputs(flat or profiles_dir, slo_dir, scenario, services_file, truncate)
-    return plan_fleet(FleetRequest(services, by_type, fleet, max_procs, time_limit, allow_partial=allow_partial))
+    result = plan_fleet(FleetRequest(services, by_type, fleet, max_procs, time_limit, allow_partial=allow_partial))
+    # Provenance of the first type's profiles, under the directory given: `verify` finds the rest.
+    return replace(result, provenance=provenance(by_type[fleet.types[0]], [s.model for s in services], profiles_dir))
 
 
 def _servable(request: PlanRequest) -> PlanRequest:
