@@ -7,13 +7,12 @@ leaves nothing half-written.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from parvagpu.reports import compare as cmp
@@ -29,29 +28,9 @@ from parvagpu.cli.common import (
 )
 from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, gpu_type
 from parvagpu.core.errors import ParvaError
+from parvagpu.fileio.writer import write_all
 from parvagpu.planning.request import DEFAULT_TIME_LIMIT, PlanRequest
 from parvagpu.inputs.services import load_scenario, scenario_count
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise ParvaError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; reports are for sharing
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ParvaError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _scenarios(
@@ -156,10 +135,8 @@ def _write_files(out: Path, rows, sc_names, names, pick, gpu_name: str, max_proc
     into place."""
     files = {"compare.csv": cmp.to_csv(rows).encode()}
     files.update(_figures(rows, sc_names, names, pick, gpu_name, max_procs))
-    out.mkdir(exist_ok=True)
-    for name, data in files.items():
-        _write_bytes(out / name, data)
-    err.print(f"wrote {', '.join(str(out / n) for n in files)}", highlight=False, soft_wrap=True)
+    write_all({out / name: data for name, data in files.items()}, create_dir=out)
+    err.print(f"wrote {escape(', '.join(str(out / n) for n in files))}", highlight=False, soft_wrap=True)
 
 
 def _figures(rows, sc_names, names, pick, gpu_name, max_procs) -> dict[str, bytes]:

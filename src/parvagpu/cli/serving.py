@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from parvagpu.cli.common import ForceInvalidOpt, err, example_dir, fail_on, read_checked_plan
 from parvagpu.fileio.writer import atomic_write
@@ -19,7 +20,7 @@ MODELS_HELP = ("Models config (YAML/JSON): model name -> {factory: pkg.mod:fn, i
 
 def _write_json(path: Path, doc: dict) -> None:
     atomic_write(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    err.print(f"wrote {path}", highlight=False)
+    err.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 def simulate(
@@ -101,7 +102,7 @@ def _write_outputs(res, json_out: Optional[Path], plot: Optional[Path], title: s
         _write_json(json_out, res.to_dict())
     if plot is not None:
         plot_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, title)
-        err.print(f"wrote {plot}", highlight=False)
+        err.print(f"wrote {escape(str(plot))}", highlight=False)
 
 
 def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_procs: int,
@@ -160,7 +161,7 @@ def load(
         console().print(stats_table(res.stats, f"load {base}: {duration:g} s at {rate_scale:g}x planned rates, "
                                     f"max lag {res.max_lag_ms:.1f} ms"))
         for m, o in res.overhead_ms.items():
-            err.print(f"{m}: serving overhead (latency - queue - compute) p50 {o['p50']:.2f} ms, p99 {o['p99']:.2f} ms",
+            err.print(f"{escape(m)}: serving overhead (latency - queue - compute) p50 {o['p50']:.2f} ms, p99 {o['p99']:.2f} ms",
                       highlight=False)
         _write_outputs(res, json_out, plot, f"measured latency CDF ({base})")
     except ParvaError as exc:
@@ -168,7 +169,7 @@ def load(
     bad = [s.model for s in res.stats
            if s.lost or s.failed or s.timeouts or not s.ok or s.p99_ms > s.slo_ms]
     if bad:
-        err.print(f"SLO not met or requests failed for: {', '.join(bad)}", highlight=False)
+        err.print(f"SLO not met or requests failed for: {escape(', '.join(bad))}", highlight=False)
         raise typer.Exit(1)
 
 

@@ -38,7 +38,7 @@ def _umask() -> int:
 
 
 def _cannot(path: Path, exc: OSError) -> ParvaError:
-    return ParvaError(f"{path}: cannot write: {exc.strerror or exc}")
+    return ParvaError(f"{path}: cannot write: {exc.strerror or exc} (nothing written)")
 
 
 @dataclass
@@ -71,7 +71,7 @@ def check_target(path: Path) -> _Target:
         raise _cannot(path, exc) from None
     if not stat.S_ISREG(st.st_mode):
         kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
-        raise ParvaError(f"{path}: is {kind}; only regular files or new paths are written")
+        raise ParvaError(f"{path}: is {kind}, which is not a regular file; refusing to replace it (nothing written)")
     return _Target(path, real, stat.S_IMODE(st.st_mode) & 0o777, existed=True)
 
 
@@ -131,17 +131,23 @@ def _undo(targets: list[_Target]) -> None:
 @dataclass
 class _Transaction:
     targets: list[_Target] = field(default_factory=list)
-    made_dir: Path | None = None
+    made_dirs: list[Path] = field(default_factory=list)
 
 
-def write_all(files: Mapping[Path, str | bytes], create_dir: Path | None = None) -> list[Path]:
+def write_all(
+    files: Mapping[Path, str | bytes], create_dir: Path | None = None, modes: Mapping[Path, int] | None = None,
+) -> list[Path]:
     """Write every file or none (text as UTF-8). `create_dir`, when given and missing, is created
-    first (its parent must exist) and removed again if the write fails. Returns the paths written."""
+    first (with missing parents) and removed again if the write fails. `modes` gives a file's
+    permission bits (e.g. 0o755 for a script), else the module's rule. Returns the paths written."""
     tx = _Transaction()
     try:
         if create_dir is not None:
-            tx.made_dir = _make_dir(Path(create_dir))
+            tx.made_dirs = _make_dirs(Path(create_dir))
         tx.targets = [check_target(p) for p in files]
+        for t in tx.targets:
+            if modes and t.given in modes:
+                t.mode = modes[t.given]
         reals = [os.path.realpath(t.real) for t in tx.targets]
         if len(set(reals)) != len(reals):
             raise ParvaError("two outputs name the same file")
@@ -151,11 +157,11 @@ def write_all(files: Mapping[Path, str | bytes], create_dir: Path | None = None)
             _place(t, keep_old=len(tx.targets) > 1)
     except BaseException:
         _undo(tx.targets)
-        if tx.made_dir is not None:
+        for d in tx.made_dirs:
             try:
-                tx.made_dir.rmdir()
+                d.rmdir()
             except OSError:
-                pass
+                break
         raise
     for t in tx.targets:
         if t.backup:
@@ -163,19 +169,24 @@ def write_all(files: Mapping[Path, str | bytes], create_dir: Path | None = None)
     return [t.given for t in tx.targets]
 
 
-def _make_dir(path: Path) -> Path | None:
-    """Create an output directory; returns it when it was created here (to remove on failure)."""
-    if path.is_dir():
-        return None
-    if path.exists() or path.is_symlink():
-        raise ParvaError(f"{path}: exists and is not a directory")
-    if not path.parent.is_dir():
-        raise ParvaError(f"{path}: directory {path.parent} does not exist")
-    try:
-        path.mkdir()
-    except OSError as exc:
-        raise _cannot(path, exc) from None
-    return path
+def _make_dirs(path: Path) -> list[Path]:
+    """Create an output directory and its missing parents; returns those created here, innermost
+    first (to remove on failure)."""
+    made = []
+    for d in (path, *path.parents):
+        if d.is_dir():
+            break
+        if d.exists() or d.is_symlink():
+            raise ParvaError(f"{d}: exists and is not a directory")
+        made.append(d)
+    for d in reversed(made):
+        try:
+            d.mkdir()
+        except OSError as exc:
+            for m in made[made.index(d) + 1:]:
+                m.rmdir()
+            raise _cannot(d, exc) from None
+    return made
 
 
 def atomic_write(path: Path, text: str | bytes) -> None:

@@ -7,6 +7,8 @@ Timing makes this a report, not part of the pure core: plans are still the plann
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 import csv
 import io
 import time
@@ -131,12 +133,12 @@ def table(rows: Sequence[Row], title: str = "parvagpu compare"):
             t.add_section()
         last = r.scenario
         if r.plan is None:
-            t.add_row(r.scenario, r.strategy, "-", "", "", "", "", "", f"{r.seconds:.2f}s",
-                      f"[red]{r.error}[/]")
+            t.add_row(escape(r.scenario), escape(r.strategy), "-", "", "", "", "", "", f"{r.seconds:.2f}s",
+                      f"[red]{escape(str(r.error))}[/]")
             continue
         f = r.figures()
         t.add_row(
-            r.scenario, r.strategy, str(r.gpus),
+            escape(r.scenario), escape(r.strategy), str(r.gpus),
             "" if r.lower_bound is None else str(r.lower_bound),
             "" if r.gap is None else f"{r.gap:.1%}",
             str(f["gpcs_used"]), str(f["idle_gpcs"]), f"{f['capacity_over_demand']:.3f}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from collections import Counter
 
 from rich.console import Console, Group
@@ -67,7 +69,7 @@ def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
         used = sum(s.size for s in segs)
         where = f"{plan.node_of(g)}/{plan.local_gpu(g)}"
         if plan.fleet is not None:
-            table.add_row(f"{plan.fleet.node(g).name}/{plan.local_gpu(g)}", gpu.name, line, f"{used}/{gpu.compute_slices}")
+            table.add_row(escape(f"{plan.fleet.node(g).name}/{plan.local_gpu(g)}"), gpu.name, line, f"{used}/{gpu.compute_slices}")
         else:
             table.add_row(where, line, f"{used}/{gpu.compute_slices}")
     return table
@@ -75,7 +77,7 @@ def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
 
 def plan_tables(plan: DeploymentMap, width: int = 100) -> Group:
     s = summary(plan)
-    head = Table(title=f"parvagpu plan: {plan.strategy} on {plan.gpu_type}", show_header=False)
+    head = Table(title=escape(f"parvagpu plan: {plan.strategy} on {plan.gpu_type}"), show_header=False)
     head.add_column(style="bold")
     head.add_column()
     head.add_row("GPUs used", str(s["gpus_used"]))

@@ -3,12 +3,17 @@ and a measurement are summarised, tabled and plotted the same way."""
 
 from __future__ import annotations
 
+from rich.markup import escape
+
+import io
+
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.fileio.writer import atomic_write
 
 # Where p99 sits relative to the SLO L: the planner's rule promises p99 < L with margin.
 LOOSE_BELOW = 0.5  # p99 < 0.5 L: the 0.45 L rule left most of the budget unused
@@ -129,7 +134,7 @@ def stats_table(stats: Sequence[ModelStats], title: str):
         ratio = s.p99_ms / s.slo_ms if s.ok else math.nan
         v = s.verdict
         t.add_row(
-            s.model, f"{s.rate:.4g}", f"{s.slo_ms:g}", str(s.sent), str(s.ok), str(s.rejected),
+            escape(s.model), f"{s.rate:.4g}", f"{s.slo_ms:g}", str(s.sent), str(s.ok), str(s.rejected),
             str(s.failed + s.timeouts), str(s.lost),
             _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
             "-" if math.isnan(ratio) else f"{ratio:.2f}",
@@ -179,9 +184,12 @@ def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
+    fmt = Path(path).suffix.lower().lstrip(".") or "png"
+    buf = io.BytesIO()
     try:
-        fig.savefig(path)
-    except OSError as exc:
-        raise ParvaError(f"{path}: cannot write plot: {exc.strerror or exc}") from None
+        fig.savefig(buf, format=fmt)  # rendered in memory, written by the one safe writer
+    except ValueError:
+        raise ParvaError(f"{path}: cannot write a plot as {fmt!r}; use .png, .pdf or .svg") from None
     finally:
         plt.close(fig)
+    atomic_write(Path(path), buf.getvalue())
