@@ -220,3 +220,22 @@ def test_export_and_apply_work_node_by_node_on_a_mixed_plan(tmp_path, example):
         held = sorted((i.gpu, i.start, i.slices) for g in range(fleet.nodes[node].gpus) for i in fake.list_instances(g))
         mine = sorted((plan.local_gpu(s.gpu), s.start, s.size) for s in plan.segments if plan.node_of(s.gpu) == node)
         assert held == mine
+
+
+def test_apply_leaves_reserved_slots_and_gpus_alone(tmp_path, example):
+    from parvagpu.hardware.mig import FakeBackend
+    from parvagpu.hardware.mps import FakeMps
+    from parvagpu.node import NodeDirs, apply_plan
+
+    profiles, services, _ = example
+    reserved = (Reservation(0, 0, 3), Reservation(1))
+    fleet = Fleet((FleetNode("a", "A100-80GB", 40, 1.0, reserved),))
+    plan = plan_fleet(FleetRequest(services, {"A100-80GB": profiles}, fleet))
+    fake = FakeBackend("A100-80GB", 40)
+    theirs = [(0, fake.create_gpu_instance(0, 9, 0)), (1, fake.create_gpu_instance(1, 0, 0))]  # 3g@0, 7g
+    apply_plan(plan, 0, fake, FakeMps(fake), NodeDirs(tmp_path / "st", 0))
+    for g, gi in theirs:
+        assert any(i.gi_id == gi for i in fake.list_instances(g))
+    held = sorted((i.gpu, i.start, i.slices) for g in range(40) for i in fake.list_instances(g))
+    mine = sorted((s.gpu, s.start, s.size) for s in plan.segments)
+    assert held == sorted(mine + [(0, 0, 3), (1, 0, 7)])

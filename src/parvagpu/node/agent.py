@@ -74,7 +74,7 @@ def node_lock(dirs: NodeDirs) -> Iterator[None]:
 
 def _prepare(
     backend: MigBackend, mps: MpsControl, dirs: NodeDirs, wants: tuple[Want, ...], type_name: str | None,
-    limit: int | None, force: bool, node: int,
+    limit: int | None, force: bool, node: int, reserved: Mapping[int, int] | None = None,
 ) -> tuple[NodeView, list[Step]]:
     prev = load_previous(dirs, node, type_name)
     view = read_node(backend, mps, dirs, limit, prev)
@@ -82,12 +82,41 @@ def _prepare(
         check_node(view, wants, type_name)
         # GPUs of another type are not the plan's to manage.
         view = NodeView(tuple(g for g in view.gpus if g.type_name == type_name), view.mps, {}, view.previous)
+    if reserved:
+        view = _without_reserved(view, reserved)
     view = with_wanted_slots(view, mps, dirs, wants)
     procs = {(g, gi): backend.running_processes(g, gi) for g, gi in doomed(view, wants)}
     view = NodeView(view.gpus, view.mps, procs, view.previous)
     steps = diff(view, wants, force)
     check_placements(backend, steps, wants)
     return view, steps
+
+
+def _without_reserved(view: NodeView, reserved: Mapping[int, int]) -> NodeView:
+    """The view less what the fleet reserves for others (GPU -> memory-slice mask, -1: the whole
+    GPU): their instances are neither destroyed nor counted."""
+    gpus = []
+    for g in view.gpus:
+        mask = reserved.get(g.index, 0)
+        if mask == -1:
+            continue
+        mine = tuple(i for i in g.instances if not (((1 << i.width) - 1) << i.start) & mask)
+        gpus.append(replace(g, instances=mine))
+    return NodeView(tuple(gpus), view.mps, view.processes, view.previous)
+
+
+def _reserved(plan: DeploymentMap, node: int) -> dict[int, int]:
+    """A fleet plan's reservations on `node`: GPU -> memory-slice mask (-1: the whole GPU)."""
+    if plan.fleet is None:
+        return {}
+    n = plan.fleet.nodes[node]
+    out: dict[int, int] = {}
+    for r in n.reserved:
+        if r.whole:
+            out[r.gpu] = -1
+        elif out.get(r.gpu) != -1:
+            out[r.gpu] = out.get(r.gpu, 0) | n.type.mask(r.size, r.start)
+    return out
 
 
 def check_placements(backend: MigBackend, steps: list[Step], wants: tuple[Want, ...]) -> None:
@@ -120,10 +149,12 @@ def apply_plan(
     gpu, start), puts the steps in that order (see `steps.in_transition_order`)."""
     wants = node_wants(plan, node)
     if dry_run:
-        _view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node)
+        _view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node,
+                                 _reserved(plan, node))
         return ApplyResult(_ordered(steps, order), False, False, dirs.state_file)
     with node_lock(dirs):
-        view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node)
+        view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node,
+                                 _reserved(plan, node))
         steps = _ordered(steps, order)
         ex = Executor(backend, mps, dirs, view, kill)
         try:
