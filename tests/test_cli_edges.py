@@ -3,6 +3,8 @@ exit 2, nothing written."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -26,3 +28,75 @@ def test_plan_out_extension_and_format_must_agree(tmp_path, name, extra, message
     r = run("plan", "--strategy", "parva", "--out", out, *extra)
     assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def one_error_line(r, needle, code=2):
+    assert r.exit_code == code, r.output
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.stderr
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["simulate", "-s", 1, "--duration", "inf"], "--duration must be > 0 and <= 86400, got inf"),
+    (["simulate", "-s", 1, "--duration", "1e7"], "--duration must be > 0 and <= 86400"),
+    (["simulate", "-s", 1, "--duration", "nan"], "--duration must be"),
+    (["simulate", "-s", 1, "--rate-scale", "1e9"], "--rate-scale must be > 0 and <= 1000000"),
+    (["simulate", "-s", 6, "--rate-scale", "1000", "--duration", "86400"], "more than 5,000,000"),
+    (["simulate", "-s", 1, "--seed", "-1"], "--seed must be from 0 to 4294967295, got -1"),
+    (["simulate", "-s", 1, "--batch-wait-ms", "inf"], "--batch-wait-ms"),
+    (["simulate", "-s", 1, "--service-scale", "inf"], "--service-scale"),
+    (["load", "http://127.0.0.1:9", "--duration", "inf"], "--duration must be > 0 and <= 3600"),
+    (["load", "http://127.0.0.1:9", "--rate-scale", "1e9"], "--rate-scale"),
+    (["load", "http://127.0.0.1:9", "--seed", "-1"], "--seed"),
+    (["load", "http://127.0.0.1:9", "--timeout", "inf"], "--timeout"),
+    (["plan", "--max-procs", "0"], "--max-procs must be from 1 to 48"),
+    (["plan", "--time-limit", "inf"], "--time-limit"),
+    (["plan", "--gpus-per-node", "1000000000"], "--gpus-per-node"),
+    (["compare", "--max-procs", "1000000000"], "--max-procs"),
+    (["status", "--node", 0, "--backend", "fake", "--fake-gpus", "1000000000"], "1..1024 GPUs"),
+    (["serve", "p.json", "--port", "70000"], "--port"),
+    (["serve", "p.json", "--max-body-mb", "inf"], "--max-body-mb"),
+    (["profile", "parvagpu.profiler.zoo:small_mlp", "--mode", "cpu", "--batches", "²"], "--batches: expected"),
+    (["profile", "parvagpu.profiler.zoo:small_mlp", "--mode", "cpu", "--batches", "100000"], "in 1..4096"),
+    (["profile", "parvagpu.profiler.zoo:small_mlp", "--mode", "cpu", "--duration", "inf"], "--duration"),
+])
+def test_numbers_at_the_edges_are_one_error_line(tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    one_error_line(run(*args), needle)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_plan_with_a_huge_batch_is_refused_by_simulate(tmp_path):
+    plan = tmp_path / "p.json"
+    assert run("plan", "-s", 1, "--strategy", "parva", "--out", plan).exit_code == 0
+    data = json.loads(plan.read_text())
+    data["segments"][0]["batch"] = 10**9
+    plan.write_text(json.dumps(data))
+    one_error_line(run("simulate", plan, "--duration", 1), "batch: 1000000000 is outside")
+
+
+def test_simulate_says_its_verdict_and_exits_1_when_a_model_misses_its_slo():
+    r = run("simulate", "-s", 1, "--duration", 2)
+    assert r.exit_code == 0, r.output
+    assert "verdict: every model meets its SLO (6 models)" in r.stderr
+    assert "violated (> L), tight (> 0.8 L)" in r.stderr  # the legend of the verdict column
+    r = run("simulate", "-s", 1, "--duration", 2, "--service-scale", 3)  # hardware 3x slower than profiled
+    assert r.exit_code == 1, r.output
+    assert "models miss their SLO or lost requests: " in r.stderr and "resnet50" in r.stderr.split("verdict:")[-1]
+
+
+def test_serve_beyond_loopback_warns(tmp_path, monkeypatch):
+    import parvagpu.serving.app as serving_app
+    from parvagpu.core.errors import ParvaError
+
+    def stop(*a, **k):
+        raise ParvaError("stopped before starting Ray")
+
+    monkeypatch.setattr(serving_app, "serve_app", stop)
+    plan = tmp_path / "p.json"
+    assert run("plan", "-s", 1, "--strategy", "parva", "--out", plan).exit_code == 0
+    r = run("serve", plan, "--host", "0.0.0.0")
+    assert "warning: --host 0.0.0.0: the inference API (no authentication) is reachable" in r.stderr, r.output
+    r = run("serve", plan)
+    assert "warning" not in r.stderr and "stopped before starting Ray" in r.stderr

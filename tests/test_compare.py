@@ -68,7 +68,7 @@ def test_cli_subset_without_files():
         (["--scenario", "x"], "--scenario must be all, K or K,L"),
         (["--scenario", "9"], "scenario 9 out of range 1..6"),
         (["--strategies", "parva,best"], "unknown strategy 'best'"),
-        (["--time-limit", "0"], "time limit must be positive"),
+        (["--time-limit", "0"], "--time-limit must be > 0"),
         (["--gpu", "V100"], "unknown GPU type"),
         (["--layout-scenario", "7"], "--layout-scenario '7' is not among"),
     ],

@@ -50,7 +50,7 @@ def test_simulate_plan_file_same_as_scenario(plan_file, tmp_path):
         (["simulate", "--scenario", "9"], "out of range"),
         (["simulate", "nope.json"], "cannot read plan"),
         (["simulate", "--scenario", "1", "--duration", "0"], "duration"),
-        (["simulate", "--scenario", "1", "--rate-scale", "-1"], "rate scale"),
+        (["simulate", "--scenario", "1", "--rate-scale", "-1"], "--rate-scale"),
         (["load", "http://10.0.0.1:8000"], "loopback"),
         (["load", "nope.json"], "cannot read plan"),
         (["serve", "nope.json", "--models", "m.yaml"], "cannot read plan"),

@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.console import Console
 
+import parvagpu.cli.bounds as bounds
 from parvagpu.reports import compare as cmp
 from parvagpu.cli.common import (
     fail_on,
@@ -82,6 +83,7 @@ def compare(
     """Compare every strategy on every scenario: GPUs, proven bound, GPCs, idle GPCs on used
     GPUs (external fragmentation), capacity/demand (internal slack) and planning time."""
     try:
+        bounds.planning(max_procs, time_limit, gpus_per_node)
         names = cmp.parse_strategies(strategies)
         gpu_t = gpu_type(gpu)
         if out is not None:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+import parvagpu.cli.bounds as bounds
 from parvagpu.cli.common import (
     Format, ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, bound_note, err, example_dir, fail_on, load_inputs,
 )
@@ -80,6 +81,7 @@ def plan(
     """Plan segments and exact MIG placements for every service."""
     started = time.perf_counter()
     try:
+        bounds.planning(max_procs, time_limit, gpus_per_node)
         out_kind = None if out is None else _out_format(out, fmt)
         if fleet_file is not None:
             if strategy != "auto" or current_file is not None:

@@ -24,6 +24,7 @@ from parvagpu.profiler.spec import Mode, Settings, check_name, check_sizes, pars
 from parvagpu.profiler.store import ProfileStore
 
 MODES = ", ".join(m.value for m in Mode)
+MAX_SIZE, MAX_BATCH, MAX_PROCS, MAX_POINTS = 1024, 4096, 48, 10_000  # cores; MPS serves 48 clients
 
 
 def make_device(mode: Mode, gpu: int, sizes: tuple[int, ...]):
@@ -163,9 +164,12 @@ def _parse_job(
     except ValueError:
         raise ParvaError(f"--mode: expected one of {MODES}, got {mode!r}") from None
     spec = parse_model(model, shape, dtype)
-    job_sizes = parse_ints(sizes, "--sizes")
+    job_sizes = parse_ints(sizes, "--sizes", MAX_SIZE)
     check_sizes(m, job_sizes)
-    job_batches, job_procs = parse_ints(batches, "--batches"), parse_ints(procs, "--procs")
+    job_batches, job_procs = parse_ints(batches, "--batches", MAX_BATCH), parse_ints(procs, "--procs", MAX_PROCS)
+    points = len(job_sizes) * len(job_batches) * len(job_procs)
+    if points > MAX_POINTS:
+        raise ParvaError(f"the grid has {points} points (sizes x batches x procs), more than {MAX_POINTS}")
     spec = worker.with_declared_shape(spec)
     label = check_name(name or spec.default_name)
     return Job(spec, label, m, job_sizes, job_batches, job_procs, settings, retry_errors)

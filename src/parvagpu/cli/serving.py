@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 from rich.markup import escape
 
+import parvagpu.cli.bounds as bounds
 from parvagpu.cli.common import ForceInvalidOpt, err, example_dir, fail_on, read_checked_plan
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.core.errors import ParvaError
@@ -64,12 +65,15 @@ def simulate(
     from parvagpu.serving.stats import console, stats_table
 
     try:
+        bounds.seed(seed)
         if trace is not None:
             from parvagpu.cli.control import simulate_trace
 
             return simulate_trace(trace, services_file, profiles_dir, settings, max_procs, seed, json_out)
         if services_file is not None or settings is not None:
             raise ParvaError("--services and --settings go with --trace")
+        bounds.in_range("--duration", duration, 0, 86_400, open_low=True)
+        _check_sim_options(seed, rate_scale, depth, wait_ms, overhead_ms, service_scale, max_procs)
         plan = _plan_or_scenario(plan_file, scenario, max_procs, profiles_dir, force_invalid)
         res = run_sim(
             plan, duration_s=duration, seed=seed, rate_scale=rate_scale, profiles=_sim_profiles(plan, profiles_dir),
@@ -81,6 +85,33 @@ def simulate(
         _write_outputs(res, json_out, plot, "simulated latency CDF")
     except ParvaError as exc:
         fail_on(exc)
+    _verdict(res.stats)
+
+
+def _verdict(stats) -> None:
+    """The verdict column's legend and one line for the run; exit 1 when a model misses its SLO."""
+    from parvagpu.serving.stats import VERDICT_LEGEND, missed, verdict_line
+
+    err.print(VERDICT_LEGEND, highlight=False, soft_wrap=True, markup=False)
+    err.print(verdict_line(stats), highlight=False, soft_wrap=True, markup=False)
+    if any(missed(s) for s in stats):
+        raise typer.Exit(1)
+
+
+def _check_sim_options(seed, rate_scale, depth, wait_ms, overhead_ms, service_scale, max_procs) -> None:
+    bounds.seed(seed)
+    bounds.in_range("--rate-scale", rate_scale, 0, bounds.MAX_RATE_SCALE, open_low=True)
+    bounds.in_range("--max-procs", max_procs, 1, bounds.MAX_PROCS)
+    _check_policy(depth, wait_ms)
+    bounds.in_range("--overhead-ms", overhead_ms, 0, 60_000)
+    bounds.in_range("--service-scale", service_scale, 0, 1000, open_low=True)
+
+
+def _check_policy(depth, wait_ms) -> None:
+    if depth is not None:
+        bounds.in_range("--depth", depth, 1, 1_000_000)
+    if wait_ms is not None:
+        bounds.in_range("--batch-wait-ms", wait_ms, 0, 60_000)
 
 
 def _sim_profiles(plan, profiles_dir: Optional[Path]):
@@ -148,6 +179,11 @@ def load(
     from parvagpu.serving.stats import console, stats_table
 
     try:
+        bounds.seed(seed)
+        bounds.in_range("--rate-scale", rate_scale, 0, bounds.MAX_RATE_SCALE, open_low=True)
+        bounds.in_range("--duration", duration, 0, 3600, open_low=True)
+        bounds.in_range("--timeout", timeout, 0, 3600, open_low=True)
+        bounds.in_range("--max-requests", max_requests, 1, 200_000)
         if target.startswith(("http://", "https://")) or "://" in target:
             base, targets = check_loopback(target), None
             if model:
@@ -166,11 +202,7 @@ def load(
         _write_outputs(res, json_out, plot, f"measured latency CDF ({base})")
     except ParvaError as exc:
         fail_on(exc)
-    bad = [s.model for s in res.stats
-           if s.lost or s.failed or s.timeouts or not s.ok or s.p99_ms > s.slo_ms]
-    if bad:
-        err.print(f"SLO not met or requests failed for: {escape(', '.join(bad))}", highlight=False)
-        raise typer.Exit(1)
+    _verdict(res.stats)
 
 
 def serve(
@@ -197,10 +229,13 @@ def serve(
     A deployment per segment (replicas = procs, dynamic batching up to the batch size), and per
     model a throughput-weighted router with admission: beyond capacity, a fast 503."""
     try:
+        bounds.in_range("--port", port, 1, 65535)
+        bounds.in_range("--max-body-mb", max_body_mb, 0, 4096, open_low=True)
+        bounds.in_range("--rate-scale", rate_scale, 0, bounds.MAX_RATE_SCALE, open_low=True)
+        _check_policy(depth, wait_ms)
         spec, models, pins = _serving_inputs(plan_file, models_file, node_state, depth, wait_ms, rate_scale,
                                              max_segments, max_replicas, force_invalid)
-        if not max_body_mb > 0:
-            raise ParvaError(f"--max-body-mb must be positive, got {max_body_mb}")
+        _warn_if_exposed(host)
         from parvagpu.serving.app import serve_app
 
         serve_app(spec, models, pins, host=host, port=port, address=address, max_body=int(max_body_mb * 2**20))
@@ -214,6 +249,21 @@ def serve(
     _wait_for_stop()
     _stop_serving(address)
     sys.exit(0)
+
+
+def _warn_if_exposed(host: str) -> None:
+    """Serving beyond loopback is the user's explicit choice; say what it means."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        err.print(
+            f"[yellow]warning:[/] --host {escape(host)}: the inference API (no authentication) is reachable "
+            "from other machines on this host's networks", highlight=False, soft_wrap=True,
+        )
 
 
 def _serving_inputs(plan_file: Path, models_file: Optional[Path], node_state: Optional[List[Path]],

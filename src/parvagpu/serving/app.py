@@ -233,6 +233,27 @@ def front_door_limit(spec: dict[str, ModelSpec]) -> int:
     return total + 32
 
 
+def confine_replica_grpc() -> None:
+    """In each worker of a local cluster: Ray Serve binds every replica's inter-deployment gRPC
+    server to all interfaces ("[::]:0", with no option to change it); bind it to loopback like
+    the rest of the cluster. Does nothing if Ray's internals differ from what this expects."""
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "_parvagpu_loopback", False):
+        return
+
+    def loopback(server, address: str):
+        if address.startswith("[::]:"):
+            address = "127.0.0.1:" + address[len("[::]:"):]
+        return original(server, address)
+
+    loopback._parvagpu_loopback = True
+    replica.add_port_to_grpc_server = loopback
+
+
 def serve_app(
     spec: dict[str, ModelSpec],
     models: dict[str, WorkerModel],
@@ -243,6 +264,11 @@ def serve_app(
     max_body: int = MAX_BODY_BYTES,
 ):
     """Start (or join) Ray, start Serve on host:port and deploy the plan; returns the ingress handle."""
+    if address is None:
+        # A cluster for this machine alone: Ray would otherwise advertise the host's network address
+        # and its GCS, raylet, workers and agents would listen on every interface. With this (read
+        # when ray is first imported) the node address is loopback and so is every listener.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     _require_ray()
     import ray
     from ray import serve
@@ -256,7 +282,9 @@ def serve_app(
     # workload and must not yield to every other process on the node.
     os.environ.setdefault("RAY_worker_niceness", "0")
     if not ray.is_initialized():
+        local = {} if address is not None else {
+            "runtime_env": {"worker_process_setup_hook": "parvagpu.serving.app.confine_replica_grpc"}}
         ray.init(address=address, include_dashboard=False, logging_level="WARNING",
-                 log_to_driver=False, configure_logging=True)
+                 log_to_driver=False, configure_logging=True, **local)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build_app(spec, models, pins, max_body), name=APP, route_prefix="/")

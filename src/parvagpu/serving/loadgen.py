@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,11 @@ def schedule(targets: list[Target], duration_s: float, seed: int, max_requests: 
 
     streams = np.random.SeedSequence(seed).spawn(len(targets))
     events: list[tuple[float, str]] = []
+    total = sum(t.rate for t in targets)
+    if total * duration_s > 2 * max_requests + 1000:
+        # Arrivals are cumulated gaps, so a shorter window gives the same first events: generate only
+        # about twice the requests that will be kept, not rate x duration of them.
+        duration_s = (2 * max_requests + 1000) / total
     for t, ss in zip(targets, streams):
         for x in poisson_arrivals(np.random.default_rng(ss), t.rate, duration_s).tolist():
             events.append((x, t.model))
@@ -170,8 +176,10 @@ def _check_load(targets: list[Target], duration_s: float, timeout_s: float, max_
         raise ParvaError(f"duration must be in (0, {MAX_DURATION_S:g}] s, got {duration_s}")
     if not 0 < max_requests <= MAX_REQUESTS:
         raise ParvaError(f"max requests must be in 1..{MAX_REQUESTS}, got {max_requests}")
-    if not timeout_s > 0:
-        raise ParvaError(f"timeout must be positive, got {timeout_s}")
+    if not 0 < timeout_s <= MAX_DURATION_S:
+        raise ParvaError(f"timeout must be in (0, {MAX_DURATION_S:g}] s, got {timeout_s}")
+    if not all(0 < t.rate < math.inf for t in targets):
+        raise ParvaError("every rate must be positive and finite")
     if not targets:
         raise ParvaError("nothing to load: no model with a positive rate")
 
@@ -293,14 +301,17 @@ class HttpSender:
         if self.synthetic:
             return await self._synthetic(model, rid)
         p = self.payloads[model]
-        async with self._session.post(f"{self.base}/v2/models/{model}/infer", data=p.body, headers=p.headers) as resp:
+        # Never follow a redirect: it could lead off loopback, where load must not go.
+        async with self._session.post(f"{self.base}/v2/models/{model}/infer", data=p.body, headers=p.headers,
+                                      allow_redirects=False) as resp:
             body = await resp.read()
             if resp.status != 200:
                 return Reply(REJECTED if resp.status == 503 else FAILED)
             return p.check(body, resp.headers.get(HEADER_LENGTH))
 
     async def _synthetic(self, model: str, rid: int) -> Reply:
-        async with self._session.post(f"{self.base}/v1/models/{model}/infer", json={"id": rid}) as resp:
+        async with self._session.post(f"{self.base}/v1/models/{model}/infer", json={"id": rid},
+                                      allow_redirects=False) as resp:
             body = await resp.read()
             if resp.status == 200:
                 try:
@@ -313,7 +324,9 @@ class HttpSender:
 
     async def models(self) -> list[Target]:
         """The served models and their planned rates and SLOs (GET /v1/models)."""
-        async with self._session.get(f"{self.base}/v1/models") as resp:
+        async with self._session.get(f"{self.base}/v1/models", allow_redirects=False) as resp:
+            if 300 <= resp.status < 400:
+                raise ParvaError(f"{self.base}/v1/models answered a redirect (HTTP {resp.status}); load does not follow redirects")
             if resp.status != 200:
                 raise ParvaError(f"{self.base}/v1/models answered HTTP {resp.status}")
             data = await resp.json()
@@ -327,7 +340,7 @@ class HttpSender:
         if self.synthetic:
             return
         for model in models:
-            async with self._session.get(f"{self.base}/v2/models/{model}") as resp:
+            async with self._session.get(f"{self.base}/v2/models/{model}", allow_redirects=False) as resp:
                 if resp.status != 200:
                     raise ParvaError(f"{self.base}/v2/models/{model} answered HTTP {resp.status}: {await resp.text()}")
                 meta = await resp.json()

@@ -101,8 +101,8 @@ def serving_spec(
     `rate_scale` scales the offered rate (the per-segment rates and so the batch waits); `depth`
     fixes the queue depth in batch rounds (default: derived from the SLO, see `queue_depth`);
     `wait_s` overrides the batch wait of every segment with batch > 1."""
-    if not rate_scale > 0:
-        raise ParvaError(f"rate scale must be positive, got {rate_scale}")
+    if not 0 < rate_scale < math.inf:
+        raise ParvaError(f"rate scale must be positive and finite, got {rate_scale}")
     services = {s.model: s for s in plan.services}
     by_model: dict[str, list] = {}
     for ps in sorted(plan.segments, key=lambda s: (s.gpu, s.start)):
@@ -121,6 +121,7 @@ def serving_spec(
         specs = []
         for ps in segs:
             t = ps.segment.triplet
+            _check_bounds(model, t.batch, t.procs)
             rate = svc.rate * rate_scale * t.throughput / total
             node, local = plan.node_of(ps.gpu), plan.local_gpu(ps.gpu)
             w = batch_wait_s(t.batch, t.procs, rate, svc.latency_ms) if wait_s is None else (
@@ -216,3 +217,14 @@ class Admission:
         batch, procs, wait_s, latency_ms, slo_ms = self.adaptive[i]
         depth = queue_depth(max(latency_ms, avg), slo_ms, wait_s)
         self.limits[i] = max(1, min(self.static[i], inflight_limit(batch, procs, depth)))
+
+
+MAX_BATCH = 4096  # a batch is held as one array per segment; profiles stop far below this
+MAX_PROCS = 48  # MPS serves at most 48 clients per device
+
+
+def _check_bounds(model: str, batch: int, procs: int) -> None:
+    if not 1 <= batch <= MAX_BATCH:
+        raise ParvaError(f"plan: a segment of {model!r} has batch {batch}; serving takes batches 1..{MAX_BATCH}")
+    if not 1 <= procs <= MAX_PROCS:
+        raise ParvaError(f"plan: a segment of {model!r} has {procs} processes; serving takes 1..{MAX_PROCS}")

@@ -36,6 +36,9 @@ from parvagpu.serving.policy import ModelSpec, SegmentSpec, serving_spec
 from parvagpu.serving.router import WeightedRouter
 from parvagpu.serving.stats import ModelStats, summarize
 
+MAX_DURATION_S = 86_400.0  # one simulated day
+MAX_REQUESTS = 5_000_000  # arrivals held in memory at once (about 40 bytes each, per array)
+
 
 def service_times(seg: SegmentSpec, profile: Profile | None = None) -> list[float]:
     """Seconds per batch for batch sizes 1..seg.batch (index k-1)."""
@@ -219,14 +222,20 @@ def simulate(
     admission keeps the limits computed from the profile, as a server without feedback would."""
     import numpy as np
 
-    if not duration_s > 0:
-        raise ParvaError(f"duration must be positive, got {duration_s}")
-    if overhead_ms < 0:
+    if not 0 < duration_s <= MAX_DURATION_S:
+        raise ParvaError(f"duration must be in (0, {MAX_DURATION_S:g}] s, got {duration_s}")
+    if not 0 <= overhead_ms < math.inf:
         raise ParvaError(f"overhead must be >= 0 ms, got {overhead_ms}")
-    if not service_scale > 0:
-        raise ParvaError(f"service time scale must be positive, got {service_scale}")
+    if not 0 < service_scale < math.inf:
+        raise ParvaError(f"service time scale must be positive and finite, got {service_scale}")
     started = time.perf_counter()
     spec: dict[str, ModelSpec] = serving_spec(plan, rate_scale, depth, wait_s)
+    expected = sum(ms.rate for ms in spec.values()) * duration_s
+    if not expected <= MAX_REQUESTS:
+        raise ParvaError(
+            f"the rates x duration make {expected:.3g} requests to simulate, more than {MAX_REQUESTS:,}; "
+            "lower the duration or the rate scale"
+        )
     streams = np.random.SeedSequence(seed).spawn(len(spec))
     how = _How(duration_s, overhead_ms, unbounded, service_scale)
     runs = [

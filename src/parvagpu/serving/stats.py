@@ -116,6 +116,26 @@ def summarize(
     )
 
 
+VERDICT_LEGEND = (
+    f"verdict: p99 against the SLO L: violated (> L), tight (> {TIGHT_ABOVE:g} L), ok, "
+    f"loose (< {LOOSE_BELOW:g} L: the 0.45 L rule left most of the budget unused), no data (nothing answered)"
+)
+
+
+def missed(s: ModelStats) -> bool:
+    """The model missed its SLO: p99 above it, nothing answered, or a request lost, failed or timed
+    out (503s alone are backpressure, not a miss)."""
+    return bool(s.lost or s.failed or s.timeouts or not s.ok or s.p99_ms > s.slo_ms)
+
+
+def verdict_line(stats: Sequence[ModelStats]) -> str:
+    """One line for the whole run; the commands exit 1 when it names a model."""
+    bad = [s.model for s in stats if missed(s)]
+    if not bad:
+        return f"verdict: every model meets its SLO ({len(stats)} model{'' if len(stats) == 1 else 's'})"
+    return f"verdict: {len(bad)} of {len(stats)} models miss their SLO or lost requests: {', '.join(bad)}"
+
+
 def _ms(x: float) -> str:
     return "-" if math.isnan(x) else (f"{x:.1f}" if x < 100 else f"{x:.0f}")
 
@@ -123,12 +143,16 @@ def _ms(x: float) -> str:
 def stats_table(stats: Sequence[ModelStats], title: str):
     """A Rich table: one row per model (err = failed + timed out)."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("model", "rate/s", "SLO ms", "sent", "ok", "503", "err", "lost", "p50", "p95", "p99",
                 "p99/SLO", "attain", "verdict"):
-        t.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+        if col == "model":  # full names, folded if need be: a cut name can match another model
+            t.add_column(col, justify="left", overflow="fold", min_width=min(24, max((len(s.model) for s in stats), default=5)))
+        else:
+            t.add_column(col, justify="left" if col == "verdict" else "right", no_wrap=col != "verdict")
     colors = {"violated": "red", "tight": "yellow", "ok": "green", "loose": "cyan"}
     for s in stats:
         ratio = s.p99_ms / s.slo_ms if s.ok else math.nan
