@@ -100,3 +100,26 @@ def test_serve_beyond_loopback_warns(tmp_path, monkeypatch):
     assert "warning: --host 0.0.0.0: the inference API (no authentication) is reachable" in r.stderr, r.output
     r = run("serve", plan)
     assert "warning" not in r.stderr and "stopped before starting Ray" in r.stderr
+
+
+@pytest.mark.parametrize("verb", [["export", "k8s"], ["verify"], ["load"], ["apply"], ["plan"], ["simulate"]])
+def test_help_is_plain(verb):
+    r = runner.invoke(app, [*verb, "--help"], env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    assert "<bool>" not in r.output and "<list[" not in r.output and "{" not in r.output.splitlines()[1], r.output
+
+
+def test_export_k8s_help_names_its_argument_and_shows_defaults():
+    out = runner.invoke(app, ["export", "k8s", "--help"], env={"COLUMNS": "160"}).output
+    assert "k8s [OPTIONS] PLAN_FILE" in " ".join(out.split()), out
+    assert "[default: nvcr.io/nvidia/pytorch" in out
+
+
+def test_install_hints_keep_their_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plots extra were not installed
+    r = run("simulate", "-s", 1, "--duration", 1, "--plot", tmp_path / "cdf.png")
+    assert r.exit_code == 2, r.output
+    assert "pip install 'parvagpu[plots]' (in a source checkout: pip install -e '.[plots]')" in r.stderr
+    assert not (tmp_path / "cdf.png").exists()

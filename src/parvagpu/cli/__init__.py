@@ -10,6 +10,7 @@ import typer
 
 from parvagpu import __version__
 from parvagpu.cli import compare, control, diff, export, node, plan, profile, serving, verify
+from parvagpu.cli.help import use_plain_help
 
 app = typer.Typer(
     help="Serve many DNN models on the fewest MIG/MPS-partitioned GPUs while meeting every SLO.",
@@ -58,5 +59,7 @@ app.command("load")(serving.load)
 app.command("simulate")(serving.simulate)
 # 7. Follow the load: synthetic traces (replayed by `simulate --trace`)
 app.command("trace-gen")(control.trace_gen)
+
+use_plain_help(app)  # usage lines name arguments as PLAN_FILE; no <bool> or <list[str]> in help
 
 __all__ = ["app"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.profiler.spec import ModelSpec
+from parvagpu.core.extras import install_hint
 
 
 class ModelLoadError(ParvaError):
@@ -69,7 +70,7 @@ def _load_torch(spec: ModelSpec, batch: int, device: str, threads: int | None) -
     try:
         import torch
     except ImportError:
-        raise ModelLoadError("profiling a PyTorch model needs torch: pip install 'parvagpu[profile]'") from None
+        raise ModelLoadError(f"profiling a PyTorch model needs torch: {install_hint('profile')}") from None
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda" and not torch.cuda.is_available():
@@ -114,7 +115,7 @@ def _load_onnx(spec: ModelSpec, batch: int, device: str, threads: int | None) ->
         import numpy as np
         import onnxruntime as ort
     except ImportError:
-        raise ModelLoadError("profiling an ONNX model needs onnxruntime: pip install 'parvagpu[profile]'") from None
+        raise ModelLoadError(f"profiling an ONNX model needs onnxruntime: {install_hint('profile')}") from None
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads

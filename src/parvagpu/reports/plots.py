@@ -13,6 +13,7 @@ from typing import Sequence
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import DeploymentMap
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.extras import install_hint
 
 FORMATS = ("png", "svg")
 
@@ -26,7 +27,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ParvaError("plots need matplotlib: pip install 'parvagpu[plots]'") from None
+        raise ParvaError(f"plots need matplotlib: {install_hint('plots')}") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 

@@ -38,6 +38,7 @@ from parvagpu.serving.ingress import MAX_BODY_BYTES
 from parvagpu.serving.pinning import Pin
 from parvagpu.serving.policy import ModelSpec
 from parvagpu.serving.workers import WorkerModel
+from parvagpu.core.extras import install_hint
 
 APP = "parvagpu"
 
@@ -47,7 +48,7 @@ def _require_ray():
         import ray  # noqa: F401
         from ray import serve  # noqa: F401
     except ImportError:
-        raise ParvaError("serving needs Ray Serve: pip install 'parvagpu[serve]'") from None
+        raise ParvaError(f"serving needs Ray Serve: {install_hint('serve')}") from None
 
 
 def _deployments():

@@ -28,6 +28,7 @@ from parvagpu.serving.oip import (
     DTYPES, HEADER_LENGTH, OipError, TensorSpec, datatype_of, decode_response, encode_request,
 )
 from parvagpu.serving.stats import ModelStats, summarize
+from parvagpu.core.extras import install_hint
 
 OK, REJECTED, FAILED, TIMEOUT = "ok", "rejected", "failed", "timeout"
 MAX_REQUESTS = 200_000
@@ -286,7 +287,7 @@ class HttpSender:
         try:
             import aiohttp
         except ImportError:
-            raise ParvaError("the HTTP load generator needs aiohttp: pip install 'parvagpu[serve]'") from None
+            raise ParvaError(f"the HTTP load generator needs aiohttp: {install_hint('serve')}") from None
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.connections),
             timeout=aiohttp.ClientTimeout(total=None),

@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.fileio.writer import atomic_write
+from parvagpu.core.extras import install_hint
 
 # Where p99 sits relative to the SLO L: the planner's rule promises p99 < L with margin.
 LOOSE_BELOW = 0.5  # p99 < 0.5 L: the 0.45 L rule left most of the budget unused
@@ -185,7 +186,7 @@ def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ParvaError("the latency plot needs matplotlib: pip install 'parvagpu[plots]'") from None
+        raise ParvaError(f"the latency plot needs matplotlib: {install_hint('plots')}") from None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (model, lat) in enumerate(sorted(latencies.items())):
         xs = sorted(lat)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from parvagpu.core.extras import install_hint
+
 
 def _torch():
     import torch
@@ -305,7 +307,7 @@ def bert_base(seed: int = 0, layers: int = 12, hidden: int = 768, heads: int = 1
     except ImportError:
         from parvagpu.core.errors import ParvaError
 
-        raise ParvaError("the BERT model needs transformers: pip install 'parvagpu[models]'") from None
+        raise ParvaError(f"the BERT model needs transformers: {install_hint('models')}") from None
     cfg = BertConfig(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                      intermediate_size=4 * hidden)
     return BertModel(cfg, add_pooling_layer=True)

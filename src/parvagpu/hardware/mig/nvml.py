@@ -16,6 +16,7 @@ from typing import Any
 
 from parvagpu.core.gpus import GPU_TYPES
 from parvagpu.core.errors import ParvaError, SystemFailure
+from parvagpu.core.extras import install_hint
 from parvagpu.hardware.mig.base import (
     ComputeInstance,
     GpuInstance,
@@ -58,7 +59,7 @@ class NvmlBackend:
             import pynvml
         except ImportError:
             raise ParvaError(
-                "the nvml backend needs nvidia-ml-py: pip install 'parvagpu[nvml]'"
+                f"the nvml backend needs nvidia-ml-py: {install_hint('nvml')}"
             ) from None
         self._n: Any = pynvml
         self.calls: Counter = Counter()
