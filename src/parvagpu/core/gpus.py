@@ -108,7 +108,10 @@ class GpuType:
         largest size first, then the next size, and so on; ties go to the `slot_order`
         preference. On an empty 7-slice GPU, 1g instances go to 6, 5, 4, so 4g@0 (and 3g@0)
         stay free, where 0, 4, 6 would leave room for nothing larger than 2g."""
-        return _best_start(self, size, used)
+        key = (self.name, size, used)
+        if key not in _BEST_START:  # by name: hashing the whole frozen GpuType costs more than the search
+            _BEST_START[key] = _best_start(self, size, used)
+        return _BEST_START[key]
 
     def layouts(self) -> tuple[tuple[tuple[int, int], ...], ...]:
         """Every set of legal non-overlapping placements (as (size, start) tuples), enumerated
@@ -141,7 +144,9 @@ def _pack(gpu: GpuType, sizes: tuple[int, ...]) -> tuple[tuple[int, int], ...] |
     return tuple(found) if found is not None else None
 
 
-@lru_cache(maxsize=None)
+_BEST_START: dict[tuple[str, int, int], int | None] = {}
+
+
 def _best_start(gpu: GpuType, size: int, used: int) -> int | None:
     prof = gpu.profile(size)
     free = [st for st in prof.slot_order + prof.starts if not used & gpu.mask(size, st)]

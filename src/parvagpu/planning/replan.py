@@ -220,15 +220,10 @@ def consolidate(
     in the other GPUs' free slots; None when no GPU can be emptied without a new one."""
     rate = {s.model: _exact(s.rate) for s in request.services}
     per_size = per_size_table(request)
-    room = cap * request.gpu.compute_slices
-    if sum(s.size for s in segments) <= room:
-        first = _consolidate(request, list(segments), cap, known, rate, per_size)
-        if first is not None:
-            return first
-    trimmed = _trim(segments, rate)
-    if sum(s.size for s in trimmed) > room:
-        return None  # even trimmed, the segments need more slices than the cap's GPUs hold
-    return _consolidate(request, trimmed, cap, known, rate, per_size)
+    first = _consolidate(request, list(segments), cap, known, rate, per_size)
+    if first is not None:
+        return first
+    return _consolidate(request, _trim(segments, rate), cap, known, rate, per_size)
 
 
 def _trim(segments, rate) -> list[PlacedSegment]:
@@ -268,7 +263,7 @@ def _consolidate(request, segs, cap, known, rate, per_size):
     return tuple(segs)
 
 
-_TRY_EMPTY = 24  # GPUs tried per emptying round, least used first
+_TRY_EMPTY = 64  # GPUs tried per emptying round, least used first
 
 
 def _empty(space: Space, gone, have, rate, per_size) -> list[PlacedSegment] | None:
@@ -374,14 +369,18 @@ def match_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | No
         t = s.segment.triplet
         old_by_gpu[s.gpu][(s.start, t.size, t.batch, t.procs, s.model)] = s.model
     old_keys = {g: set(v) for g, v in old_by_gpu.items()}
+    where: dict[tuple, list[int]] = defaultdict(list)  # segment key -> old GPUs holding it
+    for g, keys in old_keys.items():
+        for k in keys:
+            where[k].append(g)
     new_by_gpu = fresh.by_gpu()
     pairs = []
     for f, segs in new_by_gpu.items():
-        keys = {(s.start, s.size, s.segment.triplet.batch, s.segment.triplet.procs, s.model) for s in segs}
-        for g, ok in old_keys.items():
-            n = len(keys & ok)
-            if n:
-                pairs.append((-n, f, g))
+        common: dict[int, int] = defaultdict(int)
+        for s in segs:
+            for g in where.get((s.start, s.size, s.segment.triplet.batch, s.segment.triplet.procs, s.model), ()):
+                common[g] += 1
+        pairs.extend((-n, f, g) for g, n in common.items())
     pairs.sort()
     to_old: dict[int, int] = {}
     taken: set[int] = set()
@@ -492,7 +491,7 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     return replace(plan, transition=transition(current, plan))
 
 
-_MAX_OPEN = 300  # GPUs the program may re-arrange on a large cluster; the rest keep everything
+_MAX_OPEN = 48  # GPUs the program may re-arrange on a larger cluster; the rest keep everything
 
 
 def _neighbourhood(request: PlanRequest, kept, best, changed: set[str]) -> set[int] | None:
