@@ -335,6 +335,13 @@ def local_replans(
             if sub is not None:
                 found.append(sub)
                 break
+    # Still nothing (a tight cluster must free a GPU): wipe more of the least used, doubling.
+    k = 16
+    while not found and k < len(orders[0]) and time.perf_counter() < deadline:
+        sub = _wipe_and_plan(request, by_gpu, orders[0][:k], cap, planner, deadline - time.perf_counter())
+        if sub is not None:
+            found.append(sub)
+        k *= 2
     return found
 
 
