@@ -52,7 +52,8 @@ def bound_note(plan) -> str:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr, then exit with `code` (see `parvagpu.core.errors` for the codes)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a message is one line, whatever it quotes
+    err.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -197,7 +197,7 @@ def _need(obj: dict, keys: set[str], where: str, optional: set[str] = frozenset(
         raise ParvaError(f"{where}: missing {', '.join(sorted(missing))}")
     unknown = set(obj) - keys
     if unknown:
-        raise ParvaError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        raise ParvaError(f"{where}: unknown keys {', '.join(sorted(unknown)).encode('unicode_escape').decode('ascii')[:200]}")
 
 
 def _int(v: Any, where: str, low: int | None = None, high: int | None = None) -> int:

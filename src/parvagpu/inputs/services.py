@@ -88,6 +88,11 @@ def load_scenario(
     return tuple(services)
 
 
+def _keys(keys: set) -> str:
+    """Keys as one line: a key may hold a newline or be very long."""
+    return ", ".join(sorted(str(k) for k in keys)).encode("unicode_escape").decode("ascii")[:200]
+
+
 def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
     """A services file: a list of {model, rate, latency_ms, tier (optional: 0, the most important,
     by default)}."""
@@ -95,7 +100,7 @@ def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
     if isinstance(data, dict):
         unknown = set(data) - {"version", "services"}
         if unknown:
-            raise ParvaError(f"{path}: unknown top-level keys: {', '.join(sorted(unknown))}")
+            raise ParvaError(f"{path}: unknown top-level keys: {_keys(unknown)}")
         if data.get("version", "v1") != "v1":
             raise ParvaError(f"{path}: unsupported version {data.get('version')!r} (expected v1)")
         data = data.get("services")
@@ -112,7 +117,7 @@ def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
             raise ParvaError(f"{where}: missing {', '.join(sorted(missing))}")
         unknown = set(entry) - {"model", "rate", "latency_ms", "tier"}
         if unknown:
-            raise ParvaError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+            raise ParvaError(f"{where}: unknown keys {_keys(unknown)}")
         model = entry["model"]
         if not isinstance(model, str) or not model:
             raise ParvaError(f"{where}: model must be a non-empty string")
