@@ -123,3 +123,9 @@ def test_install_hints_keep_their_extra(tmp_path, monkeypatch):
     assert r.exit_code == 2, r.output
     assert "pip install 'parvagpu[plots]' (in a source checkout: pip install -e '.[plots]')" in r.stderr
     assert not (tmp_path / "cdf.png").exists()
+
+
+def test_messages_count_in_english():
+    from parvagpu.reports.words import count
+
+    assert (count(1, "GPU"), count(0, "GPU"), count(16, "GPU")) == ("1 GPU", "0 GPUs", "16 GPUs")

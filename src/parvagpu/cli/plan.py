@@ -16,7 +16,17 @@ from rich.table import Table
 
 import parvagpu.cli.bounds as bounds
 from parvagpu.cli.common import (
-    Format, ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, bound_note, err, example_dir, fail_on, load_inputs,
+    Format,
+    ProfilesOpt,
+    ScenarioOpt,
+    ServicesOpt,
+    SloOpt,
+    TruncateOpt,
+    bound_note,
+    err,
+    example_dir,
+    fail_on,
+    load_inputs,
 )
 from parvagpu.contract.plan_json import plan_to_json, read_plan
 from parvagpu.contract.seed_csv import plan_to_seed_csv
@@ -24,11 +34,19 @@ from parvagpu.core.errors import ParvaError, Unservable
 from parvagpu.core.gpus import DEFAULT_GPU, GPU_TYPES, GpuType, gpu_type
 from parvagpu.core.model import DeploymentMap
 from parvagpu.fileio.writer import atomic_write
-from parvagpu.inputs.fleet import check_measured_on, load_fleet, measured_type, profiles_by_type, profiles_for
+from parvagpu.inputs.fleet import (
+    check_measured_on,
+    load_fleet,
+    measured_type,
+    profiles_by_type,
+    profiles_for,
+)
 from parvagpu.inputs.provenance import provenance
 from parvagpu.planning.configurator import split_feasible
 from parvagpu.planning.request import DEFAULT_TIME_LIMIT, PlanRequest
-from parvagpu.planning.strategies import STRATEGIES, plan as make_plan
+from parvagpu.planning.strategies import STRATEGIES
+from parvagpu.planning.strategies import plan as make_plan
+from parvagpu.reports.words import count
 
 EXAMPLE_GPU = "A100-80GB"  # the embedded example was measured on it
 
@@ -156,7 +174,7 @@ def _emit(result: DeploymentMap, fmt: Optional[Format], out_kind: Optional[Forma
         t = result.transition
         moves = "" if t is None else f"; {t.kept} kept, {len(t.added)} added, {len(t.removed)} removed"
         err.print(
-            f"wrote {escape(str(out))}: {result.gpus_used} GPUs{bound_note(result)}, {len(result.segments)} segments{moves}",
+            f"wrote {escape(str(out))}: {count(result.gpus_used, 'GPU')}{bound_note(result)}, {count(len(result.segments), 'segment')}{moves}",
             highlight=False,
         )
         return

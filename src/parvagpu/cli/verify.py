@@ -10,7 +10,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from parvagpu.cli.common import (
-    ProfilesOpt, ScenarioOpt, ServicesOpt, SloOpt, TruncateOpt, err, example_dir, fail_on, load_inputs,
+    ProfilesOpt,
+    ScenarioOpt,
+    ServicesOpt,
+    SloOpt,
+    TruncateOpt,
+    err,
+    example_dir,
+    fail_on,
+    load_inputs,
 )
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.errors import ParvaError
@@ -18,6 +26,7 @@ from parvagpu.core.model import DeploymentMap
 from parvagpu.inputs.fleet import profiles_by_type
 from parvagpu.inputs.profiles import load_profiles
 from parvagpu.inputs.provenance import EMBEDDED, mismatches
+from parvagpu.reports.words import count
 from parvagpu.verify import verify as verify_plan
 
 
@@ -55,7 +64,7 @@ def verify(
         err.print(f"{escape(str(plan_file))}: {len(problems)} problem(s)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     Console().print(
-        f"{escape(str(plan_file))}: valid ({result.gpus_used} GPUs, {len(result.segments)} segments, "
+        f"{escape(str(plan_file))}: valid ({count(result.gpus_used, 'GPU')}, {count(len(result.segments), 'segment')}, "
         f"{len(result.services)} services)",
         highlight=False,
     )

@@ -7,18 +7,19 @@ Timing makes this a report, not part of the pure core: plans are still the plann
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 import csv
 import io
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from rich.markup import escape
+
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.model import DeploymentMap
 from parvagpu.planning.request import PlanRequest
-from parvagpu.planning.strategies import STRATEGIES, plan as make_plan
+from parvagpu.planning.strategies import STRATEGIES
+from parvagpu.planning.strategies import plan as make_plan
 from parvagpu.verify import verify
 
 # Report order: the paper's heuristic, the default, the exact model, then the baselines.

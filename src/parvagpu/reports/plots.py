@@ -10,10 +10,11 @@ from __future__ import annotations
 import io
 from typing import Sequence
 
-from parvagpu.core.gpus import gpu_type
-from parvagpu.core.model import DeploymentMap
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.extras import install_hint
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import DeploymentMap
+from parvagpu.reports.words import count
 
 FORMATS = ("png", "svg")
 
@@ -124,7 +125,7 @@ def layout_chart(
                           fontsize=6)
             ax.set_xlabel("memory slice", fontsize=7)
             ax.tick_params(axis="x", labelsize=6)
-            ax.set_title(f"{title}: {p.gpus_used} GPUs, {p.gpcs_used()} GPCs", fontsize=9)
+            ax.set_title(f"{title}: {count(p.gpus_used, 'GPU')}, {count(p.gpcs_used(), 'GPC')}", fontsize=9)
             for side in ("top", "right"):
                 ax.spines[side].set_visible(False)
         axes[0][0].set_ylabel("node/GPU", fontsize=7)

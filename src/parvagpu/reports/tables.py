@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
-
 from collections import Counter
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import DeploymentMap
+from parvagpu.reports.words import count
 
 _COLORS = (
     "cyan", "magenta", "green", "yellow", "blue", "red", "bright_cyan", "bright_magenta",
@@ -83,7 +83,7 @@ def plan_tables(plan: DeploymentMap, width: int = 100) -> Group:
     head.add_row("GPUs used", str(s["gpus_used"]))
     stats = dict(plan.stats)
     if plan.fleet is not None:
-        head.add_row("fleet", f"{len(plan.fleet.nodes)} nodes, {plan.fleet.total_gpus} GPUs")
+        head.add_row("fleet", f"{count(len(plan.fleet.nodes), 'node')}, {count(plan.fleet.total_gpus, 'GPU')}")
         head.add_row("price per hour", f"{plan.price_per_hour():g}")
         if "price_lower_bound" in stats:
             head.add_row("proven price bound", f"{stats['price_lower_bound']:g} (gap {stats['price_gap']:.2%})")

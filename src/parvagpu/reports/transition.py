@@ -8,14 +8,15 @@ from rich.table import Table
 
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import DeploymentMap, Schedule, Transition
+from parvagpu.reports.words import count
 
 
 def print_schedule(new: DeploymentMap, t: Transition, sched: Schedule, console: Console) -> None:
     gpu = gpu_type(new.gpu_type)
     console.print(
         f"{t.kept} segments kept, {len(t.added)} added, {len(t.removed)} removed "
-        f"on {len(t.gpus_touched)} GPUs; {len(sched.steps)} steps"
-        + (f", {sched.bridges} bridges on spare GPUs" if sched.bridges else ""),
+        f"on {count(len(t.gpus_touched), 'GPU')}; {count(len(sched.steps), 'step')}"
+        + (f", {count(sched.bridges, 'bridge')} on spare GPUs" if sched.bridges else ""),
         highlight=False,
     )
     models = Table(title="Capacity per model (req/s)")
