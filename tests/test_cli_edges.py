@@ -129,3 +129,26 @@ def test_messages_count_in_english():
     from parvagpu.reports.words import count
 
     assert (count(1, "GPU"), count(0, "GPU"), count(16, "GPU")) == ("1 GPU", "0 GPUs", "16 GPUs")
+
+
+def test_narrow_terminal_folds_model_names_instead_of_cutting_them():
+    import io
+
+    from rich.console import Console
+
+    from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+    from parvagpu.reports.tables import print_plan
+
+    t = Triplet(1, 1, 1, 10.0, 5.0)
+    names = ("resnet50_finetuned_customer_alpha", "resnet50_finetuned_customer_bravo")
+    plan = DeploymentMap(
+        "A100-80GB", "parva", 3, 8,
+        tuple(PlacedSegment(Segment(n, t), 0, s) for n, s in zip(names, (0, 1))),
+        tuple(Service(n, 5.0, 100.0) for n in names),
+    )
+    out = io.StringIO()
+    print_plan(plan, Console(file=out, width=60, color_system=None))
+    text = out.getvalue()
+    capacity = text[text.index("Capacity per model"):text.index("GPU layouts")]
+    assert "…" not in capacity  # no name cut to an ambiguous prefix
+    assert "alpha" in capacity and "bravo" in capacity

@@ -106,7 +106,8 @@ def plan_tables(plan: DeploymentMap, width: int = 100) -> Group:
         cols[1:1] = [("tier", "right")]
         cols[3:3] = [("served", "right"), ("shortfall", "right")]
     for col, just in cols:
-        per_model.add_column(col, justify=just)
+        # nothing is cut on a narrow terminal (a model name to an ambiguous prefix, a figure to "…"): it folds
+        per_model.add_column(col, justify=just, overflow="fold")
     color = model_colors(plan)
     for c in plan.capacities():
         sizes = Counter(

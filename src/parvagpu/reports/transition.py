@@ -21,7 +21,7 @@ def print_schedule(new: DeploymentMap, t: Transition, sched: Schedule, console: 
     )
     models = Table(title="Capacity per model (req/s)")
     for col in ("model", "old rate", "new rate", "old capacity", "new capacity"):
-        models.add_column(col, justify="left" if col == "model" else "right")
+        models.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
     for m in t.models:
         if m.old_capacity != m.new_capacity or m.old_rate != m.new_rate:
             models.add_row(escape(m.model), f"{m.old_rate:g}", f"{m.new_rate:g}",
