@@ -255,3 +255,24 @@ def test_http_real_payloads_check_every_answer(tmp_path):
     np.save(tmp_path / "a" / "x.npy", np.ones((2, 5), dtype=np.float32))
     with pytest.raises(ParvaError, match="does not fit"):
         serve_and(lambda: load_http(f"http://127.0.0.1:{port}", None, 0.5, data_dir=tmp_path))
+
+
+def test_cdf_gives_every_model_its_own_colour_and_labels_each_slo(tmp_path, monkeypatch):
+    """Beyond ten models the colours must not repeat, and every SLO line says whose it is."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from parvagpu.serving.stats import plot_cdf
+
+    shown = {}
+    monkeypatch.setattr(plt, "close", lambda fig=None: shown.setdefault("fig", fig))
+    models = {f"m{i:02d}": [1.0 + i, 2.0 + i] for i in range(14)}
+    plot_cdf(models, {m: 10.0 + i for i, m in enumerate(models)}, tmp_path / "cdf.png", "t")
+    ax = shown["fig"].axes[0]
+    colours = {tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+               for line in ax.get_lines() if line.get_label() in models}
+    assert len(colours) == 14
+    assert {t.get_text().split()[0] for t in ax.texts} == set(models)

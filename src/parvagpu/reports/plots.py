@@ -98,8 +98,9 @@ def layout_chart(
     from matplotlib.patches import Rectangle
 
     models = sorted({s.model for _, p in plans for s in p.segments})
-    cmap = plt.get_cmap("tab20")
-    color = {m: cmap(i % 20) for i, m in enumerate(models)}
+    # one colour per model: tab20 repeats after twenty, so more models sample a wide map instead
+    cmap = plt.get_cmap("tab20" if len(models) <= 20 else "turbo")
+    color = {m: cmap(i) if len(models) <= 20 else cmap(i / (len(models) - 1)) for i, m in enumerate(models)}
     tallest = max((p.gpus_used for _, p in plans), default=1)
     fig, axes = plt.subplots(
         1, len(plans), figsize=(4.6 * len(plans), 0.75 + 0.36 * tallest), squeeze=False

@@ -188,15 +188,20 @@ def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path
     except ImportError:
         raise ParvaError(f"the latency plot needs matplotlib: {install_hint('plots')}") from None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (model, lat) in enumerate(sorted(latencies.items())):
-        xs = sorted(lat)
+    models = sorted(latencies)
+    # one colour per model however many there are: tab10 repeats after ten, so sample a wide map
+    palette = plt.get_cmap("tab10" if len(models) <= 10 else "turbo")
+    for i, model in enumerate(models):
+        xs = sorted(latencies[model])
         if not xs:
             continue
-        color = f"C{i % 10}"
+        color = palette(i) if len(models) <= 10 else palette(i / max(len(models) - 1, 1))
         ys = [(k + 1) / len(xs) for k in range(len(xs))]
         ax.step(xs, ys, where="post", label=model, color=color)
         if model in slos:
             ax.axvline(slos[model], color=color, linestyle="--", linewidth=0.8)
+            ax.annotate(f"{model} SLO {slos[model]:g} ms", (slos[model], 0.02), rotation=90, fontsize=6,
+                        color=color, ha="right", va="bottom", xycoords=("data", "axes fraction"))
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
