@@ -167,3 +167,15 @@ def test_user_text_is_printed_as_written(tmp_path, example):
     assert "[red]m" in r.stdout
     r = run("plan", "--profiles", profiles, "--services", tmp_path / "[/]missing.yaml")
     assert r.exit_code == 2 and "[/]missing.yaml" in r.stderr and "Traceback" not in r.output, r.output
+
+
+def test_simulate_writes_its_json_and_plot_together_or_neither(tmp_path):
+    """A plot that cannot be written (a FIFO in its place) leaves no JSON behind either."""
+    pytest.importorskip("matplotlib")
+    fifo = tmp_path / "cdf.png"
+    os.mkfifo(fifo)
+    out = CliRunner().invoke(app, ["simulate", "--scenario", "1", "--duration", "2",
+                                   "--json", str(tmp_path / "sim.json"), "--plot", str(fifo)])
+    assert out.exit_code == 2, out.output
+    assert not (tmp_path / "sim.json").exists()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -12,16 +12,11 @@ from rich.markup import escape
 
 import parvagpu.cli.bounds as bounds
 from parvagpu.cli.common import ForceInvalidOpt, err, example_dir, fail_on, read_checked_plan
-from parvagpu.fileio.writer import atomic_write
+from parvagpu.fileio.writer import write_all
 from parvagpu.core.errors import ParvaError
 
 MODELS_HELP = ("Models config (YAML/JSON): model name -> {factory: pkg.mod:fn, inputs, outputs} (see docs/serving.md); "
                "default: the embedded example's, when it has every model of the plan.")
-
-
-def _write_json(path: Path, doc: dict) -> None:
-    atomic_write(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    err.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 def simulate(
@@ -126,14 +121,16 @@ def _sim_profiles(plan, profiles_dir: Optional[Path]):
 
 
 def _write_outputs(res, json_out: Optional[Path], plot: Optional[Path], title: str) -> None:
-    """The result's JSON and its latency CDF plot, where asked for."""
-    from parvagpu.serving.stats import plot_cdf
+    """The result's JSON and its latency CDF plot, where asked for: both written, or neither."""
+    from parvagpu.serving.stats import render_cdf
 
+    files: dict[Path, str | bytes] = {}
     if json_out is not None:
-        _write_json(json_out, res.to_dict())
+        files[json_out] = json.dumps(res.to_dict(), indent=2, allow_nan=False) + "\n"
     if plot is not None:
-        plot_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, title)
-        err.print(f"wrote {escape(str(plot))}", highlight=False)
+        files[plot] = render_cdf(res.latencies_ms, {s.model: s.slo_ms for s in res.stats}, plot, title)
+    for path in write_all(files):
+        err.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 def _plan_or_scenario(plan_file: Optional[Path], scenario: Optional[int], max_procs: int,

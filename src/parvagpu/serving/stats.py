@@ -144,7 +144,6 @@ def _ms(x: float) -> str:
 def stats_table(stats: Sequence[ModelStats], title: str):
     """A Rich table: one row per model (err = failed + timed out)."""
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
@@ -179,7 +178,13 @@ def console():
 
 
 def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path: Path, title: str) -> None:
-    """Latency CDF per model with its SLO as a dashed line (matplotlib, the `plots` extra)."""
+    """Latency CDF per model with its SLO as a dashed line, written to `path`."""
+    atomic_write(Path(path), render_cdf(latencies, slos, path, title))
+
+
+def render_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path: Path, title: str) -> bytes:
+    """The latency CDF figure in the format `path` names, in memory (matplotlib, the `plots` extra),
+    so a command writing it beside other outputs can write all of them or none."""
     try:
         import matplotlib
 
@@ -222,4 +227,4 @@ def plot_cdf(latencies: dict[str, Sequence[float]], slos: dict[str, float], path
         raise ParvaError(f"{path}: cannot write a plot as {fmt!r}; use .png, .pdf or .svg") from None
     finally:
         plt.close(fig)
-    atomic_write(Path(path), buf.getvalue())
+    return buf.getvalue()
