@@ -238,67 +238,81 @@ def verify(
     return problems
 
 
+class _Replay:
+    """The instances a node holds while an ordered transition is replayed: per GPU its segments
+    by start slot, and each model's capacity, exact."""
+
+    def __init__(self, gpu: GpuType, old: DeploymentMap) -> None:
+        self.gpu = gpu
+        self.widths = {p.size: p for p in gpu.profiles}
+        self.live: dict[int, dict[int, object]] = defaultdict(dict)  # GPU -> start -> segment
+        self.capacity: dict[str, Fraction] = defaultdict(Fraction)
+        for s in old.segments:
+            self.live[s.gpu][s.start] = s
+            self.capacity[s.model] += _exact(s.segment.throughput)
+
+    def create(self, s) -> str | None:
+        """Place `s`, or say why the hardware would refuse it."""
+        prof = self.widths.get(s.size)
+        if prof is None or s.start not in prof.starts:
+            return f"not a legal placement on {self.gpu.name}"
+        on_gpu = self.live[s.gpu]
+        mine = set(range(s.start, s.start + prof.memory_slices))
+        if any(mine & set(range(o.start, o.start + self.widths[o.size].memory_slices)) for o in on_gpu.values()):
+            return "its memory slices are still in use"
+        if sum(o.size for o in on_gpu.values()) + s.size > self.gpu.compute_slices:
+            return "not enough free compute slices"
+        on_gpu[s.start] = s
+        self.capacity[s.model] += _exact(s.segment.throughput)
+        return None
+
+    def remove(self, s) -> str | None:
+        """Take `s` away, or say that it is not running."""
+        if self.live[s.gpu].get(s.start) != s:
+            return "no such segment is running"
+        del self.live[s.gpu][s.start]
+        self.capacity[s.model] -= _exact(s.segment.throughput)
+        return None
+
+    def end_state(self) -> list[tuple]:
+        return sorted(_instance_key(o) for g in self.live.values() for o in g.values())
+
+
+def _instance_key(s) -> tuple:
+    """A kept segment is the same instance even if its profiled figure moved."""
+    t = s.segment.triplet
+    return (s.gpu, s.start, s.model, t.size, t.batch, t.procs)
+
+
 def verify_schedule(old: DeploymentMap, new: DeploymentMap, steps) -> list[str]:
     """Replay an ordered transition (steps with `action` "create"/"remove" and a placed `segment`)
     from `old`'s segments and return what is wrong: a creation on an illegal or occupied place, a
     removal of a segment that is not running, an end state other than `new`'s segments, and every
     step after which a model's capacity is below min(its old rate, its new rate)."""
-    problems: list[str] = []
     try:
-        gpu = gpu_type(new.gpu_type)
+        replay = _Replay(gpu_type(new.gpu_type), old)
     except ParvaError as exc:
         return [str(exc)]
     old_rate = {s.model: _exact(s.rate) for s in old.services}
     floors = {s.model: min(old_rate.get(s.model, Fraction(0)), _exact(s.rate)) for s in new.services}
-    widths = {p.size: p for p in gpu.profiles}
-    live: dict[int, dict[int, object]] = defaultdict(dict)  # GPU -> start -> segment
-    capacity: dict[str, Fraction] = defaultdict(Fraction)
 
-    def below(m: str, when: str) -> None:
-        if m in floors and capacity[m] < floors[m]:
-            problems.append(
-                f"{when}: {m} has {float(capacity[m]):g} req/s, below min(old rate, new rate) "
-                f"= {float(floors[m]):g}"
-            )
+    def below(m: str, when: str) -> list[str]:
+        if m in floors and replay.capacity[m] < floors[m]:
+            return [f"{when}: {m} has {float(replay.capacity[m]):g} req/s, below min(old rate, new rate) "
+                    f"= {float(floors[m]):g}"]
+        return []
 
-    for s in old.segments:
-        live[s.gpu][s.start] = s
-        capacity[s.model] += _exact(s.segment.throughput)
-    for m in floors:
-        below(m, "before the first step")
+    problems = [p for m in floors for p in below(m, "before the first step")]
     for i, step in enumerate(steps):
         s = step.segment
         where = f"step {i + 1} ({step.action} {s.model} {s.size}g at gpu {s.gpu} start {s.start})"
-        on_gpu = live[s.gpu]
-        if step.action == "create":
-            prof = widths.get(s.size)
-            if prof is None or s.start not in prof.starts:
-                problems.append(f"{where}: not a legal placement on {gpu.name}")
-                continue
-            mine = set(range(s.start, s.start + prof.memory_slices))
-            if any(mine & set(range(o.start, o.start + widths[o.size].memory_slices)) for o in on_gpu.values()):
-                problems.append(f"{where}: its memory slices are still in use")
-                continue
-            if sum(o.size for o in on_gpu.values()) + s.size > gpu.compute_slices:
-                problems.append(f"{where}: not enough free compute slices")
-                continue
-            on_gpu[s.start] = s
-            capacity[s.model] += _exact(s.segment.throughput)
-        elif step.action == "remove":
-            if on_gpu.get(s.start) != s:
-                problems.append(f"{where}: no such segment is running")
-                continue
-            del on_gpu[s.start]
-            capacity[s.model] -= _exact(s.segment.throughput)
-        else:
-            problems.append(f"{where}: unknown action {step.action!r}")
+        act = {"create": replay.create, "remove": replay.remove}.get(step.action)
+        wrong = act(s) if act else f"unknown action {step.action!r}"
+        if wrong:
+            problems.append(f"{where}: {wrong}")
             continue
-        below(s.model, f"step {i + 1}")  # only this step's model changed
-    def key(s) -> tuple:  # a kept segment is the same instance even if its profiled figure moved
-        t = s.segment.triplet
-        return (s.gpu, s.start, s.model, t.size, t.batch, t.procs)
-
-    end = sorted(key(o) for g in live.values() for o in g.values())
-    if end != sorted(key(s) for s in new.segments):
+        problems += below(s.model, f"step {i + 1}")  # only this step's model changed
+    end = replay.end_state()
+    if end != sorted(_instance_key(s) for s in new.segments):
         problems.append(f"the steps end with {len(end)} segments that are not the new plan's {len(new.segments)}")
     return problems
