@@ -153,3 +153,7 @@ def test_narrow_terminal_folds_model_names_instead_of_cutting_them():
     assert "…" not in capacity  # no name cut to an ambiguous prefix
     first_column = "".join(line.split("│")[1].strip() for line in capacity.splitlines() if line.startswith("│"))
     assert first_column == "".join(names)  # every name whole, folded over lines
+    drawing = text[text.index("GPU layouts"):]
+    assert "[#1" in drawing and "[#2" in drawing  # one-slot boxes: keys, not the shared prefix "resn"
+    legend = "".join(drawing.split())
+    assert all(f"#{i}{n}" in legend for i, n in enumerate(names, 1))

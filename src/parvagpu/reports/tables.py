@@ -40,9 +40,19 @@ def model_colors(plan: DeploymentMap) -> dict[str, str]:
     return {m: _COLORS[i % len(_COLORS)] for i, m in enumerate(models)}
 
 
+def _short_names(models: list[str], room: int) -> tuple[dict[str, str], list[str]]:
+    """Names that fit `room` characters and still tell models apart: the names themselves when
+    they fit, else their prefixes when those differ, else numbered keys explained in a legend."""
+    if all(len(m) <= room for m in models) or len({m[:room] for m in models}) == len(models):
+        return {m: m[:room] for m in models}, []
+    keys = {m: f"#{i + 1}" for i, m in enumerate(models)}
+    return keys, [f"{keys[m]} {m}" for m in models]
+
+
 def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
     """One row per GPU; each memory slice is `slice_width` characters wide."""
     color = model_colors(plan)
+    short, legend = _short_names(sorted({s.model for s in plan.segments}), max(slice_width - 2, 1))
     SLICE_WIDTH = slice_width
     slices = max((gpu_type(plan.gpu_type_of(g)).memory_slices for g in plan.by_gpu()), default=8)
     table = Table(title="GPU layouts (memory slices 0..%d)" % (slices - 1), show_lines=False)
@@ -60,7 +70,7 @@ def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
                 line.append(("·" * (SLICE_WIDTH * (s.start - pos))), style="dim")
             width = SLICE_WIDTH * gpu.profile(s.size).memory_slices
             t = s.segment.triplet
-            label = s.model if width < 16 else f"{s.size}g {s.model} b{t.batch}p{t.procs}"
+            label = short[s.model] if width < 16 else f"{s.size}g {s.model} b{t.batch}p{t.procs}"
             cell = f"[{label[: width - 2].ljust(width - 2)}]"
             line.append(cell, style=f"bold {color[s.model]}")
             pos = s.start + gpu.profile(s.size).memory_slices
@@ -72,6 +82,8 @@ def gpu_drawing(plan: DeploymentMap, slice_width: int = 8) -> Table:
             table.add_row(escape(f"{plan.fleet.node(g).name}/{plan.local_gpu(g)}"), gpu.name, line, f"{used}/{gpu.compute_slices}")
         else:
             table.add_row(where, line, f"{used}/{gpu.compute_slices}")
+    if legend:  # names cut to one slot would be ambiguous: keys, explained here
+        table.caption = escape(", ".join(legend))
     return table
 
 
