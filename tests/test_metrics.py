@@ -7,48 +7,12 @@ import asyncio
 import urllib.request
 
 import pytest
+from fake_handles import ScriptedHandle, one_segment_ingress
 
 pytest.importorskip("prometheus_client")
 
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet  # noqa: E402
-from parvagpu.serving.ingress import Ingress  # noqa: E402
 from parvagpu.serving.metrics import Metrics  # noqa: E402
-
-
-class _Resp:
-    def __init__(self, coro) -> None:
-        self.coro = coro
-
-    def __await__(self):
-        return self.coro.__await__()
-
-    def cancel(self) -> None:
-        pass
-
-
-class _Handle:
-    def __init__(self, *script: str) -> None:
-        self.script, self.calls = list(script), 0
-
-    def remote(self, payload):
-        what = self.script[min(self.calls, len(self.script) - 1)]
-        self.calls += 1
-
-        async def go():
-            if what == "die":
-                raise RuntimeError("actor died")
-            if what == "hang":
-                await asyncio.sleep(0.3)
-            return {"queue_ms": 1.0, "compute_ms": 2.0, "batch": 4}
-
-        return _Resp(go())
-
-
-def _ingress(handle, limit=1):
-    seg = {"name": "m-s0", "throughput": 10.0, "limit": limit, "batch": 4, "procs": 1, "wait_s": 0.0,
-           "latency_ms": 10.0}
-    spec = {"m": {"rate": 8.0, "latency_ms": 100.0, "capacity": 10.0, "segments": [seg]}}
-    return Ingress(spec, {"m-s0": handle})
 
 
 def _value(metrics: Metrics, name: str, labels: dict | None = None) -> float | None:
@@ -56,7 +20,7 @@ def _value(metrics: Metrics, name: str, labels: dict | None = None) -> float | N
 
 
 def test_ingress_outcomes_latency_batches_and_inflight():
-    ing, met = _ingress(_Handle("ok", "die", "die", "hang")), Metrics()
+    ing, met = one_segment_ingress(ScriptedHandle("ok", "die", "die", "hang", hang_s=0.3, batch=4), rate=8.0, batch=4), Metrics()
     met.attach(ing)
     assert asyncio.run(ing.infer("m"))[0] == 200
     assert asyncio.run(ing.infer("m"))[0] == 502  # dies twice: retried, then failed

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from fake_handles import Resp
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.serving.ingress import Ingress
@@ -220,17 +221,6 @@ def test_models_config_rejects_bad_signatures(entry, msg):
 # The ingress's HTTP answers, with fake segment handles that count what reaches them.
 
 
-class _Resp:
-    def __init__(self, coro) -> None:
-        self.coro = coro
-
-    def __await__(self):
-        return self.coro.__await__()
-
-    def cancel(self) -> None:
-        pass
-
-
 class _Segment:
     """A fake segment handle: synthetic calls and `predict` run the numpy model at once."""
 
@@ -250,7 +240,7 @@ class _Segment:
             res["outputs"] = finish(self.runner, res["outputs"])
             return res
 
-        return _Resp(go())
+        return Resp(go())
 
 
 def _ingress(runner, hold=None, batch=4, limit=4):

@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+from fake_handles import ScriptedHandle, one_segment_ingress
 
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.core.errors import ParvaError
@@ -237,53 +238,11 @@ def test_adaptive_admission_shrinks_limit_for_slow_segments_only():
     assert plain.limits == [3]
 
 
-class _Resp:
-    """A deployment response: awaitable once, cancellable."""
-
-    def __init__(self, coro) -> None:
-        self.coro, self.cancelled = coro, False
-
-    def __await__(self):
-        return self.coro.__await__()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class _Handle:
-    """A segment handle whose calls follow a script: 'ok', 'die' (raise) or 'hang'."""
-
-    def __init__(self, *script: str) -> None:
-        self.script, self.calls = list(script), 0
-
-    def remote(self, payload):
-        what = self.script[min(self.calls, len(self.script) - 1)]
-        self.calls += 1
-
-        async def go():
-            if what == "die":
-                raise RuntimeError("actor died")
-            if what == "hang":
-                await asyncio.sleep(3600)
-            return {"queue_ms": 1.0, "compute_ms": 2.0, "batch": 1}
-
-        return _Resp(go())
-
-
-def _ingress(handle, limit=1):
-    from parvagpu.serving.ingress import Ingress
-
-    seg = {"name": "m-s0", "throughput": 10.0, "limit": limit, "batch": 1, "procs": 1, "wait_s": 0.0,
-           "latency_ms": 10.0}
-    spec = {"m": {"rate": 1.0, "latency_ms": 100.0, "capacity": 10.0, "segments": [seg]}}
-    return Ingress(spec, {"m-s0": handle})
-
-
 def test_ingress_retries_a_dead_replica_once_then_answers_502():
-    ing = _ingress(_Handle("die", "ok"))
+    ing = one_segment_ingress(ScriptedHandle("die", "ok"))
     status, body = asyncio.run(ing.infer("m"))
     assert status == 200 and body["segment"] == "m-s0" and "ingress_ms" in body["timing"]
-    ing = _ingress(_Handle("die"))
+    ing = one_segment_ingress(ScriptedHandle("die"))
     status, body = asyncio.run(ing.infer("m"))
     assert status == 502 and "RuntimeError" in body["error"]
     st = ing.stats_doc()["m"]
@@ -291,14 +250,14 @@ def test_ingress_retries_a_dead_replica_once_then_answers_502():
 
 
 def test_ingress_gives_up_a_hung_call_with_504_and_frees_its_slot():
-    ing = _ingress(_Handle("hang"))
+    ing = one_segment_ingress(ScriptedHandle("hang"))
     ing.models["m"].call_timeout_s = 0.05
     status, _ = asyncio.run(ing.infer("m"))
     assert status == 504 and ing.stats_doc()["m"]["inflight"] == [0]
 
 
 def test_ingress_rejects_beyond_the_limit_and_unknown_models():
-    ing = _ingress(_Handle("hang"), limit=1)
+    ing = one_segment_ingress(ScriptedHandle("hang"), limit=1)
     ing.models["m"].call_timeout_s = 0.2
 
     async def two():

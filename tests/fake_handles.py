@@ -1,0 +1,51 @@
+"""Fake Ray Serve handles for the ingress tests: a response awaitable once and cancellable, and a
+segment handle whose calls follow a script ('ok', 'die' raises, 'hang' sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class Resp:
+    """A deployment response: awaitable once, cancellable."""
+
+    def __init__(self, coro) -> None:
+        self.coro, self.cancelled = coro, False
+
+    def __await__(self):
+        return self.coro.__await__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ScriptedHandle:
+    """Calls follow `script` (the last entry repeats); a 'hang' sleeps `hang_s`, an answer
+    reports batches of `batch`."""
+
+    def __init__(self, *script: str, hang_s: float = 3600.0, batch: int = 1) -> None:
+        self.script, self.calls = list(script), 0
+        self.hang_s, self.batch = hang_s, batch
+
+    def remote(self, payload):
+        what = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+
+        async def go():
+            if what == "die":
+                raise RuntimeError("actor died")
+            if what == "hang":
+                await asyncio.sleep(self.hang_s)
+            return {"queue_ms": 1.0, "compute_ms": 2.0, "batch": self.batch}
+
+        return Resp(go())
+
+
+def one_segment_ingress(handle, limit: int = 1, rate: float = 1.0, batch: int = 1):
+    """An ingress for one model `m` served by one segment `m-s0` behind `handle`."""
+    from parvagpu.serving.ingress import Ingress
+
+    seg = {"name": "m-s0", "throughput": 10.0, "limit": limit, "batch": batch, "procs": 1, "wait_s": 0.0,
+           "latency_ms": 10.0}
+    spec = {"m": {"rate": rate, "latency_ms": 100.0, "capacity": 10.0, "segments": [seg]}}
+    return Ingress(spec, {"m-s0": handle})
