@@ -239,3 +239,22 @@ def test_apply_leaves_reserved_slots_and_gpus_alone(tmp_path, example):
     held = sorted((i.gpu, i.start, i.slices) for g in range(40) for i in fake.list_instances(g))
     mine = sorted((s.gpu, s.start, s.size) for s in plan.segments)
     assert held == sorted(mine + [(0, 0, 3), (1, 0, 7)])
+
+
+def test_k8s_export_of_a_fleet_plan_selects_nodes_by_their_fleet_names(example):
+    from parvagpu.export.k8s import k8s_deployments, k8s_files
+
+    profiles, services, _ = example
+    by_type = _half_fast(profiles)
+    fleet = Fleet((FleetNode("rack1-a", "A100-80GB", 16, 1.0), FleetNode("rack2-b", "H100-80GB", 16, 1.5)))
+    plan = plan_fleet(FleetRequest(services, by_type, fleet))
+    docs = k8s_deployments(plan)
+    want = {s.gpu: fleet.nodes[plan.node_of(s.gpu)].name for s in plan.segments}
+    chosen = sorted({d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] for d in docs.values()})
+    assert chosen == sorted(set(want.values())) == ["rack1-a", "rack2-b"] and len(docs) == len(plan.segments)
+    assert "nothing to label" in k8s_files(plan)["node-selector-labels.sh"]
+    script = k8s_files(plan, node_label="example.com/n")["node-selector-labels.sh"]
+    assert "kubectl label node rack1-a example.com/n=rack1-a --overwrite" in script
+    bad = replace(plan, fleet=Fleet((FleetNode("rack 1", "A100-80GB", 16, 1.0), fleet.nodes[1])))
+    with pytest.raises(ParvaError, match="not a valid Kubernetes label value"):
+        k8s_deployments(bad)

@@ -11,7 +11,7 @@ from rich.markup import escape
 from parvagpu.cli.common import ForceInvalidOpt, err, fail_on, read_checked_plan
 from parvagpu.core.errors import ParvaError
 from parvagpu.export.common import write_files
-from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, k8s_files
+from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, FLEET_NODE_LABEL, k8s_files
 from parvagpu.export.mig_parted import mig_parted_files
 
 
@@ -42,8 +42,10 @@ def export_k8s(
         DEFAULT_WORKER_CMD, "--worker-cmd",
         help="Shell command of one worker; sees PARVAGPU_MODEL, PARVAGPU_BATCH, PARVAGPU_WORKER.",
     ),
-    node_label: str = typer.Option(
-        DEFAULT_NODE_LABEL, "--node-label", help="Node label key the Deployments select on (value: plan node index)."
+    node_label: Optional[str] = typer.Option(
+        None, "--node-label",
+        help=f"Node label key the Deployments select on (default {DEFAULT_NODE_LABEL}, value the plan node index; "
+        f"a fleet plan: {FLEET_NODE_LABEL}, value the fleet node name).",
     ),
     namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of the Deployments."),
     force_invalid: bool = ForceInvalidOpt,

@@ -20,6 +20,8 @@ from parvagpu.export.common import dump, plan_nodes
 DEFAULT_IMAGE = "nvcr.io/nvidia/pytorch:24.05-py3"
 DEFAULT_WORKER_CMD = 'python3 serve.py --model "$PARVAGPU_MODEL" --batch-size "$PARVAGPU_BATCH"'
 DEFAULT_NODE_LABEL = "parvagpu.io/node"
+# A fleet plan's nodes are named: its pods select the node's name on the label the kubelet sets.
+FLEET_NODE_LABEL = "kubernetes.io/hostname"
 MPS_PIPE = "/mps/pipe"
 MPS_LOG = "/mps/log"
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -56,6 +58,27 @@ def _label_value(s: str) -> str:
     return out or "x"
 
 
+def _node_label(plan: DeploymentMap, node_label: str | None) -> str:
+    """The label key the pods select: the one asked for, else the fleet's or the index's default."""
+    if node_label is not None:
+        return node_label
+    return FLEET_NODE_LABEL if plan.fleet is not None else DEFAULT_NODE_LABEL
+
+
+def node_value(plan: DeploymentMap, node: int) -> str:
+    """The label value of plan node `node`: a fleet node's name, else its index."""
+    if plan.fleet is None:
+        return str(node)
+    name = plan.fleet.nodes[node].name
+    if not re.fullmatch(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?", name) or len(name) > 63:
+        raise ParvaError(f"fleet node name {name!r} is not a valid Kubernetes label value")
+    return name
+
+
+def _node_name(plan: DeploymentMap, node: int) -> str:
+    return plan.fleet.nodes[node].name if plan.fleet is not None else str(node)
+
+
 def _check_options(image: str, worker_cmd: str, node_label: str) -> None:
     if not image.strip():
         raise ParvaError("--image must not be empty")
@@ -67,9 +90,11 @@ def _check_options(image: str, worker_cmd: str, node_label: str) -> None:
 
 def k8s_deployments(
     plan: DeploymentMap, image: str = DEFAULT_IMAGE, worker_cmd: str = DEFAULT_WORKER_CMD,
-    node_label: str = DEFAULT_NODE_LABEL, namespace: str | None = None,
+    node_label: str | None = None, namespace: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """One Deployment (replicas 1, Recreate) per segment, keyed by file name."""
+    """One Deployment (replicas 1, Recreate) per segment, keyed by file name. `node_label` None:
+    `FLEET_NODE_LABEL` = the fleet node's name for a fleet plan, else `DEFAULT_NODE_LABEL` = the index."""
+    node_label = _node_label(plan, node_label)
     _check_options(image, worker_cmd, node_label)
     out: dict[str, dict[str, Any]] = {}
     for s in sorted(plan.segments, key=lambda s: (s.gpu, s.start)):
@@ -97,7 +122,7 @@ def _deployment(
         "labels": {**seg_labels, "parvagpu.io/node": str(node), "parvagpu.io/gpu": str(local),
                    "parvagpu.io/start": str(s.start)},
         "annotations": {
-            "parvagpu.io/placement": f"node {node} gpu {local} {prof.name} at start {s.start}",
+            "parvagpu.io/placement": f"node {_node_name(plan, node)} gpu {local} {prof.name} at start {s.start}",
             "parvagpu.io/note": (
                 f"the device plugin picks which {prof.name} of the node this pod gets; "
                 "parvagpu apply makes the exact placement"
@@ -116,7 +141,7 @@ def _deployment(
             "selector": {"matchLabels": {"parvagpu.io/segment": name}},
             "template": {
                 "metadata": {"labels": seg_labels},
-                "spec": _pod_spec(s, prof, image, worker_cmd, {node_label: str(node)}),
+                "spec": _pod_spec(s, prof, image, worker_cmd, {node_label: node_value(plan, node)}),
             },
         },
     }
@@ -159,10 +184,28 @@ def _pod_spec(
 
 def k8s_files(
     plan: DeploymentMap, image: str = DEFAULT_IMAGE, worker_cmd: str = DEFAULT_WORKER_CMD,
-    node_label: str = DEFAULT_NODE_LABEL, namespace: str | None = None,
+    node_label: str | None = None, namespace: str | None = None,
 ) -> dict[str, str]:
     """The Deployments as YAML files, and a script that labels the nodes they select."""
+    node_label = _node_label(plan, node_label)
     files = {name: dump(doc) for name, doc in k8s_deployments(plan, image, worker_cmd, node_label, namespace).items()}
+    files["node-selector-labels.sh"] = (_fleet_script if plan.fleet is not None else _index_script)(plan, node_label)
+    return files
+
+
+def _fleet_script(plan: DeploymentMap, node_label: str) -> str:
+    """A fleet plan's nodes are Kubernetes nodes of the same names: label them only when the
+    Deployments select a label other than the kubelet's own hostname label."""
+    script = ["#!/bin/sh", f"# The Deployments select each fleet node by its name ({node_label}).", "set -eu"]
+    if node_label == FLEET_NODE_LABEL:
+        script.append("# The kubelet sets this label on every node: nothing to label.")
+    for n in plan_nodes(plan) if node_label != FLEET_NODE_LABEL else ():
+        name = node_value(plan, n)
+        script.append(f"kubectl label node {shlex.quote(name)} {shlex.quote(f'{node_label}={name}')} --overwrite")
+    return "\n".join(script) + "\n"
+
+
+def _index_script(plan: DeploymentMap, node_label: str) -> str:
     script = [
         "#!/bin/sh",
         f"# Label each Kubernetes node with its plan node index ({node_label}), which the",
@@ -174,5 +217,4 @@ def k8s_files(
             f'kubectl label node "${{NODE{n}:?set NODE{n} to the node name of plan node {n}}}" '
             f"{shlex.quote(f'{node_label}={n}')} --overwrite"
         )
-    files["node-selector-labels.sh"] = "\n".join(script) + "\n"
-    return files
+    return "\n".join(script) + "\n"
