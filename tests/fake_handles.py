@@ -49,3 +49,29 @@ def one_segment_ingress(handle, limit: int = 1, rate: float = 1.0, batch: int = 
            "latency_ms": 10.0}
     spec = {"m": {"rate": rate, "latency_ms": 100.0, "capacity": 10.0, "segments": [seg]}}
     return Ingress(spec, {"m-s0": handle})
+
+
+class GatedHandle:
+    """A segment handle whose calls wait until `open()` (or answer at once when opened first);
+    `calls` counts the requests it received."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name, self.calls, self.gate = name, 0, asyncio.Event()
+
+    def open(self) -> None:
+        self.gate.set()
+
+    def remote(self, payload):
+        self.calls += 1
+
+        async def go():
+            await self.gate.wait()
+            return {"queue_ms": 0.0, "compute_ms": 1.0, "batch": 1}
+
+        return Resp(go())
+
+
+def seg_doc(name: str, throughput: float = 10.0, limit: int = 4, batch: int = 1) -> dict:
+    """One segment as the ingress takes it (`app.spec_to_dict`'s form)."""
+    return {"name": name, "throughput": throughput, "limit": limit, "batch": batch, "procs": 1, "wait_s": 0.0,
+            "latency_ms": 10.0}

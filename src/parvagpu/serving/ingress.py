@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -33,12 +34,21 @@ async def _result(resp):
     return await resp
 
 
+STARTING, LIVE, DRAINING, GONE = "starting", "live", "draining", "gone"
+
+
 @dataclass
 class ModelRoute:
-    """One model at the ingress: where its requests may go and what happened to them."""
+    """One model at the ingress: where its requests may go and what happened to them.
+
+    Each segment has a state. A transition adds a segment *starting* (it gets no request), makes
+    it *live* once its deployment is ready (the router gives it weight), turns it *draining* (no
+    new request; those in flight finish) and removes it only when nothing is in flight on it. The
+    router and the admission counters cover live segments only; a request's segment index stays
+    valid while it runs, because the lists are compacted only when nothing is in flight."""
 
     model: str
-    router: WeightedRouter
+    router: WeightedRouter | None  # over the live segments (positions in `live`); None when none
     admission: Admission
     handles: list  # per segment, its deployment handle
     names: list[str]  # per segment, its name
@@ -46,39 +56,118 @@ class ModelRoute:
     call_timeout_s: float
     signature: Signature | None = None
     counts: dict[str, int] = field(
-        default_factory=lambda: {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0}
+        default_factory=lambda: {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0, "within_slo": 0}
     )
     # metrics hook (serving/metrics.py): observer(outcome, segment index, latency s, batch), or None
     observer: Callable[..., None] | None = None
+    throughputs: list[float] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
+    live: list[int] = field(default_factory=list)  # indices of the live segments, the router's order
+    slo_s: float = math.inf
 
     def _count(self, outcome: str, i: int | None = None, latency_s: float | None = None, batch=None) -> None:
         self.counts[outcome] += 1
+        if outcome == "ok" and latency_s is not None and latency_s <= self.slo_s:
+            self.counts["within_slo"] += 1
         if self.observer is not None:
             self.observer(outcome, i, latency_s, batch)
 
     @classmethod
     def from_spec(cls, model: str, m: dict, handles: dict, signature: Signature | None = None) -> "ModelRoute":
-        """From one model of `app.spec_to_dict` and the handles by segment name."""
-        segs = m["segments"]
-        return cls(
-            model=model,
-            router=WeightedRouter([s["throughput"] for s in segs]),
-            admission=Admission(
-                [s["limit"] for s in segs],
-                [(s["batch"], s["procs"], s["wait_s"], s["latency_ms"], m["latency_ms"]) for s in segs],
-            ),
-            handles=[handles[s["name"]] for s in segs],
-            names=[s["name"] for s in segs],
-            batches=[s["batch"] for s in segs],
-            call_timeout_s=max(MIN_CALL_TIMEOUT_S, CALL_TIMEOUT_SLOS * m["latency_ms"] / 1000.0),
-            signature=signature,
-        )
+        """From one model of `app.spec_to_dict` and the handles by segment name; every segment live."""
+        route = cls.empty(model, m, signature, adaptive=True)
+        for s in m["segments"]:
+            route.add(s, handles[s["name"]])
+            route.activate(s["name"])
+        return route
+
+    @classmethod
+    def empty(cls, model: str, m: dict, signature: Signature | None = None, adaptive: bool = True) -> "ModelRoute":
+        """A route with no segment yet (every request 503 until one is live)."""
+        route = cls(model=model, router=None, admission=Admission([], [] if adaptive else None), handles=[],
+                    names=[], batches=[], call_timeout_s=0.0, signature=signature)
+        route.set_slo(m["latency_ms"])
+        return route
+
+    def set_slo(self, latency_ms: float) -> None:
+        self.slo_s = latency_ms / 1000.0
+        self.call_timeout_s = max(MIN_CALL_TIMEOUT_S, CALL_TIMEOUT_SLOS * self.slo_s)
+
+    # --- the routing switch (a transition's steps at the ingress) ---
+
+    def index(self, name: str) -> int:
+        for i, (n, st) in enumerate(zip(self.names, self.states)):
+            if n == name and st != GONE:
+                return i
+        raise KeyError(f"{self.model}: no segment {name!r}")
+
+    def add(self, seg: dict, handle) -> None:
+        """A new segment, starting: counted, but no request goes to it before `activate`."""
+        if any(n == seg["name"] and st != GONE for n, st in zip(self.names, self.states)):
+            raise ValueError(f"{self.model}: segment {seg['name']!r} is already routed")
+        adaptive = None if self.admission.adaptive is None else (
+            seg["batch"], seg["procs"], seg["wait_s"], seg["latency_ms"], 1000.0 * self.slo_s)
+        self.admission.append(seg["limit"], adaptive)
+        self.handles.append(handle)
+        self.names.append(seg["name"])
+        self.batches.append(seg["batch"])
+        self.throughputs.append(seg["throughput"])
+        self.states.append(STARTING)
+
+    def activate(self, name: str) -> None:
+        """The segment's deployment is ready: the router gives it its weight."""
+        i = self.index(name)
+        if self.states[i] != STARTING:
+            raise ValueError(f"{self.model}: segment {name!r} is {self.states[i]}, not starting")
+        self.states[i] = LIVE
+        self._reroute()
+
+    def drain(self, name: str) -> None:
+        """No new request goes to the segment; those in flight finish."""
+        i = self.index(name)
+        self.states[i] = DRAINING
+        self._reroute()
+
+    def inflight_of(self, name: str) -> int:
+        return self.admission.inflight[self.index(name)]
+
+    def remove(self, name: str) -> None:
+        """Forget a drained segment; refused while a request is in flight on it."""
+        i = self.index(name)
+        if self.states[i] != DRAINING or self.admission.inflight[i]:
+            raise ValueError(f"{self.model}: segment {name!r} is {self.states[i]} with "
+                             f"{self.admission.inflight[i]} in flight; only a drained segment is removed")
+        self.states[i], self.handles[i] = GONE, None
+        self._compact()
+
+    def _reroute(self) -> None:
+        self.live = [i for i, st in enumerate(self.states) if st == LIVE]
+        self.router = WeightedRouter([self.throughputs[i] for i in self.live]) if self.live else None
+
+    def _compact(self) -> None:
+        """Drop removed segments' entries once nothing is in flight (no running request holds an index)."""
+        if any(self.admission.inflight):
+            return
+        keep = [i for i, st in enumerate(self.states) if st != GONE]
+        self.admission.keep(keep)
+        for name in ("handles", "names", "batches", "throughputs", "states"):
+            vals = getattr(self, name)
+            setattr(self, name, [vals[i] for i in keep])
+        self._reroute()
+
+    def segments(self) -> dict[str, str]:
+        """Each segment's state, by name (removed ones left out)."""
+        return {n: st for n, st in zip(self.names, self.states) if st != GONE}
+
+    def capacity(self) -> float:
+        return sum(self.throughputs[i] for i in self.live)
 
     def admit(self, n: int = 1) -> int | None:
         """The segment this request of n items goes to, its slots taken; None (counted) when no
-        segment with a batch of at least n has room."""
-        adm, batches = self.admission, self.batches
-        i = self.router.pick(lambda j: batches[j] >= n and adm.has_room(j, n))
+        live segment with a batch of at least n has room."""
+        adm, batches, live = self.admission, self.batches, self.live
+        j = None if self.router is None else self.router.pick(lambda j: batches[live[j]] >= n and adm.has_room(live[j], n))
+        i = None if j is None else live[j]
         if i is None or not adm.try_acquire(i, n):
             self._count("rejected")
             return None
@@ -121,7 +210,7 @@ class ModelRoute:
     def stats(self) -> dict:
         adm = self.admission
         return {**self.counts, "inflight": list(adm.inflight), "limits": list(adm.limits),
-                "batch_ms": list(adm.batch_ms)}
+                "batch_ms": list(adm.batch_ms), "segments": list(self.names), "states": list(self.states)}
 
 
 @dataclass(frozen=True)
@@ -176,8 +265,11 @@ class Ingress:
             raise OipError(f"{model}: no signature in the models config", 400)
         n = route.signature.check(req.inputs)
         names = route.signature.check_outputs(req.outputs)
-        if n > max(route.batches):
-            raise OipError(f"{model}: {n} items in one request, the largest batch served is {max(route.batches)}")
+        largest = max((route.batches[i] for i in route.live), default=0)
+        if not largest:
+            raise OipError(f"{model}: no segment is serving, retry later", 503)
+        if n > largest:
+            raise OipError(f"{model}: {n} items in one request, the largest batch served is {largest}")
         i = route.admit(n)
         if i is None:
             raise OipError(f"{model}: over planned capacity, retry later", 503)
@@ -185,12 +277,57 @@ class Ingress:
         return status, res, names
 
     def models_doc(self) -> dict:
-        """GET /v1/models: each model's planned rate, SLO, capacity and segments."""
+        """GET /v1/models: each model's planned rate, SLO, capacity and live segments."""
         return {"models": [
-            {"model": k, "rate": v["rate"], "latency_ms": v["latency_ms"], "capacity": v["capacity"],
-             "segments": [s["name"] for s in v["segments"]]}
+            {"model": k, "rate": v["rate"], "latency_ms": v["latency_ms"], "capacity": self.models[k].capacity(),
+             "segments": [self.models[k].names[i] for i in self.models[k].live]}
             for k, v in self.spec.items()
         ]}
+
+    # --- the routing switch: a transition's steps at the ingress (the controller calls these) ---
+
+    def set_model(self, model: str, rate: float, latency_ms: float, signature: Signature | None = None) -> None:
+        """Route a model (new: every request 503 until a segment is live) or update its planned
+        rate and SLO."""
+        route = self.models.get(model)
+        if route is None:
+            route = self.models[model] = ModelRoute.empty(model, {"latency_ms": latency_ms}, signature)
+        else:
+            route.set_slo(latency_ms)
+            if signature is not None:
+                route.signature = signature
+        self.spec[model] = {**self.spec.get(model, {"segments": []}), "rate": rate, "latency_ms": latency_ms,
+                            "capacity": route.capacity()}
+
+    def add_segment(self, model: str, seg: dict, handle) -> None:
+        """A starting segment of a routed model: no request reaches it before `activate`."""
+        self.models[model].add(seg, handle)
+
+    def activate(self, model: str, name: str) -> None:
+        self.models[model].activate(name)
+        self.spec[model]["capacity"] = self.models[model].capacity()
+
+    def drain(self, model: str, name: str) -> None:
+        self.models[model].drain(name)
+        self.spec[model]["capacity"] = self.models[model].capacity()
+
+    def inflight(self, model: str, name: str) -> int:
+        return self.models[model].inflight_of(name)
+
+    def remove_segment(self, model: str, name: str) -> None:
+        self.models[model].remove(name)
+
+    def drop_model(self, model: str) -> None:
+        """Stop routing a model that has no segment left (its requests then get 404)."""
+        if self.models[model].segments():
+            raise ValueError(f"{model}: still has segments {sorted(self.models[model].segments())}")
+        del self.models[model]
+        self.spec.pop(model, None)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per model its cumulative counters (admitted, rejected, ..., within_slo): the controller's
+        observation, taken at the ingress."""
+        return {m: dict(r.counts) for m, r in self.models.items()}
 
     def stats_doc(self) -> dict:
         """GET /v1/stats: per model its counters and its segments' in-flight counts and limits."""

@@ -85,17 +85,17 @@ class Metrics:
         capacity and planned rate from its spec."""
         for model, route in ingress.models.items():
             m = ingress.spec[model]
-            route.observer = self._observer(model, route.names, m["latency_ms"] / 1000.0)
+            route.observer = self._observer(model, route, m["latency_ms"] / 1000.0)
             self.capacity.labels(model).set(m.get("capacity", sum(x["throughput"] for x in m["segments"])))
             self.planned_rate.labels(model).set(m["rate"])
         self.registry.register(_InflightCollector(ingress))
 
-    def _observer(self, model: str, names: list[str], slo_s: float):
+    def _observer(self, model: str, route, slo_s: float):
         def observe(outcome: str, i: int | None, latency_s: float | None, batch) -> None:
             if outcome in OUTCOMES:
                 self.request(model, outcome, latency_s, slo_s)
             if outcome == "ok" and i is not None and batch:
-                self.batch.labels(model, names[i]).observe(batch)
+                self.batch.labels(model, route.names[i]).observe(batch)  # names change with transitions
         return observe
 
     def exposition(self) -> bytes:

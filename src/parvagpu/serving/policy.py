@@ -188,7 +188,7 @@ class Admission:
         self.static = list(limits)
         self.limits = list(limits)
         self.inflight = [0] * len(limits)
-        self.adaptive = adaptive
+        self.adaptive = None if adaptive is None else list(adaptive)
         self.alpha = alpha
         self.batch_ms: list[float | None] = [None] * len(limits)
 
@@ -206,6 +206,31 @@ class Admission:
         if self.inflight[i] < n:
             raise RuntimeError(f"release of {n} on segment {i} with {self.inflight[i]} in flight")
         self.inflight[i] -= n
+
+    def append(self, limit: int, adaptive: tuple[int, int, float, float, float] | None = None) -> int:
+        """A new segment's counters (a transition adds it); its index."""
+        if limit < 1:
+            raise ParvaError(f"in-flight limits must be >= 1, got {limit}")
+        if (self.adaptive is None) != (adaptive is None):
+            raise ParvaError("a new segment needs adaptive figures exactly when the others have them")
+        self.static.append(limit)
+        self.limits.append(limit)
+        self.inflight.append(0)
+        self.batch_ms.append(None)
+        if self.adaptive is not None:
+            self.adaptive.append(adaptive)
+        return len(self.limits) - 1
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep only these segments' counters, in this order (segments removed by a transition go);
+        only when nothing is in flight on the others."""
+        if any(self.inflight[i] for i in range(len(self.inflight)) if i not in indices):
+            raise RuntimeError("a segment with requests in flight cannot be dropped")
+        for name in ("static", "limits", "inflight", "batch_ms"):
+            vals = getattr(self, name)
+            setattr(self, name, [vals[i] for i in indices])
+        if self.adaptive is not None:
+            self.adaptive = [self.adaptive[i] for i in indices]
 
     def observe(self, i: int, batch_ms: float) -> None:
         """Record one measured batch time of segment i and update its limit."""

@@ -1,0 +1,329 @@
+"""The live controller: observe at the ingress, decide with the policy, re-plan from the running
+plan, check, and carry out the transition make-before-break on the nodes and in serving.
+
+Effects sit behind three small interfaces, so the loop runs in tests with a fake clock, fake
+node agents and an in-process ingress:
+
+- `Nodes.apply(plan)`: every node holds the plan's segments (MIG instances, MPS daemons);
+- `Deployments.start(segments)` returns once each new segment's deployment is ready;
+  `Deployments.stop(names)` removes deployments;
+- `Port`: the ingress's routing switch (`serving.ingress.Ingress`'s `set_model`, `add_segment`,
+  `activate`, `drain`, `inflight`, `remove_segment`, `drop_model`, `counts`).
+
+A transition runs the schedule's steps in groups of consecutive creations or removals. Creations:
+the nodes create the instances, the deployments start and are ready, then the ingress adds them
+and gives them weight. Removals: the ingress drains them (no new request), the controller waits
+until nothing is in flight on them, removes them from the ingress, stops their deployments, then
+the nodes destroy the instances. Every step of the way is in the decision log with its time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Protocol
+
+from parvagpu.control.policy import Decision, ModelView, PolicyConfig, decide
+from parvagpu.control.window import AttainmentWindow, RateWindow
+from parvagpu.core.errors import ParvaError, SystemFailure
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Schedule, Service
+from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.strategies import plan as make_plan
+from parvagpu.planning.transition import schedule
+from parvagpu.serving.app import spec_to_dict
+from parvagpu.serving.policy import ModelSpec, SegmentSpec, serving_spec
+from parvagpu.verify import verify, verify_schedule
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    tick_s: float = 5.0  # between two looks at the ingress
+    window_s: float = 30.0  # arrival-rate window
+    attainment_window_s: float = 60.0
+    min_requests: float = 50.0  # fewer in the attainment window: no attainment judged
+    drain_timeout_s: float = 120.0  # longest wait for a draining segment's requests
+    poll_s: float = 0.05  # between looks at a draining segment's in-flight count
+    strategy: str = "parva"
+    max_procs: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("tick_s", "window_s", "attainment_window_s", "drain_timeout_s", "poll_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ParvaError(f"control setting {name} must be positive, got {getattr(self, name)}")
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+
+
+class Nodes(Protocol):
+    def apply(self, plan: DeploymentMap) -> None: ...
+
+
+class Deployments(Protocol):
+    def start(self, segments: list[tuple[SegmentSpec, dict]]) -> None: ...
+    def stop(self, names: list[str]) -> None: ...
+
+
+class Port(Protocol):
+    def counts(self) -> dict[str, dict[str, int]]: ...
+    def set_model(self, model: str, rate: float, latency_ms: float) -> None: ...
+    def add_segment(self, model: str, seg: dict) -> None: ...
+    def activate(self, model: str, name: str) -> None: ...
+    def drain(self, model: str, name: str) -> None: ...
+    def inflight(self, model: str, name: str) -> int: ...
+    def remove_segment(self, model: str, name: str) -> None: ...
+    def drop_model(self, model: str) -> None: ...
+
+
+def segment_name(plan: DeploymentMap, s: PlacedSegment) -> str:
+    """A segment's serving name (as `serving_spec` names it)."""
+    return f"{s.model}-n{plan.node_of(s.gpu)}-g{plan.local_gpu(s.gpu)}-s{s.start}"
+
+
+def groups(sched: Schedule) -> list[tuple[str, list[PlacedSegment]]]:
+    """The schedule's steps as runs of consecutive creations or removals."""
+    out: list[tuple[str, list[PlacedSegment]]] = []
+    for st in sched.steps:
+        if out and out[-1][0] == st.action:
+            out[-1][1].append(st.segment)
+        else:
+            out.append((st.action, [st.segment]))
+    return out
+
+
+def check_replan(old: DeploymentMap, new: DeploymentMap, profiles) -> tuple[Schedule | None, list[str]]:
+    """verify's checks of a new plan and of its transition schedule from the running plan, before
+    any effect: (schedule, problems); the schedule is None when the plan itself is wrong."""
+    problems = verify(new, profiles)
+    if problems:
+        return None, problems
+    sched = schedule(old, new)
+    return sched, verify_schedule(old, new, sched.steps)
+
+
+class Controller:
+    """The loop's state: the running plan, the windows, what each model is planned for."""
+
+    def __init__(self, plan: DeploymentMap, profiles, policy: PolicyConfig, cfg: LiveConfig, clock: Clock,
+                 nodes: Nodes, deployments: Deployments, port: Port, log: Callable[[dict], None],
+                 spec_of: Callable[[DeploymentMap], dict[str, ModelSpec]] = serving_spec) -> None:
+        self.plan, self.profiles, self.policy, self.cfg = plan, profiles, policy, cfg
+        self.clock, self.nodes, self.deployments, self.port = clock, nodes, deployments, port
+        self.spec_of, self._log = spec_of, log
+        self.gpu = gpu_type(plan.gpu_type)
+        self.planned = {s.model: s.rate for s in plan.services}
+        self.slos = {s.model: s.latency_ms for s in plan.services}
+        self.changed: dict[str, float] = {}
+        self.last_replan = -math.inf
+        self.rates: dict[str, RateWindow] = {}
+        self.attain: dict[str, AttainmentWindow] = {}
+        self.seen: dict[str, tuple[int, int]] = {}
+        self.recent: deque = deque(maxlen=200)
+        self.lock = threading.Lock()
+        self._pending: tuple[Service, ...] | None = None
+        self._last_hold: str | None = None
+        self.on_change: Callable[[DeploymentMap, dict | None], None] | None = None  # metrics hook
+
+    # --- records ---
+
+    def log(self, record: dict) -> None:
+        with self.lock:
+            self.recent.append(record)
+        self._log(record)
+
+    def snapshot(self) -> dict:
+        """GET /v1/plan: the running plan, what each model is planned for and the recent records."""
+        from parvagpu.contract.plan_json import plan_to_dict
+
+        with self.lock:
+            return {"plan": plan_to_dict(self.plan), "planned": dict(self.planned), "decisions": list(self.recent)}
+
+    # --- bring-up ---
+
+    def start(self) -> None:
+        """Serve the running plan from nothing: the nodes, then every deployment, then the routes."""
+        now = self.clock.now()
+        for m in self.planned:
+            self._watch(m, now)
+        self.log({"kind": "start", "time_s": now, "gpus": self.plan.gpus_used, "segments": len(self.plan.segments)})
+        spec = self.spec_of(self.plan)
+        for m in sorted(self.planned):
+            self.port.set_model(m, self.planned[m], self.slos[m])
+        steps = self._create(self.plan, list(self.plan.segments), spec, [], self.plan.segments)
+        self.log({"kind": "started", "time_s": self.clock.now(), "steps": steps})
+
+    def _watch(self, model: str, now: float) -> None:
+        self.rates[model] = RateWindow(self.cfg.window_s, now)
+        self.attain[model] = AttainmentWindow(self.cfg.attainment_window_s, self.cfg.min_requests)
+        self.seen.setdefault(model, (0, 0))
+
+    # --- the loop ---
+
+    def submit_services(self, services: tuple[Service, ...]) -> None:
+        """A new services file (already checked): the next tick re-plans for it."""
+        with self.lock:
+            self._pending = tuple(services)
+
+    def observe(self, now: float) -> tuple[ModelView, ...]:
+        """Feed the windows from the ingress's counters; each model as the policy sees it."""
+        counts = self.port.counts()
+        for m in self.planned:
+            c = counts.get(m, {})
+            arrived, good = c.get("admitted", 0) + c.get("rejected", 0), c.get("within_slo", 0)
+            a0, g0 = self.seen.get(m, (0, 0))
+            sent, ok = max(0, arrived - a0), max(0, good - g0)
+            self.seen[m] = (arrived, good)
+            self.rates[m].add(now, sent)
+            self.attain[m].add(now, sent, min(ok, sent))
+        cap = self._capacities(self.plan)
+        return tuple(
+            ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m], cap.get(m, 0.0),
+                      self.changed.get(m, -math.inf))
+            for m in sorted(self.planned)
+        )
+
+    def tick(self) -> Decision | None:
+        """One look: a pending services file re-plans at once; else the policy decides."""
+        now = self.clock.now()
+        views = self.observe(now)
+        with self.lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._switch_services(now, pending)
+            return None
+        d = decide(self.policy, now, views, self.last_replan)
+        if d.replan or d.reason != self._last_hold or d.held:
+            self.log({"kind": "decision", **d.to_dict()})
+        self._last_hold = None if d.replan else d.reason
+        if d.replan:
+            planned = {**self.planned, **dict(d.targets)}
+            if self.replan(now, planned, self.slos, d.reason):
+                for m, _ in d.targets:
+                    self.changed[m] = now
+        return d
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick every `tick_s` until `stop` is set."""
+        while not stop.is_set():
+            self.tick()
+            stop.wait(self.cfg.tick_s)
+
+    def _switch_services(self, now: float, services: tuple[Service, ...]) -> None:
+        planned = {s.model: s.rate for s in services}
+        slos = {s.model: s.latency_ms for s in services}
+        self.log({"kind": "decision", "time_s": now, "replan": True, "reason": "services file switched",
+                  "targets": planned, "slos": slos})
+        if self.replan(now, planned, slos, "services file switched"):
+            for m in planned:
+                self.changed[m] = now
+                if m not in self.rates:
+                    self._watch(m, now)
+
+    # --- re-plan and transition ---
+
+    def replan(self, now: float, planned: dict[str, float], slos: dict[str, float], reason: str) -> bool:
+        """Plan for `planned` from the running plan, check plan and schedule, run the transition.
+        False (logged, nothing changed) when planning or a check refuses."""
+        services = tuple(Service(m, max(r, 1e-3), slos[m]) for m, r in sorted(planned.items()))
+        t0 = self.clock.now()
+        try:
+            req = PlanRequest(services, self.profiles, self.gpu, self.cfg.max_procs, self.plan.gpus_per_node,
+                              current=self.plan)
+            new = make_plan(req, self.cfg.strategy)
+            sched, problems = check_replan(self.plan, new, self.profiles)
+        except ParvaError as exc:
+            problems, sched, new = [str(exc)], None, None
+        plan_s = self.clock.now() - t0
+        if problems:
+            self.log({"kind": "refused", "time_s": now, "reason": reason, "problems": problems[:5],
+                      "plan_s": round(plan_s, 3)})
+            return False
+        assert sched is not None and new is not None
+        self.log({"kind": "transition", "time_s": now, "reason": reason, "plan_s": round(plan_s, 3),
+                  "gpus": [self.plan.gpus_used, new.gpus_used],
+                  "steps_planned": [f"{st.action} {segment_name(new, st.segment)}" for st in sched.steps],
+                  "dips": [{"model": d.model, "shortfall": d.shortfall, "steps": d.steps} for d in sched.dips]})
+        steps = self.execute(new, sched, slos)
+        with self.lock:
+            old, self.plan, self.planned, self.slos = self.plan, new, dict(planned), dict(slos)
+            self.last_replan = now
+        done = self.clock.now()
+        self.log({"kind": "transition done", "time_s": done, "duration_s": round(done - now, 3), "steps": steps,
+                  "created": sum(1 for s in steps if s["action"] == "create"),
+                  "removed": sum(1 for s in steps if s["action"] == "remove")})
+        if self.on_change is not None:
+            self.on_change(new, {"old": old, "steps": steps})
+        return True
+
+    def execute(self, new: DeploymentMap, sched: Schedule, slos: dict[str, float]) -> list[dict]:
+        """Carry out the schedule; one record per step with its times (seconds from the start)."""
+        spec, old_names = self.spec_of(new), {s: segment_name(self.plan, s) for s in self.plan.segments}
+        for m in sorted(spec):  # new models get a route (503 until a segment is live), others their SLO
+            self.port.set_model(m, spec[m].rate, slos[m])
+        held = list(self.plan.segments)
+        steps: list[dict] = []
+        for action, segs in groups(sched):
+            if action == "create":
+                held += segs
+                steps += self._create(new, held, spec, steps, segs)
+            else:
+                held = [s for s in held if s not in segs]
+                steps += self._remove(new, held, [(s.model, old_names[s]) for s in segs])
+        gone = {s.model for s in self.plan.services} - {s.model for s in new.services}
+        for m in sorted(gone):
+            self.port.drop_model(m)
+        for m in sorted(spec):
+            self.port.set_model(m, spec[m].rate, slos[m])
+        return steps
+
+    def _create(self, new: DeploymentMap, held: list, spec: dict, done: list, segs: Iterable[PlacedSegment]) -> list[dict]:
+        t0 = self.clock.now()
+        self.nodes.apply(replace(new, segments=tuple(held), transition=None))
+        t1 = self.clock.now()
+        by_name = {s.name: (m, s) for m, ms in spec.items() for s in ms.segments}
+        docs = {m: {x["name"]: x for x in d["segments"]} for m, d in spec_to_dict(spec).items()}
+        items = [by_name[segment_name(new, s)] for s in segs]
+        self.deployments.start([(s, docs[m][s.name]) for m, s in items])
+        t2 = self.clock.now()
+        out = []
+        for m, s in items:
+            self.port.add_segment(m, docs[m][s.name])
+            self.port.activate(m, s.name)
+            out.append({"action": "create", "segment": s.name, "model": m, "instance_s": round(t1 - t0, 3),
+                        "ready_s": round(t2 - t1, 3), "routed_at_s": round(self.clock.now(), 3)})
+        return out
+
+    def _remove(self, new: DeploymentMap, held: list, names: list[tuple[str, str]]) -> list[dict]:
+        t0 = self.clock.now()
+        for m, n in names:
+            self.port.drain(m, n)
+        while True:
+            left = [n for m, n in names if self.port.inflight(m, n)]
+            if not left:
+                break
+            if self.clock.now() - t0 > self.cfg.drain_timeout_s:
+                raise SystemFailure(f"segments {', '.join(sorted(left))} still have requests in flight after "
+                                    f"{self.cfg.drain_timeout_s:g} s of draining")
+            self.clock.sleep(self.cfg.poll_s)
+        t1 = self.clock.now()
+        for m, n in names:
+            self.port.remove_segment(m, n)
+        self.deployments.stop([n for _, n in names])
+        t2 = self.clock.now()
+        self.nodes.apply(replace(new, segments=tuple(held), transition=None))
+        t3 = self.clock.now()
+        return [{"action": "remove", "segment": n, "model": m, "drain_s": round(t1 - t0, 3),
+                 "stop_s": round(t2 - t1, 3), "instance_s": round(t3 - t2, 3), "removed_at_s": round(t3, 3)}
+                for m, n in names]
+
+    @staticmethod
+    def _capacities(plan: DeploymentMap) -> dict[str, float]:
+        cap: dict[str, float] = {}
+        for s in plan.segments:
+            cap[s.model] = cap.get(s.model, 0.0) + s.segment.throughput
+        return cap

@@ -1,0 +1,243 @@
+"""The live controller's sequence with a fake clock, the node agent on fake MIG nodes, fake
+deployments and an in-process ingress: decide -> plan (from the running plan) -> check ->
+transition (nodes, deployments, routing switch) and the decision log."""
+
+from __future__ import annotations
+
+import pytest
+
+from fake_handles import GatedHandle
+from parvagpu.control.live import Controller, LiveConfig, check_replan, segment_name
+from parvagpu.control.nodes import FakeNodes
+from parvagpu.control.policy import PolicyConfig
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import Service
+from parvagpu.inputs.profiles import load_profiles
+from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.strategies import plan as make_plan
+from parvagpu.serving.ingress import Ingress
+from parvagpu.verify import verify
+
+PROFILES = None
+
+
+def profiles():
+    global PROFILES
+    if PROFILES is None:
+        from parvagpu.cli.common import example_dir
+
+        PROFILES = load_profiles(example_dir() / "profiles")
+    return PROFILES
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+class Events:
+    def __init__(self) -> None:
+        self.seq: list[tuple] = []
+
+
+class Nodes(FakeNodes):
+    def __init__(self, root, ev: Events) -> None:
+        super().__init__(root)
+        self.ev = ev
+
+    def apply(self, plan) -> None:
+        super().apply(plan)
+        self.ev.seq.append(("nodes", frozenset(segment_name(plan, s) for s in plan.segments)))
+
+
+class Deployments:
+    """Starts a handle per segment (answering at once); the port finds it by name."""
+
+    def __init__(self, ev: Events) -> None:
+        self.ev, self.handles = ev, {}
+
+    def start(self, segments) -> None:
+        for spec, _doc in segments:
+            assert spec.name not in self.handles
+            h = self.handles[spec.name] = GatedHandle(spec.name)
+            h.open()
+        self.ev.seq.append(("start", tuple(s.name for s, _ in segments)))
+
+    def stop(self, names) -> None:
+        for n in names:
+            del self.handles[n]
+        self.ev.seq.append(("stop", tuple(names)))
+
+
+class Port:
+    """The controller's view of an in-process `Ingress`, every switch step recorded; `busy`
+    keeps a draining segment's in-flight count above 0 for that many polls."""
+
+    def __init__(self, deps: Deployments, ev: Events, busy: int = 0) -> None:
+        self.ing = Ingress({}, {})
+        self.deps, self.ev, self.busy = deps, ev, busy
+
+    def counts(self):
+        return self.ing.counts()
+
+    def set_model(self, model, rate, latency_ms):
+        self.ing.set_model(model, rate, latency_ms)
+
+    def add_segment(self, model, seg):
+        self.ing.add_segment(model, seg, self.deps.handles[seg["name"]])
+        self.ev.seq.append(("add", seg["name"]))
+
+    def activate(self, model, name):
+        self.ing.activate(model, name)
+        self.ev.seq.append(("activate", name))
+
+    def drain(self, model, name):
+        self.ing.drain(model, name)
+        self.ev.seq.append(("drain", name))
+
+    def inflight(self, model, name):
+        if self.busy:
+            self.busy -= 1
+            return 1
+        return self.ing.inflight(model, name)
+
+    def remove_segment(self, model, name):
+        self.ing.remove_segment(model, name)
+        self.ev.seq.append(("remove", name))
+
+    def drop_model(self, model):
+        self.ing.drop_model(model)
+        self.ev.seq.append(("drop", model))
+
+
+RATES = {"resnet50": 300.0, "bert": 150.0}
+SLOS = {"resnet50": 100.0, "bert": 300.0}
+POLICY = PolicyConfig(dwell_s=60.0, cooldown_s=30.0)
+CFG = LiveConfig(tick_s=5.0, window_s=20.0, attainment_window_s=60.0)
+
+
+def _plan(rates, current=None):
+    services = tuple(Service(m, r, SLOS.get(m, 200.0)) for m, r in sorted(rates.items()))
+    return make_plan(PlanRequest(services, profiles(), gpu_type("A100-80GB"), 3, current=current))
+
+
+def _controller(tmp_path, busy=0):
+    ev = Events()
+    deps = Deployments(ev)
+    port = Port(deps, ev, busy)
+    log: list[dict] = []
+    nodes = Nodes(tmp_path, ev)
+    ctl = Controller(_plan(RATES), profiles(), POLICY, CFG, Clock(), nodes, deps, port, log.append)
+    ctl.start()
+    return ctl, ev, port, nodes, log
+
+
+def _offer(ctl, port, rates, seconds):
+    """Offered load, as the ingress counts it: every request admitted and answered within the SLO."""
+    t_end = ctl.clock.t + seconds
+    while ctl.clock.t < t_end:
+        for m, r in rates.items():
+            c = port.ing.models[m].counts
+            n = int(r * CFG.tick_s)
+            c["admitted"] += n
+            c["ok"] += n
+            c["within_slo"] += n
+        ctl.clock.t += CFG.tick_s
+        ctl.tick()
+
+
+def _order_holds(seq, created, removed):
+    """Make-before-break at every level: a created segment's instance exists before its deployment
+    starts, it is ready before it is added and given weight; a removed one is drained, removed from
+    the router, its deployment stopped, and only then its instance destroyed."""
+    pos = {}
+    for i, e in enumerate(seq):
+        if e[0] in ("add", "activate", "drain", "remove"):
+            pos[(e[0], e[1])] = i
+        elif e[0] in ("start", "stop"):
+            for n in e[1]:
+                pos[(e[0], n)] = i
+    for n in created:
+        node_first = min(i for i, e in enumerate(seq) if e[0] == "nodes" and n in e[1])
+        assert node_first < pos[("start", n)] < pos[("add", n)] < pos[("activate", n)], n
+    for n in removed:
+        assert pos[("drain", n)] < pos[("remove", n)] < pos[("stop", n)], n
+        gone = min(i for i, e in enumerate(seq) if e[0] == "nodes" and i > pos[("stop", n)])
+        assert n not in seq[gone][1], n
+
+
+def test_rate_step_replans_and_switches_make_before_break(tmp_path):
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    first = ctl.plan
+    assert {k for k, st in port.ing.models["resnet50"].segments().items() if st == "live"} == {
+        segment_name(first, s) for s in first.segments if s.model == "resnet50"}
+    _offer(ctl, port, {"resnet50": 240.0, "bert": 120.0}, 60)  # inside the band: nothing moves
+    assert ctl.plan is first and not [r for r in log if r["kind"] == "transition"]
+    ev.seq.clear()
+    _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 40)  # x2 on resnet50
+    assert ctl.plan is not first
+    new = ctl.plan
+    assert new.capacity("resnet50") >= 480.0 * (1 + POLICY.min_headroom)
+    assert verify(new, profiles()) == []
+    kinds = [r["kind"] for r in log]
+    i = kinds.index("transition")
+    assert log[i - 1]["kind"] == "decision" and log[i - 1]["replan"] and "resnet50" in log[i - 1]["reason"]
+    done = log[kinds.index("transition done")]
+    old_names = {segment_name(first, s) for s in first.segments}
+    new_names = {segment_name(new, s) for s in new.segments}
+    created = {s["segment"] for s in done["steps"] if s["action"] == "create"}
+    removed = {s["segment"] for s in done["steps"] if s["action"] == "remove"}
+    assert created == new_names - old_names | (created & old_names) and created
+    assert (old_names - new_names) <= removed
+    _order_holds(ev.seq, created, removed)
+    for s in done["steps"]:  # every step has its timings
+        assert {"instance_s", "segment", "model"} <= set(s)
+    # the nodes and the router hold exactly the new plan
+    assert nodes.segments(0) == len(new.segments)
+    routed = {n for m in port.ing.models.values() for n, st in m.segments().items()}
+    assert routed == new_names and all(st == "live" for m in port.ing.models.values() for st in m.segments().values())
+    assert ctl.snapshot()["plan"]["gpus_used"] == new.gpus_used
+
+
+def test_drain_waits_for_inflight_before_removal(tmp_path):
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    ev.seq.clear()
+    port.busy = 5  # the first draining segment reports requests in flight for five polls
+    ctl.submit_services((Service("resnet50", 300.0, 100.0),))  # bert's segments go
+    _offer(ctl, port, {"resnet50": 300.0, "bert": 120.0}, 5)
+    done = [r for r in log if r["kind"] == "transition done"]
+    assert done, [r.get("reason") for r in log]
+    rem = [s for s in done[0]["steps"] if s["action"] == "remove"]
+    assert rem and rem[0]["drain_s"] == pytest.approx(3 * CFG.poll_s)  # 5 busy answers over 2 segments: 3 polls
+    _order_holds(ev.seq, set(), {s["segment"] for s in rem})
+
+
+def test_services_switch_adds_and_drops_models(tmp_path):
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    ctl.submit_services((Service("resnet50", 300.0, 100.0), Service("vgg16", 100.0, 400.0)))
+    _offer(ctl, port, {"resnet50": 300.0, "bert": 150.0}, 5)
+    assert {s.model for s in ctl.plan.services} == {"resnet50", "vgg16"}
+    assert set(port.ing.models) == {"resnet50", "vgg16"}
+    assert ("drop", "bert") in ev.seq
+    assert port.ing.models["vgg16"].capacity() >= 100.0
+    assert any(r["kind"] == "decision" and r["reason"] == "services file switched" for r in log)
+
+
+def test_refused_plan_changes_nothing(tmp_path, monkeypatch):
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    first = ctl.plan
+    broken = first.__class__(**{**first.__dict__, "segments": first.segments + (first.segments[0],)})
+    monkeypatch.setattr("parvagpu.control.live.make_plan", lambda req, strategy: broken)
+    ev.seq.clear()
+    _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 30)
+    assert ctl.plan is first and ev.seq == []
+    refused = [r for r in log if r["kind"] == "refused"]
+    assert refused and refused[0]["problems"]
+    sched, problems = check_replan(first, broken, profiles())
+    assert sched is None and problems
