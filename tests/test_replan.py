@@ -26,6 +26,11 @@ def scenario6(example, profiles, a100):
     return services, plan(PlanRequest(services, profiles, a100, 3), "auto")
 
 
+def _fresh(new, profiles, a100) -> int:
+    """GPUs of `auto`'s plan from scratch for the new plan's services."""
+    return plan(PlanRequest(new.services, profiles, a100, 3), "auto").gpus_used
+
+
 def _scaled(services, model, factor):
     return tuple(replace(s, rate=round(s.rate * factor, 3)) if s.model == model else s for s in services)
 
@@ -44,8 +49,9 @@ def test_one_rate_up_ten_percent_adds_one_segment_and_moves_no_other_model(scena
     new = plan(PlanRequest(_scaled(services, model, 1.1), profiles, a100, 3, current=current), "auto")
     assert verify(new, profiles) == []
     t = new.transition
-    assert new.gpus_used == dict(new.stats)["fresh_gpus"] == 16  # the fresh optimum, proven
+    assert new.gpus_used == _fresh(new, profiles, a100) == 16  # the fresh optimum, proven
     assert new.lower_bound == 16
+    assert "fresh_gpus" not in dict(new.stats)  # at the proven bound: no fresh plan was needed
     assert {s.model for s in t.added + t.removed} == {model}
     assert t.changed == 1
 
@@ -53,7 +59,7 @@ def test_one_rate_up_ten_percent_adds_one_segment_and_moves_no_other_model(scena
 def test_a_rate_down_keeps_everything_when_the_fresh_optimum_needs_as_many_gpus(scenario6, profiles, a100):
     services, current = scenario6
     new = plan(PlanRequest(_scaled(services, "bert", 0.9), profiles, a100, 3, current=current), "auto")
-    assert dict(new.stats)["fresh_gpus"] == new.gpus_used == 16
+    assert _fresh(new, profiles, a100) == new.gpus_used == new.lower_bound == 16
     assert new.transition.changed == 0  # surplus capacity is kept: removing it would be a change
 
 
@@ -61,7 +67,7 @@ def test_a_rate_down_that_frees_a_gpu_reaches_the_fresh_optimum(scenario6, profi
     services, current = scenario6
     new = plan(PlanRequest(_scaled(services, "vgg19", 0.7), profiles, a100, 3, current=current), "auto")
     assert verify(new, profiles) == []
-    assert new.gpus_used == dict(new.stats)["fresh_gpus"] == 15
+    assert new.gpus_used == _fresh(new, profiles, a100) == new.lower_bound == 15
     assert new.transition.changed <= 4  # the fresh plan itself would change dozens
 
 
@@ -121,3 +127,58 @@ def test_plan_current_through_the_cli(tmp_path):
     assert runner.invoke(app, ["verify", str(tmp_path / "new.json")]).exit_code == 0
     bad = runner.invoke(app, ["plan", "-s", "3", "--max-extra-gpus", "1"])
     assert bad.exit_code == 2 and "--current" in bad.output
+
+
+def _two_model_gpu(a100, rate_a):
+    """One GPU: model a (2g and 4g only) at 2g@0, model b at 3g@4; slices 2-3 free."""
+    from helpers import profile
+
+    from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+
+    profiles = {
+        "a": profile("a", [(2, 1, 1, 100.0, 0.001), (4, 1, 1, 250.0, 0.001)]),
+        "b": profile("b", [(3, 1, 1, 150.0, 0.001)]),
+    }
+    running = (
+        PlacedSegment(Segment("a", Triplet(2, 1, 1, 100.0, 1.0)), 0, 0),
+        PlacedSegment(Segment("b", Triplet(3, 1, 1, 150.0, 1.0)), 0, 4),
+    )
+    old = (Service("a", 90.0, 100.0), Service("b", 140.0, 100.0))
+    current = DeploymentMap(a100.name, "auto", 3, 8, running, old)
+    return profiles, current, (Service("a", rate_a, 100.0), old[1])
+
+
+def test_a_model_short_of_room_trades_its_own_segment_for_a_larger_one(a100):
+    profiles, current, services = _two_model_gpu(a100, 240.0)
+    new = plan(PlanRequest(services, profiles, a100, 3, current=current), "auto")
+    assert verify(new, profiles) == []
+    t = new.transition
+    assert new.gpus_used == new.lower_bound == 1  # the 2g@2 slot alone cannot hold the shortfall
+    assert {(s.model, s.size, s.start) for s in t.removed} == {("a", 2, 0)}
+    assert {(s.model, s.size, s.start) for s in t.added} == {("a", 4, 0)}
+
+
+def test_trim_surplus_frees_the_most_slices_a_lower_rate_allows():
+    from fractions import Fraction
+
+    from parvagpu.core.model import PlacedSegment, Segment, Triplet
+    from parvagpu.planning.replan import trim_surplus
+
+    def seg(size, thr, gpu, start):
+        return PlacedSegment(Segment("a", Triplet(size, 1, 1, thr, 1.0)), gpu, start)
+
+    segs = (seg(4, 250.0, 0, 0), seg(2, 100.0, 1, 0), seg(1, 60.0, 1, 2), seg(3, 150.0, 2, 4))
+    # capacity 560; rate 330 leaves 230 spare: 3g (150) + 1g (60) = 4 slices beats 2g + 1g (3)
+    kept = trim_surplus(segs, {"a": Fraction(330)}, {"a"})
+    assert sorted(s.size for s in kept) == [2, 4]
+    assert trim_surplus(segs, {"a": Fraction(330)}, set()) == segs  # unchanged models keep all
+
+
+def test_the_lp_bound_alone_matches_the_optimizers_proven_bound(scenario6, profiles, a100):
+    from parvagpu.planning.optimizer.search import lower_bound
+
+    services, current = scenario6
+    for factor in (0.7, 1.3):
+        request = PlanRequest(_scaled(services, "vgg19", factor), profiles, a100, 3)
+        fresh = plan(request, "auto")
+        assert lower_bound(request, 10.0) == fresh.lower_bound == fresh.gpus_used

@@ -9,23 +9,31 @@ Objective, in strict order:
 3. among equals, new instances at the starts that leave the most room (`GpuType.best_start`).
 
 The steps:
-- *fresh*: the strategy's plan from scratch; its GPU count (+ `max_extra_gpus`) is the cap and its
-  proven bound is the plan's bound.
 - *keep*: the running segments that are still admissible (model still served, profiled point
   runnable, procs <= max_procs, batch latency < 0.45 x the new SLO, legal and not overlapping).
-- *repair*: keep them all; a model short of its new rate gets the fewest new segments (one of the
-  smallest size that covers the shortfall and fits somewhere, else the configurator's cover of the
-  shortfall), placed best fit into free slots; a new GPU only when nothing fits. A model with
-  surplus keeps it: removing a segment is a change.
-- *consolidate*, when repair needs more GPUs than the cap: empty the GPU whose models are the
-  cheapest to re-cover in the other GPUs' free slots, again until within the cap.
+- *repair*: keep them all; a model short of its new rate gets the fewest new segments: one of the
+  smallest size that covers the shortfall and fits somewhere; else a cover placed in free slots
+  only; else one of its own segments given up and its slot re-covered with the free ones (no other
+  model touched); a new GPU only when none of these fits. A model with surplus keeps it:
+  removing a segment is a change.
+- *bound* (`auto`, `optimal`): the optimizer's LP bound on GPUs (`optimizer.search.lower_bound`).
+  A candidate within it (+ `max_extra_gpus`) needs no fresh plan: no plan needs fewer GPUs.
+- *trim and consolidate*, when repair needs more GPUs than the cap: repair again after the changed
+  models whose rate went down give up the segments that free the most slices; then empty the GPU
+  whose models are the cheapest to re-cover in the other GPUs' free slots, until within the cap.
 - *local re-plans*: wipe a few GPUs (those with free slices, or serving a changed model) and plan
   what they served afresh, with the same strategy, onto fewer of them.
+- *fresh* (`parva` always; the others when nothing met the bound): the strategy's plan from
+  scratch, with the whole time limit; its GPU count (+ `max_extra_gpus`) is the cap, and the fresh
+  plan with its GPUs renumbered onto the running ones to keep the most segments is a candidate
+  always within it, so a plan is always found.
 - *program* (`auto`, `optimal`): the integer program of `replan_program`, warm-started with the
   best candidate so far, when that one may change more than needed (more than `change_floor`);
   on a large cluster only a neighbourhood of GPUs is open to it.
-- *matched fresh plan*: the fresh plan with its GPUs renumbered onto the running ones to keep the
-  most segments: always within the cap, so a plan is always found.
+
+The phases share the time limit (the bound at most half of it, local re-plans at most half of
+what is left); only the fresh plan, when it is needed, takes a whole limit of its own, so a
+re-plan that needs it may take up to twice the limit.
 
 The candidate within the cap with the fewest changes wins (then fewer GPUs). The plan records its
 `transition` from the running plan.
@@ -73,7 +81,7 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
     current = request.current
     assert current is not None
     services = {s.model: s for s in request.services}
-    points: dict[str, dict] = {}
+    points: dict[bytes, dict] = {}
     gpu = request.gpu
     used: dict[int, int] = defaultdict(int)
     kept = []
@@ -82,11 +90,7 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
         t = s.segment.triplet
         if svc is None or t.procs > request.max_procs or not gpu.legal(s.size, s.start):
             continue
-        if s.model not in points:
-            table = points[s.model] = {}
-            for p in request.profiles[s.model].points:
-                table.setdefault((p.size, p.batch, p.procs), p)
-        p = points[s.model].get((t.size, t.batch, t.procs))
+        p = _points_of(request.profiles[s.model], points).get((t.size, t.batch, t.procs))
         if p is None or not p.runnable or not p.exact_latency_ms < threshold_ms(svc.exact_latency_ms):
             continue
         mask = gpu.mask(s.size, s.start)
@@ -95,6 +99,17 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
         used[s.gpu] |= mask
         kept.append(PlacedSegment(Segment(s.model, Triplet(p.size, p.batch, p.procs, p.segment_throughput, p.latency_ms)), s.gpu, s.start))
     return tuple(kept), len(current.segments) - len(kept)
+
+
+def _points_of(profile, tables: dict) -> dict:
+    """The profile's first point of each (size, batch, procs), built once per distinct content
+    (many services may share one profile's points)."""
+    key = profile.content_key
+    if key not in tables:
+        table = tables[key] = {}
+        for p in profile.points:
+            table.setdefault((p.size, p.batch, p.procs), p)
+    return tables[key]
 
 
 class Space:
@@ -125,6 +140,19 @@ class Space:
         if g in other.state:
             other.buckets[other.state.pop(g)].discard(g)
         return other
+
+    def copy(self) -> "Space":
+        other = self.without(-1)
+        other.idle = list(self.idle)
+        return other
+
+    def remove(self, s: PlacedSegment) -> None:
+        """Free the slot of a placed segment."""
+        used, compute = self.state[s.gpu]
+        self.buckets[(used, compute)].discard(s.gpu)
+        key = (used & ~self.gpu.mask(s.size, s.start), compute - s.size)
+        self.state[s.gpu] = key
+        self.buckets[key].add(s.gpu)
 
     def _spot(self, size: int) -> tuple[int, int] | None:
         best = None
@@ -200,16 +228,47 @@ def repair(request: PlanRequest, kept: tuple[PlacedSegment, ...], known: set[int
     table = per_size_table(request)
     space = Space(request.gpu, kept, known)
     have: dict[str, Fraction] = defaultdict(Fraction)
+    own: dict[str, list[PlacedSegment]] = defaultdict(list)
     for s in kept:
         have[s.model] += _exact(s.segment.throughput)
+        own[s.model].append(s)
     out = list(kept)
     for svc in request.services:
         need = _exact(svc.rate) - have[svc.model]
         if need <= 0:
             continue
-        for t in shortfall_cover(float(need), table[svc.model], space):
-            out.append(space.place(Segment(svc.model, t)))
+        cover = shortfall_cover(float(need), table[svc.model], space)
+        if len(cover) == 1 and space.fits(cover[0].size):
+            out.append(space.place(Segment(svc.model, cover[0])))
+            continue
+        moved = _in_free_slots(svc.model, need, table[svc.model], space, own[svc.model])
+        if moved is not None:
+            space, gone, added = moved
+            out = [s for s in out if s not in gone] + added
+            continue
+        out += [space.place(Segment(svc.model, t)) for t in cover]
     return tuple(out)
+
+
+def _in_free_slots(model: str, need: Fraction, per_size: dict[int, Triplet], space: Space,
+                   own: list[PlacedSegment]):
+    """The model's shortfall covered without a new GPU and without touching another model: in
+    free slots alone, else after removing one of its own segments (its slot and the free ones
+    re-covered). The fewest changes wins; None when every way needs a new GPU.
+    Returns (the space after, segments removed, segments added)."""
+    best = None
+    for gone in [None] + sorted(own, key=lambda s: (s.size, s.gpu, s.start)):
+        trial = space.copy()
+        if gone is not None:
+            trial.remove(gone)
+        more = need + (_exact(gone.segment.throughput) if gone is not None else 0)
+        added = fit_cover(model, more, per_size, trial)
+        if added is None:
+            continue
+        cost = len(added) + (gone is not None)
+        if best is None or cost < best[0]:
+            best = (cost, trial, [gone] if gone is not None else [], added)
+    return None if best is None else best[1:]
 
 
 def consolidate(
@@ -430,8 +489,9 @@ def _swap_to_match(segs: list[PlacedSegment], g: int, old: set[tuple]) -> list[P
     return out
 
 
-def _candidate(name: str, segments, current: DeploymentMap, per_node: int) -> Candidate:
-    old = {segment_key(s, per_node) for s in current.segments}
+def _candidate(name: str, segments, request: PlanRequest) -> Candidate:
+    per_node = request.gpus_per_node
+    old = {segment_key(s, per_node) for s in request.current.segments}
     new = {segment_key(s, per_node) for s in segments}
     return Candidate(name, tuple(segments), len(old - new) + len(new - old), len({s.gpu for s in segments}))
 
@@ -445,57 +505,203 @@ def change_floor(request: PlanRequest, kept: tuple[PlacedSegment, ...], dropped:
     return dropped + sum(1 for s in request.services if have[s.model] < _exact(s.rate))
 
 
-def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest], DeploymentMap]) -> DeploymentMap:
-    """Plan `request` from `request.current` (see the module docstring)."""
+class _Clock:
+    """The request's time limit, shared by the phases: each takes a share of what is left."""
+
+    def __init__(self, limit: float) -> None:
+        self.start = time.perf_counter()
+        self.deadline = self.start + limit
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - time.perf_counter())
+
+    def until(self, share: float) -> float:
+        """The time by which `share` of what is left has passed."""
+        return time.perf_counter() + share * self.left()
+
+
+@dataclass(frozen=True)
+class _Base:
+    """What every phase starts from: the running segments worth keeping, how many cannot stay,
+    the change floor, the GPU ids the running plan names, and the models whose demand changed."""
+
+    kept: tuple[PlacedSegment, ...]
+    dropped: int
+    floor: int
+    known: frozenset[int]
+    changed: frozenset[str]
+
+
+def _base(request: PlanRequest, strategy: str) -> _Base:
     if strategy not in MOVE_AWARE:
         raise ParvaError(f"--current works with the strategies {', '.join(MOVE_AWARE)}, not {strategy}")
     current = request.current
     assert current is not None
     if current.fleet is not None:
         raise ParvaError("--current takes a single-type plan; re-planning a fleet plan is not supported yet")
-    t0 = time.perf_counter()
-    fresh = planner(replace(request, current=None))
-    cap = fresh.gpus_used + request.max_extra_gpus
-    per_node = request.gpus_per_node
     kept, dropped = admissible_segments(request)
-    floor = change_floor(request, kept, dropped)
-    known = {s.gpu for s in current.segments}
-    cands = [
-        _candidate("matched-fresh", match_fresh(fresh, current), current, per_node),
-        _candidate("repair", repair(request, kept, known), current, per_node),
-    ]
-    gpus_first = request.max_extra_gpus == 0
-    if cands[1].gpus > cap:  # repair kept too much: empty GPUs, re-covering what they served
-        packed = consolidate(request, cands[1].segments, cap, known)
-        if packed is not None:
-            cands.append(_candidate("consolidated", packed, current, per_node))
-    best = _best(cands, cap, gpus_first)
-    if best.changes > floor:
-        changed = _changed_models(request, current)
-        deadline = t0 + request.time_limit * 0.6
-        for segs in local_replans(request, cands[1].segments, cap, planner, changed, deadline):
-            cands.append(_candidate("local", segs, current, per_node))
-        best = _best(cands, cap, gpus_first)
-    if strategy != "parva" and best.changes > floor:
-        from parvagpu.planning.replan_program import solve_moves
+    return _Base(kept, dropped, change_floor(request, kept, dropped), frozenset(s.gpu for s in current.segments),
+                 frozenset(_changed_models(request, current)))
 
-        left = request.time_limit - (time.perf_counter() - t0)
-        budget = max(left, 0.5)
-        opened = _neighbourhood(request, kept, best.segments, _changed_models(request, current))
-        found = solve_moves(request, kept, cap, best.segments, known, budget, opened)
-        if found is not None:
-            fixed = repair(request, found, known)  # tops up a rate a solver tolerance left short
-            cands.append(_candidate("program", fixed, current, per_node))
-            best = _best(cands, cap, gpus_first)
+
+@dataclass(frozen=True)
+class _Cap:
+    """The most GPUs a candidate may use and what it was read from: the proven lower bound (no
+    plan, fresh or not, needs fewer) or the fresh plan (then also the bound it proved)."""
+
+    gpus: int
+    bound: int | None
+    fresh: DeploymentMap | None
+
+
+def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest], DeploymentMap]) -> DeploymentMap:
+    """Plan `request` from `request.current` (see the module docstring)."""
+    clock = _Clock(request.time_limit)
+    base = _base(request, strategy)
+    cands = [_candidate("repair", repair(request, base.kept, set(base.known)), request)]
+    cap = _bound_cap(request, strategy, clock)
+    local = cap is not None and cands[0].gpus > cap.gpus
+    if cap is not None:
+        cands += _consolidated(request, cands[0], cap.gpus, base)
+        if local and not _within(cands, cap.gpus):
+            cands += _local(request, base, _fewest_gpus(cands), cap.gpus, planner, clock.until(0.5))
+    if cap is None or not _within(cands, cap.gpus):
+        cap = _fresh_cap(request, planner, clock, cands, base, cap)
+    gpus_first = request.max_extra_gpus == 0
+    best = _best(cands, cap.gpus, gpus_first)
+    if best.changes > base.floor and not local and clock.left() > 0:
+        cands += _local(request, base, cands[0], cap.gpus, planner, clock.until(0.6))
+        best = _best(cands, cap.gpus, gpus_first)
+    if strategy != "parva" and best.changes > base.floor and clock.left() > _MIN_PROGRAM_S:
+        cands += _program(request, base, best, cap.gpus, clock)
+        best = _best(cands, cap.gpus, gpus_first)
+    return _finish(request, strategy, best, cap, base.floor)
+
+
+_MIN_PROGRAM_S = 0.3  # seconds left below which the program is not started
+
+
+def _bound_cap(request: PlanRequest, strategy: str, clock: _Clock) -> _Cap | None:
+    """The optimizer's proven lower bound (`auto`, `optimal`; at most half the time limit): a
+    candidate that uses no more GPUs than that needs no fresh plan to compare with."""
+    if strategy == "parva":
+        return None  # the heuristic's own plan is the cap, and it is cheap
+    from parvagpu.planning.optimizer.search import lower_bound
+
+    bound = lower_bound(replace(request, current=None), 0.5 * clock.left())
+    return _Cap(bound + request.max_extra_gpus, bound, None)
+
+
+def _fresh_cap(request: PlanRequest, planner, clock: _Clock, cands: list[Candidate], base: _Base,
+               known: _Cap | None) -> _Cap:
+    """The strategy's fresh plan, with the whole time limit a plan from scratch would have (so
+    the cap is what that plan needs): its GPU count is the cap. Adds to `cands` the fresh plan
+    renumbered onto the running GPUs, and repair consolidated to the cap when that was not
+    tried already."""
+    fresh = planner(replace(request, current=None))
+    bounds = [b for b in (fresh.lower_bound, known.bound if known else None) if b is not None]
+    cap = _Cap(fresh.gpus_used + request.max_extra_gpus, max(bounds) if bounds else None, fresh)
+    cands.append(_candidate("matched-fresh", match_fresh(fresh, request.current), request))
+    if known is None or known.gpus != cap.gpus:
+        cands += _consolidated(request, cands[0], cap.gpus, base)
+    return cap
+
+
+def _fewest_gpus(cands: list[Candidate]) -> Candidate:
+    """The start for local re-plans: the candidate with the fewest GPUs, then changes."""
+    return min(cands, key=lambda c: (c.gpus, c.changes))
+
+
+def _within(cands: list[Candidate], cap: int) -> bool:
+    return any(c.gpus <= cap for c in cands)
+
+
+def _consolidated(request: PlanRequest, rep: Candidate, cap: int, base: _Base) -> list[Candidate]:
+    """Repair kept too much for the cap: first repair again after the changed models' surplus
+    is trimmed (their rates went down: free the most slices), then empty GPUs, re-covering what
+    they served elsewhere."""
+    if rep.gpus <= cap:
+        return []
+    rate = {s.model: _exact(s.rate) for s in request.services}
+    trimmed = trim_surplus(base.kept, rate, base.changed)
+    out = []
+    if len(trimmed) < len(base.kept):
+        out.append(_candidate("trimmed", repair(request, trimmed, set(base.known)), request))
+    for start in [rep] + out:
+        if not _within(out, cap):
+            packed = consolidate(request, start.segments, cap, set(base.known))
+            out += [] if packed is None else [_candidate("consolidated", packed, request)]
+    return out
+
+
+def trim_surplus(segments, rate: dict[str, Fraction], models) -> tuple[PlacedSegment, ...]:
+    """Remove, of each model in `models` with more capacity than its rate, the segments that free
+    the most slices (then the fewest segments) while its capacity stays >= its rate."""
+    own: dict[str, list[PlacedSegment]] = defaultdict(list)
+    for s in segments:
+        if s.model in models:
+            own[s.model].append(s)
+    gone: set[PlacedSegment] = set()
+    for m, segs in own.items():
+        spare = sum(_exact(s.segment.throughput) for s in segs) - rate[m]
+        if spare > 0:
+            gone |= _most_slices_within(segs, spare)
+    return tuple(s for s in segments if s not in gone)
+
+
+def _most_slices_within(segs: list[PlacedSegment], spare: Fraction) -> set[PlacedSegment]:
+    """The subset of `segs` with throughput <= `spare` holding the most slices (fewest segments
+    on a tie): exact over subsets for up to 12 segments, else largest first."""
+    segs = sorted(segs, key=lambda s: (-s.size, s.gpu, s.start))
+    if len(segs) > 12:
+        out, left = set(), spare
+        for s in segs:
+            if _exact(s.segment.throughput) <= left:
+                out.add(s)
+                left -= _exact(s.segment.throughput)
+        return out
+    best, best_key = set(), (0, 0)
+    for mask in range(1, 1 << len(segs)):
+        sub = [s for i, s in enumerate(segs) if mask >> i & 1]
+        if sum(_exact(s.segment.throughput) for s in sub) <= spare:
+            key = (sum(s.size for s in sub), -len(sub))
+            if key > best_key:
+                best, best_key = set(sub), key
+    return best
+
+
+def _local(request, base: _Base, rep: Candidate, cap: int, planner, deadline: float) -> list[Candidate]:
+    """Local re-plans from the repaired plan, until `deadline`."""
+    found = local_replans(request, rep.segments, cap, planner, set(base.changed), deadline)
+    return [_candidate("local", segs, request) for segs in found]
+
+
+def _program(request, base: _Base, best: Candidate, cap: int, clock: _Clock) -> list[Candidate]:
+    """The move-aware integer program over a neighbourhood of GPUs, warm-started with `best`."""
+    from parvagpu.planning.replan_program import solve_moves
+
+    opened = _neighbourhood(request, base.kept, best.segments, set(base.changed))
+    found = solve_moves(request, base.kept, cap, best.segments, set(base.known), max(clock.left(), 0.5), opened)
+    if found is None:
+        return []
+    fixed = repair(request, found, set(base.known))  # tops up a rate a solver tolerance left short
+    return [_candidate("program", fixed, request)]
+
+
+def _finish(request: PlanRequest, strategy: str, best: Candidate, cap: _Cap, floor: int) -> DeploymentMap:
+    """The chosen candidate as a plan, with its bound, figures and transition. `fresh_gpus` only
+    when a fresh plan was made: a candidate at the proven bound needs none."""
+    bound = cap.bound if cap.bound is None else min(cap.bound, best.gpus)
+    stats = cap.fresh.stats + (("fresh_gpus", float(cap.fresh.gpus_used)),) if cap.fresh is not None else ()
+    if cap.bound is not None:
+        stats += (("gpu_lower_bound", float(cap.bound)),)
+    stats += (("changed_segments", float(best.changes)), ("change_lower_bound", float(floor)),
+              ("replan_" + best.name.replace("-", "_"), 1.0))
     plan = DeploymentMap(
-        request.gpu.name, fresh.strategy, request.max_procs, per_node, best.segments, request.services,
-        fresh.lower_bound if fresh.lower_bound is None else min(fresh.lower_bound, best.gpus),
-        fresh.stats + (
-            ("fresh_gpus", float(fresh.gpus_used)), ("changed_segments", float(best.changes)),
-            ("change_lower_bound", float(floor)), ("replan_" + best.name.replace("-", "_"), 1.0),
-        ),
+        request.gpu.name, strategy, request.max_procs, request.gpus_per_node, best.segments, request.services,
+        bound, stats,
     )
-    return replace(plan, transition=transition(current, plan))
+    return replace(plan, transition=transition(request.current, plan))
 
 
 _MAX_OPEN = 48  # GPUs the program may re-arrange on a larger cluster; the rest keep everything

@@ -114,6 +114,18 @@ def solve(
     return _conclude(best, lb, capped)
 
 
+def lower_bound(request: PlanRequest, time_limit: float) -> int:
+    """A proven lower bound on the GPUs of any plan of `request`: step 1 of `solve` alone (the
+    LP's Lagrangian bound rounded up), or the trivial GPC bound when the LP does not end in time.
+    `Unservable` when a service has no admissible option."""
+    clock = _Clock(time_limit)
+    columns = mig_columns(request.gpu)
+    problem = Problem(request, columns, build_blocks(request, columns), "optimal")
+    lb = trivial_bound(problem.blocks, request.gpu.sizes, request.gpu.compute_slices)
+    lp = _solve_lp(problem, clock) if request.services else None
+    return lb if lp is None else max(lb, math.ceil(lp.bound - _BOUND_EPS))
+
+
 def _solve_lp(problem: Problem, clock: _Clock) -> _Lp | None:
     """Build the program and solve its LP relaxation; None when the clock ran out first. The
     phases before the solver cannot be interrupted: the clock is checked between them."""
