@@ -241,3 +241,40 @@ def test_refused_plan_changes_nothing(tmp_path, monkeypatch):
     assert refused and refused[0]["problems"]
     sched, problems = check_replan(first, broken, profiles())
     assert sched is None and problems
+
+
+def test_api_plan_services_and_bad_input(tmp_path):
+    from parvagpu.control.api import route
+
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    status, ctype, body = route(ctl, "GET", "/v1/plan", b"", profiles(), {"resnet50", "bert", "vgg16"})
+    doc = __import__("json").loads(body)
+    assert status == 200 and doc["plan"]["gpus_used"] == ctl.plan.gpus_used and doc["decisions"][0]["kind"] == "start"
+    for bad, why in ((b"services: [{model: nope, rate: 1, latency_ms: 5}]", "no profile"),
+                     (b"services: [{model: vgg19, rate: 1, latency_ms: 50}]", "models config"),
+                     (b"{not yaml: [", "invalid YAML"), (b"\xff\xfe", "UTF-8"),
+                     (b"services: [{model: bert, rate: -1, latency_ms: 5}]", "rate")):
+        status, _, body = route(ctl, "POST", "/v1/services", bad, profiles(), {"resnet50", "bert", "vgg16"})
+        msg = __import__("json").loads(body)["error"]
+        assert status == 400 and why in msg and "\n" not in msg, msg
+    assert ctl._pending is None  # nothing changed
+    ok = b'{"services": [{"model": "bert", "rate": 50, "latency_ms": 300}]}'
+    assert route(ctl, "POST", "/v1/services", ok, profiles(), None)[0] == 202
+    assert ctl._pending == (Service("bert", 50.0, 300.0),)
+    assert route(ctl, "GET", "/nope", b"", profiles(), None)[0] == 404
+
+
+def test_settings_file(tmp_path):
+    from parvagpu.control.live import read_live_settings
+    from parvagpu.core.errors import ParvaError
+
+    p = tmp_path / "s.yaml"
+    p.write_text("policy: {dwell_s: 20}\ncontrol: {tick_s: 1, strategy: parva, max_procs: 2}\ncosts: {create_s: 1}\n")
+    pol, cfg = read_live_settings(p)
+    assert pol.dwell_s == 20 and cfg.tick_s == 1 and cfg.max_procs == 2
+    p.write_text("control: {tick: 1}\n")
+    with pytest.raises(ParvaError, match="unknown control keys: tick"):
+        read_live_settings(p)
+    p.write_text("control: {tick_s: 0}\n")
+    with pytest.raises(ParvaError, match="tick_s must be positive"):
+        read_live_settings(p)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from parvagpu import __version__
-from parvagpu.cli import compare, control, diff, export, node, plan, profile, serving, verify
+from parvagpu.cli import compare, control, diff, export, live, node, plan, profile, serving, verify
 from parvagpu.cli.help import use_plain_help
 
 app = typer.Typer(
@@ -59,6 +59,7 @@ app.command("load")(serving.load)
 app.command("simulate")(serving.simulate)
 # 7. Follow the load: synthetic traces (replayed by `simulate --trace`)
 app.command("trace-gen")(control.trace_gen)
+app.command("control")(live.control)
 
 use_plain_help(app)  # usage lines name arguments as PLAN_FILE; no <bool> or <list[str]> in help
 

@@ -127,7 +127,8 @@ class Controller:
         self.lock = threading.Lock()
         self._pending: tuple[Service, ...] | None = None
         self._last_hold: str | None = None
-        self.on_change: Callable[[DeploymentMap, dict | None], None] | None = None  # metrics hook
+        self.on_change: Callable[[DeploymentMap, dict | None], None] | None = None  # metrics hooks
+        self.on_observe: Callable[[tuple[ModelView, ...], dict], None] | None = None
 
     # --- records ---
 
@@ -181,11 +182,14 @@ class Controller:
             self.rates[m].add(now, sent)
             self.attain[m].add(now, sent, min(ok, sent))
         cap = self._capacities(self.plan)
-        return tuple(
+        views = tuple(
             ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m], cap.get(m, 0.0),
                       self.changed.get(m, -math.inf))
             for m in sorted(self.planned)
         )
+        if self.on_observe is not None:
+            self.on_observe(views, counts)
+        return views
 
     def tick(self) -> Decision | None:
         """One look: a pending services file re-plans at once; else the policy decides."""
@@ -327,3 +331,64 @@ class Controller:
         for s in plan.segments:
             cap[s.model] = cap.get(s.model, 0.0) + s.segment.throughput
         return cap
+
+
+LIVE_KEYS = {"tick_s", "window_s", "attainment_window_s", "min_requests", "drain_timeout_s", "poll_s",
+             "strategy", "max_procs"}
+
+
+def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:
+    """A settings file (YAML/JSON) for `parvagpu control`: `policy:` (as for `simulate --trace`) and
+    `control:` (LiveConfig fields); `costs:` and `replay:` sections are allowed and left to the
+    replay, so one file can serve both. Unknown keys are rejected."""
+    from dataclasses import fields
+
+    from parvagpu.fileio.reader import read_document
+
+    doc = read_document(path, "controller settings") or {}
+    if not isinstance(doc, dict) or set(doc) - {"policy", "control", "costs", "replay"}:
+        raise ParvaError(f"{path}: expected a mapping with optional policy, control, costs and replay sections")
+    out = []
+    for section, keys in (("policy", {f.name for f in fields(PolicyConfig)}), ("control", LIVE_KEYS)):
+        part = doc.get(section) or {}
+        if not isinstance(part, dict):
+            raise ParvaError(f"{path}: {section} must be a mapping")
+        unknown = set(part) - keys
+        if unknown:
+            raise ParvaError(f"{path}: unknown {section} keys: {', '.join(sorted(map(str, unknown)))} "
+                             f"(known: {', '.join(sorted(keys))})")
+        for k, v in part.items():
+            text = k == "strategy"
+            if isinstance(v, bool) or not isinstance(v, str if text else (int, float)):
+                raise ParvaError(f"{path}: {section}.{k} must be {'a name' if text else 'a number'}")
+        out.append(part)
+    try:
+        live = {k: (v if k == "strategy" else int(v) if k == "max_procs" else float(v)) for k, v in out[1].items()}
+        return PolicyConfig(**{k: float(v) for k, v in out[0].items()}), LiveConfig(**live)
+    except (TypeError, ValueError) as exc:
+        raise ParvaError(f"{path}: {exc}") from None
+
+
+MAX_SERVICES_BODY = 4 * 2**20
+
+
+def services_from_body(body: bytes, profiles, models: set[str] | None = None) -> tuple[Service, ...]:
+    """A services file sent at runtime (YAML or JSON), checked as the file input is, and every model
+    known (a profile, and an entry in the models config when `models` is given); one ParvaError line."""
+    from parvagpu.fileio.reader import parse_document
+    from parvagpu.inputs.services import services_from_document
+
+    where = "POST /v1/services"
+    if len(body) > MAX_SERVICES_BODY:
+        raise ParvaError(f"{where}: body of {len(body)} bytes exceeds {MAX_SERVICES_BODY}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParvaError(f"{where}: body is not UTF-8 text") from None
+    services = services_from_document(parse_document(text, where), where)
+    for s in services:
+        if s.model not in profiles:
+            raise ParvaError(f"{where}: no profile for model {s.model!r}".encode("unicode_escape").decode("ascii"))
+        if models is not None and s.model not in models:
+            raise ParvaError(f"{where}: the models config has no entry for {s.model!r}".encode("unicode_escape").decode("ascii"))
+    return services

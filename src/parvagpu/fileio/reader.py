@@ -114,8 +114,13 @@ def read_json(path: Path, what: str) -> Any:
 def read_document(path: Path, what: str) -> Any:
     """A user-written file: JSON when it ends in .json, else YAML; failures as in `read_json`."""
     path = Path(path)
-    text = read_text(path, what)
-    if path.suffix.lower() == ".json":
+    return parse_document(read_text(path, what), path, path.suffix.lower() == ".json")
+
+
+def parse_document(text: str, path: Any, as_json: bool = False) -> Any:
+    """A document's text (YAML, of which JSON is a subset; strict JSON with `as_json`), checked as
+    `read_document` checks a file; `path` names it in messages (a file or, e.g., "POST /v1/services")."""
+    if as_json:
         return check_values(path, _parse_json(path, text))
     import yaml
 

@@ -96,7 +96,11 @@ def _keys(keys: set) -> str:
 def load_services(path: Path, truncate: bool = False) -> tuple[Service, ...]:
     """A services file: a list of {model, rate, latency_ms, tier (optional: 0, the most important,
     by default)}."""
-    data = read_document(path, "services file")
+    return services_from_document(read_document(path, "services file"), path, truncate)
+
+
+def services_from_document(data, path, truncate: bool = False) -> tuple[Service, ...]:
+    """A parsed services document (`path` names it in messages), checked as `load_services` does."""
     if isinstance(data, dict):
         unknown = set(data) - {"version", "services"}
         if unknown:

@@ -119,6 +119,33 @@ def _plan_ingress():
             from parvagpu.serving.ingress import Ingress
 
             self.ingress = Ingress(spec, handles, signatures, max_body, __version__)
+            self.signatures = signatures
+
+        # The routing switch, for the live controller (`control/live.py`); each segment is its own
+        # Serve application, named for the segment, so it comes and goes without redeploying others.
+        def set_model(self, model: str, rate: float, latency_ms: float) -> None:
+            self.ingress.set_model(model, rate, latency_ms, self.signatures.get(model))
+
+        def add_segment(self, model: str, seg: dict) -> None:
+            self.ingress.add_segment(model, seg, serve.get_deployment_handle(seg["name"], app_name=seg["name"]))
+
+        def activate(self, model: str, name: str) -> None:
+            self.ingress.activate(model, name)
+
+        def drain(self, model: str, name: str) -> None:
+            self.ingress.drain(model, name)
+
+        def inflight(self, model: str, name: str) -> int:
+            return self.ingress.inflight(model, name)
+
+        def remove_segment(self, model: str, name: str) -> None:
+            self.ingress.remove_segment(model, name)
+
+        def drop_model(self, model: str) -> None:
+            self.ingress.drop_model(model)
+
+        def counts(self) -> dict:
+            return self.ingress.counts()
 
         async def infer(self, model: str, payload: Any = None) -> tuple[int, dict]:
             """(HTTP status, body) for one synthetic request: the Python-handle entry point too."""
@@ -197,25 +224,28 @@ def build_app(spec: dict[str, ModelSpec], models: dict[str, WorkerModel], pins: 
     pins = pins or {}
     handles = {}
     for model, ms in spec.items():
-        cfg = models[model].to_dict()
         for seg in ms.segments:
-            pin = pins.get(seg.name)
-            opts: dict[str, Any] = {"num_cpus": 0}
-            if pin is not None:
-                opts["runtime_env"] = {"env_vars": dict(pin.env)}
-                opts["resources"] = dict(pin.resources)
-            handles[seg.name] = SegmentWorker.options(
-                name=seg.name,
-                num_replicas=seg.procs,
-                max_ongoing_requests=max(seg.batch, math.ceil(seg.limit / seg.procs)),
-                ray_actor_options=opts,
-                health_check_period_s=2.0,
-                graceful_shutdown_timeout_s=1.0,
-            ).bind(seg.name, model, cfg, seg.batch, seg.wait_s, seg.size)
+            handles[seg.name] = _segment_app(SegmentWorker, seg, models[model], pins.get(seg.name))
     cap = front_door_limit(spec)
     return PlanIngress.options(max_ongoing_requests=cap, max_queued_requests=FRONT_QUEUE).bind(
         spec_to_dict(spec), handles, {m: models[m].signature for m in spec}, max_body
     )
+
+
+def _segment_app(SegmentWorker, seg, model: WorkerModel, pin: Pin | None):
+    """One segment's deployment, bound: replicas = processes, pinned where a node state says."""
+    opts: dict[str, Any] = {"num_cpus": 0}
+    if pin is not None:
+        opts["runtime_env"] = {"env_vars": dict(pin.env)}
+        opts["resources"] = dict(pin.resources)
+    return SegmentWorker.options(
+        name=seg.name,
+        num_replicas=seg.procs,
+        max_ongoing_requests=max(seg.batch, math.ceil(seg.limit / seg.procs)),
+        ray_actor_options=opts,
+        health_check_period_s=2.0,
+        graceful_shutdown_timeout_s=1.0,
+    ).bind(seg.name, seg.model, model.to_dict(), seg.batch, seg.wait_s, seg.size)
 
 
 FRONT_QUEUE = 32
@@ -255,16 +285,8 @@ def confine_replica_grpc() -> None:
     replica.add_port_to_grpc_server = loopback
 
 
-def serve_app(
-    spec: dict[str, ModelSpec],
-    models: dict[str, WorkerModel],
-    pins: dict[str, Pin] | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    address: str | None = None,
-    max_body: int = MAX_BODY_BYTES,
-):
-    """Start (or join) Ray, start Serve on host:port and deploy the plan; returns the ingress handle."""
+def start_ray(host: str, port: int, address: str | None) -> None:
+    """Start (or join) Ray and start Serve's HTTP proxy on host:port (see `serve_app`)."""
     if address is None:
         # A cluster for this machine alone: Ray would otherwise advertise the host's network address
         # and its GCS, raylet, workers and agents would listen on every interface. With this (read
@@ -288,4 +310,100 @@ def serve_app(
         ray.init(address=address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True, **local)
     serve.start(http_options={"host": host, "port": port})
+
+
+class LiveServe:
+    """The live controller's serving side on Ray Serve: an ingress application that starts with no
+    model, and one Serve application per segment, started and deleted on their own. Its methods are
+    the controller's `Port` (the ingress's routing switch, called through its handle) and
+    `Deployments` (segments started, ready, stopped)."""
+
+    def __init__(self, models: dict[str, WorkerModel], front_door: int, max_body: int = MAX_BODY_BYTES,
+                 ready_timeout_s: float = 300.0) -> None:
+        from ray import serve
+
+        _SegmentWorker, PlanIngress = _deployments()
+        self.models, self.ready_timeout_s = models, ready_timeout_s
+        app = PlanIngress.options(max_ongoing_requests=front_door, max_queued_requests=FRONT_QUEUE).bind(
+            {}, {}, {m: w.signature for m, w in models.items()}, max_body)
+        self.handle = serve.run(app, name=APP, route_prefix="/")
+
+    def _call(self, method: str, *args):
+        return getattr(self.handle, method).remote(*args).result()
+
+    def counts(self) -> dict:
+        return self._call("counts")
+
+    def set_model(self, model: str, rate: float, latency_ms: float) -> None:
+        self._call("set_model", model, rate, latency_ms)
+
+    def add_segment(self, model: str, seg: dict) -> None:
+        self._call("add_segment", model, seg)
+
+    def activate(self, model: str, name: str) -> None:
+        self._call("activate", model, name)
+
+    def drain(self, model: str, name: str) -> None:
+        self._call("drain", model, name)
+
+    def inflight(self, model: str, name: str) -> int:
+        return self._call("inflight", model, name)
+
+    def remove_segment(self, model: str, name: str) -> None:
+        self._call("remove_segment", model, name)
+
+    def drop_model(self, model: str) -> None:
+        self._call("drop_model", model)
+
+    def start(self, segments: list) -> None:
+        """Deploy each segment as its own application (all at once) and return when every one is
+        running (its replicas constructed and warmed up)."""
+        from ray import serve
+        from ray.serve.api import _run
+
+        SegmentWorker, _ = _deployments()
+        names = []
+        for seg, _doc in segments:
+            _run(_segment_app(SegmentWorker, seg, self.models[seg.model], None), name=seg.name, route_prefix=None,
+                 _blocking=False)
+            names.append(seg.name)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while names:
+            apps = serve.status().applications
+            for n in list(names):
+                st = apps.get(n)
+                status = str(getattr(st, "status", ""))
+                if status.endswith("RUNNING"):
+                    names.remove(n)
+                elif status.endswith("DEPLOY_FAILED"):
+                    raise ParvaError(f"segment {n} failed to deploy: {getattr(st, 'message', '')[:200]}")
+            if names and time.monotonic() > deadline:
+                raise ParvaError(f"segments not ready after {self.ready_timeout_s:g} s: {', '.join(names)}")
+            if names:
+                time.sleep(0.2)
+
+    def stop(self, names: list[str]) -> None:
+        from ray import serve
+
+        for n in names:
+            serve.delete(n, _blocking=False)
+        for n in names:  # wait until they are gone: a later segment may reuse the name
+            deadline = time.monotonic() + self.ready_timeout_s
+            while n in serve.status().applications and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+
+def serve_app(
+    spec: dict[str, ModelSpec],
+    models: dict[str, WorkerModel],
+    pins: dict[str, Pin] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+):
+    """Start (or join) Ray, start Serve on host:port and deploy the plan; returns the ingress handle."""
+    start_ray(host, port, address)
+    from ray import serve
+
     return serve.run(build_app(spec, models, pins, max_body), name=APP, route_prefix="/")

@@ -462,3 +462,50 @@ def load_http(
         return asyncio.run(main())
     except OSError as exc:
         raise ParvaError(f"{url}: cannot connect: {exc.strerror or exc}") from None
+
+
+@dataclass
+class StepLoad:
+    """A rate step on one model: the load before and after, and every reply's (seconds from the
+    start, outcome) to see when 503s happened."""
+
+    base: LoadResult
+    extra: LoadResult
+    replies: list[tuple[float, str]]
+
+    @property
+    def lost(self) -> int:
+        return self.base.lost + self.extra.lost
+
+
+def step_load(url: str, target: Target, factor: float, step_at_s: float, duration_s: float, seed: int = 0,
+              timeout_s: float = 10.0, synthetic: bool = True) -> StepLoad:
+    """Open-loop load on one model at `target.rate`, raised to `factor` x that rate at `step_at_s`
+    (a second stream of (factor - 1) x the rate joins), until `duration_s`."""
+    if not factor > 1 or not 0 < step_at_s < duration_s:
+        raise ParvaError("a step needs factor > 1 and 0 < step time < duration")
+
+    async def main() -> StepLoad:
+        replies: list[tuple[float, str]] = []
+        loop = asyncio.get_running_loop()
+        async with HttpSender(url, synthetic=synthetic) as sender:
+            await sender.prepare([target.model])
+            t0 = loop.time()
+
+            async def send(model: str, rid: int) -> Reply:
+                r = await sender(model, rid)
+                replies.append((loop.time() - t0, r.outcome))
+                return r
+
+            async def later() -> LoadResult:
+                await asyncio.sleep(step_at_s)
+                more = Target(target.model, target.rate * (factor - 1), target.slo_ms)
+                return await run_load([more], send, duration_s - step_at_s, seed + 1, timeout_s)
+
+            base, extra = await asyncio.gather(run_load([target], send, duration_s, seed, timeout_s), later())
+        return StepLoad(base, extra, sorted(replies))
+
+    try:
+        return asyncio.run(main())
+    except OSError as exc:
+        raise ParvaError(f"{url}: cannot connect: {exc.strerror or exc}") from None

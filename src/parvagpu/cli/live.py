@@ -1,0 +1,190 @@
+"""CLI verb `control`: serve a plan on Ray Serve and follow the load (the live controller)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+import parvagpu.cli.bounds as bounds
+from parvagpu.cli.common import ForceInvalidOpt, err, example_dir, fail_on, read_checked_plan
+from parvagpu.core.errors import ParvaError
+
+
+def control(
+    plan_file: Path = typer.Argument(..., help="The plan to start from (plan JSON)."),
+    state_dir: Path = typer.Option(..., "--state-dir", help="Directory for the fake MIG nodes and their node state "
+                                   "(fake-node<k>.json, node<k>/); created if missing."),
+    decisions: Path = typer.Option(..., "--decisions", help="Append every decision, transition and its steps "
+                                   "with their timings here (JSON lines)."),
+    profiles_dir: Optional[Path] = typer.Option(None, "--profiles", help="Profile CSVs to re-plan with "
+                                                "(default: the embedded example's)."),
+    models_file: Optional[Path] = typer.Option(None, "--models", help="Models config (YAML/JSON): every model "
+                                               "the plan or a later services file may name."),
+    settings: Optional[Path] = typer.Option(None, "--settings", help="Settings (YAML/JSON): policy and control "
+                                            "sections (see docs/control.md)."),
+    port: int = typer.Option(8000, "--port", help="Inference HTTP port (loopback)."),
+    control_port: int = typer.Option(8001, "--control-port", help="Control port (loopback): GET /v1/plan, "
+                                     "POST /v1/services, GET /metrics."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds "
+                                             "(default: until Ctrl-C)."),
+    front_door: float = typer.Option(4.0, "--front-door-scale", help="The ingress takes this many times the "
+                                     "first plan's front-door limit (rates may grow)."),
+    force_invalid: bool = ForceInvalidOpt,
+) -> None:
+    """Serve a plan and follow the load: observe each model's rate and SLO attainment at the
+    ingress, re-plan with the policy (headroom, band, dwell, cool-down) from the running plan, and
+    switch make-before-break: the node agents (fake MIG backend) first, new segments ready
+    before they get traffic, old ones drained before they go. Loopback only."""
+    try:
+        bounds.in_range("--port", port, 1, 65535)
+        bounds.in_range("--control-port", control_port, 1, 65535)
+        bounds.in_range("--front-door-scale", front_door, 1, 100)
+        if duration is not None:
+            bounds.in_range("--duration", duration, 0, 7 * 86_400, open_low=True)
+        ctx = _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decisions, force_invalid)
+        ctl, server, log = _start(ctx, port, control_port, front_door)
+    except ParvaError as exc:
+        fail_on(exc)
+    err.print(f"serving {len(ctx['plan'].services)} models at http://127.0.0.1:{port}/v2/models/<model>/infer; "
+              f"plan and decisions at http://127.0.0.1:{control_port}/v1/plan (Ctrl-C to stop)", highlight=False)
+    stop = _stop_event(duration)
+    try:
+        ctl.run(stop)
+    except ParvaError as exc:
+        log({"kind": "stopped", "time_s": ctl.clock.now(), "reason": str(exc)})
+        _shutdown(server)
+        fail_on(exc)
+    _shutdown(server)
+
+
+def _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decisions, force_invalid) -> dict:
+    """Everything checked before Ray starts: the plan (verified), profiles, models, settings, files."""
+    from parvagpu.cli.serving import _models_config
+    from parvagpu.control.live import read_live_settings
+    from parvagpu.control.policy import PolicyConfig
+    from parvagpu.control.live import LiveConfig
+    from parvagpu.inputs.profiles import load_profiles
+
+    plan = read_checked_plan(plan_file, profiles_dir, force_invalid)
+    profiles = load_profiles(profiles_dir or example_dir() / "profiles")
+    missing = sorted({s.model for s in plan.services} - set(profiles))
+    if missing:
+        raise ParvaError(f"no profile for {', '.join(missing)}: control re-plans from profiles (--profiles DIR)")
+    models = _models_config(models_file, {s.model for s in plan.services})
+    policy, cfg = read_live_settings(settings) if settings is not None else (PolicyConfig(), LiveConfig())
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ParvaError(f"--state-dir {state_dir}: not a directory")
+    if decisions.is_symlink() or (decisions.exists() and not decisions.is_file()):
+        raise ParvaError(f"--decisions {decisions}: not a regular file; refusing to write to it")
+    if not (decisions.parent if str(decisions.parent) else Path(".")).is_dir():
+        raise ParvaError(f"--decisions {decisions}: directory {decisions.parent} does not exist")
+    return {"plan": plan, "profiles": profiles, "models": models, "policy": policy, "cfg": cfg,
+            "state_dir": state_dir, "decisions": decisions}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def sleep(self, s: float) -> None:
+        time.sleep(s)
+
+
+def _log_writer(path: Path):
+    fh = open(path, "a", encoding="utf-8")
+    lock = threading.Lock()
+
+    def log(record: dict) -> None:
+        line = json.dumps({"utc": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record},
+                          default=str, allow_nan=False)
+        with lock:
+            fh.write(line + "\n")
+            fh.flush()
+
+    return log
+
+
+def _start(ctx: dict, port: int, control_port: int, front_door: float):
+    from parvagpu.control.api import serve_api
+    from parvagpu.control.live import Controller
+    from parvagpu.control.nodes import FakeNodes
+    from parvagpu.serving.app import LiveServe, front_door_limit, start_ray
+    from parvagpu.serving.policy import serving_spec
+
+    plan = ctx["plan"]
+    ctx["state_dir"].mkdir(parents=True, exist_ok=True)
+    log = _log_writer(ctx["decisions"])
+    start_ray("127.0.0.1", port, None)
+    live = LiveServe(ctx["models"], int(front_door * front_door_limit(serving_spec(plan))))
+    nodes = FakeNodes(ctx["state_dir"], plan.gpus_per_node)
+    ctl = Controller(plan, ctx["profiles"], ctx["policy"], ctx["cfg"], _Clock(), nodes, live, live, log)
+    metrics = _metrics(ctl)
+    ctl.start()
+    server = serve_api(ctl, control_port, ctx["profiles"], set(ctx["models"]),
+                       None if metrics is None else metrics.exposition)
+    return ctl, server, log
+
+
+def _metrics(ctl):
+    """Prometheus series fed by the controller (when prometheus-client is installed)."""
+    try:
+        from parvagpu.serving.metrics import Metrics
+
+        m = Metrics()
+    except ImportError:
+        err.print("prometheus-client is not installed: no /metrics", highlight=False)
+        return None
+    m.plan(ctl.plan)
+
+    def changed(plan, info) -> None:
+        m.plan(plan)
+        if info is not None:
+            steps = info["steps"]
+            m.transition(sum(s["action"] == "create" for s in steps), sum(s["action"] == "remove" for s in steps))
+
+    seen: dict = {}
+
+    def observed(views, counts) -> None:
+        for v in views:
+            m.model_state(v.model, v.observed_rate, v.attainment, v.capacity, v.planned_rate)
+        for model, c in counts.items():
+            for outcome in ("admitted", "rejected", "failed", "ok"):
+                d = c.get(outcome, 0) - seen.get((model, outcome), 0)
+                if d > 0:
+                    m.requests.labels(model, outcome).inc(d)
+                seen[(model, outcome)] = c.get(outcome, 0)
+
+    ctl.on_observe = observed
+    ctl.on_change = changed
+    return m
+
+
+def _stop_event(duration: Optional[float]) -> threading.Event:
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if duration is not None:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    return stop
+
+
+def _shutdown(server) -> None:
+    """Stop the control endpoint and the local Ray cluster (every replica with it)."""
+    import ray
+
+    server.shutdown()
+    ray.shutdown()
+    err.print("stopped", highlight=False)
