@@ -43,6 +43,7 @@ class AttainmentTable:
         self.step = step
         self.seed = seed
         self._table: dict[tuple, float] = {}
+        self._shapes: dict[int, tuple] = {}  # id(segments) -> (segments, capacity, configs)
         self.simulated_requests = 0
 
     def attained(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:
@@ -50,14 +51,22 @@ class AttainmentTable:
             return 1.0
         if not segments:
             return 0.0
-        capacity = sum(s.segment.throughput for s in segments)
+        capacity, configs = self._shape(segments)
         rho = rate / capacity
         x = min(MAX_RHO, max(MIN_RHO, rho)) / self.step
         lo = math.floor(x + 1e-9)
-        configs = _configs(segments)
         a0 = self._at(model, segments, configs, lo, capacity)
         a = a0 if x - lo < 1e-9 else a0 + (x - lo) * (self._at(model, segments, configs, lo + 1, capacity) - a0)
         return a * (MAX_RHO / rho) if rho > MAX_RHO else a
+
+    def _shape(self, segments: tuple[PlacedSegment, ...]) -> tuple[float, tuple]:
+        """Capacity and configurations of a segment tuple, computed once per tuple (the replay asks
+        for the same serving segments at every event until they change)."""
+        hit = self._shapes.get(id(segments))
+        if hit is None or hit[0] is not segments:
+            hit = self._shapes[id(segments)] = (segments, sum(s.segment.throughput for s in segments),
+                                                _configs(segments))
+        return hit[1], hit[2]
 
     def _at(self, model: str, segments: tuple[PlacedSegment, ...], configs: tuple, k: int, capacity: float) -> float:
         key = (model, configs, k)

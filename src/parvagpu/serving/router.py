@@ -11,6 +11,7 @@ sequence the serving ingress produces.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable, Sequence
 
 from parvagpu.core.errors import ParvaError
@@ -62,14 +63,31 @@ class WeightedRouter:
 
     def period(self) -> list[int]:
         """One full period of picks from a fresh router (each index i appears weights[i] times)."""
-        fresh = WeightedRouter.__new__(WeightedRouter)
-        fresh.weights, fresh.total, fresh._current = self.weights, self.total, [0] * len(self.weights)
-        return [fresh.pick() for _ in range(self.total)]  # type: ignore[misc]
+        return list(_picks(self.weights, self.total))
 
     def sequence(self, n: int) -> list[int]:
         """The first `n` picks of a fresh router, by tiling one period."""
         if n <= 0:
             return []
-        p = self.period()
+        if n < self.total:
+            return list(_picks(self.weights, n))
+        p = list(_picks(self.weights, self.total))
         reps, rest = divmod(n, len(p))
         return p * reps + p[:rest]
+
+
+@lru_cache(maxsize=512)
+def _picks(weights: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """The first n (at most one period) picks of a fresh router over `weights`, kept: a simulation
+    routes the same segments at many loads (the trace replay's serving model)."""
+    total, cur, out = sum(weights), [0] * len(weights), []
+    k = len(weights)
+    for _ in range(n):
+        best, top = 0, None
+        for i in range(k):  # credit every segment; the first of the highest credits wins
+            c = cur[i] = cur[i] + weights[i]
+            if top is None or c > top:
+                best, top = i, c
+        cur[best] -= total
+        out.append(best)
+    return tuple(out)
