@@ -13,7 +13,7 @@ from parvagpu.core.errors import ParvaError
 from parvagpu.planning.heuristic import plan_parva as make_plan
 from parvagpu.planning.request import PlanRequest
 from parvagpu.serving.policy import SegmentSpec
-from parvagpu.serving.simulator import poisson_arrivals, service_times, simulate, simulate_segment
+from parvagpu.serving.simulator import poisson_arrivals, service_times, simulate, simulate_segment, simulate_spilling
 from parvagpu.inputs.services import load_scenario
 
 from helpers import profile
@@ -86,6 +86,50 @@ def test_admission_bounds_latency_under_overload():
     unbounded = simulate_segment(a, procs, batch, wait, [lat] * batch)
     assert not np.isnan(unbounded.latencies_s).any()
     assert np.nanmax(unbounded.latencies_s) > 5.0  # seconds: grows with the run
+
+
+@pytest.mark.parametrize("rate,procs,batch,wait,limit", [
+    (900, 2, 8, 0.005, 32), (60, 1, 2, 0.0036, 4), (300, 1, 1, 0.0, 3), (1500, 3, 4, 0.002, 6),
+])
+def test_arrival_by_arrival_segment_matches_the_segment_simulation(rate, procs, batch, wait, limit):
+    """The spill-over path's segment (batches formed only once they are known to have closed) gives
+    exactly `simulate_segment`'s latencies, batches and rejections, overload included."""
+    svc = [0.004 + 0.0015 * k for k in range(batch)]
+    a = poisson_arrivals(np.random.default_rng(5), rate, 10.0)
+    ref = simulate_segment(a, procs, batch, wait, svc, limit)
+    (res,), rejected = simulate_spilling(a, [(procs, batch, wait, svc, limit)], [1.0])
+    assert rejected == [int(np.isnan(ref.latencies_s).sum())]
+    assert np.array_equal(ref.latencies_s[~np.isnan(ref.latencies_s)], res.latencies_s)
+    assert ref.batches == res.batches
+
+
+def test_a_full_segment_spills_over_as_the_ingress_does():
+    """Two segments, the small one (limit 1) overloaded by its share: on its own it rejects; with
+    the ingress's spill-over its excess goes to the big one, and every request is accounted for."""
+    a = poisson_arrivals(np.random.default_rng(3), 300.0, 20.0)
+    small, big = (1, 1, 0.0, [0.01], 1), (2, 4, 0.002, [0.01] * 4, 16)
+    alone = simulate_segment(a[1::2], *small)  # share 1:1, so every other request is its
+    assert np.isnan(alone.latencies_s).sum() > 300
+    runs, rejected = simulate_spilling(a, [small, big], [1.0, 1.0])
+    assert sum(rejected) < 10
+    assert sum(r.latencies_s.size for r in runs) + sum(rejected) == a.size
+    assert runs[1].latencies_s.size > a.size // 2  # the big one took the spills
+
+
+def test_simulate_with_spill_over_rejects_only_beyond_capacity(profiles):
+    """A model over five segments: at 0.9 of its capacity a full segment's request spills over to
+    one with room (on their own the segments would reject about 1 %); at 1.3x the rejections are
+    the excess (0.23 of the requests), counted once, and every request is accounted for."""
+    services = (Service("resnet50", 900.0, 60.0),)
+    plan = make_plan(PlanRequest(services, profiles, gpu_type("A100-80GB")))
+    assert len(plan.segments) > 1
+    capacity = sum(s.segment.throughput for s in plan.segments)
+    for load, share in ((0.9, 0.0), (1.3, 0.3 / 1.3)):
+        r = simulate(plan, duration_s=3, seed=1, profiles=profiles, rate_scale=load * capacity / 900.0)
+        st = r.stats[0]
+        assert st.lost == 0 and st.ok + st.rejected == st.sent
+        assert sum(row["rejected"] for row in r.segments) == st.rejected
+        assert st.rejected / st.sent == pytest.approx(share, abs=0.003 if load < 1 else 0.02)
 
 
 def _seg(batch=16, procs=1, size=1, lat=40.0):

@@ -4,9 +4,13 @@ Model (the serving policy of `policy.py`, the routing of `router.py`):
 
 - Each model's requests arrive as a Poisson process at its planned rate (times `rate_scale`), from a
   seeded numpy `Generator` (one independent stream per model, in sorted model order).
-- The ingress sends request n to the n-th pick of the smooth weighted round-robin router, exactly as
-  the serving ingress does. After routing, segments share nothing, so each segment is simulated on
-  its own: this keeps the cost linear in the number of requests.
+- The ingress sends each request to the next pick of the smooth weighted round-robin router, exactly
+  as the serving ingress does; when that segment is full it spills over to the best-credited segment
+  of the model with room, and only when none has room is the request rejected (the ingress's
+  `router.pick` with the same eligibility). Without a spill, segments share nothing, so each is
+  first simulated on its own on the router's fixed sequence (cost linear in the requests); a model
+  whose segments rejected anything that way, and that has more than one segment, is simulated again
+  with its segments together, arrival by arrival, so the spills happen as they would when served.
 - A segment is `procs` servers sharing one FIFO queue. A request that finds `limit` requests in
   flight (queued or executing) at the segment is rejected (HTTP 503 when served). When a server is
   free and a request waits, the server opens a batch; the batch closes when `batch` requests are
@@ -16,10 +20,8 @@ Model (the serving policy of `policy.py`, the routing of `router.py`):
   to the plan's latency at the segment's own batch. Without profiles every batch takes the full
   batch's latency (an upper bound: latency grows with batch size).
 
-Not modelled: the ingress's spill-over to another segment of the model when the scheduled one is
-full (so predicted rejections are an upper bound), per-replica queues (Ray routes each request to
-one replica; here the servers of a segment share one queue), and transport overhead (add it with
-`overhead_ms`).
+Not modelled: per-replica queues (Ray routes each request to one replica; here the servers of a
+segment share one queue), and transport overhead (add it with `overhead_ms`).
 """
 
 from __future__ import annotations
@@ -163,6 +165,91 @@ def simulate_segment(
     return SegmentResult(np.asarray(seg.lat, dtype=float), seg.batches)
 
 
+class _LiveSegment:
+    """One segment simulated arrival by arrival, for the spill-over path: the batching of
+    `simulate_segment`, but a batch is formed only once the next arrival is past its close time
+    (an arrival before it may still join), so the in-flight count is right when the ingress asks."""
+
+    __slots__ = ("batch", "wait_s", "svc", "limit", "arr", "lat", "queue", "free", "done", "inflight", "batches")
+
+    def __init__(self, procs: int, batch: int, wait_s: float, service_s: list[float], limit: int) -> None:
+        self.batch, self.wait_s, self.svc, self.limit = batch, wait_s, service_s, limit
+        self.arr: list[float] = []
+        self.lat: list[float] = []
+        self.queue: deque[int] = deque()
+        self.free = [0.0] * procs
+        self.done: list[tuple[float, int]] = []
+        self.inflight = 0
+        self.batches: dict[int, int] = {}
+
+    def _close(self, t: float) -> float | None:
+        """When the next batch closes, if that is known by time t (None: not yet)."""
+        q, arr, batch = self.queue, self.arr, self.batch
+        opened = max(self.free[0], arr[q[0]])
+        if opened > t:
+            return None
+        full = arr[q[batch - 1]] if len(q) >= batch else None  # when the batch-th queued arrived
+        if self.wait_s <= 0 or (full is not None and full <= opened):
+            return opened
+        deadline = opened + self.wait_s
+        if full is not None and full <= deadline:
+            return full
+        return deadline if deadline <= t else None
+
+    def advance(self, t: float) -> None:
+        """Start every batch that closes by time t."""
+        q, arr = self.queue, self.arr
+        while q:
+            close = self._close(t)
+            if close is None:
+                return
+            k = 0
+            while k < self.batch and k < len(q) and arr[q[k]] <= close:
+                k += 1
+            finish = close + self.svc[k - 1]
+            heapq.heapreplace(self.free, finish)
+            heapq.heappush(self.done, (finish, k))
+            self.batches[k] = self.batches.get(k, 0) + 1
+            for _ in range(k):
+                j = q.popleft()
+                self.lat[j] = finish - arr[j]
+
+    def has_room(self, t: float) -> bool:
+        self.advance(t)
+        done = self.done
+        while done and done[0][0] <= t:
+            self.inflight -= heapq.heappop(done)[1]
+        return self.inflight < self.limit
+
+    def add(self, t: float) -> None:
+        self.queue.append(len(self.arr))
+        self.arr.append(t)
+        self.lat.append(math.nan)
+        self.inflight += 1
+
+
+def simulate_spilling(arrivals, segments: list[tuple[int, int, float, list[float], int]],
+                      shares: list[float]) -> tuple[list, list[int]]:
+    """One model's segments together: (procs, batch, wait_s, service_s, limit) each, routed by the
+    ingress's router with spill-over (see the module doc). Per segment its requests' latencies (s)
+    and batch histogram, and per segment the rejections of requests scheduled to it."""
+    import numpy as np
+
+    router = WeightedRouter(shares)
+    segs = [_LiveSegment(*s) for s in segments]
+    rejected = [0] * len(segs)
+    for t in (arrivals.tolist() if hasattr(arrivals, "tolist") else arrivals):
+        i = router.pick(lambda j: segs[j].has_room(t))
+        if i is None:
+            cur, w = router._current, router.weights
+            rejected[max(range(len(w)), key=lambda j: (cur[j] + w[j], -j))] += 1  # the scheduled one
+            continue
+        segs[i].add(t)
+    for s in segs:
+        s.advance(math.inf)
+    return [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
+
+
 def poisson_arrivals(rng, rate: float, duration_s: float):
     """Arrival times of a Poisson process of `rate` on [0, duration): cumulated exponential gaps."""
     import numpy as np
@@ -274,9 +361,20 @@ def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How)
     import numpy as np
 
     picks = np.asarray(WeightedRouter([s.throughput for s in ms.segments]).sequence(arrivals.size), dtype=int)
+    svcs = [[t * how.service_scale for t in service_times(seg, profile)] for seg in ms.segments]
+    limits = [None if how.unbounded else seg.limit for seg in ms.segments]
+    runs = [simulate_segment(arrivals[picks == i], seg.procs, seg.batch, seg.wait_s, svc, lim)
+            for i, (seg, svc, lim) in enumerate(zip(ms.segments, svcs, limits))]
+    routed = [int(np.count_nonzero(picks == i)) for i in range(len(ms.segments))]
+    lost = [int(np.isnan(r.latencies_s).sum()) for r in runs]
+    if len(ms.segments) > 1 and any(lost):  # a full segment would have spilled over: serve's way
+        runs, lost = simulate_spilling(
+            arrivals, [(seg.procs, seg.batch, seg.wait_s, svc, lim) for seg, svc, lim in zip(ms.segments, svcs, limits)],
+            [s.throughput for s in ms.segments])
+        routed = [r.latencies_s.size + n for r, n in zip(runs, lost)]
     rows, served = [], []
-    for idx, seg in enumerate(ms.segments):
-        row, ok = _simulate_routed(seg, arrivals[picks == idx], profile, how)
+    for seg, svc, res, n, rej in zip(ms.segments, svcs, runs, routed, lost):
+        row, ok = _segment_row(seg, svc, res, n, rej, how)
         rows.append(row)
         served.append(ok)
     lat_ms = np.concatenate(served) * 1000.0 + how.overhead_ms if served else np.empty(0)
@@ -286,21 +384,21 @@ def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How)
     return _ModelRun(st, tuple(rows), lat_ms, int(arrivals.size))
 
 
-def _simulate_routed(seg: SegmentSpec, a, profile: Profile | None, how: _How) -> tuple[dict, "object"]:
-    """One segment on the arrivals routed to it: its report row and its served latencies (s)."""
+def _segment_row(seg: SegmentSpec, svc: list[float], res: SegmentResult, routed: int, rejected: int,
+                 how: _How) -> tuple[dict, "object"]:
+    """One segment's report row (requests scheduled to it, those it rejected) and its served
+    latencies (s)."""
     import numpy as np
 
-    svc = [t * how.service_scale for t in service_times(seg, profile)]
-    res = simulate_segment(a, seg.procs, seg.batch, seg.wait_s, svc, None if how.unbounded else seg.limit)
     served = res.latencies_s[~np.isnan(res.latencies_s)]
     nb = sum(res.batches.values())
     busy = sum(c * svc[k - 1] for k, c in res.batches.items())
     row = {
         "segment": seg.name, "model": seg.model, "size": seg.size, "batch": seg.batch,
-        "procs": seg.procs, "rate": a.size / how.duration_s, "capacity": seg.throughput,
+        "procs": seg.procs, "rate": routed / how.duration_s, "capacity": seg.throughput,
         "wait_ms": 1000 * seg.wait_s, "limit": seg.limit,
         "utilisation": busy / (seg.procs * how.duration_s),
-        "mean_batch": (served.size / nb) if nb else 0.0, "rejected": int(a.size - served.size),
+        "mean_batch": (served.size / nb) if nb else 0.0, "rejected": rejected,
     }
     return row, served
 
