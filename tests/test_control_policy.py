@@ -46,6 +46,29 @@ def test_attainment_raises_the_plan_at_most_to_the_max_headroom():
     assert judge(CFG, view(70.0, planned=112.0, capacity=120.0, attainment=0.99)).rate is None
 
 
+def test_attainment_does_not_replan_a_model_whose_capacity_is_already_ample():
+    """Capacity above r x (1 + h_max) with attainment still missed: the shortfall is not capacity
+    (a queue that loses requests at any load), so no re-plan, whatever the planned rate says."""
+    # observed 70, h_max 0.6: 112. Planned 90 (a re-plan would want 112) but capacity 115 >= 112
+    assert judge(CFG, view(70.0, planned=90.0, capacity=115.0, attainment=0.95)).rate is None
+    assert judge(CFG, view(70.0, planned=90.0, capacity=111.0, attainment=0.95)).rate == pytest.approx(112.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    planned=st.floats(1, 5000), rate=st.floats(0, 10000), cap_over=st.floats(1.0, 3.0),
+    attainment=st.floats(0, 0.9989),
+)
+def test_attainment_rule_property(planned, rate, cap_over, attainment):
+    """A missed attainment target re-plans up only when that adds capacity: the wanted rate is above
+    the planned one, never above r x (1 + h_max) (or the floor), and the capacity is below that."""
+    cap = planned * cap_over
+    w = judge(CFG, view(rate, planned, cap, attainment=attainment))
+    if w.rate is not None and "attainment" in w.reason:
+        most = max(1.0, rate * 1.6)
+        assert planned < w.rate <= most + 1e-9 and cap < most
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     planned=st.floats(1, 5000), over=st.floats(1.0, 1.5), rate=st.floats(0, 10000),

@@ -9,8 +9,9 @@ C >= p (the sum of its segments' throughputs). With the observed arrival rate r:
   band upwards is "up", downwards "down"; inside it nothing moves, so noise does not re-plan;
 - **attainment**: a window's SLO attainment below the target re-plans the model up, for
   max(r, p) x (1 + h), even inside the band (capacity that looks sufficient but is not), but never
-  above r x (1 + h_max): where more capacity does not help (a segment whose admission limit loses
-  requests at any load), the model is not re-planned again and again;
+  above r x (1 + h_max), and not at all while its capacity already exceeds r x (1 + h_max): where
+  more capacity does not help (a single small segment whose queue loses requests at any load), the
+  model is not re-planned again and again;
 - **dwell**: a model's planned rate changes at most once per `dwell_s`;
 - **cool-down**: re-plans are at least `cooldown_s` apart, and none starts while a transition runs.
 
@@ -108,7 +109,7 @@ def judge(cfg: PolicyConfig, v: ModelView) -> Want:
     if v.attainment is not None and v.attainment < cfg.attainment_target:
         most = max(cfg.min_rate, v.observed_rate * (1.0 + cfg.max_headroom))
         want = min(target_rate(cfg, max(v.observed_rate, v.planned_rate)), most)
-        if want > v.planned_rate:
+        if want > v.planned_rate and v.capacity < most:  # capacity beyond `most`: not short of it
             return Want(v.model, want, f"attainment {v.attainment:.4%} < {cfg.attainment_target:.2%}")
     if v.observed_rate * (1.0 + cfg.min_headroom) > v.capacity:
         return Want(v.model, target_rate(cfg, v.observed_rate),
