@@ -111,9 +111,10 @@ def test_simulate_trace_compares_controller_static_and_oracle(generated, tmp_pat
              "--profiles", str(generated / "profiles"), "--settings", str(settings), "--json", str(out))
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
-    ctl, static, oracle = doc["runs"]
-    assert [x["run"] for x in doc["runs"]][:2] == ["controller", "static (peak)"]
+    ctl, static, static_h, oracle = doc["runs"]
+    assert [x["run"] for x in doc["runs"]][:3] == ["controller", "static (peak)", "static (peak x 1.25)"]
     assert static["replans"] == 1 and static["gpu_hours"] == pytest.approx(3 * static["peak_gpus"])
+    assert static["gpu_hours"] <= static_h["gpu_hours"] == pytest.approx(3 * static_h["peak_gpus"])
     assert oracle["replans"] == 12  # every 900 s of 3 h
     assert oracle["gpu_hours"] <= static["gpu_hours"]
     assert ctl["min_model_gap_s"] is None or ctl["min_model_gap_s"] >= 600  # the dwell holds

@@ -8,7 +8,8 @@ measured with `simulate`'s discrete-event simulator):
   would see them) and its attainment; on a re-plan the planner makes the new plan from the running
   one (`current=`, move-aware, where the planner supports it; else from scratch) and the transition
   runs in `transition.schedule`'s make-before-break order with reconfiguration costs;
-- **static**: one plan sized for every model's peak rate in the trace, for the whole trace;
+- **static**: one plan sized for every model's peak rate in the trace, for the whole trace; once
+  at the peak itself and once with the controller's headroom (peak x (1 + h));
 - **oracle**: a plan from scratch every `oracle_interval_s` for the interval's true peak rates,
   switched instantly at no cost (a lower bound on GPU-hours no real controller reaches).
 
@@ -159,15 +160,17 @@ def _step_ends(trace: Trace) -> list[tuple[float, float, tuple[float, ...]]]:
     return list(zip(trace.times, ends, trace.rates))
 
 
-def run_static(inp: Inputs, opts: Options, table: AttainmentTable) -> RunResult:
-    plan = plan_for(inp, opts, inp.trace.peak())
+def run_static(inp: Inputs, opts: Options, table: AttainmentTable, headroom: float = 0.0) -> RunResult:
+    """One plan for every model's peak rate x (1 + headroom), all the trace long."""
+    plan = plan_for(inp, opts, {m: r * (1.0 + headroom) for m, r in inp.trace.peak().items()})
     segs = _by_model(plan)
     tally = Tally()
     for a, b, rates in _step_ends(inp.trace):
         for m, r in zip(inp.trace.models, rates):
             tally.add(m, r * (b - a), r * (b - a) * table.attained(m, segs.get(m, ()), r))
     hours = inp.trace.duration_s / 3600
-    return RunResult("static (peak)", plan.gpus_used * hours, tally.overall(), None, tally.per_model(), 1,
+    name = "static (peak)" if headroom == 0 else f"static (peak x {1 + headroom:g})"
+    return RunResult(name, plan.gpus_used * hours, tally.overall(), None, tally.per_model(), 1,
                      len(plan.segments), 0, hours, plan.gpus_used)
 
 
@@ -419,7 +422,7 @@ def replay(inp: Inputs, opts: Options = Options(), cfg: PolicyConfig = PolicyCon
     template = plan_for(inp, opts, {m: 1.0 for m in inp.trace.models})
     table = AttainmentTable(template, inp.slos, inp.profiles, opts.samples, seed=opts.seed)
     ctl, decisions = run_controller(inp, opts, cfg, costs, table)
-    runs = (ctl, run_static(inp, opts, table), run_oracle(inp, opts, table))
+    runs = (ctl, run_static(inp, opts, table), run_static(inp, opts, table, cfg.headroom), run_oracle(inp, opts, table))
     return Report(runs, tuple(decisions), time.perf_counter() - started, table.entries, table.simulated_requests)
 
 
