@@ -51,6 +51,8 @@ def test_verify_checks_each_gpu_against_its_type_and_the_reservations():
 
 from dataclasses import replace  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
 
 from typer.testing import CliRunner  # noqa: E402
 
@@ -98,10 +100,11 @@ def test_the_cheapest_plan_mixes_types(example):
     alone, proven optimal."""
     profiles, services, _ = example
     by_type = _half_fast(profiles)
-    a_only = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("a", "A100-80GB", 40, 1.0),))))
-    h_only = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("h", "H100-80GB", 40, 1.5),))))
+    # A generous limit: each solve ends once its price is proven optimal (about a second each).
+    a_only = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("a", "A100-80GB", 40, 1.0),)), time_limit=120))
+    h_only = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("h", "H100-80GB", 40, 1.5),)), time_limit=120))
     fleet = Fleet((FleetNode("a", "A100-80GB", 40, 1.0), FleetNode("h", "H100-80GB", 40, 1.5)))
-    plan = plan_fleet(FleetRequest(services, by_type, fleet))
+    plan = plan_fleet(FleetRequest(services, by_type, fleet, time_limit=120))
     _check(plan, by_type)
     assert _types_used(plan) == {"A100-80GB", "H100-80GB"} and plan.gpu_type == "mixed"
     stats = dict(plan.stats)
@@ -138,8 +141,11 @@ def test_a_fleet_one_gpu_too_small_cuts_the_lowest_tier_in_proportion(example):
     served = {s.model: plan.served_rate(s) / s.rate for s in tiered}
     assert plan.gpus_used <= need - 1
     assert all(served[s.model] == 1.0 for s in tiered if s.tier < 2)
-    cut = [served[s.model] for s in tiered if s.tier == 2]
-    assert 0 < min(cut) and max(cut) < 1 and max(cut) - min(cut) < 1e-5  # shortfall in proportion to rate
+    stats = dict(plan.stats)
+    f = stats["share"]
+    assert 0 < f < 1 and stats["share_upper_bound"] == f and stats["tiers_full"] == 2  # f proven maximal
+    # every tier-2 service at the same fraction f of its rate (to 1e-6 req/s): shortfall in proportion
+    assert all(plan.served_rate(s) == math.floor(s.rate * f * 1e6) / 1e6 for s in tiered if s.tier == 2)
     data = json.loads(plan_to_json(plan))
     low = [d for d in data["services"] if d.get("tier") == 2]
     assert all(d["shortfall"] > 0 and d["served_rate"] + d["shortfall"] == pytest.approx(d["rate"]) for d in low)
@@ -209,7 +215,7 @@ def test_export_and_apply_work_node_by_node_on_a_mixed_plan(tmp_path, example):
     profiles, services, _ = example
     by_type = _half_fast(profiles)
     fleet = Fleet((FleetNode("a", "A100-80GB", 16, 1.0), FleetNode("h", "H100-80GB", 16, 1.5)))
-    plan = plan_fleet(FleetRequest(services, by_type, fleet))
+    plan = plan_fleet(FleetRequest(services, by_type, fleet, time_limit=2))
     assert _types_used(plan) == {"A100-80GB", "H100-80GB"}
     config = mig_parted_config(plan)["mig-configs"]
     for node, t in ((0, "A100-80GB"), (1, "H100-80GB")):
@@ -247,7 +253,7 @@ def test_k8s_export_of_a_fleet_plan_selects_nodes_by_their_fleet_names(example):
     profiles, services, _ = example
     by_type = _half_fast(profiles)
     fleet = Fleet((FleetNode("rack1-a", "A100-80GB", 16, 1.0), FleetNode("rack2-b", "H100-80GB", 16, 1.5)))
-    plan = plan_fleet(FleetRequest(services, by_type, fleet))
+    plan = plan_fleet(FleetRequest(services, by_type, fleet, time_limit=2))
     docs = k8s_deployments(plan)
     want = {s.gpu: fleet.nodes[plan.node_of(s.gpu)].name for s in plan.segments}
     chosen = sorted({d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] for d in docs.values()})
@@ -258,3 +264,53 @@ def test_k8s_export_of_a_fleet_plan_selects_nodes_by_their_fleet_names(example):
     bad = replace(plan, fleet=Fleet((FleetNode("rack 1", "A100-80GB", 16, 1.0), fleet.nodes[1])))
     with pytest.raises(ParvaError, match="not a valid Kubernetes label value"):
         k8s_deployments(bad)
+
+
+def test_a_service_too_big_for_either_type_alone_spans_types_at_the_proven_lowest_price(example):
+    """One service needing n GPUs, a fleet of n - 1 A100s and n - 1 H100s (same speed, same price):
+    its segments span both types, the plan uses n GPUs and its price is proven optimal (the bound
+    holds over every mix of types, not only over one type per service)."""
+    profiles, services, _ = example
+    svc = max(services, key=lambda s: s.rate)
+    by_type = {"A100-80GB": profiles, "H100-80GB": profiles}
+    n = plan_fleet(FleetRequest((svc,), by_type, Fleet((FleetNode("a", "A100-80GB", 64),)))).gpus_used
+    assert n >= 2
+    fleet = Fleet((FleetNode("a", "A100-80GB", n - 1), FleetNode("h", "H100-80GB", n - 1)))
+    plan = plan_fleet(FleetRequest((svc,), by_type, fleet))
+    _check(plan, by_type)
+    assert _types_used(plan) == {"A100-80GB", "H100-80GB"} and plan.gpus_used == n
+    assert dict(plan.stats)["proven_optimal"] == 1.0 and dict(plan.stats)["price_lower_bound"] == n
+
+
+def test_time_limit_bounds_the_whole_fleet_plan(example, tmp_path, monkeypatch):
+    """plan_fleet keeps to its time limit through every solve (full, tiers, the final plan), and
+    `plan --fleet` gives it only what reading the inputs left of --time-limit."""
+    profiles, services, _ = example
+    by_type = _half_fast(profiles)
+    tiered = tuple(replace(s, tier=i % 3) for i, s in enumerate(services))
+    fleet = Fleet((FleetNode("a", "A100-80GB", 4, 1.0), FleetNode("h", "H100-80GB", 4, 1.5)))
+    t0 = time.perf_counter()
+    plan = plan_fleet(FleetRequest(tiered, by_type, fleet, time_limit=1.0, allow_partial=True))
+    assert time.perf_counter() - t0 < 1.5
+    _check(plan, by_type)
+
+    import parvagpu.cli.plan as cli_plan
+    import parvagpu.planning.fleet as planning_fleet
+
+    asked = []
+    slow_load = cli_plan.load_fleet
+
+    def load_fleet(path):
+        time.sleep(0.6)
+        return slow_load(path)
+
+    def record(request):
+        asked.append(request.time_limit)
+        raise Unservable("stop here")
+
+    monkeypatch.setattr(cli_plan, "load_fleet", load_fleet)
+    monkeypatch.setattr(planning_fleet, "plan_fleet", record)
+    f = tmp_path / "fleet.yaml"
+    f.write_text("version: v1\nnodes: [{name: a, gpu: A100-80GB, gpus: 2}]\n")
+    r = _run("plan", "--fleet", f, "--time-limit", "2", "--format", "json")
+    assert r.exit_code == 3 and len(asked) == 1 and 0 < asked[0] <= 2 - 0.6

@@ -105,7 +105,7 @@ def plan(
             if strategy != "auto" or current_file is not None:
                 raise ParvaError("--fleet plans with the fleet optimizer; --strategy and --current do not apply")
             _emit(_fleet_plan(fleet_file, profiles_dir, slo_dir, scenario, services_file, truncate, max_procs,
-                              time_limit, allow_partial, reuse_profiles_from), fmt, out_kind, out)
+                              (started, time_limit), allow_partial, reuse_profiles_from), fmt, out_kind, out)
             return
         profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
         where = str(profiles_dir) if profiles_dir is not None else "the embedded example"
@@ -133,16 +133,21 @@ def _budgeted(request: PlanRequest, started: float) -> PlanRequest:
     """`--time-limit` is the budget of the whole command: the planners get what reading and
     checking the inputs left, less a reserve for writing the plan (at least a millisecond, so
     an overspent budget still gives the heuristic's plan)."""
-    spent = time.perf_counter() - started + _WRITE_RESERVE_S * len(request.services)
-    return replace(request, time_limit=max(request.time_limit - spent, 1e-3))
+    return replace(request, time_limit=_left(request.time_limit, started, len(request.services)))
+
+
+def _left(time_limit: float, started: float, services: int) -> float:
+    spent = time.perf_counter() - started + _WRITE_RESERVE_S * services
+    return max(time_limit - spent, 1e-3)
 
 
 def _fleet_plan(
     fleet_file: Path, profiles_dir: Optional[Path], slo_dir, scenario, services_file, truncate: bool,
-    max_procs: int, time_limit: float, allow_partial: bool, reuse_from: Optional[str],
+    max_procs: int, budget: tuple[float, float], allow_partial: bool, reuse_from: Optional[str],
 ) -> DeploymentMap:
     """Plan onto the fleet: each of its types' profiles (a subdirectory per type, or the type the
-    metadata names), the services, the fleet program."""
+    metadata names), the services, the fleet program within what `budget` (started, --time-limit)
+    leaves after reading the inputs."""
     from parvagpu.planning.fleet import FleetRequest, plan_fleet
 
     fleet = load_fleet(fleet_file)
@@ -152,7 +157,9 @@ def _fleet_plan(
     by_type = profiles_for(fleet.types, found, reuse_from, where)
     flat = None if profiles_dir is None or not any((root / t).is_dir() for t in found) else root / next(iter(found))
     _, services = load_inputs(flat or profiles_dir, slo_dir, scenario, services_file, truncate)
-    result = plan_fleet(FleetRequest(services, by_type, fleet, max_procs, time_limit, allow_partial=allow_partial))
+    started, time_limit = budget
+    left = _left(time_limit, started, len(services))
+    result = plan_fleet(FleetRequest(services, by_type, fleet, max_procs, left, allow_partial=allow_partial))
     # Provenance of the first type's profiles, under the directory given: `verify` finds the rest.
     return replace(result, provenance=provenance(by_type[fleet.types[0]], [s.model for s in services], profiles_dir))
 

@@ -1,20 +1,28 @@
 """Planning onto a fleet: a fixed inventory of nodes of mixed GPU types, prices and reserved slots.
 
 Objective, in strict order: every service meets its SLO at its rate, the lowest total price per
-hour, the fewest GPUs. Where the fleet cannot serve everything, tiers decide (0 the most
-important): the highest tiers are served fully, the lowest tier that still fits gets the largest
-equal fraction of every service's rate found by bisection to 1/1000 (the shortfall shared in
-proportion to demand), and the tiers below get nothing. Unless the request allows it, such a plan is `Unservable` (exit 3).
+hour, the fewest GPUs. A service's segments may be of several types; the program (`fleet_program`)
+states every plan of the fleet, so its proven bound holds for the mixed case.
 
-The program is in `fleet_program`; here: the request, the GPU classes, the groups of services
-with their per-type options, the tier search and the result. Pure, like every planner.
+Where the fleet cannot serve everything, tiers decide (0 the most important): the highest tiers
+that fit are served fully; the next tier gets the largest fraction f of every one of its services'
+rates that fits with them, found by one integer program that maximises f (so the shortfall is
+shared in proportion to demand, every service of the tier at the same f, floored to 1e-6 req/s);
+the tiers below it get nothing. The plan records f and HiGHS's proven upper bound on it (equal
+when solved to the end). Unless the request allows it, such a plan is `Unservable` (exit 3).
+
+`time_limit` is the budget of the whole call: half of it at most for the plan serving everything,
+then the tiers' programs and the cheapest plan at the served rates share what is left. Pure, like
+every planner.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from typing import Mapping
 
 from parvagpu.core.errors import ParvaError, Unservable
@@ -22,8 +30,10 @@ from parvagpu.core.fleet import Fleet, reserved_slots
 from parvagpu.core.gpus import GpuType
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
 from parvagpu.planning.configurator import split_feasible
-from parvagpu.planning.fleet_program import TIE, GpuClass, Group, build_and_solve, capacity_short, decode
-from parvagpu.planning.optimizer.blocks import build_blocks
+from parvagpu.planning.fleet_program import (
+    TIE, Demand, GpuClass, Options, build_and_solve, capacity_short, decode, price_unit,
+)
+from parvagpu.planning.optimizer.blocks import option_groups
 from parvagpu.planning.optimizer.columns import Column, mig_columns
 from parvagpu.planning.request import DEFAULT_MAX_PROCS, DEFAULT_TIME_LIMIT, PlanRequest
 
@@ -55,11 +65,16 @@ class FleetRequest:
 
 
 class _Clock:
+    """The call's deadline; every solve gets a share of what is left (at least a millisecond)."""
+
     def __init__(self, limit: float) -> None:
         self.deadline = time.perf_counter() + limit
 
     def left(self) -> float:
-        return max(self.deadline - time.perf_counter(), 0.05)
+        return max(self.deadline - time.perf_counter(), 1e-3)
+
+    def expired(self) -> bool:
+        return time.perf_counter() >= self.deadline
 
 
 def gpu_classes(fleet: Fleet) -> tuple[GpuClass, ...]:
@@ -95,68 +110,73 @@ def _free_columns(gpu: GpuType, mask: int, compute: int) -> tuple[Column, ...]:
     return tuple(Column(v, tuple(sorted(free[v], key=lambda p: p[1]))) for v in sorted(maximal, reverse=True))
 
 
-def _groups(request: FleetRequest, services: tuple[Service, ...]) -> list[Group]:
-    """Services grouped so that a group has the same options and covers on every type; services
-    with too many covers to list are singletons buying segments of any type. A service with no
-    option on any type is `Unservable`."""
+@dataclass(frozen=True)
+class _Setup:
+    """What every solve of one request shares: the types, the GPU classes and each service's
+    options per type (they depend on the profile and SLO, not on the rate)."""
+
+    types: Mapping[str, GpuType]
+    classes: tuple[GpuClass, ...]
+    options: Mapping[str, Mapping[str, Options]]  # model -> type -> options
+
+
+def _setup(request: FleetRequest) -> _Setup:
+    """Each service's options on every type that can serve it; `Unservable` for a service no type
+    can serve."""
     types = {n.gpu: n.type for n in request.fleet.nodes}
-    per_service: dict[str, dict[str, tuple]] = {s.model: {} for s in services}
-    block_of: dict[str, dict[str, int]] = {s.model: {} for s in services}
+    options: dict[str, dict[str, Options]] = {s.model: {} for s in request.services}
     reasons: dict[str, str] = {}
     for t, gpu in types.items():
-        req = PlanRequest(services, request.profiles[t], gpu, request.max_procs)
-        ok, dropped = split_feasible(req)
+        ok, dropped = split_feasible(PlanRequest(request.services, request.profiles[t], gpu, request.max_procs))
         for msg in dropped:
             reasons.setdefault(msg.split(":")[0], f"{msg} ({t})")
-        if not ok.services:
-            continue
-        for b_i, b in enumerate(build_blocks(ok, mig_columns(gpu))):
-            for svc in b.services:
-                per_service[svc.model][t] = (b.options, b.covers)
-                block_of[svc.model][t] = b_i
-    groups: dict[tuple, list[Service]] = {}
-    for s in services:
-        if not per_service[s.model]:
-            raise Unservable(f"{_first_reason(s, reasons)} on any GPU type of the fleet")
-        single = any(c is None for _, c in per_service[s.model].values())
-        key = ("one", s.model) if single else tuple(sorted(block_of[s.model].items()))
-        groups.setdefault(key, []).append(s)
-    return [
-        Group(tuple(m), m[0].rate, per_service[m[0].model], cover_form=key[0] != "one")
-        for key, m in groups.items()
-    ]
+        if ok.services:
+            for g in option_groups(ok, mig_columns(gpu)):
+                for svc in g.services:
+                    options[svc.model][t] = g.options
+    for s in request.services:
+        if not options[s.model]:
+            reason = reasons.get(f"model {s.model}", f"model {s.model}: no admissible triplet")
+            raise Unservable(f"{reason} on any GPU type of the fleet")
+    return _Setup(types, gpu_classes(request.fleet), options)
 
 
-def _first_reason(s: Service, reasons: dict[str, str]) -> str:
-    return reasons.get(f"model {s.model}", f"model {s.model}: no admissible triplet")
+def _demands(setup: _Setup, request: FleetRequest, served: Mapping[str, float], shared=frozenset()) -> list[Demand]:
+    """Every service with a positive rate to serve (its `served` rate, else its own), `shared`
+    ones asking f x their rate."""
+    out = []
+    for s in request.services:
+        rate = s.rate if s.model in shared else served.get(s.model, s.rate)
+        if rate > 0:
+            out.append(Demand(s, rate, setup.options[s.model], s.model in shared))
+    return out
 
 
 @dataclass(frozen=True)
 class _Outcome:
     plan: DeploymentMap | None
-    feasible: bool  # False only when HiGHS proved no plan exists
+    infeasible: bool  # HiGHS proved that no plan exists
 
 
-def _solve(request: FleetRequest, served: Mapping[str, float], clock: _Clock) -> _Outcome:
+def _cheapest(request: FleetRequest, setup: _Setup, served: Mapping[str, float], seconds: float) -> _Outcome:
     """The cheapest plan serving every service at its rate (or its `served` rate, 0: not at all)."""
-    scaled = tuple(replace(s, rate=served.get(s.model, s.rate)) for s in request.services)
-    scaled = tuple(s for s in scaled if s.rate > 0)
-    types = {n.gpu: n.type for n in request.fleet.nodes}
-    classes = gpu_classes(request.fleet)
-    groups = _groups(request, scaled)
-    sol = build_and_solve(groups, classes, types, time_limit=clock.left(), mip_rel_gap=request.mip_rel_gap)
+    demands = _demands(setup, request, served)
+    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=request.mip_rel_gap)
     if not sol.feasible:
-        return _Outcome(None, sol.status != "kInfeasible")
+        return _Outcome(None, sol.status == "kInfeasible")
     bound = max(0.0, sol.bound - TIE * request.fleet.total_gpus)  # see _plan
-    return _Outcome(_plan(request, groups, classes, sol, served, bound, sol.status == "kOptimal"), True)
+    unit = price_unit(setup.classes)
+    if unit is not None:  # every plan's price is a whole number of units
+        bound = math.ceil(bound / unit - 1e-9) * unit
+    return _Outcome(_plan(request, demands, setup, sol, served, bound), False)
 
 
-def _plan(request: FleetRequest, groups, classes, sol, served: Mapping[str, float], bound: float | None,
-          optimal: bool) -> DeploymentMap:
+def _plan(request: FleetRequest, demands, setup: _Setup, sol, served: Mapping[str, float],
+          bound: float | None) -> DeploymentMap:
     """The deployment map of a solution. `bound` is a proven lower bound on the price of any plan
     serving these rates (None: not known): HiGHS bounds price + TIE x GPUs, so the price of any plan
     is at least that bound less TIE x all the fleet's GPUs."""
-    placed, _ = decode(groups, classes, sol)
+    placed = decode(demands, setup.classes, sol)
     short = capacity_short(placed, [s for s in request.services if served.get(s.model, s.rate) > 0], served)
     if short:
         raise AssertionError(f"fleet plan falls short for {', '.join(short)}")
@@ -165,9 +185,9 @@ def _plan(request: FleetRequest, groups, classes, sol, served: Mapping[str, floa
     stats: tuple = (("price_per_hour", round(price, 6)), ("gpus", float(len(used))))
     if bound is not None:
         bound = min(price, bound)
-        gap = 0.0 if price <= 0 else max(0.0, (price - bound) / price)
+        gap = 0.0 if price <= 0 or price - bound <= 1e-9 * price else (price - bound) / price
         stats += (("price_lower_bound", round(bound, 6)), ("price_gap", round(gap, 6)),
-                  ("proven_optimal", float(optimal and request.mip_rel_gap == 0)))
+                  ("proven_optimal", float(gap == 0)))
     kinds = request.fleet.types
     return DeploymentMap(
         gpu_type=kinds[0] if len(kinds) == 1 else MIXED, strategy="fleet", max_procs=request.max_procs,
@@ -182,73 +202,74 @@ def plan_fleet(request: FleetRequest) -> DeploymentMap:
     """The cheapest plan serving every service on the fleet; when the fleet is too small, the
     tiered plan (see the module docstring), `Unservable` unless `allow_partial`."""
     clock = _Clock(request.time_limit)
-    full = _solve(request, {}, clock)
+    setup = _setup(request)
+    full = _cheapest(request, setup, {}, clock.left() / 2)
     if full.plan is not None:
         return full.plan
-    if full.feasible:
-        raise Unservable("the fleet plan found no plan within the time limit; raise --time-limit")
-    served, note, fallback = _tiered(request, clock)
-    if not request.allow_partial:
-        raise Unservable(f"cannot be served as asked: the fleet is too small ({note}); --allow-partial plans it")
-    # The cheapest plan at the served rates; the bisection's plan if the solve finds none in time.
-    out = _solve(request, served, clock)
-    best = out.plan if out.plan is not None else fallback
-    return replace(best, stats=best.stats + (("tiers_full", float(len(_tiers_full(request, served)))),))
+    share = _tiered(request, setup, clock)
+    served = share.served  # empty: everything fits (the full solve ran out of time before finding it)
+    if served and not request.allow_partial:
+        why = "the fleet is too small" if full.infeasible else "no plan serving everything found in time"
+        raise Unservable(f"cannot be served as asked: {why} ({share.note}); --allow-partial plans it")
+    # The cheapest plan at the served rates; the share program's plan if none is found in time.
+    out = _cheapest(request, setup, served, clock.left()) if not clock.expired() else _Outcome(None, False)
+    best = out.plan if out.plan is not None else share.plan
+    extra = (("tiers_full", float(share.tiers_full)), ("share", share.f), ("share_upper_bound", share.f_upper))
+    return replace(best, stats=best.stats + (extra if served else ()))
 
 
-def _tiers_full(request: FleetRequest, served: Mapping[str, float]) -> set[int]:
-    return {s.tier for s in request.services} - {s.tier for s in request.services if s.model in served}
+@dataclass(frozen=True)
+class _Share:
+    """The tiers' answer: the served rates (of the services not served in full), the shared tier's
+    fraction f and its proven upper bound, how many tiers are served in full, a note, a plan."""
+
+    served: dict[str, float]
+    f: float
+    f_upper: float
+    tiers_full: int
+    note: str
+    plan: DeploymentMap
 
 
-def _tiered(request: FleetRequest, clock: _Clock) -> tuple[dict[str, float], str, DeploymentMap]:
-    """The served rate of every service not served in full (the highest tiers that fit in full,
-    then the largest equal fraction found of the next tier's rates, nothing below it), a note
-    saying so, and a plan that serves them."""
+def _tiered(request: FleetRequest, setup: _Setup, clock: _Clock) -> _Share:
+    """Tier by tier from the most important: the largest f of this tier's rates that fits with
+    the tiers above in full; at f = 1 the next tier, else this tier at f and nothing below. When
+    the clock stops it first, the tiers not reached get nothing."""
     tiers = sorted({s.tier for s in request.services})
-    full: dict[str, float] = {}
-    for tier in tiers:
-        rest = {s.model: 0.0 for s in request.services if s.tier > tier}
-        these = tuple(s for s in request.services if s.tier == tier)
-        if tier != tiers[-1] and _fits(request, {**rest}, clock) is not None:
-            continue  # this tier fits in full with the ones above it: try the next
-        frac, plan = _largest_share(request, these, rest, clock)
-        note = f"tier {tier} served at {frac:.1%} of its rates, tiers below it not at all"
-        return dict(plan.served), note, plan
-    raise AssertionError("every tier fits, yet the full plan was infeasible")
-
-
-# Bisection on the shared tier's fraction: steps, and the resolution it stops at.
-_SHARE_STEPS = 12
-_SHARE_RESOLUTION = 1e-3
-
-
-def _fits(request: FleetRequest, served: dict[str, float], clock: _Clock, limit: float | None = None):
-    """Any plan at these served rates (the first HiGHS finds), or None: none exists, or none was
-    found within `limit` seconds."""
-    quick = replace(request, mip_rel_gap=0.99)
-    return _solve(quick, served, _Clock(min(limit or clock.left(), clock.left()))).plan
-
-
-def _largest_share(
-    request: FleetRequest, share: tuple[Service, ...], rest: dict[str, float], clock: _Clock,
-) -> tuple[float, DeploymentMap]:
-    """The largest f (to 1/1000) found such that the tiers above `share` in full and `share` at f x
-    their rates fit, by bisection over feasibility solves (each given a share of the time left; a
-    solve that times out counts as not fitting, so f is never overstated), and a plan for it."""
-    def served_at(f: float) -> dict[str, float]:
-        return {**rest, **{s.model: math.floor(s.rate * f * 1e6) / 1e6 for s in share}}
-
-    lo, hi = 0.0, 1.0
-    best = _fits(request, served_at(0.0), clock)  # the tiers above alone fit, as the last step found
+    best: _Share | None = None
+    for i, tier in enumerate(tiers):
+        these = frozenset(s.model for s in request.services if s.tier == tier)
+        below = {s.model: 0.0 for s in request.services if s.tier > tier}
+        if clock.expired():
+            break
+        f, f_upper, plan = _max_share(request, setup, these, below, clock.left() / (len(tiers) - i + 1))
+        if plan is None:
+            break
+        cut = {s.model: math.floor(s.rate * f * 1e6) / 1e6 for s in request.services if s.model in these and f < 1}
+        note = (f"tier {tier} served at {f:.1%} of its rates (at most {f_upper:.1%} fits), tiers below it not at all"
+                if f < 1 else f"tiers up to {tier} served in full, the tiers below not at all (time limit)")
+        best = _Share({**below, **cut}, f, f_upper, i + (f >= 1), note, plan)
+        if f < 1:
+            break
     if best is None:
         raise Unservable("the fleet plan found no partial plan within the time limit; raise --time-limit")
-    for step in range(_SHARE_STEPS):
-        if hi - lo <= _SHARE_RESOLUTION:
-            break
-        mid = (lo + hi) / 2
-        plan = _fits(request, served_at(mid), clock, clock.left() / (_SHARE_STEPS - step + 1))
-        if plan is not None:
-            lo, best = mid, plan
-        else:
-            hi = mid
-    return lo, best
+    return best
+
+
+def _max_share(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float], seconds: float):
+    """(f, its proven upper bound, a plan serving the tiers above in full and `share` at f x their
+    rates), or (0, 1, None) when no plan was found in time."""
+    demands = _demands(setup, request, below, share)
+    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=0.0)
+    if not sol.feasible:
+        return 0.0, 1.0, None
+    upper = min(1.0, max(0.0, -sol.bound))
+    # f as the placed capacity gives it (exact sums: HiGHS meets its rows to a tolerance), to 1e-6.
+    cap: dict[str, Fraction] = defaultdict(Fraction)
+    for _, _, seg in decode(demands, setup.classes, sol):
+        cap[seg.model] += Fraction(seg.throughput)
+    exact = min([Fraction(1)] + [cap[s.model] / Fraction(s.rate) for s in request.services if s.model in share])
+    f = 1.0 if exact >= 1 else math.floor(exact * 10**6) / 1e6
+    served = {**below, **{s.model: math.floor(s.rate * f * 1e6) / 1e6 for s in request.services
+                          if s.model in share and f < 1}}
+    return f, max(f, upper), _plan(request, demands, setup, sol, served, None)

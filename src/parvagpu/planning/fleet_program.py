@@ -1,25 +1,28 @@
-"""The fleet's integer program: which GPU type serves each service, with which segments, and which
+"""The fleet's integer program: which segments, of which GPU types, serve each service, and which
 layout each GPU of the fleet takes, at the lowest price.
 
-It reuses the optimizer's pieces by import (layouts as `Column`s, each type's per-service options
-and minimal covers from `build_blocks`) and adds what a fleet needs:
+It reuses the optimizer's layouts (`Column`s) and each type's non-dominated segment options per
+service (`option_groups`), and states the fleet's problem exactly:
 
     classes    GPUs of one type, price and reservation, with the layouts that avoid the reserved
                slots; x[c] in Z>=0 per (class, layout), sum over a class's layouts <= its GPUs
-    groups     services with the same options on every type (same profiles, SLO and rate); a
-               group chooses one cover per service on any type: sum_{t,k} z[g,t,k] = n[g]
-               (a service then runs on one type), or, where some type's covers are too many to
-               list, each service buys segments y[m,t,s] of any type with sum T y >= rate
+    demand     per service, segments y[m,t,j] in Z>=0 of any type t and option j:
+               sum T y >= rate (a service's segments may span types)
     supply     per type and size: segments used <= instances the chosen layouts offer
 
     minimise   sum_c (price_c + TIE) x[c]       (the lowest price, then the fewest GPUs)
 
+Every plan of the fleet is a solution (a service's segments are some y; a GPU's instances fit in a
+maximal layout), so HiGHS's dual bound is a proven bound over all plans, mixed or not. In the
+share form, the services of one tier ask f x their rates and the program maximises f instead.
+
 HiGHS solves it with the costs scaled by SCALE, so its absolute gap stop (one unit of the
-objective, set for GPU counts) is 1/SCALE of a price unit.
+objective) is 1/SCALE of a price unit, and 1/SHARE_SCALE of f in the share form.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,7 +37,8 @@ from parvagpu.planning.optimizer.highs import run
 
 TIE = 1e-4  # price-unit weight per GPU: among plans of one price, the fewest GPUs
 SCALE = 1e4
-# A y-form demand row asks a hair above the rate, so HiGHS's feasibility tolerance never leaves a
+SHARE_SCALE = 1e6  # the share form's objective: f to 1e-6
+# A demand row asks a hair above the rate, so HiGHS's feasibility tolerance never leaves a
 # service short.
 _MARGIN = 1e-6
 
@@ -52,14 +56,14 @@ class GpuClass:
 
 
 @dataclass(frozen=True)
-class Group:
-    """Services with the same options and covers on every type. `per_type`: type name -> (options,
-    covers or None)."""
+class Demand:
+    """One service: its rate, its options on every type that can serve it (type name -> options),
+    and whether it asks f x its rate (the share form) rather than its rate."""
 
-    services: tuple[Service, ...]
+    service: Service
     rate: float
-    per_type: Mapping[str, tuple[Options, object]]
-    cover_form: bool
+    per_type: Mapping[str, Options]
+    shared: bool = False
 
 
 @dataclass
@@ -71,7 +75,7 @@ class _Program:
     upper: list
     row_lo: list
     row_hi: list
-    var: list  # what each variable is: ("z", g, type, k) / ("y", g, type, j) / ("x", class, column)
+    var: list  # what each variable is: ("y", d, type, j) / ("x", class, column) / ("f",)
 
     def add_var(self, what, cost: float, upper: float) -> int:
         self.var.append(what)
@@ -93,7 +97,7 @@ class _Program:
 @dataclass(frozen=True)
 class Solution:
     """The solver's answer: feasible or not, HiGHS's status, the objective and its proven bound
-    (unscaled), and the values by variable meaning."""
+    (unscaled: a price, or -f in the share form), and the values by variable meaning."""
 
     feasible: bool
     status: str
@@ -103,26 +107,35 @@ class Solution:
 
 
 def build_and_solve(
-    groups: Sequence[Group], classes: Sequence[GpuClass], types: Mapping[str, GpuType], *,
+    demands: Sequence[Demand], classes: Sequence[GpuClass], types: Mapping[str, GpuType], *,
     time_limit: float, mip_rel_gap: float,
 ) -> Solution:
-    """Build the program and solve it with HiGHS."""
+    """Build the program and solve it with HiGHS: the lowest price, or, when some demand is
+    shared, the largest f (the price is then not optimised). HiGHS stops once no cheaper plan can
+    exist (its gap below one `price_unit`, less the ties) or the price is within `mip_rel_gap`."""
+    share = any(d.shared for d in demands)
     p = _Program([], [], [], [], [], [], [], [])
+    f = p.add_var(("f",), -SHARE_SCALE, 1.0) if share else None  # continuous
     supply = {(t, s): p.add_row(-np.inf, 0.0) for t, gpu in types.items() for s in gpu.sizes}
-    for g_i, g in enumerate(groups):
-        _add_group(p, g_i, g, types, supply)
+    for d_i, d in enumerate(demands):
+        _add_demand(p, d_i, d, types, supply, f)
     for c_i, cl in enumerate(classes):
         cap = p.add_row(-np.inf, float(len(cl.gpus)))
         for k, col in enumerate(cl.columns):
-            v = p.add_var(("x", c_i, k), (cl.price + TIE) * SCALE, float(len(cl.gpus)))
+            v = p.add_var(("x", c_i, k), 0.0 if share else (cl.price + TIE) * SCALE, float(len(cl.gpus)))
             p.coef(cap, v, 1.0)
             for s, a in zip(cl.type.sizes, col.counts):
                 if a:
                     p.coef(supply[cl.type.name, s], v, -float(a))
+    abs_gap = 1.0 - 1e-6
+    unit = price_unit(classes)
+    if not share and unit is not None:
+        abs_gap = max(abs_gap, (unit - TIE * sum(len(c.gpus) for c in classes)) * SCALE * (1 - 1e-9))
     h, ok = run(
         np.array(p.cost), np.array(p.upper), np.array(p.row_lo), np.array(p.row_hi),
         np.array(p.cols, dtype=np.int64), np.array(p.rows, dtype=np.int64), np.array(p.vals),
-        integer=True, time_limit=time_limit, mip_rel_gap=mip_rel_gap,
+        integer=True, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=abs_gap,
+        continuous=() if f is None else (f,),
     )
     status = h.getModelStatus().name
     if not ok:
@@ -130,47 +143,46 @@ def build_and_solve(
     x = np.asarray(h.getSolution().col_value)
     values = {p.var[i]: float(x[i]) for i in np.nonzero(np.abs(x) > 1e-9)[0]}
     info = h.getInfo()
-    return Solution(True, status, info.objective_function_value / SCALE, info.mip_dual_bound / SCALE, values)
+    unit = SHARE_SCALE if share else SCALE
+    return Solution(True, status, info.objective_function_value / unit, info.mip_dual_bound / unit, values)
 
 
-def _add_group(p: _Program, g_i: int, g: Group, types, supply) -> None:
-    n = len(g.services)
-    if g.cover_form:
-        row = p.add_row(float(n), float(n))
-        for t, (options, covers) in g.per_type.items():
-            sizes = types[t].sizes
-            for k, cov in enumerate(covers):
-                v = p.add_var(("z", g_i, t, k), 0.0, float(n))
-                p.coef(row, v, 1.0)
-                for (si, _), c in zip(options, cov):
-                    if c:
-                        p.coef(supply[t, sizes[si]], v, float(c))
-        return
-    # y form (one service per group): sum T y >= rate
-    row = p.add_row(g.rate * (1 + _MARGIN) + _MARGIN, np.inf)
-    for t, (options, _) in g.per_type.items():
+def price_unit(classes: Sequence[GpuClass]) -> float | None:
+    """The largest q of which every GPU's price (as written, in decimal) is a whole multiple, so
+    every plan's price is too: a proven bound rounds up to the next multiple. None: no such q of
+    at least 1e-6."""
+    q = Fraction(0)
+    for c in classes:
+        p = Fraction(repr(c.price))
+        q = Fraction(math.gcd(q.numerator * p.denominator, p.numerator * q.denominator), q.denominator * p.denominator)
+    return float(q) if q >= Fraction(1, 10**6) else None
+
+
+def _add_demand(p: _Program, d_i: int, d: Demand, types, supply, f: int | None) -> None:
+    """sum T y >= rate (1 + margin) + margin, or f x that in the share form."""
+    if d.shared:  # f = 0 asks nothing
+        row = p.add_row(0.0, np.inf)
+        p.coef(row, f, -(d.rate * (1 + _MARGIN) + _MARGIN))
+    else:
+        row = p.add_row(d.rate * (1 + _MARGIN) + _MARGIN, np.inf)
+    for t, options in d.per_type.items():
         sizes = types[t].sizes
         for j, (si, trip) in enumerate(options):
-            v = p.add_var(("y", g_i, t, j), 0.0, float(np.ceil(g.rate / trip.throughput)))
+            v = p.add_var(("y", d_i, t, j), 0.0, float(np.ceil(d.rate * (1 + _MARGIN) / trip.throughput) + 1))
             p.coef(row, v, trip.throughput)
             p.coef(supply[t, sizes[si]], v, 1.0)
 
 
-def decode(
-    groups: Sequence[Group], classes: Sequence[GpuClass], sol: Solution,
-) -> tuple[list[tuple[int, int, Segment]], dict[str, str]]:
-    """Placed segments (global GPU, start, segment) from the solution, and each service's types."""
+def decode(demands: Sequence[Demand], classes: Sequence[GpuClass], sol: Solution) -> list[tuple[int, int, Segment]]:
+    """Placed segments (global GPU, start, segment) from the solution."""
     per_type: dict[str, list[Segment]] = defaultdict(list)
-    order = []
-    for g_i, g in enumerate(groups):
-        for svc, segs in zip(g.services, _group_segments(g_i, g, sol.values)):
-            for t, seg in segs:
-                per_type[t].append(seg)
-            order.append(svc.model)
-    rank = {m: i for i, m in enumerate(order)}
+    for d_i, d in enumerate(demands):
+        for t, options in d.per_type.items():
+            for j, (_, trip) in enumerate(options):
+                per_type[t] += [Segment(d.service.model, trip)] * int(round(sol.values.get(("y", d_i, t, j), 0.0)))
     queues: dict[tuple[str, int], list[Segment]] = defaultdict(list)
     for t, segs in per_type.items():
-        for seg in sorted(segs, key=lambda s: (rank[s.model], -s.size)):
+        for seg in segs:  # demand order, then option order: a service's segments stay together
             queues[t, seg.size].append(seg)
     placed = []
     for c_i, cl in enumerate(classes):
@@ -185,29 +197,7 @@ def decode(
     left = sum(len(q) for q in queues.values())
     if left:  # the supply rows cover every segment, so this cannot happen
         raise AssertionError(f"fleet decoding left {left} segments unplaced")
-    return placed, {}
-
-
-def _group_segments(g_i: int, g: Group, values: dict) -> list[list[tuple[str, Segment]]]:
-    """Each service's (type, segment) list from the group's variables."""
-    out: list[list[tuple[str, Segment]]] = []
-    if g.cover_form:
-        chosen = []
-        for t, (options, covers) in g.per_type.items():
-            for k in range(len(covers)):
-                chosen += [(t, k)] * int(round(values.get(("z", g_i, t, k), 0.0)))
-        for svc, (t, k) in zip(g.services, chosen):
-            options, covers = g.per_type[t]
-            out.append([(t, Segment(svc.model, trip)) for (_, trip), c in zip(options, covers[k]) for _ in range(c)])
-        if len(out) != len(g.services):
-            raise AssertionError("fleet decoding: a group's covers do not match its services")
-        return out
-    svc = g.services[0]
-    segs = []
-    for t, (options, _) in g.per_type.items():
-        for j, (_, trip) in enumerate(options):
-            segs += [(t, Segment(svc.model, trip))] * int(round(values.get(("y", g_i, t, j), 0.0)))
-    return [segs]
+    return placed
 
 
 def capacity_short(placed, services: Sequence[Service], served: Mapping[str, float]) -> list[str]:

@@ -144,3 +144,9 @@ def trivial_bound(blocks: Sequence[Block], sizes: tuple[int, ...], slices: int) 
             need = max(b.rate / eff, float(size.min()))
         gpcs += len(b.services) * need
     return max(0, math.ceil(gpcs / slices * (1 - 1e-9)))
+
+
+def option_groups(request: PlanRequest, columns: Sequence[Column]) -> list[Block]:
+    """Each group of interchangeable services with its options, without covers (the fleet
+    program's per-type options). `Unservable` when some service has no option."""
+    return _groups(request, columns)

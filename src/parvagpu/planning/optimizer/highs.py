@@ -34,15 +34,15 @@ def _csc(cols: np.ndarray, rows: np.ndarray, vals: np.ndarray, ncol: int):
 
 def run(
     cost, upper, row_lo, row_hi, cols, rows, vals, *, integer: bool, time_limit: float,
-    mip_rel_gap: float = 0.0,
+    mip_rel_gap: float = 0.0, mip_abs_gap: float = 1.0 - 1e-6, continuous: Sequence[int] = (),
 ):
-    """One HiGHS solve of min cost.x, row_lo <= A x <= row_hi, 0 <= x <= upper; returns
-    (highs, feasible)."""
+    """One HiGHS solve of min cost.x, row_lo <= A x <= row_hi, 0 <= x <= upper (x integer, but for
+    the `continuous` columns, when `integer`); returns (highs, feasible)."""
     h = _highs()
     h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
     if integer:
         h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
-        h.setOptionValue("mip_abs_gap", 1.0 - 1e-6)  # the objective is integral
+        h.setOptionValue("mip_abs_gap", float(mip_abs_gap))  # default: the objective is integral
         # The incumbent is known and the layouts carry no GPU identity: the feasibility-jump
         # heuristic and symmetry detection only cost time (seconds on 10^5 columns, unchecked
         # against the time limit).
@@ -58,10 +58,16 @@ def run(
         np.asarray(cost, dtype=np.float64), np.zeros(ncol), np.asarray(upper, dtype=np.float64),
         np.asarray(row_lo, dtype=np.float64), np.asarray(row_hi, dtype=np.float64),
         starts, index, np.asarray(value, dtype=np.float64),
-        np.full(ncol, 1 if integer else 0, dtype=np.int32),
+        _integrality(ncol, integer, continuous),
     )
     h.run()
     return h, h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
+
+
+def _integrality(ncol: int, integer: bool, continuous: Sequence[int]) -> np.ndarray:
+    kinds = np.full(ncol, 1 if integer else 0, dtype=np.int32)
+    kinds[list(continuous)] = 0
+    return kinds
 
 
 def pack(demand: Sequence[int], columns: Sequence[Column], time_limit: float):
