@@ -8,8 +8,11 @@ For each workload the running plan is the default strategy's (`auto`) fresh plan
 (b) random changes: 20 % of the models (seeded) get a factor drawn from [0.7, 1.3]
 are re-planned with `--current`. Per case: segments changed (added + removed), whether other
 models' segments moved, GPUs against the fresh optimum (the `auto` plan from scratch of the new
-rates), planning time, and the worst capacity dip of the make-before-break transition. Every plan
-is checked with `verify` and every transition with `verify_schedule`.
+rates with `REFERENCE_S` seconds, made apart and not timed), planning time, and the worst capacity
+dip of the make-before-break transition. Every plan is checked with `verify` and every transition
+with `verify_schedule`. `--extra-gpus K` re-plans with `--max-extra-gpus K`; `--bound` adds, per
+case, the slice-counting lower bound on the changes of any plan with that many GPUs
+(`replan_bound.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import base_profiles, random_services  # noqa: E402
+from replan_bound import change_bound  # noqa: E402
 
 from parvagpu.cli.common import example_dir  # noqa: E402
 from parvagpu.core.gpus import gpu_type  # noqa: E402
@@ -46,15 +50,20 @@ def loaded_like(profiles: dict[str, Profile], base: dict[str, Profile]) -> dict[
             for name, p in profiles.items()}
 
 
-def run_case(profiles, current, services, changed: set[str], time_limit: float) -> dict:
-    req = PlanRequest(services, profiles, GPU, 3, time_limit=time_limit, current=current)
+REFERENCE_S = 30.0  # time limit of the running plan and of the fresh plans compared with
+EXTRA = 0  # --extra-gpus: GPUs beyond the fresh plan's that each re-plan may use
+BOUND = False  # --bound: the slice-counting lower bound on changes at the re-plan's GPUs, case (b)
+
+
+def run_case(profiles, current, services, changed: set[str], time_limit: float, bound: bool = False) -> dict:
+    req = PlanRequest(services, profiles, GPU, 3, time_limit=time_limit, current=current, max_extra_gpus=EXTRA)
     t0 = time.perf_counter()
     new = plan(req, "auto")
     dt = time.perf_counter() - t0
     assert verify(new, profiles) == [], verify(new, profiles)
-    # The fresh optimum the re-plan is held to: `auto` from scratch on the new rates, same limit.
-    fresh = plan(replace(req, current=None), "auto")
-    assert new.gpus_used <= fresh.gpus_used, (new.gpus_used, fresh.gpus_used)
+    # The fresh optimum the re-plan is held to: `auto` from scratch on the new rates, given time.
+    fresh = plan(replace(req, current=None, time_limit=max(time_limit, REFERENCE_S)), "auto")
+    assert new.gpus_used <= fresh.gpus_used + EXTRA, (new.gpus_used, fresh.gpus_used)
     t = new.transition
     sched = schedule(current, new)
     problems = [p for p in verify_schedule(current, new, sched.steps) if "below min" not in p]
@@ -70,11 +79,12 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float) 
         "dip": worst,
         "dip_steps": max((d.steps for d in sched.dips), default=0),
         "models": len(changed),
+        "bound": change_bound(req, new.gpus_used) if bound else None,
     }
 
 
 def single_changes(profiles, services, models, time_limit):
-    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=time_limit), "auto")
+    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=max(time_limit, REFERENCE_S)), "auto")
     rows = []
     for m in models:
         for f in FACTORS:
@@ -84,14 +94,14 @@ def single_changes(profiles, services, models, time_limit):
 
 
 def random_changes(profiles, services, seeds, time_limit):
-    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=time_limit), "auto")
+    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=max(time_limit, REFERENCE_S)), "auto")
     rows = []
     for seed in range(seeds):
         rng = random.Random(seed)
         picked = set(rng.sample([s.model for s in services], max(1, round(0.2 * len(services)))))
         new = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
                     for s in services)
-        rows.append(run_case(profiles, current, new, picked, time_limit))
+        rows.append(run_case(profiles, current, new, picked, time_limit, BOUND))
     return rows
 
 
@@ -99,14 +109,16 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
     n = len(rows)
     med = statistics.median(r["changed"] for r in rows)
     moved = sum(1 for r in rows if r["others"]) / n
-    equal = sum(1 for r in rows if r["gpus"] == r["fresh"])
-    fewer = sum(1 for r in rows if r["gpus"] < r["fresh"])
+    equal = sum(1 for r in rows if r["gpus"] == r["fresh"] + EXTRA)
+    fewer = sum(1 for r in rows if r["gpus"] < r["fresh"] + EXTRA)
     per_model = max(r["changed"] / r["models"] for r in rows)
     times = sorted(r["time"] for r in rows)
     dip = max(r["dip"] for r in rows)
     dips = sum(1 for r in rows if r["dip"] > 0)
+    if rows[0]["bound"] is not None:
+        kind += " (changes >= " + ", ".join(str(r["bound"]) for r in rows) + ")"
     return (
-        f"| {label} | {kind} | {n} | {med:g} | {max(r['changed'] for r in rows)} | {per_model:.2f} | "
+        f"| {label}{f' (+{EXTRA} GPUs)' if EXTRA else ''} | {kind} | {n} | {med:g} | {max(r['changed'] for r in rows)} | {per_model:.2f} | "
         f"{moved:.0%} | {equal}/{n}{f' ({fewer} fewer)' if fewer else ''} | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
         f"{dips} ({dip:.0%}) |"
     )
@@ -119,7 +131,12 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=10, help="models per generated workload for (a)")
     ap.add_argument("--seeds", type=int, default=3, help="random-change draws for (b)")
     ap.add_argument("--time-limit", type=float, default=10.0)
+    ap.add_argument("--extra-gpus", type=int, default=0, help="--max-extra-gpus of every re-plan")
+    ap.add_argument("--bound", action="store_true", help="print the slice-counting bound on changes")
+    ap.add_argument("--only", default="one,random", help="which changes: one, random or both")
     args = ap.parse_args()
+    global EXTRA, BOUND
+    EXTRA, BOUND = args.extra_gpus, args.bound
     base = base_profiles()
     print("| workload | changes | cases | median changed | max changed | max changed / changed model | "
           "others moved | GPUs = fresh | median time | max time | cases with a dip (worst) |")
@@ -138,10 +155,12 @@ def main() -> None:
         profiles, services = random_services(n, 0, base=base)
         profiles = loaded_like(profiles, base)
         models = random.Random(1).sample([s.model for s in services], min(args.sample, n))
-        print(summary(f"{n:,} services", "one model", single_changes(profiles, services, models, args.time_limit)),
-              flush=True)
-        print(summary(f"{n:,} services", "20 % random", random_changes(profiles, services, args.seeds,
-                                                                      args.time_limit)), flush=True)
+        if "one" in args.only:
+            print(summary(f"{n:,} services", "one model", single_changes(profiles, services, models,
+                                                                         args.time_limit)), flush=True)
+        if "random" in args.only:
+            print(summary(f"{n:,} services", "20 % random", random_changes(profiles, services, args.seeds,
+                                                                          args.time_limit)), flush=True)
 
 
 if __name__ == "__main__":

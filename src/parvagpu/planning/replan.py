@@ -31,9 +31,9 @@ The steps:
   best candidate so far, when that one may change more than needed (more than `change_floor`);
   on a large cluster only a neighbourhood of GPUs is open to it.
 
-The phases share the time limit (the bound at most half of it, local re-plans at most half of
-what is left); only the fresh plan, when it is needed, takes a whole limit of its own, so a
-re-plan that needs it may take up to twice the limit.
+The phases share the time limit (the bound at most half of it, local re-plans until 60 % of it,
+the program what is left); only the fresh plan, when it is needed, takes a whole limit of its
+own, so a re-plan that needs it may take up to twice the limit.
 
 The candidate within the cap with the fewest changes wins (then fewer GPUs). The plan records its
 `transition` from the running plan.
@@ -515,9 +515,9 @@ class _Clock:
     def left(self) -> float:
         return max(0.0, self.deadline - time.perf_counter())
 
-    def until(self, share: float) -> float:
-        """The time by which `share` of what is left has passed."""
-        return time.perf_counter() + share * self.left()
+    def at(self, share: float) -> float:
+        """The time by which `share` of the whole limit has passed."""
+        return self.start + share * (self.deadline - self.start)
 
 
 @dataclass(frozen=True)
@@ -564,13 +564,13 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     if cap is not None:
         cands += _consolidated(request, cands[0], cap.gpus, base)
         if local and not _within(cands, cap.gpus):
-            cands += _local(request, base, _fewest_gpus(cands), cap.gpus, planner, clock.until(0.5))
+            cands += _local(request, base, _fewest_gpus(cands), cap.gpus, planner, clock.at(0.6))
     if cap is None or not _within(cands, cap.gpus):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     gpus_first = request.max_extra_gpus == 0
     best = _best(cands, cap.gpus, gpus_first)
     if best.changes > base.floor and not local and clock.left() > 0:
-        cands += _local(request, base, cands[0], cap.gpus, planner, clock.until(0.6))
+        cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(0.6))
         best = _best(cands, cap.gpus, gpus_first)
     if strategy != "parva" and best.changes > base.floor and clock.left() > _MIN_PROGRAM_S:
         cands += _program(request, base, best, cap.gpus, clock)

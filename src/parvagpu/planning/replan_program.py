@@ -35,7 +35,7 @@ import numpy as np
 from parvagpu.core.gpus import GpuType
 from parvagpu.core.model import PlacedSegment, Segment, Triplet
 from parvagpu.planning.optimizer.columns import mig_columns
-from parvagpu.planning.optimizer.highs import _csc, _highs
+from parvagpu.planning.optimizer.highs import _csc, _highs, run_within
 from parvagpu.planning.request import PlanRequest
 
 
@@ -228,7 +228,7 @@ def _run(prog: _Program, row_lo, row_hi, start, time_limit: float) -> np.ndarray
     )
     if start is not None:
         h.setSolution(n, np.arange(n, dtype=np.int32), np.asarray(start, dtype=np.float64))
-    h.run()
+    run_within(h, time_limit)
     if h.getInfo().primal_solution_status != 2:
         return None
     return np.round(np.asarray(h.getSolution().col_value)).astype(np.int64)

@@ -1,0 +1,85 @@
+"""A lower bound on the segments any plan within a GPU count must change, by counting slices.
+
+A plan with at most `gpus` GPUs holds at most `gpus` x (compute slices) slices. For each model,
+whatever the layout, its segments are some of its running (admissible) segments kept plus added
+ones of its admissible sizes, covering its rate; it changes the running ones it drops plus the
+ones it adds. f_m(c), the fewest slices model m can use with at most c changes, is found by
+enumeration (how many of each kind of running segment it keeps x added multisets of its best triplet
+per size); the fewest changes
+whose slices fit the budget (a multiple-choice knapsack, by dynamic programming over the total
+changes) is then a lower bound for every plan: layouts only add constraints. Running segments
+that are no longer admissible count as changes in every plan."""
+
+from __future__ import annotations
+
+from itertools import combinations_with_replacement, product
+
+import numpy as np
+
+from parvagpu.planning.replan import admissible_segments, per_size_table
+from parvagpu.planning.request import PlanRequest
+
+MAX_MODEL_CHANGES = 12
+
+
+_ADD_MAX = 6  # most added segments per model enumerated
+_TOL = 1e-9  # a cover within this relative distance of the rate counts (only loosens the bound)
+
+
+def _add_tables(per_size: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For a = 0.._ADD_MAX added segments: their throughputs, ascending, and the fewest slices
+    of any a-multiset with at least that throughput (suffix minima)."""
+    sizes = sorted(per_size)
+    out = []
+    for a in range(_ADD_MAX + 1):
+        combos = list(combinations_with_replacement(sizes, a))
+        thr = np.array([sum(per_size[s].throughput for s in c) for c in combos])
+        sl = np.array([sum(c) for c in combos], dtype=float)
+        order = np.argsort(thr, kind="stable")
+        out.append((thr[order], np.minimum.accumulate(sl[order][::-1])[::-1]))
+    return out
+
+
+def _fewest_slices(old: list, per_size: dict, rate: float) -> np.ndarray:
+    """f(c) for c = 0..MAX_MODEL_CHANGES: the fewest slices with at most c changes (inf where no
+    cover has that few)."""
+    out = np.full(MAX_MODEL_CHANGES + 1, np.inf)
+    tables = _add_tables(per_size)
+    groups: dict[tuple, int] = {}  # (size, throughput) -> running segments alike (interchangeable)
+    for s in old:
+        key = (s.size, s.segment.throughput)
+        groups[key] = groups.get(key, 0) + 1
+    keys = list(groups)
+    for counts in product(*(range(groups[k] + 1) for k in keys)):
+        removed = len(old) - sum(counts)
+        need = (rate - sum(n * k[1] for n, k in zip(counts, keys))) * (1 - _TOL)
+        base = sum(n * k[0] for n, k in zip(counts, keys))
+        for a, (thr, least) in enumerate(tables):
+            if removed + a > MAX_MODEL_CHANGES:
+                break
+            i = int(np.searchsorted(thr, need, "left"))
+            if i < len(thr):
+                out[removed + a] = min(out[removed + a], base + least[i])
+    return np.minimum.accumulate(out)
+
+
+def change_bound(request: PlanRequest, gpus: int) -> int | None:
+    """The fewest changed segments of any plan of `request` from `request.current` that uses at
+    most `gpus` GPUs (None when more than the enumeration covers would be needed)."""
+    kept, dropped = admissible_segments(request)
+    table = per_size_table(request)
+    own: dict[str, list] = {}
+    for s in kept:
+        own.setdefault(s.model, []).append(s)
+    best = np.array([0.0])  # best[c]: fewest slices with c changes in all
+    for svc in request.services:
+        old = own.get(svc.model, [])
+        f = _fewest_slices(old, table[svc.model], svc.rate)
+        nxt = np.full(len(best) + MAX_MODEL_CHANGES, np.inf)
+        for c, sl in enumerate(f):
+            if np.isfinite(sl):
+                nxt[c:c + len(best)] = np.minimum(nxt[c:c + len(best)], best + sl)
+        best = nxt[: np.max(np.nonzero(np.isfinite(nxt))) + 1]
+    budget = gpus * request.gpu.compute_slices
+    ok = np.nonzero(best <= budget)[0]
+    return None if len(ok) == 0 else int(ok[0]) + dropped
