@@ -122,7 +122,8 @@ class Controller:
         self.last_replan = -math.inf
         self.rates: dict[str, RateWindow] = {}
         self.attain: dict[str, AttainmentWindow] = {}
-        self.seen: dict[str, tuple[int, int]] = {}
+        self.seen: dict[str, tuple[int, int, int]] = {}  # arrived, answered, within SLO
+        self.first_seen: dict[str, float] = {}  # when a model's first request arrived
         self.recent: deque = deque(maxlen=200)
         self.lock = threading.Lock()
         self._pending: tuple[Service, ...] | None = None
@@ -161,7 +162,7 @@ class Controller:
     def _watch(self, model: str, now: float) -> None:
         self.rates[model] = RateWindow(self.cfg.window_s, now)
         self.attain[model] = AttainmentWindow(self.cfg.attainment_window_s, self.cfg.min_requests)
-        self.seen.setdefault(model, (0, 0))
+        self.seen.setdefault(model, (0, 0, 0))
 
     # --- the loop ---
 
@@ -174,22 +175,33 @@ class Controller:
         """Feed the windows from the ingress's counters; each model as the policy sees it."""
         counts = self.port.counts()
         for m in self.planned:
+            # arrivals for the rate; answered requests (ok, 503, failed) for the attainment, so
+            # requests still in flight are not counted as misses
             c = counts.get(m, {})
-            arrived, good = c.get("admitted", 0) + c.get("rejected", 0), c.get("within_slo", 0)
-            a0, g0 = self.seen.get(m, (0, 0))
-            sent, ok = max(0, arrived - a0), max(0, good - g0)
-            self.seen[m] = (arrived, good)
+            now_seen = (c.get("admitted", 0) + c.get("rejected", 0),
+                        c.get("ok", 0) + c.get("rejected", 0) + c.get("failed", 0), c.get("within_slo", 0))
+            before = self.seen.get(m, (0, 0, 0))
+            sent, ended, good = (max(0, a - b) for a, b in zip(now_seen, before))
+            self.seen[m] = now_seen
             self.rates[m].add(now, sent)
-            self.attain[m].add(now, sent, min(ok, sent))
+            self.attain[m].add(now, ended, min(good, ended))
+            if sent and m not in self.first_seen:
+                self.first_seen[m] = now
         cap = self._capacities(self.plan)
         views = tuple(
             ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m], cap.get(m, 0.0),
                       self.changed.get(m, -math.inf))
-            for m in sorted(self.planned)
+            for m in sorted(self.planned) if self.warm(m, now)
         )
         if self.on_observe is not None:
             self.on_observe(views, counts)
         return views
+
+    def warm(self, model: str, now: float) -> bool:
+        """A model is judged once its window has held traffic for a whole window: a model nobody
+        has sent to yet (a fresh start) keeps the plan it was given instead of being planned down."""
+        first = self.first_seen.get(model)
+        return first is not None and now - first >= self.cfg.window_s
 
     def tick(self) -> Decision | None:
         """One look: a pending services file re-plans at once; else the policy decides."""
