@@ -112,7 +112,7 @@ def test_help_is_plain(verb):
 def test_export_k8s_help_names_its_argument_and_shows_defaults():
     out = runner.invoke(app, ["export", "k8s", "--help"], env={"COLUMNS": "160"}).output
     assert "k8s [OPTIONS] PLAN_FILE" in " ".join(out.split()), out
-    assert "[default: nvcr.io/nvidia/pytorch" in out
+    assert "[default: parvagpu:latest]" in out
 
 
 def test_install_hints_keep_their_extra(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Cluster exports: Kubernetes manifests validated against the Kubernetes schemas, mig-parted
-configs checked as strictly as mig-parted parses them, and the pod's MPS start-up script run."""
+configs checked as strictly as mig-parted parses them, and the pod's MPS start-up script run.
+(tests/test_export_serving.py: the manifests against `serve`, and a pod's command run.)"""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import yaml
 from apply_support import scenario_plan
 
 from parvagpu.export.common import write_files
-from parvagpu.export.k8s import DEFAULT_NODE_LABEL, POD_SCRIPT, k8s_deployments, k8s_files
+from parvagpu.cli.common import example_dir
+from parvagpu.export.k8s import CONFIG_DIR, DEFAULT_NODE_LABEL, POD_SCRIPT, k8s_deployments, k8s_files, k8s_manifests
 from parvagpu.export.mig_parted import MIG_CONFIG_LABEL, check_mig_parted, config_name, mig_parted_config, mig_parted_files
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.errors import ParvaError
@@ -24,6 +26,9 @@ kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is n
 
 K8S_VERSIONS = ("1.28", kv.latest_version())
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+MODELS_TEXT = (example_dir() / "models.yaml").read_text()
 
 
 @pytest.fixture(scope="module", params=[6, 1])
@@ -35,11 +40,13 @@ def plan(request):
 
 
 def test_every_manifest_passes_strict_schema_validation(plan):
-    files = k8s_files(plan, namespace="serving")
-    manifests = {n: t for n, t in files.items() if n.endswith(".yaml")}
-    assert len(manifests) == len(plan.segments)
-    for name, text in manifests.items():
-        doc = yaml.safe_load(text)
+    files = k8s_files(plan, MODELS_TEXT, namespace="serving")
+    docs = [yaml.safe_load(t) for n, t in files.items() if n.endswith(".yaml")]
+    kinds = Counter(d["kind"] for d in docs)
+    assert kinds == {"Deployment": len(plan.segments), "Service": len({s.model for s in plan.segments}),
+                     "ConfigMap": 1}
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == "serving"
         for v in K8S_VERSIONS:
             kv.validate(doc, v, strict=True)
 
@@ -65,7 +72,7 @@ def test_each_segment_requests_its_mig_profile_on_its_node(plan):
         (res,) = c["resources"]["limits"].items()
         assert res[1] == 1 and res[0].startswith("nvidia.com/mig-")
         env = {e["name"]: e["value"] for e in c["env"]}
-        meta = doc["metadata"]["labels"]
+        meta, notes = doc["metadata"]["labels"], doc["metadata"]["annotations"]
         assert spec["nodeSelector"] == {"example.com/parva-node": meta["parvagpu.io/node"]}
         assert doc["spec"]["replicas"] == 1 and doc["spec"]["strategy"] == {"type": "Recreate"}
         assert doc["spec"]["selector"]["matchLabels"].items() <= doc["spec"]["template"]["metadata"]["labels"].items()
@@ -73,8 +80,8 @@ def test_each_segment_requests_its_mig_profile_on_its_node(plan):
         assert c["command"][:2] == ["/bin/sh", "-c"] and "nvidia-cuda-mps-control -d" in c["command"][2]
         assert env["CUDA_MPS_PIPE_DIRECTORY"] and "CUDA_VISIBLE_DEVICES" not in env  # the device plugin sets it
         got[(int(meta["parvagpu.io/node"]), int(meta["parvagpu.io/gpu"]), int(meta["parvagpu.io/start"]),
-             res[0].removeprefix("nvidia.com/mig-"), env["PARVAGPU_MODEL"], int(env["PARVAGPU_BATCH"]),
-             int(env["PARVAGPU_PROCS"]))] += 1
+             res[0].removeprefix("nvidia.com/mig-"), c["args"][c["args"].index("--segment") + 1].rsplit("-n", 1)[0],
+             int(notes["parvagpu.io/batch"]), int(notes["parvagpu.io/procs"]))] += 1
     want = Counter(
         (plan.node_of(s.gpu), plan.local_gpu(s.gpu), s.start, gpu.profile(s.size).name, s.model,
          s.segment.triplet.batch, s.segment.triplet.procs)
@@ -84,22 +91,67 @@ def test_each_segment_requests_its_mig_profile_on_its_node(plan):
     assert len(docs) == len(set(docs))
 
 
-def test_image_worker_command_and_namespace_are_configurable(plan):
-    docs = k8s_deployments(plan, image="registry.local/parva:1", worker_cmd="run-worker", namespace="ml")
+def test_image_port_and_namespace_are_configurable_and_the_pod_serves_its_segment(plan):
+    docs = k8s_deployments(plan, image="registry.local/parva:1", namespace="ml", port=9000)
     doc = next(iter(docs.values()))
-    c = doc["spec"]["template"]["spec"]["containers"][0]
+    pod = doc["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
     assert c["image"] == "registry.local/parva:1" and doc["metadata"]["namespace"] == "ml"
-    assert {"name": "PARVAGPU_WORKER_CMD", "value": "run-worker"} in c["env"]
+    assert c["command"] == ["/bin/sh", "-c", POD_SCRIPT, "parvagpu-segment"]
+    seg = doc["metadata"]["annotations"]["parvagpu.io/serving-segment"]
+    assert c["args"] == ["parvagpu", "serve", f"{CONFIG_DIR}/plan.json", "--models", f"{CONFIG_DIR}/models.yaml",
+                         "--segment", seg, "--host", "0.0.0.0", "--port", "9000"]
+    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True} in c["volumeMounts"]
+    assert {"name": "config", "configMap": {"name": "parvagpu-plan"}} in pod["volumes"]
+    forced = next(iter(k8s_deployments(plan, force_invalid=True).values()))
+    assert forced["spec"]["template"]["spec"]["containers"][0]["args"][-1] == "--force-invalid"
 
 
-@pytest.mark.parametrize("kw", [{"image": " "}, {"worker_cmd": ""}, {"node_label": "bad key!"}])
+def test_the_config_map_holds_the_plan_and_the_models_config(plan):
+    from parvagpu.contract.plan_json import plan_from_dict
+
+    cm = k8s_manifests(plan, MODELS_TEXT)["configmap.yaml"]
+    assert cm["data"]["models.yaml"] == MODELS_TEXT
+    import json
+
+    assert plan_from_dict(json.loads(cm["data"]["plan.json"]))[0] == plan
+
+
+def test_one_service_per_model_selects_its_segment_pods(plan):
+    docs = k8s_manifests(plan, MODELS_TEXT, port=8123)
+    pods = [d for d in docs.values() if d["kind"] == "Deployment"]
+    services = [d for d in docs.values() if d["kind"] == "Service"]
+    assert sorted(s["metadata"]["annotations"]["parvagpu.io/model-name"] for s in services) == sorted(
+        {s.model for s in plan.segments})
+    for svc in services:
+        model = svc["metadata"]["annotations"]["parvagpu.io/model-name"]
+        sel = svc["spec"]["selector"]
+        chosen = [p for p in pods if sel.items() <= p["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(chosen) == sum(1 for s in plan.segments if s.model == model)
+        assert svc["spec"]["ports"] == [{"name": "http", "port": 8123, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_models_whose_names_collide_in_kubernetes_are_an_error():
+    from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+
+    plan = DeploymentMap("A100-80GB", "parva", 2, 8, (
+        PlacedSegment(Segment("Net_A", Triplet(1, 1, 1, 10.0, 10.0)), 0, 0),
+        PlacedSegment(Segment("net.a", Triplet(1, 1, 1, 10.0, 10.0)), 0, 1)),
+        (Service("Net_A", 5.0, 100.0), Service("net.a", 5.0, 100.0)))
+    with pytest.raises(ParvaError, match="same Service name"):
+        k8s_manifests(plan, "{}")
+
+
+@pytest.mark.parametrize("kw", [{"image": " "}, {"port": 0}, {"node_label": "bad key!"}])
 def test_bad_export_options_are_errors(plan, kw):
     with pytest.raises(ParvaError):
         k8s_deployments(plan, **kw)
 
 
 def test_node_selector_label_script(plan):
-    script = k8s_files(plan)["node-selector-labels.sh"]
+    script = k8s_files(plan, MODELS_TEXT)["node-selector-labels.sh"]
     nodes = sorted({plan.node_of(s.gpu) for s in plan.segments})
     for n in nodes:
         assert f"{DEFAULT_NODE_LABEL}={n}" in script and f"NODE{n}" in script
@@ -119,34 +171,43 @@ def _stub_bin(tmp_path):
     return bindir
 
 
-def test_pod_script_starts_mps_then_the_workers_and_quits_mps_on_stop(tmp_path):
+def _run_pod_script(tmp_path, gpu: str | None):
+    """The pod's script around a stand-in serve command, stopped with SIGTERM once it runs: the log."""
     log = tmp_path / "log"
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "NVIDIA_VISIBLE_DEVICES"},
         "PATH": f"{_stub_bin(tmp_path)}:{os.environ['PATH']}",
         "LOG": str(log),
         "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "mps" / "pipe"),
         "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "mps" / "log"),
-        "PARVAGPU_MODEL": "resnet50",
-        "PARVAGPU_PROCS": "3",
-        "PARVAGPU_WORKER_CMD": 'echo "worker $PARVAGPU_WORKER $PARVAGPU_MODEL $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"; exec sleep 30',
     }
-    proc = subprocess.Popen(["/bin/sh", "-c", POD_SCRIPT], env=env)
+    if gpu is not None:
+        env["NVIDIA_VISIBLE_DEVICES"] = gpu
+    serve = ('echo "serve $* $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"; '
+             'trap \'echo "serve stopped" >> "$LOG"; exit 0\' TERM; while :; do sleep 0.05; done')
+    proc = subprocess.Popen(["/bin/sh", "-c", POD_SCRIPT, "parvagpu-segment", "sh", "-c", serve, "serve",
+                             "--segment", "m-n0-g0-s0"], env=env)
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("worker") < 3):
+        while time.monotonic() < deadline and (not log.exists() or "serve --segment" not in log.read_text()):
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    lines = log.read_text().splitlines()
-    pipe = env["CUDA_MPS_PIPE_DIRECTORY"]
-    assert lines[0] == f"start {pipe}"
-    assert sorted(lines[1:4]) == [f"worker {i} resnet50 {pipe}" for i in range(3)]
-    assert lines[-1] == f"quit {pipe}"
+    return log.read_text().splitlines(), env["CUDA_MPS_PIPE_DIRECTORY"]
+
+
+def test_pod_script_starts_mps_then_serve_and_stops_serve_before_mps(tmp_path):
+    lines, pipe = _run_pod_script(tmp_path, "MIG-5d7c7b9e-0000-0000-0000-000000000000")
+    assert lines == [f"start {pipe}", f"serve --segment m-n0-g0-s0 {pipe}", "serve stopped", f"quit {pipe}"]
     assert (tmp_path / "mps" / "pipe").is_dir() and (tmp_path / "mps" / "log").is_dir()
+
+
+def test_pod_script_without_a_gpu_runs_serve_without_mps(tmp_path):
+    lines, pipe = _run_pod_script(tmp_path, None)
+    assert lines == [f"serve --segment m-n0-g0-s0 {pipe}", "serve stopped"]
 
 
 # -- mig-parted -----------------------------------------------------------------------------------

@@ -258,8 +258,8 @@ def test_k8s_export_of_a_fleet_plan_selects_nodes_by_their_fleet_names(example):
     want = {s.gpu: fleet.nodes[plan.node_of(s.gpu)].name for s in plan.segments}
     chosen = sorted({d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] for d in docs.values()})
     assert chosen == sorted(set(want.values())) == ["rack1-a", "rack2-b"] and len(docs) == len(plan.segments)
-    assert "nothing to label" in k8s_files(plan)["node-selector-labels.sh"]
-    script = k8s_files(plan, node_label="example.com/n")["node-selector-labels.sh"]
+    assert "nothing to label" in k8s_files(plan, "{}")["node-selector-labels.sh"]
+    script = k8s_files(plan, "{}", node_label="example.com/n")["node-selector-labels.sh"]
     assert "kubectl label node rack1-a example.com/n=rack1-a --overwrite" in script
     bad = replace(plan, fleet=Fleet((FleetNode("rack 1", "A100-80GB", 16, 1.0), fleet.nodes[1])))
     with pytest.raises(ParvaError, match="not a valid Kubernetes label value"):

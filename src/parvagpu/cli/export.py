@@ -11,7 +11,8 @@ from rich.markup import escape
 from parvagpu.cli.common import ForceInvalidOpt, err, fail_on, read_checked_plan
 from parvagpu.core.errors import ParvaError
 from parvagpu.export.common import write_files
-from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_WORKER_CMD, FLEET_NODE_LABEL, k8s_files
+from parvagpu.fileio.reader import read_text
+from parvagpu.export.k8s import DEFAULT_IMAGE, DEFAULT_NODE_LABEL, DEFAULT_PORT, FLEET_NODE_LABEL, k8s_files
 from parvagpu.export.mig_parted import mig_parted_files
 
 
@@ -37,28 +38,33 @@ def export_mig_parted(
 def export_k8s(
     plan_file: Path = typer.Argument(..., help="Plan JSON written by `parvagpu plan`."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write into (created if missing)."),
-    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="Container image of the segment workers."),
-    worker_cmd: str = typer.Option(
-        DEFAULT_WORKER_CMD, "--worker-cmd",
-        help="Shell command of one worker; sees PARVAGPU_MODEL, PARVAGPU_BATCH, PARVAGPU_WORKER.",
-    ),
+    models_file: Optional[Path] = typer.Option(
+        None, "--models", help="Models config the pods serve with (put in the ConfigMap); default: the embedded "
+        "example's, when it has every model of the plan."),
+    image: str = typer.Option(DEFAULT_IMAGE, "--image", help="Container image built from docker/Dockerfile."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port of each pod and Service (the OIP HTTP API)."),
     node_label: Optional[str] = typer.Option(
         None, "--node-label",
         help=f"Node label key the Deployments select on (default {DEFAULT_NODE_LABEL}, value the plan node index; "
         f"a fleet plan: {FLEET_NODE_LABEL}, value the fleet node name).",
     ),
-    namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of the Deployments."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="Namespace of the manifests."),
     force_invalid: bool = ForceInvalidOpt,
 ) -> None:
-    """One Deployment per segment requesting nvidia.com/mig-<profile> on its node.
+    """A ConfigMap with the plan, a Deployment per segment requesting nvidia.com/mig-<profile> on its
+    node, and a Service per model.
 
-    Each pod starts its own MPS daemon on its MIG device, then the segment's processes."""
+    Each pod starts its own MPS daemon on its MIG device, then `parvagpu serve PLAN --segment NAME`:
+    the serving code of `serve`, one segment per pod."""
+    from parvagpu.cli.serving import models_config
+
     try:
         plan = read_checked_plan(plan_file, force=force_invalid)
-        files = k8s_files(plan, image, worker_cmd, node_label, namespace)
+        models_path, _ = models_config(models_file, {s.model for s in plan.services})
+        files = k8s_files(plan, read_text(models_path, "models config"), image, node_label, namespace, port, force_invalid)
         written = write_files(out, files)
     except ParvaError as exc:
         fail_on(exc)
-    err.print(f"wrote {len(written)} files to {escape(str(out))} ({len(written) - 1} Deployments)", highlight=False)
-
-
+    n = sum(1 for t in files.values() if "\nkind: Deployment\n" in t)
+    err.print(f"wrote {len(written)} files to {escape(str(out))} ({n} Deployments, {len(written) - n - 2} Services)",
+              highlight=False)

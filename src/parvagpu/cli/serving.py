@@ -219,6 +219,9 @@ def serve(
                                                "(the fastest): a small machine cannot hold a GPU plan."),
     max_replicas: Optional[int] = typer.Option(None, "--max-replicas", help="At most R replicas per segment."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body; beyond it 413."),
+    segment: Optional[List[str]] = typer.Option(
+        None, "--segment", help="Serve only this segment (repeatable; names as <model>-n<node>-g<gpu>-s<start>): "
+        "what each pod of `export k8s` runs."),
     force_invalid: bool = ForceInvalidOpt,
 ) -> None:
     """Serve a plan on Ray Serve: the Open Inference Protocol at /v2 (real tensors), until Ctrl-C.
@@ -231,7 +234,7 @@ def serve(
         bounds.in_range("--rate-scale", rate_scale, 0, bounds.MAX_RATE_SCALE, open_low=True)
         _check_policy(depth, wait_ms)
         spec, models, pins = _serving_inputs(plan_file, models_file, node_state, depth, wait_ms, rate_scale,
-                                             max_segments, max_replicas, force_invalid)
+                                             max_segments, max_replicas, force_invalid, segment)
         _warn_if_exposed(host)
         from parvagpu.serving.app import serve_app
 
@@ -266,20 +269,23 @@ def _warn_if_exposed(host: str) -> None:
 def _serving_inputs(plan_file: Path, models_file: Optional[Path], node_state: Optional[List[Path]],
                     depth: Optional[int], wait_ms: Optional[float], rate_scale: float = 1.0,
                     max_segments: Optional[int] = None, max_replicas: Optional[int] = None,
-                    force_invalid: bool = False):
+                    force_invalid: bool = False, segments: Optional[List[str]] = None):
     """Everything `serve` checks before starting Ray: (serving spec, models config, pins)."""
     from parvagpu.serving.pinning import pins
-    from parvagpu.serving.policy import reduce_spec, serving_spec
+    from parvagpu.serving.policy import reduce_spec, select_segments, serving_spec
 
     plan = read_checked_plan(plan_file, force=force_invalid)
-    models = _models_config(models_file, {s.model for s in plan.services})
     spec = serving_spec(plan, rate_scale, depth, None if wait_ms is None else wait_ms / 1000.0)
+    if segments:
+        spec = select_segments(spec, segments)
+    _, models = models_config(models_file, set(spec))
     spec = reduce_spec(spec, max_segments, max_replicas)
     return spec, models, pins(spec, _node_states(node_state or []))
 
 
-def _models_config(models_file: Optional[Path], needed: set):
-    """The given models config, or the packaged one of the embedded example when it has every model."""
+def models_config(models_file: Optional[Path], needed: set):
+    """(path, models) of the given models config, or of the packaged one of the embedded example
+    when it has every model; an error unless it has an entry for each needed model."""
     from parvagpu.serving.workers import read_models
 
     if models_file is None:
@@ -291,7 +297,7 @@ def _models_config(models_file: Optional[Path], needed: set):
     missing = sorted(needed - set(models))
     if missing:
         raise ParvaError(f"{models_file}: no entry for: {', '.join(missing)}")
-    return models
+    return models_file, models
 
 
 def _node_states(paths: List[Path]) -> list:

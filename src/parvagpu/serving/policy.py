@@ -162,6 +162,23 @@ def reduce_spec(spec: dict[str, ModelSpec], max_segments: int | None = None,
     return out
 
 
+def select_segments(spec: dict[str, ModelSpec], names: list[str]) -> dict[str, ModelSpec]:
+    """The spec with only the named segments (a pod of `export k8s` serves one): each keeps its
+    batch, processes, wait and limit as planned; a model keeps the rate its selected segments were
+    planned to carry; models with none selected are left out. An unknown name is an error."""
+    known = {s.name for ms in spec.values() for s in ms.segments}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        some = ", ".join(sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
+        raise ParvaError(f"no segment {', '.join(map(repr, unknown))} in the plan (its segments: {some})")
+    out = {}
+    for model, ms in spec.items():
+        segs = tuple(s for s in ms.segments if s.name in names)
+        if segs:
+            out[model] = replace(ms, rate=sum(s.rate for s in segs), segments=segs)
+    return out
+
+
 def _fewer_procs(s: SegmentSpec, procs: int) -> SegmentSpec:
     """The segment with `procs` processes: throughput and limit (D x batch x procs) in proportion."""
     return replace(s, procs=procs, throughput=s.throughput * procs / s.procs, limit=s.limit // s.procs * procs)
