@@ -252,8 +252,10 @@ def test_export_k8s_and_mig_parted(tmp_path, s6):
     r = run("export", "k8s", s6, "--out", tmp_path / "k8s", "--image", "img:1", "--node-label", "example.com/n")
     assert r.exit_code == 0, r.output
     files = sorted((tmp_path / "k8s").iterdir())
-    assert len(files) == len(scenario_plan(6).segments) + 1
-    doc = yaml.safe_load(next(f for f in files if f.suffix == ".yaml").read_text())
+    plan = scenario_plan(6)
+    # the ConfigMap, a Deployment per segment, a Service per model, the labelling script
+    assert len(files) == 1 + len(plan.segments) + len(plan.services) + 1
+    doc = yaml.safe_load(next(f for f in files if f.name.startswith("parvagpu-n")).read_text())
     assert doc["kind"] == "Deployment" and doc["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
     assert list(doc["spec"]["template"]["spec"]["nodeSelector"]) == ["example.com/n"]
     r = run("export", "mig-parted", s6, "--out", tmp_path / "mp")
@@ -336,7 +338,7 @@ def test_user_text_is_printed_as_is_not_as_markup(tmp_path, s6, node):
 
 def test_export_k8s_help_shows_its_defaults():
     r = run("export", "k8s", "--help", env={"COLUMNS": "200"})
-    assert "nvcr.io/nvidia/pytorch" in r.stdout and "parvagpu.io/node" in r.stdout
+    assert "parvagpu:latest" in r.stdout and "parvagpu.io/node" in r.stdout and "8000" in r.stdout
 
 
 @pytest.mark.parametrize("verb", ["apply", "status", "teardown"])
