@@ -385,7 +385,7 @@ def test_example_models_have_the_published_size_and_run(name, millions, side):
     torch = pytest.importorskip("torch")
     from parvagpu.serving import zoo
 
-    model = getattr(zoo, name)().eval()
+    model = getattr(zoo, name)(impl="builtin").eval()  # torchvision's: tests/test_zoo.py
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.001)
     if name in ("mobilenet_v2", "inception_v3"):
         with torch.inference_mode():

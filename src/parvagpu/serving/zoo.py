@@ -1,13 +1,18 @@
 """The embedded example's eleven models, built offline with random weights (or a local state dict
 through the models config's `weights`).
 
-The CNNs are written here in plain torch, following the published layer configurations (ResNet:
-He et al. 2016, bottleneck blocks [3,4,6,3] / [3,4,23,3] / [3,8,36,3]; DenseNet: Huang et al.
-2017, growth 32, blocks [6,12,24,16] / [6,12,32,32] / [6,12,48,32]; VGG: Simonyan and Zisserman
-2015, configurations D and E; MobileNetV2: Sandler et al. 2018; Inception v3: Szegedy et al.
-2016), so they have the published parameter counts and cost: torchvision's builds for the pinned
-torch link against CUDA libraries and do not load with a CPU-only torch. BERT-base is
-`transformers.BertModel` from its default configuration (12 layers, hidden 768), no download.
+The CNNs are torchvision's architectures (`torchvision.models.<name>(weights=None)`; the models
+extra pins torchvision 0.28.0, the release of torch 2.13.0), so a state dict saved from torchvision
+loads as `weights`. Where torchvision does not load (not installed, or PyPI's CUDA build of it
+beside a CPU-only torch: "operator torchvision::nms does not exist"), `impl: auto` (the default)
+falls back to the same networks written here in plain torch, following the published layer
+configurations (ResNet: He et al. 2016, bottleneck blocks [3,4,6,3] / [3,4,23,3] / [3,8,36,3];
+DenseNet: Huang et al. 2017, growth 32, blocks [6,12,24,16] / [6,12,32,32] / [6,12,48,32]; VGG:
+Simonyan and Zisserman 2015, configurations D and E; MobileNetV2: Sandler et al. 2018; Inception
+v3: Szegedy et al. 2016): the same parameter counts and cost, other parameter names (torchvision's
+state dicts do not load into them). `impl: torchvision` or `builtin` (the factory's `args`) picks
+one. BERT-base is `transformers.BertModel` from its default configuration (12 layers, hidden 768),
+no download.
 
 Inputs: images (n, 3, 224, 224) FP32 (Inception v3: 299 x 299), BERT token ids (n, 128) INT64;
 outputs: 1000 logits, BERT the pooled output (n, 768).
@@ -15,9 +20,40 @@ outputs: 1000 logits, BERT the pooled output (n, 768).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from parvagpu.core.errors import ParvaError
 from parvagpu.core.extras import install_hint
+
+IMPLS = ("auto", "torchvision", "builtin")
+
+
+def _torchvision_models(required: bool):
+    """`torchvision.models`, or None when torchvision does not load and `required` is false."""
+    try:
+        import torchvision.models as tvm
+    except ImportError:
+        if required:
+            raise ParvaError(f"impl torchvision needs torchvision: {install_hint('models')}") from None
+        return None
+    except RuntimeError as exc:  # a torchvision built for another torch: its C++ operators are missing
+        if required:
+            import torch
+
+            raise ParvaError(f"torchvision does not load beside torch {torch.__version__}: {exc}") from None
+        return None
+    return tvm
+
+
+def _build(name: str, builtin: Callable[[int], Any], seed: int, impl: str, **tv_args):
+    """torchvision's `name` with random weights (seeded), or the plain-torch `builtin` (see above)."""
+    if impl not in IMPLS:
+        raise ParvaError(f"{name}: impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    tvm = None if impl == "builtin" else _torchvision_models(required=impl == "torchvision")
+    if tvm is None:
+        return builtin(seed)
+    _seeded(seed)
+    return getattr(tvm, name)(weights=None, **tv_args)
 
 
 def _torch():
@@ -74,16 +110,16 @@ def _resnet(blocks: list[int], seed: int = 0):
     return nn.Sequential(*layers)
 
 
-def resnet50(seed: int = 0):
-    return _resnet([3, 4, 6, 3], seed)
+def resnet50(seed: int = 0, impl: str = "auto"):
+    return _build("resnet50", lambda seed: _resnet([3, 4, 6, 3], seed), seed, impl)
 
 
-def resnet101(seed: int = 0):
-    return _resnet([3, 4, 23, 3], seed)
+def resnet101(seed: int = 0, impl: str = "auto"):
+    return _build("resnet101", lambda seed: _resnet([3, 4, 23, 3], seed), seed, impl)
 
 
-def resnet152(seed: int = 0):
-    return _resnet([3, 8, 36, 3], seed)
+def resnet152(seed: int = 0, impl: str = "auto"):
+    return _build("resnet152", lambda seed: _resnet([3, 8, 36, 3], seed), seed, impl)
 
 
 # --- DenseNet -------------------------------------------------------------------------------------
@@ -123,16 +159,16 @@ def _densenet(blocks: list[int], growth: int = 32, seed: int = 0):
     return nn.Sequential(*layers)
 
 
-def densenet121(seed: int = 0):
-    return _densenet([6, 12, 24, 16], seed=seed)
+def densenet121(seed: int = 0, impl: str = "auto"):
+    return _build("densenet121", lambda seed: _densenet([6, 12, 24, 16], seed=seed), seed, impl)
 
 
-def densenet169(seed: int = 0):
-    return _densenet([6, 12, 32, 32], seed=seed)
+def densenet169(seed: int = 0, impl: str = "auto"):
+    return _build("densenet169", lambda seed: _densenet([6, 12, 32, 32], seed=seed), seed, impl)
 
 
-def densenet201(seed: int = 0):
-    return _densenet([6, 12, 48, 32], seed=seed)
+def densenet201(seed: int = 0, impl: str = "auto"):
+    return _build("densenet201", lambda seed: _densenet([6, 12, 48, 32], seed=seed), seed, impl)
 
 
 # --- VGG ------------------------------------------------------------------------------------------
@@ -158,12 +194,12 @@ def _vgg(convs: list[int], seed: int = 0):
     return nn.Sequential(*layers)
 
 
-def vgg16(seed: int = 0):
-    return _vgg([2, 2, 3, 3, 3], seed)
+def vgg16(seed: int = 0, impl: str = "auto"):
+    return _build("vgg16", lambda seed: _vgg([2, 2, 3, 3, 3], seed), seed, impl)
 
 
-def vgg19(seed: int = 0):
-    return _vgg([2, 2, 4, 4, 4], seed)
+def vgg19(seed: int = 0, impl: str = "auto"):
+    return _build("vgg19", lambda seed: _vgg([2, 2, 4, 4, 4], seed), seed, impl)
 
 
 # --- MobileNetV2 ----------------------------------------------------------------------------------
@@ -190,7 +226,11 @@ def _inverted_residual_cls():
     return InvertedResidual
 
 
-def mobilenet_v2(seed: int = 0):
+def mobilenet_v2(seed: int = 0, impl: str = "auto"):
+    return _build("mobilenet_v2", _mobilenet_v2, seed, impl)
+
+
+def _mobilenet_v2(seed: int):
     _, nn = _torch()
     _seeded(seed)
     Block = _inverted_residual_cls()
@@ -274,8 +314,13 @@ def _inception_e(Branches, cin: int):
     )
 
 
-def inception_v3(seed: int = 0):
-    """Inception v3 for 299 x 299 inputs (without the auxiliary classifier, as at inference)."""
+def inception_v3(seed: int = 0, impl: str = "auto"):
+    """Inception v3 for 299 x 299 inputs. torchvision's keeps its auxiliary classifier's parameters
+    (so its checkpoints load) but runs it only in training; the built-in one has none."""
+    return _build("inception_v3", _inception_v3, seed, impl, aux_logits=True, init_weights=True)
+
+
+def _inception_v3(seed: int):
     _, nn = _torch()
     _seeded(seed)
     B = _branches_cls()
