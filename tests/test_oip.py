@@ -282,6 +282,23 @@ def test_http_metadata_health_and_v1(runner):
     assert r.status == 200 and json.loads(r.body)["timing"]["batch"] == 1
 
 
+def test_not_ready_until_the_segments_are_up_then_ready_for_good(runner):
+    """A planned application's ingress answers before its segments' replicas have loaded their
+    models: readiness (a Kubernetes probe, tritonclient's is_server_ready) says 503 until they have."""
+    ing, _ = _ingress(runner)
+    answers = [False, False, True]
+
+    async def readiness() -> bool:
+        return answers.pop(0)
+
+    ing.readiness = readiness
+    assert _http(ing, "GET", "/v2/health/ready").status == 503
+    r = _http(ing, "GET", "/v2/models/mlp/ready")
+    assert r.status == 503 and r.headers["retry-after"] and json.loads(r.body)["ready"] is False
+    assert _http(ing, "GET", "/v2/health/live").status == 200  # alive all along
+    assert [_http(ing, "GET", "/v2/health/ready").status for _ in range(3)] == [200] * 3 and answers == []
+
+
 @pytest.mark.parametrize(
     "path, body, status, msg",
     [

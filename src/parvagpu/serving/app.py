@@ -120,6 +120,8 @@ def _plan_ingress():
 
             self.ingress = Ingress(spec, handles, signatures, max_body, __version__)
             self.signatures = signatures
+            if handles:  # a planned application: ready once Serve runs all of it (`_app_running`)
+                self.ingress.readiness = _app_running
 
         # The routing switch, for the live controller (`control/live.py`); each segment is its own
         # Serve application, named for the segment, so it comes and goes without redeploying others.
@@ -176,6 +178,18 @@ def _plan_ingress():
             return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
     return PlanIngress
+
+
+async def _app_running() -> bool:
+    """Whether Serve reports this application RUNNING: every deployment's replicas constructed and
+    warmed up. Until then the ingress answers, but its segments' replicas may still be loading."""
+    from ray import serve
+
+    def running() -> bool:
+        st = serve.status().applications.get(APP)
+        return st is not None and str(st.status).endswith("RUNNING")
+
+    return await asyncio.get_running_loop().run_in_executor(None, running)
 
 
 async def _read_body(request, limit: int) -> bytes | None:

@@ -17,7 +17,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from parvagpu.serving.oip import HEADER_LENGTH, InferRequest, OipError, Signature, decode_request, encode_response
 from parvagpu.serving.policy import Admission
@@ -230,6 +230,11 @@ def _error(status: int, message: str) -> Reply:
     return _json(status, {"error": message}, {"retry-after": RETRY_AFTER_S} if status == 503 else None)
 
 
+def _not_ready() -> Reply:
+    return _json(503, {"ready": False, "error": "the segments' replicas are still starting"},
+                 {"retry-after": RETRY_AFTER_S})
+
+
 class Ingress:
     """Every model's route; `infer` and `infer_tensors` are the entry points for HTTP and Python."""
 
@@ -240,6 +245,16 @@ class Ingress:
         self.models = {model: ModelRoute.from_spec(model, m, handles, sigs.get(model)) for model, m in spec.items()}
         self.max_body = max_body
         self.version = version
+        # None: ready as soon as constructed; else asked (until it first says yes) whether every
+        # segment's replicas are up, so a readiness probe does not send traffic to replicas still
+        # loading their models (`app.py` sets it for a planned application).
+        self.readiness: Callable[[], Awaitable[bool]] | None = None
+        self._ready = False
+
+    async def is_ready(self) -> bool:
+        if not self._ready:
+            self._ready = self.readiness is None or await self.readiness()
+        return self._ready
 
     async def infer(self, model: str, payload: Any = None) -> tuple[int, dict]:
         """(HTTP status, body) for one synthetic request: the model runs on its built-in inputs."""
@@ -362,8 +377,10 @@ class Ingress:
         return _error(404, f"no route {method} /v1/{'/'.join(parts)}")
 
     async def _v2(self, method: str, parts: list[str], headers: Mapping[str, str], body: bytes) -> Reply:
-        if method == "GET" and parts in (["health", "live"], ["health", "ready"]):
-            return _json(200, {parts[1]: True})
+        if method == "GET" and parts == ["health", "live"]:
+            return _json(200, {"live": True})
+        if method == "GET" and parts == ["health", "ready"]:
+            return _json(200, {"ready": True}) if await self.is_ready() else _not_ready()
         if method == "GET" and not parts:
             return _json(200, {"name": "parvagpu", "version": self.version, "extensions": ["binary_tensor_data"]})
         if len(parts) < 2 or parts[0] != "models":
@@ -381,7 +398,7 @@ class Ingress:
                 raise OipError(f"{model}: no signature in the models config", 404)
             return _json(200, route.signature.metadata(model))
         if method == "GET" and rest == ["ready"]:
-            return _json(200, {"name": model, "ready": True})
+            return _json(200, {"name": model, "ready": True}) if await self.is_ready() else _not_ready()
         if method == "POST" and rest == ["infer"]:
             return await self._oip_infer(model, headers, body)
         raise OipError(f"no route {method} /v2/models/{model}/{'/'.join(rest)}", 404)
