@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parvagpu.control.policy import ModelView, PolicyConfig, decide, judge, target_rate
+from parvagpu.control.policy import ModelView, PolicyConfig, decide, judge, model_headroom, target_rate
 from parvagpu.control.window import AttainmentWindow, RateWindow
 from parvagpu.core.errors import ParvaError
 
 CFG = PolicyConfig(headroom=0.25, min_headroom=0.08, band=0.3, attainment_target=0.999, dwell_s=600, cooldown_s=120)
 
 
-def view(rate, planned=100.0, capacity=110.0, attainment=None, last=-math.inf, model="m"):
-    return ModelView(model, rate, attainment, planned, capacity, last)
+def view(rate, planned=100.0, capacity=110.0, attainment=None, last=-math.inf, model="m", headroom=None):
+    return ModelView(model, rate, attainment, planned, capacity, last, headroom)
 
 
 def test_inside_the_band_nothing_moves():
@@ -102,6 +102,30 @@ def test_cooldown_property(now, last):
     assert d.replan == (now - last >= CFG.cooldown_s)
     if not d.replan:
         assert d.reason.startswith("cool-down")
+
+
+def test_an_attainment_miss_raises_the_models_headroom_and_band_replans_keep_it():
+    # observed 80, planned 100 (h 0.25): a miss wants 100 x 1.25 = 125, i.e. headroom 125/80 - 1
+    w = judge(CFG, view(80.0, attainment=0.99))
+    assert w.rate == pytest.approx(125.0) and w.headroom == pytest.approx(125 / 80 - 1)
+    d = decide(CFG, 1000.0, (view(80.0, attainment=0.99), view(500.0, model="b")))
+    assert dict(d.headrooms) == {"m": pytest.approx(125 / 80 - 1)}  # b re-planned by the band: none
+    assert d.to_dict()["headrooms"] == {"m": pytest.approx(125 / 80 - 1, abs=1e-6)}
+    # with headroom 0.5 the band's re-plans plan for r x 1.5, up and down
+    assert judge(CFG, view(120.0, headroom=0.5)).rate == pytest.approx(180.0)
+    assert judge(CFG, view(40.0, planned=200.0, capacity=210.0, headroom=0.5)).rate == pytest.approx(60.0)
+    assert judge(CFG, view(100.0, planned=140.0, capacity=150.0, headroom=0.5)).rate is None  # in its band
+    # a second miss raises it one more step of (1 + h), up to h_max
+    w2 = judge(CFG, view(80.0, planned=100.0, capacity=101.0, attainment=0.99, headroom=0.3))
+    assert w2.rate == pytest.approx(125.0) and w2.headroom == pytest.approx(125 / 80 - 1)
+    w3 = judge(CFG, view(80.0, planned=125.0, capacity=126.0, attainment=0.99, headroom=125 / 80 - 1))
+    assert w3.rate == pytest.approx(80 * 1.6) and w3.headroom == pytest.approx(0.6)
+
+
+def test_a_models_headroom_stays_within_h_and_h_max():
+    assert model_headroom(CFG, None) == 0.25
+    assert model_headroom(CFG, 0.1) == 0.25 and model_headroom(CFG, 5.0) == 0.6
+    assert target_rate(CFG, 100.0, 0.4) == pytest.approx(140.0) and target_rate(CFG, 0.1) == 1.0
 
 
 def test_one_replan_carries_every_ready_model_and_holds_the_rest():

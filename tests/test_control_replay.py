@@ -118,6 +118,7 @@ def test_simulate_trace_compares_controller_static_and_oracle(generated, tmp_pat
     assert oracle["replans"] == 12  # every 900 s of 3 h
     assert oracle["gpu_hours"] <= static["gpu_hours"]
     assert ctl["min_model_gap_s"] is None or ctl["min_model_gap_s"] >= 600  # the dwell holds
+    assert ctl["max_model_replans_per_10_min"] <= 1
     assert all(0 < x["attainment"] <= 1 for x in doc["runs"])
     assert len(doc["decisions"]) == ctl["replans"]
 

@@ -118,7 +118,7 @@ def _print_report(rep, trace) -> None:
     t = Table(title=f"{len(trace.models)} models, {trace.duration_s / 3600:g} h replayed in {rep.elapsed_s:.1f} s "
                     f"({rep.table_entries} serving-model states, {rep.simulated_requests:,} simulated requests)")
     for col in ("run", "GPU-hours", "peak GPUs", "attainment", "in transitions", "worst model",
-                "re-plans/h", "segment changes/h", "most re-plans of a model", "shortest gap"):
+                "re-plans/h", "segment changes/h", "most re-plans of a model", "most in 10 min", "shortest gap"):
         t.add_column(col, justify="left" if col in ("run", "worst model") else "right")
     for r in rep.runs:
         row = r.row()
@@ -126,7 +126,7 @@ def _print_report(rep, trace) -> None:
             row["run"], f"{row['gpu_hours']:.1f}", str(row["peak_gpus"]), f"{row['attainment']:.4%}",
             "-" if row["attainment_in_transitions"] is None else f"{row['attainment_in_transitions']:.4%}",
             f"{row['worst_model']} {row['worst_attainment']:.3%}", f"{row['replans_per_hour']:.2f}",
-            f"{row['changes_per_hour']:.1f}", str(row["max_model_replans"]),
+            f"{row['changes_per_hour']:.1f}", str(row["max_model_replans"]), str(row["max_model_replans_per_10_min"]),
             "-" if row["min_model_gap_s"] is None else f"{row['min_model_gap_s']:.0f} s",
         )
     console().print(t)

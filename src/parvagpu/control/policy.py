@@ -3,7 +3,10 @@
 Per model the plan provisions a *planned rate* p (the rate it was planned for) and so a capacity
 C >= p (the sum of its segments' throughputs). With the observed arrival rate r:
 
-- **headroom** h: a model is (re-)planned for r x (1 + h);
+- **headroom** h: a model is (re-)planned for r x (1 + h_m), its own headroom h_m, which starts at
+  h and is raised by the attainment rule (below): serving segments differ in how close to their
+  capacity they still meet the SLO (one small process with a tight SLO needs far more room than
+  thirty pooled ones), so what a model needs is learned from its misses and kept;
 - **hysteresis band**: the model is left alone while r x (1 + h_min) <= C (at least h_min headroom
   left) and r x (1 + h) >= p x (1 - b) (not over-provisioned by more than the band b). Leaving the
   band upwards is "up", downwards "down"; inside it nothing moves, so noise does not re-plan;
@@ -11,7 +14,8 @@ C >= p (the sum of its segments' throughputs). With the observed arrival rate r:
   max(r, p) x (1 + h), even inside the band (capacity that looks sufficient but is not), but never
   above r x (1 + h_max), and not at all while its capacity already exceeds r x (1 + h_max): where
   more capacity does not help (a single small segment whose queue loses requests at any load), the
-  model is not re-planned again and again;
+  model is not re-planned again and again. The model's headroom becomes what that re-plan gives
+  it (wanted / r - 1), so later band re-plans keep it instead of undoing it;
 - **dwell**: a model's planned rate changes at most once per `dwell_s`;
 - **cool-down**: re-plans are at least `cooldown_s` apart, and none starts while a transition runs.
 
@@ -62,6 +66,7 @@ class ModelView:
     planned_rate: float  # p
     capacity: float  # C, of the segments the plan gives it
     last_change_s: float = -math.inf  # when its planned rate last changed
+    headroom: float | None = None  # h_m, what the attainment rule raised it to; None: the config's h
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class Want:
     model: str
     rate: float | None
     reason: str
+    headroom: float | None = None  # the model's new headroom, when the attainment rule raised it
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,7 @@ class Decision:
     targets: tuple[tuple[str, float], ...] = ()  # model -> new planned rate, for a re-plan
     held: tuple[tuple[str, str], ...] = ()  # models that want a change but wait (dwell), and why
     observation: tuple[ModelView, ...] = field(default=(), compare=False)
+    headrooms: tuple[tuple[str, float], ...] = ()  # model -> its raised headroom (attainment re-plans)
 
     def to_dict(self) -> dict:
         return {
@@ -90,6 +97,7 @@ class Decision:
             "replan": self.replan,
             "reason": self.reason,
             "targets": {m: round(r, 6) for m, r in self.targets},
+            "headrooms": {m: round(h, 6) for m, h in self.headrooms},
             "held": dict(self.held),
             "observation": {
                 v.model: {"rate": round(v.observed_rate, 6), "attainment": v.attainment,
@@ -99,22 +107,31 @@ class Decision:
         }
 
 
-def target_rate(cfg: PolicyConfig, rate: float) -> float:
-    """The rate a model is planned for when its observed rate is `rate`."""
-    return max(cfg.min_rate, rate * (1.0 + cfg.headroom))
+def target_rate(cfg: PolicyConfig, rate: float, headroom: float | None = None) -> float:
+    """The rate a model is planned for when its observed rate is `rate` (and its headroom
+    `headroom`, default the config's)."""
+    return max(cfg.min_rate, rate * (1.0 + model_headroom(cfg, headroom)))
+
+
+def model_headroom(cfg: PolicyConfig, headroom: float | None) -> float:
+    """A model's headroom: the config's h unless raised, never outside [h, h_max]."""
+    return cfg.headroom if headroom is None else min(cfg.max_headroom, max(cfg.headroom, headroom))
 
 
 def judge(cfg: PolicyConfig, v: ModelView) -> Want:
     """Does this model's demand leave its band (or miss its attainment)? Dwell is not applied here."""
+    h = model_headroom(cfg, v.headroom)
     if v.attainment is not None and v.attainment < cfg.attainment_target:
         most = max(cfg.min_rate, v.observed_rate * (1.0 + cfg.max_headroom))
         want = min(target_rate(cfg, max(v.observed_rate, v.planned_rate)), most)
         if want > v.planned_rate and v.capacity < most:  # capacity beyond `most`: not short of it
-            return Want(v.model, want, f"attainment {v.attainment:.4%} < {cfg.attainment_target:.2%}")
+            raised = max(h, want / v.observed_rate - 1.0) if v.observed_rate > 0 else h
+            return Want(v.model, want, f"attainment {v.attainment:.4%} < {cfg.attainment_target:.2%}",
+                        model_headroom(cfg, raised))
     if v.observed_rate * (1.0 + cfg.min_headroom) > v.capacity:
-        return Want(v.model, target_rate(cfg, v.observed_rate),
+        return Want(v.model, target_rate(cfg, v.observed_rate, h),
                     f"up: rate {v.observed_rate:.1f}/s leaves < {cfg.min_headroom:.0%} headroom of capacity {v.capacity:.1f}/s")
-    want = target_rate(cfg, v.observed_rate)
+    want = target_rate(cfg, v.observed_rate, h)
     if want < v.planned_rate * (1.0 - cfg.band) and want < v.planned_rate:
         return Want(v.model, want,
                     f"down: rate {v.observed_rate:.1f}/s needs {want:.1f}/s, below {1 - cfg.band:.0%} of planned {v.planned_rate:.1f}/s")
@@ -161,4 +178,5 @@ def decide(
         return Decision(now, False, "every model that wants a change is within its dwell", held=tuple(held),
                         observation=views)
     reason = "; ".join(f"{w.model}: {w.reason}" for w in go)
-    return Decision(now, True, reason, tuple((w.model, w.rate) for w in go), tuple(held), views)
+    return Decision(now, True, reason, tuple((w.model, w.rate) for w in go), tuple(held), views,
+                    tuple((w.model, w.headroom) for w in go if w.headroom is not None))

@@ -104,6 +104,7 @@ class RunResult:
     peak_gpus: int
     model_replans: dict[str, int] = field(default_factory=dict)
     min_model_gap_s: float | None = None  # shortest time between two re-plans of one model
+    replan_times: dict[str, list[float]] = field(default_factory=dict)  # per model, when it was re-planned
     transition_s: float = 0.0  # time spent in transitions
 
     def row(self) -> dict:
@@ -117,7 +118,19 @@ class RunResult:
             "changes_per_hour": (self.created + self.removed) / self.hours,
             "max_model_replans": max(self.model_replans.values(), default=0),
             "min_model_gap_s": self.min_model_gap_s, "transition_hours": self.transition_s / 3600,
+            "max_model_replans_per_10_min": max((_most_within(ts, 600.0) for ts in self.replan_times.values()),
+                                                default=0),
         }
+
+
+def _most_within(times: list[float], span: float) -> int:
+    """The most of the sorted `times` inside any window of `span` seconds."""
+    most, lo = 0, 0
+    for hi, t in enumerate(times):
+        while t - times[lo] >= span:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most
 
 
 @dataclass(frozen=True)
@@ -288,6 +301,8 @@ class _Controller:
         self.cluster = _Cluster(self.plan)
         self.capacity = self._capacities(self.plan)
         self.changed: dict[str, list[float]] = {m: [] for m in inp.trace.models}
+        self.headroom: dict[str, float] = {}  # models whose headroom the attainment rule raised
+        self._attained: dict[str, tuple] = {}  # model -> (segments, rate, attainment) last served
         self.rates = {m: RateWindow(opts.window_s, t0) for m in inp.trace.models}
         self.attain = {m: AttainmentWindow(opts.attainment_window_s) for m in inp.trace.models}
         self.runs: list[_Run] = []
@@ -312,9 +327,14 @@ class _Controller:
         if dt <= 0:
             return
         moving = bool(self.runs)
+        last = self._attained
         for m, r in zip(self.inp.trace.models, rates):
             sent = r * dt
-            good = sent * self.table.attained(m, self.cluster.segments(m), r)
+            segs = self.cluster.segments(m)
+            hit = last.get(m)
+            if hit is None or hit[0] is not segs or hit[1] != r:  # ticks split a state, not change it
+                hit = last[m] = (segs, r, self.table.attained(m, segs, r))
+            good = sent * hit[2]
             self.tally.add(m, sent, good)
             if moving:
                 self.in_transition.add(m, sent, good)
@@ -343,12 +363,14 @@ class _Controller:
     def tick(self, now: float) -> None:
         views = tuple(
             ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m],
-                      self.capacity.get(m, 0.0), self.changed[m][-1] if self.changed[m] else -math.inf)
+                      self.capacity.get(m, 0.0), self.changed[m][-1] if self.changed[m] else -math.inf,
+                      self.headroom.get(m))
             for m in self.inp.trace.models
         )
         d = decide(self.cfg, now, views, self.last_replan, transition_running=bool(self.runs))
         if d.replan:
             self.decisions.append(d)
+            self.headroom.update(d.headrooms)
             self._replan(now, dict(d.targets))
 
     def _replan(self, now: float, targets: dict[str, float]) -> None:
@@ -373,7 +395,7 @@ class _Controller:
             "controller", self.gpu_s / 3600, self.tally.overall(), inside, self.tally.per_model(), self.replans,
             self.created, self.removed, hours, self.peak,
             model_replans={m: len(ts) for m, ts in self.changed.items()},
-            min_model_gap_s=min(gaps) if gaps else None, transition_s=self.transition_s,
+            min_model_gap_s=min(gaps) if gaps else None, replan_times=self.changed, transition_s=self.transition_s,
         )
 
 
