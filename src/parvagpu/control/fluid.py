@@ -16,7 +16,8 @@ Approximations, each stated where it is made: the batch waits follow the offered
 application's waits follow its planned rate; both stay within 10 % of the SLO); queue build-up when
 the state changes is not carried from one interval to the next (a draining segment finishes its
 in-flight requests; a new segment starts empty); a table entry is an estimate from `samples`
-requests, so attainment above 1 - 1/samples is not resolved.
+requests, so attainment above 1 - 1/samples is not resolved; a load below one at which a state
+lost no request of its samples is taken to lose none either (not measured: losses grow with load).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class AttainmentTable:
         self.seed = seed
         self._table: dict[tuple, float] = {}
         self._shapes: dict[int, tuple] = {}  # id(segments) -> (segments, capacity, configs)
+        self._lossless: dict[tuple, int] = {}  # (model, configs) -> highest grid point measured at 1.0
         self.simulated_requests = 0
 
     def attained(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:
@@ -72,7 +74,11 @@ class AttainmentTable:
         key = (model, configs, k)
         a = self._table.get(key)
         if a is None:
+            if k <= self._lossless.get((model, configs), -1):
+                return 1.0  # a higher load of this state lost nothing: neither does this one
             a = self._table[key] = self._measure(model, segments, k * self.step * capacity)
+            if a == 1.0:
+                self._lossless[(model, configs)] = max(k, self._lossless.get((model, configs), -1))
         return a
 
     def _measure(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:

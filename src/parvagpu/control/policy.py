@@ -8,8 +8,9 @@ C >= p (the sum of its segments' throughputs). With the observed arrival rate r:
   capacity they still meet the SLO (one small process with a tight SLO needs far more room than
   thirty pooled ones), so what a model needs is learned from its misses and kept;
 - **hysteresis band**: the model is left alone while r x (1 + h_min) <= C (at least h_min headroom
-  left) and r x (1 + h) >= p x (1 - b) (not over-provisioned by more than the band b). Leaving the
-  band upwards is "up", downwards "down"; inside it nothing moves, so noise does not re-plan;
+  left) and r x (1 + h_m) >= p x (1 - b) (not over-provisioned by more than the band b). Leaving the
+  band upwards is "up", downwards "down"; inside it nothing moves, so noise does not re-plan (a
+  model that needs more than h_min is re-planned up by the attainment rule instead);
 - **attainment**: a window's SLO attainment below the target re-plans the model up, for
   max(r, p) x (1 + h), even inside the band (capacity that looks sufficient but is not), but never
   above r x (1 + h_max), and not at all while its capacity already exceeds r x (1 + h_max): where
