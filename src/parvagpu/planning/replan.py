@@ -363,7 +363,7 @@ def local_replans(
 ) -> list[tuple[PlacedSegment, ...]]:
     """Large-neighbourhood moves: wipe a few GPUs and plan what they served afresh (the residual
     rates) onto them, keeping every other GPU as it is. The GPUs tried first are those with free
-    slices and those serving models whose demand changed; k grows until the cap is met."""
+    slices and those serving models whose demand changed; k doubles until the cap is met."""
     by_gpu: dict[int, list[PlacedSegment]] = defaultdict(list)
     for s in segments:
         by_gpu[s.gpu].append(s)
@@ -374,34 +374,40 @@ def local_replans(
     )
     found = []
     small = max(0.2, request.time_limit / 20)
-    for order in orders:
-        for k in range(2, min(len(order), 8) + 1):
-            if time.perf_counter() > deadline:
-                return found
-            sub = _wipe_and_plan(request, by_gpu, order[:k], cap, planner, small)
+    for order in orders:  # a few GPUs first, each order on its own
+        for k in (2, 4, 8):
+            sub = _timed_wipe(request, by_gpu, order[:k], cap, planner, deadline, limit=small)
             if sub is not None:
                 found.append(sub)
                 break
     # Many models changed: every GPU serving one, and more of the least used if that is not enough.
     serving = [g for g in orders[1] if any(s.model in changed for s in by_gpu[g])]
     others = [g for g in orders[0] if g not in set(serving)]
-    if len(serving) > 8:
+    if len(serving) > 8 and not found:
         for extra in (0, len(by_gpu) // 20, len(by_gpu) // 10, len(by_gpu) // 5):
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            sub = _wipe_and_plan(request, by_gpu, serving + others[:extra], cap, planner, left)
+            sub = _timed_wipe(request, by_gpu, serving + others[:extra], cap, planner, deadline)
             if sub is not None:
                 found.append(sub)
                 break
-    # Still nothing (a tight cluster must free a GPU): wipe more of the least used, doubling.
     k = 16
-    while not found and k < len(orders[0]) and time.perf_counter() < deadline:
-        sub = _wipe_and_plan(request, by_gpu, orders[0][:k], cap, planner, deadline - time.perf_counter())
-        if sub is not None:
-            found.append(sub)
+    while not found and k < len(by_gpu):  # then twice as many each time, until one meets the cap
+        for order in orders:
+            sub = _timed_wipe(request, by_gpu, order[:k], cap, planner, deadline, share=0.25)
+            if sub is not None:
+                found.append(sub)
+                break
         k *= 2
     return found
+
+
+def _timed_wipe(request, by_gpu, wiped, cap, planner, deadline: float, limit: float | None = None,
+                share: float = 1.0):
+    """`_wipe_and_plan` with `limit` seconds, or `share` of what is left before the deadline (at
+    least 0.2 s); None past the deadline."""
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        return None
+    return _wipe_and_plan(request, by_gpu, wiped, cap, planner, limit or max(0.2, share * left))
 
 
 def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit):
