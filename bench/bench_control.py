@@ -86,22 +86,29 @@ def _utc(rec: dict) -> float:
 
 
 def summarise(res, t0: float, step_at: float, log: list[dict]) -> dict:
-    """Capacity back = the end of the first transition after the step (load clock); 503s before it
-    and after it; lost requests; the transition's steps."""
-    done = [r for r in log if r["kind"] == "transition done" and _utc(r) - t0 > step_at]
-    back = _utc(done[0]) - t0 if done else None
+    """Capacity back = the end of the first transition that started after the step (load clock);
+    503s before the step and after capacity came back; lost requests; that transition's records."""
+    starts = [r for r in log if r["kind"] == "transition" and _utc(r) - t0 > 0]
+    first = next((r for r in starts if _utc(r) - t0 >= step_at), None)
+    done = next((r for r in log if first is not None and r["kind"] == "transition done" and _utc(r) >= _utc(first)),
+                None)
+    back = None if done is None else _utc(done) - t0
     rej = [t for t, o in res.replies if o == "rejected"]
+    stats = (*res.base.stats, *res.extra.stats)
     return {
-        "sent": sum(s.sent for s in (*res.base.stats, *res.extra.stats)),
-        "ok": sum(s.ok for s in (*res.base.stats, *res.extra.stats)),
+        "sent": sum(s.sent for s in stats),
+        "ok": sum(s.ok for s in stats),
         "lost": res.lost,
-        "failed": sum(s.failed + s.timeouts for s in (*res.base.stats, *res.extra.stats)),
+        "failed_or_timed_out": sum(s.failed + s.timeouts for s in stats),
         "rejected_503": len(rej),
         "rejected_before_step": sum(t < step_at for t in rej),
         "rejected_after_capacity_back": None if back is None else sum(t > back + 1.0 for t in rej),
+        "replans_before_step": sum(_utc(r) - t0 < step_at for r in starts),
+        "replans_after_step": sum(_utc(r) - t0 >= step_at for r in starts),
+        "decided_s_after_step": None if first is None else round(_utc(first) - t0 - step_at, 1),
         "capacity_back_s_after_step": None if back is None else round(back - step_at, 1),
-        "transition": done[0] if done else None,
-        "decision": next((r for r in log if r["kind"] == "decision" and r["replan"] and _utc(r) - t0 > step_at), None),
+        "reason": None if first is None else first["reason"],
+        "transition": done,
     }
 
 
@@ -109,9 +116,12 @@ def run_step(work: Path) -> dict:
     proc, url, curl = start(work, 200)
     try:
         t0 = time.time()
-        res = step_load(url, Target("sleepy", 15.0, 1000.0), 2.0, 20.0, 80.0, seed=1, timeout_s=20.0)
+        res = step_load(url, Target("sleepy", 12.0, 1000.0), 2.0, 20.0, 80.0, seed=1, timeout_s=20.0)
         out = summarise(res, t0, 20.0, decisions(work))
         out["plan_after"] = _get(f"{curl}/v1/plan")["plan"]["services"]
+        out["rejected_at_s"] = [round(t, 2) for t, o in res.replies if o == "rejected"]
+        out["log"] = decisions(work)
+        out["load_t0_utc"] = t0
         return out
     finally:
         proc.terminate()
@@ -131,13 +141,16 @@ def run_switch(work: Path) -> dict:
 
         th = threading.Thread(target=post_later)
         th.start()
-        res = step_load(url, Target("sleepy", 15.0, 1000.0), 2.0, 20.0, 60.0, seed=2, timeout_s=20.0)
+        res = step_load(url, Target("sleepy", 12.0, 1000.0), 2.0, 20.0, 60.0, seed=2, timeout_s=20.0)
         th.join()
         out = summarise(res, t0, 20.0, decisions(work))
         nap = load_http(url, [Target("nap", 20.0, 500.0)], 15.0, seed=3, timeout_s=20.0, synthetic=True)
         s = nap.stats[0]
         out["bad_post"] = bad
         out["post"] = post_later.result
+        out["rejected_at_s"] = [round(t, 2) for t, o in res.replies if o == "rejected"]
+        out["log"] = decisions(work)
+        out["load_t0_utc"] = t0
         out["nap_after"] = {"sent": s.sent, "ok": s.ok, "rejected": s.rejected, "lost": s.lost,
                             "p99_ms": s.p99_ms}
         return out
@@ -156,7 +169,9 @@ def main() -> None:
         if a.which in (name, "both"):
             with tempfile.TemporaryDirectory() as d:
                 out[name] = fn(Path(d))
-            print(json.dumps({name: {k: v for k, v in out[name].items() if k not in ("transition",)}}, indent=1))
+            out[name]["load_average_1min"] = round(os.getloadavg()[0], 1)  # others' work on this machine
+            print(json.dumps({name: {k: v for k, v in out[name].items()
+                                     if k not in ("transition", "log", "rejected_at_s")}}, indent=1))
             tr = out[name]["transition"]
             if tr:
                 print(json.dumps(tr, indent=1))

@@ -278,3 +278,13 @@ def test_settings_file(tmp_path):
     p.write_text("control: {tick_s: 0}\n")
     with pytest.raises(ParvaError, match="tick_s must be positive"):
         read_live_settings(p)
+
+
+def test_counts_after_a_long_transition_are_spread_not_a_burst(tmp_path):
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    _offer(ctl, port, {"resnet50": 200.0, "bert": 100.0}, 30)
+    c = port.ing.models["resnet50"].counts
+    c["admitted"] += 200 * 30  # 30 s of arrivals (longer than the window) seen in one look after a transition
+    ctl.clock.t += 30
+    views = {v.model: v for v in ctl.observe(ctl.clock.t)}
+    assert views["resnet50"].observed_rate == pytest.approx(200.0, rel=0.01)

@@ -124,6 +124,7 @@ class Controller:
         self.attain: dict[str, AttainmentWindow] = {}
         self.seen: dict[str, tuple[int, int, int]] = {}  # arrived, answered, within SLO
         self.first_seen: dict[str, float] = {}  # when a model's first request arrived
+        self.last_obs = -math.inf
         self.recent: deque = deque(maxlen=200)
         self.lock = threading.Lock()
         self._pending: tuple[Service, ...] | None = None
@@ -183,10 +184,10 @@ class Controller:
             before = self.seen.get(m, (0, 0, 0))
             sent, ended, good = (max(0, a - b) for a, b in zip(now_seen, before))
             self.seen[m] = now_seen
-            self.rates[m].add(now, sent)
-            self.attain[m].add(now, ended, min(good, ended))
+            self._feed(m, now, sent, ended, min(good, ended))
             if sent and m not in self.first_seen:
                 self.first_seen[m] = now
+        self.last_obs = now
         cap = self._capacities(self.plan)
         views = tuple(
             ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m], cap.get(m, 0.0),
@@ -196,6 +197,17 @@ class Controller:
         if self.on_observe is not None:
             self.on_observe(views, counts)
         return views
+
+    def _feed(self, m: str, now: float, sent: float, ended: float, good: float) -> None:
+        """Add one look's counts to the windows. After a gap longer than a tick (a transition ran),
+        the counts are spread evenly over the gap in tick-long parts, so the rate window does not
+        see the whole gap's arrivals as one burst at its end."""
+        last = max(self.last_obs, self.rates[m].start_s)
+        parts = max(1, min(1000, int((now - last) / self.cfg.tick_s + 0.5)))
+        for k in range(1, parts + 1):
+            t = now if k == parts else last + (now - last) * k / parts
+            self.rates[m].add(t, sent / parts)
+            self.attain[m].add(t, ended / parts, good / parts)
 
     def warm(self, model: str, now: float) -> bool:
         """A model is judged once its window has held traffic for a whole window: a model nobody
