@@ -143,8 +143,8 @@ def run_switch(work: Path) -> dict:
         th.start()
         res = step_load(url, Target("sleepy", 12.0, 1000.0), 2.0, 20.0, 60.0, seed=2, timeout_s=20.0)
         th.join()
-        out = summarise(res, t0, 20.0, decisions(work))
         nap = load_http(url, [Target("nap", 20.0, 500.0)], 15.0, seed=3, timeout_s=20.0, synthetic=True)
+        out = summarise(res, t0, 20.0, decisions(work))  # after nap's load: a slow transition is in it
         s = nap.stats[0]
         out["bad_post"] = bad
         out["post"] = post_later.result
