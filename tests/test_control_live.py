@@ -288,3 +288,39 @@ def test_counts_after_a_long_transition_are_spread_not_a_burst(tmp_path):
     ctl.clock.t += 30
     views = {v.model: v for v in ctl.observe(ctl.clock.t)}
     assert views["resnet50"].observed_rate == pytest.approx(200.0, rel=0.01)
+
+
+def test_control_verb_checks_its_inputs_before_starting_anything(tmp_path):
+    """Bad input to `parvagpu control` is one line and exit 2, found before Ray starts: a models
+    config without the plan's model, a settings key it does not know, a decisions path in a
+    missing directory. Nothing is written."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from parvagpu.cli import app
+
+    live = Path(__file__).resolve().parents[1] / "bench" / "live"
+    plan = tmp_path / "plan.json"
+    runner = CliRunner()
+    r = runner.invoke(app, ["plan", "-f", str(live / "services.yaml"), "--profiles", str(live / "profiles"),
+                            "-o", str(plan)])
+    assert r.exit_code == 0, r.output
+    (tmp_path / "models.yaml").write_text("nap: {factory: 'parvagpu.serving.workers:sleep_model', shape: [4]}\n")
+    (tmp_path / "bad.yaml").write_text("control: {tick: 1}\n")
+    base = ["control", str(plan), "--profiles", str(live / "profiles"), "--state-dir", str(tmp_path / "state")]
+    for extra, why in (
+        (["--models", str(tmp_path / "models.yaml"), "--decisions", str(tmp_path / "d.jsonl")], "sleepy"),
+        (["--models", str(live / "models.yaml"), "--settings", str(tmp_path / "bad.yaml"),
+          "--decisions", str(tmp_path / "d.jsonl")], "unknown control keys"),
+        (["--models", str(live / "models.yaml"), "--decisions", str(tmp_path / "no" / "d.jsonl")], "does not exist"),
+    ):
+        r = runner.invoke(app, base + extra)
+        assert r.exit_code == 2, r.output
+        assert why in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "state").exists() and not (tmp_path / "d.jsonl").exists()
+    from parvagpu.cli.live import _prepare
+
+    ctx = _prepare(plan, live / "profiles", live / "models.yaml", live / "settings.yaml", tmp_path / "state",
+                   tmp_path / "d.jsonl", False)  # good input: everything checked, nothing started
+    assert set(ctx["models"]) == {"sleepy", "nap"} and ctx["cfg"].window_s == 6

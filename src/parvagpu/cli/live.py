@@ -65,7 +65,7 @@ def control(
 
 def _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decisions, force_invalid) -> dict:
     """Everything checked before Ray starts: the plan (verified), profiles, models, settings, files."""
-    from parvagpu.cli.serving import _models_config
+    from parvagpu.cli.serving import models_config
     from parvagpu.control.live import read_live_settings
     from parvagpu.control.policy import PolicyConfig
     from parvagpu.control.live import LiveConfig
@@ -76,7 +76,7 @@ def _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decision
     missing = sorted({s.model for s in plan.services} - set(profiles))
     if missing:
         raise ParvaError(f"no profile for {', '.join(missing)}: control re-plans from profiles (--profiles DIR)")
-    models = _models_config(models_file, {s.model for s in plan.services})
+    _, models = models_config(models_file, {s.model for s in plan.services})
     policy, cfg = read_live_settings(settings) if settings is not None else (PolicyConfig(), LiveConfig())
     if state_dir.exists() and not state_dir.is_dir():
         raise ParvaError(f"--state-dir {state_dir}: not a directory")
