@@ -314,3 +314,35 @@ def test_time_limit_bounds_the_whole_fleet_plan(example, tmp_path, monkeypatch):
     f.write_text("version: v1\nnodes: [{name: a, gpu: A100-80GB, gpus: 2}]\n")
     r = _run("plan", "--fleet", f, "--time-limit", "2", "--format", "json")
     assert r.exit_code == 3 and len(asked) == 1 and 0 < asked[0] <= 2 - 0.6
+
+
+def test_diff_between_two_fleet_plans_of_one_fleet(example, tmp_path):
+    """The transition between two mixed plans of the same fleet: every step on a GPU of its node's
+    type, checked by the independent replay; a fleet plan against a single-type plan is refused."""
+    from parvagpu.planning.transition import schedule
+    from parvagpu.verify import verify_schedule
+
+    profiles, services, _ = example
+    by_type = _half_fast(profiles)
+    fleet = Fleet((FleetNode("a", "A100-80GB", 16, 1.0), FleetNode("h", "H100-80GB", 16, 1.5)))
+    old = plan_fleet(FleetRequest(services, by_type, fleet, time_limit=2))
+    grown = tuple(replace(s, rate=round(s.rate * 1.3, 1)) if i % 2 else s for i, s in enumerate(services))
+    new = plan_fleet(FleetRequest(grown, by_type, fleet, time_limit=2))
+    sched = schedule(old, new)
+    problems = verify_schedule(old, new, sched.steps)
+    # legal on every GPU's own type and ending at the new plan; capacity dips only where reported
+    assert sched.steps and all("below min(old rate, new rate)" in p for p in problems), problems
+    assert {p.split(": ")[1].split(" has")[0] for p in problems} <= {d.model for d in sched.dips}
+    assert bool(problems) == bool(sched.dips)
+    assert {new.gpu_type_of(st.segment.gpu) for st in sched.steps} == {"A100-80GB", "H100-80GB"}
+    files = []
+    for name, plan in (("old", old), ("new", new)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(plan_to_json(plan))
+    r = _run("diff", *files, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)["steps"]) == len(sched.steps)
+    single = tmp_path / "single.json"
+    assert _run("plan", "-s", "6", "-o", single).exit_code == 0
+    r = _run("diff", single, files[1], "--format", "json")
+    assert r.exit_code == 2 and "different fleets" in r.output and len(r.output.strip().splitlines()) == 1

@@ -242,9 +242,8 @@ class _Replay:
     """The instances a node holds while an ordered transition is replayed: per GPU its segments
     by start slot, and each model's capacity, exact."""
 
-    def __init__(self, gpu: GpuType, old: DeploymentMap) -> None:
-        self.gpu = gpu
-        self.widths = {p.size: p for p in gpu.profiles}
+    def __init__(self, type_of, old: DeploymentMap) -> None:
+        self.type_of = type_of  # GPU index -> its GpuType (a fleet plan's GPUs differ), None: no such GPU
         self.live: dict[int, dict[int, object]] = defaultdict(dict)  # GPU -> start -> segment
         self.capacity: dict[str, Fraction] = defaultdict(Fraction)
         for s in old.segments:
@@ -253,14 +252,18 @@ class _Replay:
 
     def create(self, s) -> str | None:
         """Place `s`, or say why the hardware would refuse it."""
-        prof = self.widths.get(s.size)
+        gpu = self.type_of(s.gpu)
+        if gpu is None:
+            return "not a GPU of the plan's fleet"
+        widths = {p.size: p for p in gpu.profiles}
+        prof = widths.get(s.size)
         if prof is None or s.start not in prof.starts:
-            return f"not a legal placement on {self.gpu.name}"
+            return f"not a legal placement on {gpu.name}"
         on_gpu = self.live[s.gpu]
         mine = set(range(s.start, s.start + prof.memory_slices))
-        if any(mine & set(range(o.start, o.start + self.widths[o.size].memory_slices)) for o in on_gpu.values()):
+        if any(mine & set(range(o.start, o.start + widths[o.size].memory_slices)) for o in on_gpu.values()):
             return "its memory slices are still in use"
-        if sum(o.size for o in on_gpu.values()) + s.size > self.gpu.compute_slices:
+        if sum(o.size for o in on_gpu.values()) + s.size > gpu.compute_slices:
             return "not enough free compute slices"
         on_gpu[s.start] = s
         self.capacity[s.model] += _exact(s.segment.throughput)
@@ -290,7 +293,12 @@ def verify_schedule(old: DeploymentMap, new: DeploymentMap, steps) -> list[str]:
     removal of a segment that is not running, an end state other than `new`'s segments, and every
     step after which a model's capacity is below min(its old rate, its new rate)."""
     try:
-        replay = _Replay(gpu_type(new.gpu_type), old)
+        if new.fleet is None:
+            one = gpu_type(new.gpu_type)
+            replay = _Replay(lambda g: one, old)
+        else:
+            fleet = new.fleet
+            replay = _Replay(lambda g: gpu_type(fleet.node(g).gpu) if 0 <= g < fleet.total_gpus else None, old)
     except ParvaError as exc:
         return [str(exc)]
     old_rate = {s.model: _exact(s.rate) for s in old.services}

@@ -23,7 +23,7 @@ from collections import defaultdict
 from fractions import Fraction
 
 from parvagpu.core.errors import ParvaError
-from parvagpu.core.gpus import GpuType, gpu_type
+from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import (
     DeploymentMap,
     Dip,
@@ -45,7 +45,10 @@ def _exact(x: float) -> Fraction:
 
 def _check_compatible(old: DeploymentMap, new: DeploymentMap) -> None:
     if old.fleet is not None or new.fleet is not None:
-        raise ParvaError("transitions are computed between single-type plans; a fleet plan is not supported yet")
+        # Fleet plans number GPUs by the fleet: comparable only over the same fleet.
+        if old.fleet != new.fleet:
+            raise ParvaError("the plans are for different fleets (or one is not a fleet plan)")
+        return
     if old.gpu_type != new.gpu_type:
         raise ParvaError(f"the plans are for different GPU types ({old.gpu_type}, {new.gpu_type})")
     if old.gpus_per_node != new.gpus_per_node:
@@ -91,14 +94,16 @@ def old_plan_of(new: DeploymentMap) -> DeploymentMap:
     kept = tuple(s for s in new.segments if segment_key(s, new.gpus_per_node) not in gone)
     latency = {s.model: s.latency_ms for s in new.services}
     services = tuple(Service(m.model, m.old_rate, latency.get(m.model, 0.0)) for m in t.models if m.old_rate > 0)
-    return DeploymentMap(new.gpu_type, "running", new.max_procs, new.gpus_per_node, kept + t.removed, services)
+    return DeploymentMap(new.gpu_type, "running", new.max_procs, new.gpus_per_node, kept + t.removed, services,
+                         fleet=new.fleet)
 
 
 class _Cluster:
     """Mutable replay state of one scheduling run (never escapes `schedule`)."""
 
-    def __init__(self, gpu: GpuType, segments: tuple[PlacedSegment, ...], floors: dict[str, Fraction]) -> None:
-        self.gpu = gpu
+    def __init__(self, plan: DeploymentMap, segments: tuple[PlacedSegment, ...], floors: dict[str, Fraction]) -> None:
+        self.gpu = gpu_type(plan.gpu_type) if plan.fleet is None else None  # spare GPUs' type
+        self.type_of = (lambda g: self.gpu) if plan.fleet is None else (lambda g: gpu_type(plan.gpu_type_of(g)))
         self.used: dict[int, int] = defaultdict(int)  # memory-slice mask per GPU
         self.compute: dict[int, int] = defaultdict(int)
         self.cap: dict[str, Fraction] = defaultdict(Fraction)
@@ -110,15 +115,14 @@ class _Cluster:
             self._occupy(s, +1)
 
     def _occupy(self, s: PlacedSegment, sign: int) -> None:
-        mask = self.gpu.mask(s.size, s.start)
+        mask = self.type_of(s.gpu).mask(s.size, s.start)
         self.used[s.gpu] = self.used[s.gpu] | mask if sign > 0 else self.used[s.gpu] & ~mask
         self.compute[s.gpu] += sign * s.size
         self.cap[s.model] += sign * _exact(s.segment.throughput)
 
     def fits(self, s: PlacedSegment) -> bool:
-        return not self.used[s.gpu] & self.gpu.mask(s.size, s.start) and (
-            self.compute[s.gpu] + s.size <= self.gpu.compute_slices
-        )
+        gpu = self.type_of(s.gpu)
+        return not self.used[s.gpu] & gpu.mask(s.size, s.start) and self.compute[s.gpu] + s.size <= gpu.compute_slices
 
     def safe(self, s: PlacedSegment) -> bool:
         return self.cap[s.model] - _exact(s.segment.throughput) >= self.floors.get(s.model, 0)
@@ -134,8 +138,8 @@ class _Cluster:
         self.short.append(dict(self.below))
 
 
-def _order(s: PlacedSegment, per_node: int) -> tuple:
-    return (s.gpu // per_node, s.gpu, s.start, s.model)
+def _order(s: PlacedSegment, plan: DeploymentMap) -> tuple:
+    return (plan.node_of(s.gpu), s.gpu, s.start, s.model)
 
 
 def schedule(old: DeploymentMap, new: DeploymentMap, spare_gpus: int = 0) -> Schedule:
@@ -143,13 +147,13 @@ def schedule(old: DeploymentMap, new: DeploymentMap, spare_gpus: int = 0) -> Sch
     free GPUs, numbered after every GPU either plan uses, may hold bridges."""
     if spare_gpus < 0:
         raise ParvaError(f"spare GPUs must be >= 0, got {spare_gpus}")
+    if spare_gpus and new.fleet is not None:
+        raise ParvaError("a fleet plan's spare GPUs are its own free GPUs: --spare-gpus does not apply")
     t = transition(old, new)
-    gpu = gpu_type(new.gpu_type)
-    per_node = new.gpus_per_node
     floors = {m.model: _exact(m.floor) for m in t.models}
-    state = _Cluster(gpu, old.segments, floors)
-    adds = sorted(t.added, key=lambda s: _order(s, per_node))
-    removes = sorted(t.removed, key=lambda s: _order(s, per_node))
+    state = _Cluster(new, old.segments, floors)
+    adds = sorted(t.added, key=lambda s: _order(s, new))
+    removes = sorted(t.removed, key=lambda s: _order(s, new))
     bridges: list[PlacedSegment] = []
     first_spare = max((s.gpu for s in old.segments + new.segments), default=-1) + 1
     spares = tuple(range(first_spare, first_spare + spare_gpus))
@@ -165,7 +169,7 @@ def schedule(old: DeploymentMap, new: DeploymentMap, spare_gpus: int = 0) -> Sch
         blocked = [(a, _blockers(state, a, removes)) for a in adds]
         if spares and _bridge(state, blocked, bridges, spares):
             continue
-        a, blockers = min(blocked, key=lambda ab: (_cost(state, ab[1]), len(ab[1]), _order(ab[0], per_node)))
+        a, blockers = min(blocked, key=lambda ab: (_cost(state, ab[1]), len(ab[1]), _order(ab[0], new)))
         for r in blockers:
             removes.remove(r)
             state.act("remove", r)
@@ -199,10 +203,11 @@ def _progress(state: _Cluster, adds: list, removes: list, bridges: list) -> bool
 def _blockers(state: _Cluster, a: PlacedSegment, removes: list) -> list[PlacedSegment]:
     """The pending removals that must go before `a` fits: those overlapping its slots, then, if
     compute slices are still short, the GPU's other pending removals, largest first."""
-    mask = state.gpu.mask(a.size, a.start)
+    gpu = state.type_of(a.gpu)
+    mask = gpu.mask(a.size, a.start)
     on_gpu = [r for r in removes if r.gpu == a.gpu]
-    out = [r for r in on_gpu if state.gpu.mask(r.size, r.start) & mask]
-    need = state.compute[a.gpu] + a.size - state.gpu.compute_slices - sum(r.size for r in out)
+    out = [r for r in on_gpu if gpu.mask(r.size, r.start) & mask]
+    need = state.compute[a.gpu] + a.size - gpu.compute_slices - sum(r.size for r in out)
     for r in sorted((r for r in on_gpu if r not in out), key=lambda r: -r.size):
         if need <= 0:
             break

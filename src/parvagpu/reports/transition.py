@@ -12,7 +12,6 @@ from parvagpu.reports.words import count
 
 
 def print_schedule(new: DeploymentMap, t: Transition, sched: Schedule, console: Console) -> None:
-    gpu = gpu_type(new.gpu_type)
     console.print(
         f"{t.kept} segments kept, {len(t.added)} added, {len(t.removed)} removed "
         f"on {count(len(t.gpus_touched), 'GPU')}; {count(len(sched.steps), 'step')}"
@@ -36,7 +35,8 @@ def print_schedule(new: DeploymentMap, t: Transition, sched: Schedule, console: 
         steps.add_row(
             str(i + 1), str(new.node_of(s.gpu)), str(new.local_gpu(s.gpu)),
             f"[green]{action}[/]" if st.action == "create" else f"[red]{action}[/]",
-            escape(s.model), f"{gpu.profile(s.size).name}@{s.start}", str(s.segment.triplet.batch),
+            escape(s.model), f"{gpu_type(new.gpu_type_of(s.gpu)).profile(s.size).name}@{s.start}",
+            str(s.segment.triplet.batch),
             str(s.segment.triplet.procs), f"{s.segment.throughput:g}",
         )
     console.print(steps)
