@@ -136,14 +136,17 @@ def test_a_fleet_one_gpu_too_small_cuts_the_lowest_tier_in_proportion(example):
     small = Fleet((FleetNode("a", "A100-80GB", need - 1),))
     with pytest.raises(Unservable, match="cannot be served as asked"):
         plan_fleet(FleetRequest(tiered, one, small))
-    plan = plan_fleet(FleetRequest(tiered, one, small, allow_partial=True))
+    # A generous limit: the share program ends once f is proven maximal (about a second), and the
+    # final plan once its price is within 10%.
+    plan = plan_fleet(FleetRequest(tiered, one, small, allow_partial=True, time_limit=120, mip_rel_gap=0.1))
     _check(plan, {"A100-80GB": one["A100-80GB"]})
     served = {s.model: plan.served_rate(s) / s.rate for s in tiered}
     assert plan.gpus_used <= need - 1
     assert all(served[s.model] == 1.0 for s in tiered if s.tier < 2)
     stats = dict(plan.stats)
     f = stats["share"]
-    assert 0 < f < 1 and stats["share_upper_bound"] == f and stats["tiers_full"] == 2  # f proven maximal
+    # f proven maximal (to HiGHS's 1e-6 resolution of f)
+    assert 0 < f < 1 and f <= stats["share_upper_bound"] <= f + 1e-5 and stats["tiers_full"] == 2
     # every tier-2 service at the same fraction f of its rate (to 1e-6 req/s): shortfall in proportion
     assert all(plan.served_rate(s) == math.floor(s.rate * f * 1e6) / 1e6 for s in tiered if s.tier == 2)
     data = json.loads(plan_to_json(plan))

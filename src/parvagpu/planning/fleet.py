@@ -6,13 +6,16 @@ states every plan of the fleet, so its proven bound holds for the mixed case.
 
 Where the fleet cannot serve everything, tiers decide (0 the most important): the highest tiers
 that fit are served fully; the next tier gets the largest fraction f of every one of its services'
-rates that fits with them, found by one integer program that maximises f (so the shortfall is
-shared in proportion to demand, every service of the tier at the same f, floored to 1e-6 req/s);
-the tiers below it get nothing. The plan records f and HiGHS's proven upper bound on it (equal
-when solved to the end). Unless the request allows it, such a plan is `Unservable` (exit 3).
+rates found to fit with them, so the shortfall is shared in proportion to demand (every service of
+the tier at the same f, floored to 1e-6 req/s); the tiers below it get nothing. f comes from one
+program that maximises it (HiGHS's bound on f is proven), then bisection over feasibility solves
+between the f found and the bound (six steps), each proven infeasibility lowering the bound. The
+plan records f and the bound (`share_upper_bound`; equal when proven maximal). Unless the request
+allows it, such a plan is `Unservable` (exit 3).
 
-`time_limit` is the budget of the whole call: half of it at most for the plan serving everything,
-then the tiers' programs and the cheapest plan at the served rates share what is left. Pure, like
+`time_limit` is the budget of the whole call: all of it for the plan serving everything, or with
+`allow_partial` half of it at most, the tiers 80% of the rest and the cheapest plan at the served
+rates what remains. Pure, like
 every planner.
 """
 
@@ -203,14 +206,17 @@ def plan_fleet(request: FleetRequest) -> DeploymentMap:
     tiered plan (see the module docstring), `Unservable` unless `allow_partial`."""
     clock = _Clock(request.time_limit)
     setup = _setup(request)
-    full = _cheapest(request, setup, {}, clock.left() / 2)
+    # With allow_partial, half the time at most: the tiers may need the rest.
+    full = _cheapest(request, setup, {}, clock.left() / 2 if request.allow_partial else clock.left())
     if full.plan is not None:
         return full.plan
+    if not request.allow_partial:
+        if full.infeasible:
+            raise Unservable("cannot be served as asked: the fleet is too small (proven); "
+                             "--allow-partial plans the served share by tier")
+        raise Unservable("the fleet plan found no plan within the time limit; raise --time-limit")
     share = _tiered(request, setup, clock)
     served = share.served  # empty: everything fits (the full solve ran out of time before finding it)
-    if served and not request.allow_partial:
-        why = "the fleet is too small" if full.infeasible else "no plan serving everything found in time"
-        raise Unservable(f"cannot be served as asked: {why} ({share.note}); --allow-partial plans it")
     # The cheapest plan at the served rates; the share program's plan if none is found in time.
     out = _cheapest(request, setup, served, clock.left()) if not clock.expired() else _Outcome(None, False)
     best = out.plan if out.plan is not None else share.plan
@@ -232,28 +238,68 @@ class _Share:
 
 
 def _tiered(request: FleetRequest, setup: _Setup, clock: _Clock) -> _Share:
-    """Tier by tier from the most important: the largest f of this tier's rates that fits with
+    """Tier by tier from the most important: the largest f of this tier's rates found to fit with
     the tiers above in full; at f = 1 the next tier, else this tier at f and nothing below. When
     the clock stops it first, the tiers not reached get nothing."""
     tiers = sorted({s.tier for s in request.services})
     best: _Share | None = None
     for i, tier in enumerate(tiers):
-        these = frozenset(s.model for s in request.services if s.tier == tier)
+        these = tuple(s for s in request.services if s.tier == tier)
         below = {s.model: 0.0 for s in request.services if s.tier > tier}
         if clock.expired():
             break
-        f, f_upper, plan = _max_share(request, setup, these, below, clock.left() / (len(tiers) - i + 1))
+        # Most of the time for the tiers; the final cheapest plan only improves the price.
+        f, f_upper, plan = _largest_share(request, setup, these, below, _Clock(clock.left() * _TIERS_SHARE / (len(tiers) - i)))
         if plan is None:
             break
-        cut = {s.model: math.floor(s.rate * f * 1e6) / 1e6 for s in request.services if s.model in these and f < 1}
-        note = (f"tier {tier} served at {f:.1%} of its rates (at most {f_upper:.1%} fits), tiers below it not at all"
+        note = (f"tier {tier} served at {f:.1%} of its rates (no plan serves more than {f_upper:.1%}), tiers below it not at all"
                 if f < 1 else f"tiers up to {tier} served in full, the tiers below not at all (time limit)")
-        best = _Share({**below, **cut}, f, f_upper, i + (f >= 1), note, plan)
+        best = _Share(dict(plan.served), f, f_upper, i + (f >= 1), note, plan)
         if f < 1:
             break
     if best is None:
         raise Unservable("the fleet plan found no partial plan within the time limit; raise --time-limit")
     return best
+
+
+# Bisection on the shared tier's fraction, after the program maximising it: at most this many steps.
+# Few steps, each with time enough to find a plan at 1,000 services (a feasibility solve near the
+# fleet's capacity takes tens of seconds there).
+_SHARE_STEPS = 6
+_SHARE_RESOLUTION = 1 / 4096
+_TIERS_SHARE = 0.8  # of the time left after the full plan; the rest for the final cheapest plan
+
+
+def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, ...], below: dict[str, float],
+                   clock: _Clock) -> tuple[float, float, DeploymentMap | None]:
+    """(f, f_upper, plan): a plan serving the tiers above in full and `share` at f x their rates
+    (floored to 1e-6 req/s), and a proven bound f_upper >= the largest f any plan serves. First
+    one program maximises f (a quarter of the time; solved to the end, f = f_upper); then bisection
+    between f and f_upper over feasibility solves, each proven infeasibility lowering f_upper. A
+    solve that runs out of time counts as not fitting (f is never overstated) but proves nothing."""
+    f, upper, plan = _max_share(request, setup, frozenset(s.model for s in share), below, clock.left() / 4)
+    if f >= 1:
+        return 1.0, 1.0, plan
+
+    def attempt(x: float, steps_left: int) -> _Outcome:
+        served = {**below, **{s.model: math.floor(s.rate * x * 1e6) / 1e6 for s in share}}
+        quick = replace(request, mip_rel_gap=0.99)  # any plan will do
+        return _cheapest(quick, setup, served, clock.left() / (steps_left + 1))
+
+    if plan is None:  # none in time: the tiers above alone, as the last step found
+        plan = attempt(0.0, _SHARE_STEPS).plan
+    lo, hi = f, upper
+    for step in range(_SHARE_STEPS):
+        if clock.expired() or hi - lo <= _SHARE_RESOLUTION or plan is None:
+            break
+        mid = (lo + hi) / 2
+        out = attempt(mid, _SHARE_STEPS - step)
+        if out.plan is not None:
+            lo, plan = mid, out.plan
+        else:
+            hi = mid
+            upper = mid if out.infeasible else upper
+    return lo, upper, plan
 
 
 def _max_share(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float], seconds: float):
