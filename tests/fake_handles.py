@@ -1,5 +1,6 @@
 """Fake Ray Serve handles for the ingress tests: a response awaitable once and cancellable, and a
-segment handle whose calls follow a script ('ok', 'die' raises, 'hang' sleeps)."""
+segment handle whose calls follow a script ('ok', 'die' raises, 'hang' sleeps) and whose probe
+(`pid.remote()`) answers while `alive`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ class Resp:
         self.cancelled = True
 
 
+class _Method:
+    """A deployment method: `remote()` starts a call."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def remote(self, *args):
+        return Resp(self.fn(*args))
+
+
 class ScriptedHandle:
     """Calls follow `script` (the last entry repeats); a 'hang' sleeps `hang_s`, an answer
     reports batches of `batch`."""
@@ -26,6 +37,14 @@ class ScriptedHandle:
     def __init__(self, *script: str, hang_s: float = 3600.0, batch: int = 1) -> None:
         self.script, self.calls = list(script), 0
         self.hang_s, self.batch = hang_s, batch
+        self.alive, self.probes = True, 0
+        self.pid = _Method(self._pid)
+
+    async def _pid(self) -> int:
+        self.probes += 1
+        if not self.alive:
+            raise RuntimeError("actor died")
+        return 1
 
     def remote(self, payload):
         what = self.script[min(self.calls, len(self.script) - 1)]

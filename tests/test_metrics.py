@@ -20,15 +20,15 @@ def _value(metrics: Metrics, name: str, labels: dict | None = None) -> float | N
 
 
 def test_ingress_outcomes_latency_batches_and_inflight():
-    ing, met = one_segment_ingress(ScriptedHandle("ok", "die", "die", "hang", hang_s=0.3, batch=4), rate=8.0, batch=4), Metrics()
+    ing, met = one_segment_ingress(ScriptedHandle("ok", "hang", "die", "die", hang_s=0.3, batch=4), rate=8.0, batch=4), Metrics()
     met.attach(ing)
     assert asyncio.run(ing.infer("m"))[0] == 200
-    assert asyncio.run(ing.infer("m"))[0] == 502  # dies twice: retried, then failed
 
-    async def two():  # the third call holds the only slot: the fourth gets 503
+    async def two():  # the second call holds the only slot: the third gets 503
         return await asyncio.gather(ing.infer("m"), ing.infer("m"))
 
     assert sorted(s for s, _ in asyncio.run(two())) == [200, 503]
+    assert asyncio.run(ing.infer("m"))[0] == 502  # dies twice: retried, then failed
     count = {o: _value(met, "parvagpu_requests_total", {"model": "m", "outcome": o}) for o in
              ("admitted", "rejected", "failed", "ok")}
     assert count == {"admitted": 3, "rejected": 1, "failed": 1, "ok": 2}

@@ -249,6 +249,60 @@ def test_ingress_retries_a_dead_replica_once_then_answers_502():
     assert (st["admitted"], st["retried"], st["failed"], st["ok"], st["inflight"]) == (1, 1, 1, 0, [0])
 
 
+def _two_segment_ingress(a, b):
+    from parvagpu.serving.ingress import Ingress
+
+    segs = [{"name": name, "throughput": 10.0, "limit": 4, "batch": 1, "procs": 1, "wait_s": 0.0,
+             "latency_ms": 10.0} for name in ("m-a", "m-b")]
+    return Ingress({"m": {"rate": 1.0, "latency_ms": 100.0, "capacity": 20.0, "segments": segs}},
+                   {"m-a": a, "m-b": b})
+
+
+def test_ingress_fails_over_from_a_dead_segment_and_probes_it_back(monkeypatch):
+    """A segment whose node died: the request in it moves to the model's other segment, no new
+    request goes there while it is down, and it takes traffic again once a probe answers."""
+    monkeypatch.setattr("parvagpu.serving.ingress.PROBE_EVERY_S", 0.01)
+    dead, live = ScriptedHandle("die"), ScriptedHandle("ok")
+    dead.alive = False
+    ing = _two_segment_ingress(dead, live)
+
+    async def run():
+        first = [await ing.infer("m") for _ in range(6)]
+        st = ing.stats_doc()["m"] | {"calls": dead.calls}
+        await asyncio.sleep(0.1)
+        probes_while_dead = dead.probes
+        dead.alive, dead.script = True, ["ok"]
+        await asyncio.sleep(0.1)
+        after = [await ing.infer("m") for _ in range(4)]
+        return first, st, probes_while_dead, after
+
+    first, st, probes, after = asyncio.run(run())
+    assert [s for s, _ in first] == [200] * 6 and {b["segment"] for _, b in first} == {"m-b"}
+    assert st["calls"] == 1  # only the request in flight when it died reached it
+    assert (st["failover"], st["down"], st["failed"], st["ok"], st["inflight"]) == (1, ["m-a"], 0, 6, [0, 0])
+    assert probes >= 2
+    assert sorted(b["segment"] for _, b in after) == ["m-a", "m-a", "m-b", "m-b"]  # no catch-up burst
+    assert ing.stats_doc()["m"]["down"] == [] and ing.stats_doc()["m"]["up"] == 1
+
+
+def test_ingress_answers_503_at_once_when_every_segment_of_a_model_is_down(monkeypatch):
+    monkeypatch.setattr("parvagpu.serving.ingress.PROBE_EVERY_S", 0.01)
+    h = ScriptedHandle("die")
+    h.alive = False
+    ing = one_segment_ingress(h, limit=4)
+
+    async def run():
+        out = [await ing.infer("m")]
+        await asyncio.sleep(0.05)
+        out += [await ing.infer("m") for _ in range(3)]
+        return out
+
+    assert [s for s, _ in asyncio.run(run())] == [502, 503, 503, 503]
+    st = ing.stats_doc()["m"]
+    assert h.calls == 2 and h.probes >= 2  # the retry, then only probes
+    assert (st["down"], st["rejected"], st["failed"], st["inflight"]) == (["m-s0"], 3, 1, [0])
+
+
 def test_ingress_gives_up_a_hung_call_with_504_and_frees_its_slot():
     ing = one_segment_ingress(ScriptedHandle("hang"))
     ing.models["m"].call_timeout_s = 0.05

@@ -17,9 +17,14 @@
   proxy queues 32 more, then answers 503 itself: on a saturated machine the ingress's own event
   loop is a queue the per-model admission cannot see.
 - A replica that dies is restarted by Ray Serve; a request that was in it fails with an actor
-  error, is retried once on the same segment (another or the restarted replica) and, if that also
-  fails, is answered 502; a call still running after 10 SLOs (at least 5 s) is answered 504.
-  Nothing is dropped silently.
+  error and its segment is marked down at the ingress (no new requests until a probe answers):
+  the request is retried once on another live segment of the model, else on the same segment
+  (another or the restarted replica), and if that also fails it is answered 502; a model with no
+  live segment answers 503 at once; a call still running after 10 SLOs (at least 5 s) is answered
+  504. Nothing is dropped silently. A whole node lost is the same, for all its segments at once.
+- Several nodes: segment replicas go to their node through `parvagpu_node_<n>` resources
+  (`pinning.py`); the ingress and the one HTTP proxy run on the head node, so losing another node
+  never takes the front door with it.
 
 HTTP: `POST /v1/models/<model>/infer` (JSON body optional), `GET /v1/models`, `GET /v1/stats`.
 Python: `serve.get_app_handle(APP).infer.remote(model, payload)`.
@@ -41,6 +46,7 @@ from parvagpu.serving.workers import WorkerModel
 from parvagpu.core.extras import install_hint
 
 APP = "parvagpu"
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 def _require_ray():
@@ -110,7 +116,9 @@ def _segment_worker():
 def _plan_ingress():
     from ray import serve
 
-    @serve.deployment(max_ongoing_requests=100_000, num_replicas=1, ray_actor_options={"num_cpus": 0})
+    # On the head node (Ray's built-in `node:__internal_head__` resource), beside Serve's controller and proxy.
+    @serve.deployment(max_ongoing_requests=100_000, num_replicas=1,
+                      ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}})
     class PlanIngress:
         """The HTTP ingress: `ingress.Ingress` behind Ray Serve."""
 
@@ -323,7 +331,7 @@ def start_ray(host: str, port: int, address: str | None) -> None:
             "runtime_env": {"worker_process_setup_hook": "parvagpu.serving.app.confine_replica_grpc"}}
         ray.init(address=address, include_dashboard=False, logging_level="WARNING",
                  log_to_driver=False, configure_logging=True, **local)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(proxy_location="HeadOnly", http_options={"host": host, "port": port})
 
 
 class LiveServe:

@@ -8,6 +8,13 @@ call with its retry and timeout, and every HTTP route's answer (the Open Inferen
 
 A request of n items takes n of a segment's in-flight limit and goes only to a segment whose batch
 size is at least n: the planned batch is counted in items, whatever the request sizes.
+
+A segment whose call fails (its replica died, or its node: Ray's actor errors) is *down*: it gets no
+new requests, and a background probe (`handle.pid.remote()`, bounded) brings it back when it
+answers. The failed request moves to another live segment of the model with room, else is retried
+once on the same segment (another or a restarted replica may take it). A model with no live segment
+up answers 503 at once: a segment whose node is gone would otherwise hold each request until the
+call timeout. `down_segments()` is the node-loss signal the controller reads.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ CALL_TIMEOUT_SLOS = 10  # a segment call still running after 10 SLOs is given up
 MIN_CALL_TIMEOUT_S = 5.0
 MAX_BODY_BYTES = 64 * 2**20  # a larger request body is refused (413) before it is read
 RETRY_AFTER_S = "1"
+PROBE_EVERY_S = 0.5  # a down segment is probed this often
+PROBE_TIMEOUT_S = 1.0  # a probe not answered in this time (a segment with no replica) failed
 
 
 async def _result(resp):
@@ -56,7 +65,8 @@ class ModelRoute:
     call_timeout_s: float
     signature: Signature | None = None
     counts: dict[str, int] = field(
-        default_factory=lambda: {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0, "within_slo": 0}
+        default_factory=lambda: {"admitted": 0, "rejected": 0, "retried": 0, "failed": 0, "ok": 0, "within_slo": 0,
+                                 "failover": 0, "down": 0, "up": 0}
     )
     # metrics hook (serving/metrics.py): observer(outcome, segment index, latency s, batch), or None
     observer: Callable[..., None] | None = None
@@ -64,6 +74,8 @@ class ModelRoute:
     states: list[str] = field(default_factory=list)
     live: list[int] = field(default_factory=list)  # indices of the live segments, the router's order
     slo_s: float = math.inf
+    down: set[str] = field(default_factory=set)  # segments (by name) taking no request until a probe answers
+    _probes: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
 
     def _count(self, outcome: str, i: int | None = None, latency_s: float | None = None, batch=None) -> None:
         self.counts[outcome] += 1
@@ -165,19 +177,76 @@ class ModelRoute:
     def admit(self, n: int = 1) -> int | None:
         """The segment this request of n items goes to, its slots taken; None (counted) when no
         live segment with a batch of at least n has room."""
-        adm, batches, live = self.admission, self.batches, self.live
-        j = None if self.router is None else self.router.pick(lambda j: batches[live[j]] >= n and adm.has_room(live[j], n))
-        i = None if j is None else live[j]
-        if i is None or not adm.try_acquire(i, n):
+        i = self._pick(n)
+        if i is None:
             self._count("rejected")
             return None
         self._count("admitted", i)
         return i
 
+    def _pick(self, n: int, avoid: int | None = None) -> int | None:
+        """A live segment that is up (not `avoid`) with a batch of at least n and room for n, its
+        slots taken."""
+        adm, batches, live, names, down = self.admission, self.batches, self.live, self.names, self.down
+
+        def eligible(j: int) -> bool:
+            i = live[j]
+            return i != avoid and names[i] not in down and batches[i] >= n and adm.has_room(i, n)
+
+        j = None if self.router is None else self.router.pick(eligible)
+        i = None if j is None else live[j]
+        if i is None or not adm.try_acquire(i, n):
+            return None
+        return i
+
+    # --- segments down (their replicas or node died) and back ---
+
+    def mark_down(self, i: int) -> None:
+        """Segment i takes no new request until a probe of it answers (counted once per outage)."""
+        name = self.names[i]
+        if name in self.down:
+            return
+        self.down.add(name)
+        self._count("down", i)
+        try:
+            self._probes[name] = asyncio.get_running_loop().create_task(self._probe(name))
+        except RuntimeError:  # no event loop (a synchronous caller): down until a call answers
+            pass
+
+    def mark_up(self, i: int) -> None:
+        name = self.names[i]
+        if name in self.down:
+            self.down.discard(name)
+            if self.router is not None:
+                self.router.restart()
+            self._count("up", i)
+        task = self._probes.pop(name, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _probe(self, name: str) -> None:
+        while name in self.down:
+            await asyncio.sleep(PROBE_EVERY_S)
+            try:
+                i = self.index(name)
+            except KeyError:  # removed by a transition: nothing to probe
+                self.down.discard(name)
+                return
+            resp = self.handles[i].pid.remote()
+            try:
+                await asyncio.wait_for(_result(resp), PROBE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                resp.cancel()
+                continue
+            except Exception:  # still dead: probe again
+                continue
+            self.mark_up(i)
+
     async def call(self, i: int, invoke: Callable[[Any], Any], n: int = 1) -> tuple[int, dict]:
-        """Run one admitted request (`invoke(handle)` starts it) on segment i: retried once on a
-        replica failure, given up (504) after the call timeout. Always releases its slots. 200
-        with the replica's answer, or the error status and `{"error"}`."""
+        """Run one admitted request (`invoke(handle)` starts it) on segment i. On a replica
+        failure the segment is marked down and the request retried once: on another live segment
+        with room, else on the same one. Given up (504) after the call timeout. Always releases its
+        slots. 200 with the replica's answer, or the error status and `{"error"}`."""
         t0 = time.perf_counter()
         try:
             last = None
@@ -189,14 +258,16 @@ class ModelRoute:
                     resp.cancel()  # a hung replica: the request is a miss, answered, not retried
                     self._count("failed", i)
                     return 504, {"error": f"{self.model}: segment {self.names[i]} did not answer in time"}
-                except Exception as exc:  # replica died or failed: retry once, then report
+                except Exception as exc:  # replica or node died: elsewhere if possible, then report
                     last = exc
+                    self.mark_down(i)
                     if attempt < RETRIES:
-                        self._count("retried", i)
+                        i = self._failover(i, n)
                     continue
                 if "error" in res:  # the model or a hook failed on this request: no retry
                     self._count("failed", i)
                     return 500, {"error": f"{self.model}: {res['error']}"}
+                self.mark_up(i)
                 self.admission.observe(i, res.get("compute_ms", 0.0))
                 res["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
                 self._count("ok", i, res["ingress_ms"] / 1000.0, res.get("batch"))
@@ -207,10 +278,22 @@ class ModelRoute:
         finally:
             self.admission.release(i, n)
 
+    def _failover(self, i: int, n: int) -> int:
+        """Where a request that failed on segment i is retried: another live segment that is up
+        with room (its slots moved there), else i itself."""
+        j = self._pick(n, avoid=i)
+        if j is None:
+            self._count("retried", i)
+            return i
+        self.admission.release(i, n)
+        self._count("failover", j)
+        return j
+
     def stats(self) -> dict:
         adm = self.admission
         return {**self.counts, "inflight": list(adm.inflight), "limits": list(adm.limits),
-                "batch_ms": list(adm.batch_ms), "segments": list(self.names), "states": list(self.states)}
+                "batch_ms": list(adm.batch_ms), "segments": list(self.names), "states": list(self.states),
+                "down": sorted(self.down)}
 
 
 @dataclass(frozen=True)
@@ -343,6 +426,10 @@ class Ingress:
         """Per model its cumulative counters (admitted, rejected, ..., within_slo): the controller's
         observation, taken at the ingress."""
         return {m: dict(r.counts) for m, r in self.models.items()}
+
+    def down_segments(self) -> dict[str, list[str]]:
+        """Per model, its segments that are down (a failed call, no probe answered since)."""
+        return {m: sorted(r.down) for m, r in self.models.items() if r.down}
 
     def stats_doc(self) -> dict:
         """GET /v1/stats: per model its counters and its segments' in-flight counts and limits."""

@@ -61,6 +61,11 @@ class WeightedRouter:
         cur[best] -= self.total
         return best
 
+    def restart(self) -> None:
+        """Start the sequence afresh: a segment back from an outage has piled up credit while it
+        was skipped and would otherwise take every request until it caught up."""
+        self._current = [0] * len(self.weights)
+
     def period(self) -> list[int]:
         """One full period of picks from a fresh router (each index i appears weights[i] times)."""
         return list(_picks(self.weights, self.total))
