@@ -115,6 +115,9 @@ class Port:
         self.ing.drop_model(model)
         self.ev.seq.append(("drop", model))
 
+    def down_segments(self):
+        return self.ing.down_segments()
+
 
 RATES = {"resnet50": 300.0, "bert": 150.0}
 SLOS = {"resnet50": 100.0, "bert": 300.0}

@@ -30,6 +30,7 @@ from parvagpu.control.window import AttainmentWindow, RateWindow
 from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Schedule, Service
+from parvagpu.planning.nodeloss import as_running, replan_without_nodes, surviving
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.strategies import plan as make_plan
 from parvagpu.planning.transition import schedule
@@ -48,9 +49,10 @@ class LiveConfig:
     poll_s: float = 0.05  # between looks at a draining segment's in-flight count
     strategy: str = "parva"
     max_procs: int = 3
+    node_loss_s: float = 10.0  # every segment of a node down this long: the node is lost
 
     def __post_init__(self) -> None:
-        for name in ("tick_s", "window_s", "attainment_window_s", "drain_timeout_s", "poll_s"):
+        for name in ("tick_s", "window_s", "attainment_window_s", "drain_timeout_s", "poll_s", "node_loss_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ParvaError(f"control setting {name} must be positive, got {getattr(self, name)}")
 
@@ -78,6 +80,7 @@ class Port(Protocol):
     def inflight(self, model: str, name: str) -> int: ...
     def remove_segment(self, model: str, name: str) -> None: ...
     def drop_model(self, model: str) -> None: ...
+    def down_segments(self) -> dict[str, list[str]]: ...
 
 
 def segment_name(plan: DeploymentMap, s: PlacedSegment) -> str:
@@ -129,6 +132,7 @@ class Controller:
         self.lock = threading.Lock()
         self._pending: tuple[Service, ...] | None = None
         self._last_hold: str | None = None
+        self._down_since: dict[int, float] = {}  # node -> when all its segments were first seen down
         self.on_change: Callable[[DeploymentMap, dict | None], None] | None = None  # metrics hooks
         self.on_observe: Callable[[tuple[ModelView, ...], dict], None] | None = None
 
@@ -219,6 +223,10 @@ class Controller:
         """One look: a pending services file re-plans at once; else the policy decides."""
         now = self.clock.now()
         views = self.observe(now)
+        lost = self.lost_nodes(now)
+        if lost:
+            self.lose_nodes(now, lost)
+            return None
         with self.lock:
             pending, self._pending = self._pending, None
         if pending is not None:
@@ -252,18 +260,52 @@ class Controller:
                 if m not in self.rates:
                     self._watch(m, now)
 
+    # --- nodes lost ---
+
+    def lost_nodes(self, now: float) -> set[int]:
+        """Nodes whose every segment the ingress has held down (failed calls, no probe answered)
+        for `node_loss_s`: a replica restarting on a live node comes back well before."""
+        down = {n for names in self.port.down_segments().values() for n in names}
+        by_node: dict[int, list[str]] = {}
+        for s in self.plan.segments:
+            by_node.setdefault(self.plan.node_of(s.gpu), []).append(segment_name(self.plan, s))
+        dead = {node for node, names in by_node.items() if all(n in down for n in names)}
+        self._down_since = {node: self._down_since.get(node, now) for node in dead}
+        return {node for node, t in self._down_since.items() if now - t >= self.cfg.node_loss_s}
+
+    def lose_nodes(self, now: float, lost: set[int]) -> bool:
+        """Forget the lost nodes' segments (drained: in-flight requests end within the ingress's
+        call timeout; removed from the routes; deployments stopped), then re-plan every service
+        with those nodes' GPUs unavailable."""
+        gone = [s for s in self.plan.segments if self.plan.node_of(s.gpu) in lost]
+        names = [(s.model, segment_name(self.plan, s)) for s in gone]
+        self.log({"kind": "nodes lost", "time_s": now, "nodes": sorted(lost), "segments": [n for _, n in names]})
+        alive = surviving(self.plan, lost)
+        steps = self._remove(alive, list(alive.segments), names)
+        with self.lock:
+            self.plan = alive
+        self._down_since = {}
+        self.log({"kind": "nodes forgotten", "time_s": self.clock.now(), "steps": steps})
+        return self.replan(now, self.planned, self.slos, f"nodes {sorted(lost)} lost", lost=lost)
+
     # --- re-plan and transition ---
 
-    def replan(self, now: float, planned: dict[str, float], slos: dict[str, float], reason: str) -> bool:
-        """Plan for `planned` from the running plan, check plan and schedule, run the transition.
-        False (logged, nothing changed) when planning or a check refuses."""
+    def replan(self, now: float, planned: dict[str, float], slos: dict[str, float], reason: str,
+               lost: set[int] = frozenset()) -> bool:
+        """Plan for `planned` from the running plan (using no GPU of a `lost` node), check plan and
+        schedule, run the transition. False (logged, nothing changed) when planning or a check
+        refuses."""
         services = tuple(Service(m, max(r, 1e-3), slos[m]) for m, r in sorted(planned.items()))
         t0 = self.clock.now()
         try:
             req = PlanRequest(services, self.profiles, self.gpu, self.cfg.max_procs, self.plan.gpus_per_node,
                               current=self.plan)
-            new = make_plan(req, self.cfg.strategy)
-            sched, problems = check_replan(self.plan, new, self.profiles)
+            if lost:
+                new = replan_without_nodes(replace(self.plan, services=services), lost, self.profiles,
+                                           lambda r: make_plan(r, self.cfg.strategy), self.cfg.max_procs)
+            else:
+                new = make_plan(req, self.cfg.strategy)
+            sched, problems = check_replan(as_running(self.plan) if lost else self.plan, new, self.profiles)
         except ParvaError as exc:
             problems, sched, new = [str(exc)], None, None
         plan_s = self.clock.now() - t0

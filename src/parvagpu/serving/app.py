@@ -157,6 +157,9 @@ def _plan_ingress():
         def counts(self) -> dict:
             return self.ingress.counts()
 
+        def down_segments(self) -> dict:
+            return self.ingress.down_segments()
+
         async def infer(self, model: str, payload: Any = None) -> tuple[int, dict]:
             """(HTTP status, body) for one synthetic request: the Python-handle entry point too."""
             return await self.ingress.infer(model, payload)
@@ -355,6 +358,9 @@ class LiveServe:
 
     def counts(self) -> dict:
         return self._call("counts")
+
+    def down_segments(self) -> dict:
+        return self._call("down_segments")
 
     def set_model(self, model: str, rate: float, latency_ms: float) -> None:
         self._call("set_model", model, rate, latency_ms)

@@ -9,8 +9,8 @@ call with its retry and timeout, and every HTTP route's answer (the Open Inferen
 A request of n items takes n of a segment's in-flight limit and goes only to a segment whose batch
 size is at least n: the planned batch is counted in items, whatever the request sizes.
 
-A segment whose call fails (its replica died, or its node: Ray's actor errors) is *down*: it gets no
-new requests, and a background probe (`handle.pid.remote()`, bounded) brings it back when it
+A segment whose call fails (its replica died, or its node: Ray's actor errors) or times out is
+*down*: it gets no new requests, and a background probe (`handle.pid.remote()`, bounded) brings it back when it
 answers. The failed request moves to another live segment of the model with room, else is retried
 once on the same segment (another or a restarted replica may take it). A model with no live segment
 up answers 503 at once: a segment whose node is gone would otherwise hold each request until the
@@ -150,6 +150,10 @@ class ModelRoute:
             raise ValueError(f"{self.model}: segment {name!r} is {self.states[i]} with "
                              f"{self.admission.inflight[i]} in flight; only a drained segment is removed")
         self.states[i], self.handles[i] = GONE, None
+        self.down.discard(name)
+        task = self._probes.pop(name, None)
+        if task is not None:
+            task.cancel()
         self._compact()
 
     def _reroute(self) -> None:
@@ -256,6 +260,7 @@ class ModelRoute:
                     res = await asyncio.wait_for(_result(resp), self.call_timeout_s)
                 except asyncio.TimeoutError:
                     resp.cancel()  # a hung replica: the request is a miss, answered, not retried
+                    self.mark_down(i)  # its node may be gone before Ray says so: probe it
                     self._count("failed", i)
                     return 504, {"error": f"{self.model}: segment {self.names[i]} did not answer in time"}
                 except Exception as exc:  # replica or node died: elsewhere if possible, then report

@@ -1,0 +1,67 @@
+"""The live controller loses a node: every segment of node 1 held down at the ingress for
+`node_loss_s` -> those segments drained, unrouted and stopped, then every service re-planned onto
+the remaining node, checked by verify and switched make-before-break."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from test_control_live import CFG, POLICY, Clock, Deployments, Events, Nodes, Port, profiles
+
+from parvagpu.control.live import Controller, segment_name
+from parvagpu.core.gpus import gpu_type
+from parvagpu.core.model import Service
+from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.strategies import plan as make_plan
+from parvagpu.verify import verify
+
+RATES = {"resnet50": 3000.0, "bert": 1500.0}
+SLOS = {"resnet50": 100.0, "bert": 300.0}
+
+
+def _two_node_plan():
+    """A fresh plan whose second GPU is moved to node 1 (8 GPUs per node)."""
+    services = tuple(Service(m, r, SLOS[m]) for m, r in sorted(RATES.items()))
+    fresh = make_plan(PlanRequest(services, profiles(), gpu_type("A100-80GB"), 3, 8, time_limit=5.0), "parva")
+    gpus = sorted({s.gpu for s in fresh.segments})
+    assert len(gpus) >= 2
+    to = {g: (8 if k == 1 else k if k < 1 else k - 1) for k, g in enumerate(gpus)}
+    plan = replace(fresh, segments=tuple(replace(s, gpu=to[s.gpu]) for s in fresh.segments))
+    assert {plan.node_of(s.gpu) for s in plan.segments} == {0, 1} and verify(plan, profiles()) == []
+    return plan
+
+
+def test_lost_node_is_forgotten_and_its_services_replanned_onto_the_rest(tmp_path):
+    ev = Events()
+    deps = Deployments(ev)
+    port = Port(deps, ev)
+    log: list[dict] = []
+    plan = _two_node_plan()
+    ctl = Controller(plan, profiles(), POLICY, CFG, Clock(), Nodes(tmp_path, ev), deps, port, log.append)
+    ctl.start()
+    on1 = {segment_name(plan, s) for s in plan.segments if plan.node_of(s.gpu) == 1}
+    for m, route in port.ing.models.items():  # the ingress saw their calls fail
+        for i, name in enumerate(route.names):
+            if name in on1:
+                route.mark_down(i)
+    ctl.clock.t += CFG.tick_s
+    ctl.tick()
+    assert not any(r["kind"] == "nodes lost" for r in log)  # not yet: a replica may be restarting
+    ctl.clock.t += CFG.node_loss_s
+    ctl.tick()
+    kinds = [r["kind"] for r in log]
+    assert "nodes lost" in kinds and "transition done" in kinds, log[-3:]
+    lost = next(r for r in log if r["kind"] == "nodes lost")
+    assert lost["nodes"] == [1] and set(lost["segments"]) == on1
+    new = ctl.plan
+    assert verify(new, profiles()) == []
+    assert {new.node_of(s.gpu) for s in new.segments} == {0}
+    for m, r in RATES.items():
+        assert sum(s.segment.throughput for s in new.segments if s.model == m) >= r
+    routed = {n for route in port.ing.models.values() for n in route.segments()}
+    assert routed == {segment_name(new, s) for s in new.segments} and not routed & on1
+    assert set(deps.handles) == routed  # node 1's deployments stopped, the new ones started
+    assert port.ing.down_segments() == {}
+    for n in on1:  # drained and unrouted before their deployments stopped
+        seq = [e for e in ev.seq if e[0] in ("drain", "remove") and e[1] == n or e[0] == "stop" and n in e[1]]
+        assert [e[0] for e in seq] == ["drain", "remove", "stop"], seq
