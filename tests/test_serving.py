@@ -274,6 +274,7 @@ def test_ingress_fails_over_from_a_dead_segment_and_probes_it_back(monkeypatch):
         dead.alive, dead.script = True, ["ok"]
         await asyncio.sleep(0.1)
         after = [await ing.infer("m") for _ in range(4)]
+        await ing.stop_probes()
         return first, st, probes_while_dead, after
 
     first, st, probes, after = asyncio.run(run())
@@ -295,6 +296,7 @@ def test_ingress_answers_503_at_once_when_every_segment_of_a_model_is_down(monke
         out = [await ing.infer("m")]
         await asyncio.sleep(0.05)
         out += [await ing.infer("m") for _ in range(3)]
+        await ing.stop_probes()
         return out
 
     assert [s for s, _ in asyncio.run(run())] == [502, 503, 503, 503]

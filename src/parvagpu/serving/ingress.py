@@ -39,6 +39,20 @@ PROBE_EVERY_S = 0.5  # a down segment is probed this often
 PROBE_TIMEOUT_S = 1.0  # a probe not answered in this time (a segment with no replica) failed
 
 
+async def _answers(resp, timeout_s: float) -> bool:
+    """Whether a call answers without error within timeout_s. Uses asyncio.wait, not wait_for:
+    on Python 3.10/3.11 wait_for swallows a cancellation that arrives as the call finishes, and a
+    probe loop that misses its cancellation never ends (the event loop then hangs at shutdown)."""
+    fut = asyncio.ensure_future(_result(resp))
+    try:
+        done, _ = await asyncio.wait({fut}, timeout=timeout_s)
+    finally:
+        if not fut.done():
+            fut.cancel()
+            resp.cancel()
+    return bool(done) and not fut.cancelled() and fut.exception() is None
+
+
 async def _result(resp):
     return await resp
 
@@ -228,6 +242,15 @@ class ModelRoute:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
+    async def stop_probes(self) -> None:
+        """Cancel the probes of down segments and wait for them to end (an ingress shutting down
+        leaves no task behind for the event loop to chase at exit)."""
+        tasks = [t for t in self._probes.values() if t is not asyncio.current_task()]
+        self._probes.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _probe(self, name: str) -> None:
         while name in self.down:
             await asyncio.sleep(PROBE_EVERY_S)
@@ -236,15 +259,8 @@ class ModelRoute:
             except KeyError:  # removed by a transition: nothing to probe
                 self.down.discard(name)
                 return
-            resp = self.handles[i].pid.remote()
-            try:
-                await asyncio.wait_for(_result(resp), PROBE_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                resp.cancel()
-                continue
-            except Exception:  # still dead: probe again
-                continue
-            self.mark_up(i)
+            if await _answers(self.handles[i].pid.remote(), PROBE_TIMEOUT_S):
+                self.mark_up(i)
 
     async def call(self, i: int, invoke: Callable[[Any], Any], n: int = 1) -> tuple[int, dict]:
         """Run one admitted request (`invoke(handle)` starts it) on segment i. On a replica
@@ -431,6 +447,11 @@ class Ingress:
         """Per model its cumulative counters (admitted, rejected, ..., within_slo): the controller's
         observation, taken at the ingress."""
         return {m: dict(r.counts) for m, r in self.models.items()}
+
+    async def stop_probes(self) -> None:
+        """Every model's probes cancelled and ended (called when the ingress shuts down)."""
+        for r in self.models.values():
+            await r.stop_probes()
 
     def down_segments(self) -> dict[str, list[str]]:
         """Per model, its segments that are down (a failed call, no probe answered since)."""
