@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pynvml as real
 
-from parvagpu.core.gpus import gpu_type
 from parvagpu.hardware.mig import FakeBackend
 from parvagpu.hardware.mig import base as mb
 

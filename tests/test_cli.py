@@ -61,7 +61,7 @@ def test_plan_seed_csv(tmp_path):
     assert len(rows) == 67
     assert max(int(r[0]) for r in rows) == 4 and max(int(r[1]) for r in rows) == 3  # 17 GPUs, 4/node
     # within a GPU, largest instance first (the reference's row order)
-    prev = None
+    prev, last_size = None, 0
     for r in rows:
         key = (int(r[0]), int(r[1]))
         if key == prev:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from parvagpu.cli import app
 from parvagpu.control.replay import Costs, _runs, read_settings
-from parvagpu.control.trace import Shape, Trace, generate, read_trace, trace_csv
+from parvagpu.control.trace import Shape, generate, read_trace, trace_csv
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.model import PlacedSegment, Segment, Step, Triplet
 

@@ -10,7 +10,6 @@ import pytest
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.serving.loadgen import (
-    FAILED,
     OK,
     REJECTED,
     Reply,

@@ -11,9 +11,12 @@ import hashlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # for the annotation only: core/fleet.py does not import this module
+    from parvagpu.core.fleet import Fleet
 
 PLAN_VERSION = 1
 

@@ -4,7 +4,6 @@ files into an output directory."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
