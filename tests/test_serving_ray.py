@@ -145,6 +145,11 @@ def test_oip_with_tritonclient_json_and_binary_batched_and_exact(served):
 
     url, _ = served
     client = http.InferenceServerClient(url.removeprefix("http://"), concurrency=16)
+    # Ready means Serve reports every replica running; a replica killed by an earlier test may
+    # still be restarting, so wait for it (bounded) instead of asking once.
+    deadline = time.time() + 90
+    while not client.is_server_ready() and time.time() < deadline:
+        time.sleep(1)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mlp")
     meta = client.get_model_metadata("mlp")
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 8, 8]}]
