@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Protocol
 
-from parvagpu.control.policy import Decision, ModelView, PolicyConfig, decide
+from parvagpu.control.policy import Decision, ModelView, PolicyConfig, decide, settings_section
 from parvagpu.control.window import AttainmentWindow, RateWindow
 from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.core.gpus import gpu_type
@@ -416,13 +416,7 @@ def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:
         raise ParvaError(f"{path}: expected a mapping with optional policy, control, costs and replay sections")
     out = []
     for section, keys in (("policy", {f.name for f in fields(PolicyConfig)}), ("control", LIVE_KEYS)):
-        part = doc.get(section) or {}
-        if not isinstance(part, dict):
-            raise ParvaError(f"{path}: {section} must be a mapping")
-        unknown = set(part) - keys
-        if unknown:
-            raise ParvaError(f"{path}: unknown {section} keys: {', '.join(sorted(map(str, unknown)))} "
-                             f"(known: {', '.join(sorted(keys))})")
+        part = settings_section(path, doc, section, keys)
         for k, v in part.items():
             text = k == "strategy"
             if isinstance(v, bool) or not isinstance(v, str if text else (int, float)):

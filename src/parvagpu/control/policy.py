@@ -181,3 +181,17 @@ def decide(
     reason = "; ".join(f"{w.model}: {w.reason}" for w in go)
     return Decision(now, True, reason, tuple((w.model, w.rate) for w in go), tuple(held), views,
                     tuple((w.model, w.headroom) for w in go if w.headroom is not None))
+
+
+def settings_section(path, doc: dict, section: str, keys: set[str]) -> dict:
+    """One section of a controller settings file (policy, control, costs, replay): a mapping whose
+    keys are all known, or one line naming the file and the section. Shared by the live controller
+    and the trace replay, which read the same file."""
+    part = doc.get(section) or {}
+    if not isinstance(part, dict):
+        raise ParvaError(f"{path}: {section} must be a mapping")
+    unknown = set(part) - keys
+    if unknown:
+        raise ParvaError(f"{path}: unknown {section} keys: {', '.join(sorted(map(str, unknown)))} "
+                         f"(known: {', '.join(sorted(keys))})")
+    return part

@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, fields
 
 from parvagpu.control.fluid import AttainmentTable
-from parvagpu.control.policy import ModelView, PolicyConfig, decide, target_rate
+from parvagpu.control.policy import ModelView, PolicyConfig, decide, settings_section, target_rate
 from parvagpu.control.trace import Trace
 from parvagpu.control.window import AttainmentWindow, RateWindow
 from parvagpu.core.errors import ParvaError
@@ -463,13 +463,7 @@ def read_settings(path) -> tuple[PolicyConfig, Costs, dict]:
         raise ParvaError(f"{path}: expected a mapping with optional policy, costs and replay sections")
     parts = []
     for section, keys in (("policy", POLICY_KEYS), ("costs", COST_KEYS), ("replay", OPTION_KEYS)):
-        part = doc.get(section) or {}
-        if not isinstance(part, dict):
-            raise ParvaError(f"{path}: {section} must be a mapping")
-        unknown = set(part) - keys
-        if unknown:
-            raise ParvaError(f"{path}: unknown {section} keys: {', '.join(sorted(map(str, unknown)))} "
-                             f"(known: {', '.join(sorted(keys))})")
+        part = settings_section(path, doc, section, keys)
         bad = [k for k, v in part.items() if isinstance(v, bool) or not isinstance(v, (int, float, str))]
         if bad:
             raise ParvaError(f"{path}: {section}.{bad[0]} must be a number")
