@@ -246,6 +246,18 @@ def test_refused_plan_changes_nothing(tmp_path, monkeypatch):
     assert sched is None and problems
 
 
+def test_replan_needing_no_step_keeps_the_plan_and_adopts_the_rates(tmp_path, monkeypatch):
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    first = ctl.plan
+    monkeypatch.setattr("parvagpu.control.live.make_plan", lambda req, strategy: first)
+    ev.seq.clear()
+    _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 30)
+    kept = [r for r in log if r["kind"] == "plan kept"]
+    assert kept and "resnet50" in kept[0]["reason"] and kept[0]["planned"]["resnet50"] > 300.0
+    assert ctl.planned["resnet50"] == kept[-1]["planned"]["resnet50"]
+    assert ev.seq == [] and not [r for r in log if r["kind"].startswith("transition")]
+
+
 def test_api_plan_services_and_bad_input(tmp_path):
     from parvagpu.control.api import route
 

@@ -85,6 +85,7 @@ def test_rate_step_restores_capacity_and_loses_nothing(running):
     log = [json.loads(x) for x in (work / "decisions.jsonl").read_text().splitlines()]
     at = lambda r: datetime.fromisoformat(r["utc"]).timestamp() - t0  # noqa: E731
     done = [r for r in log if r["kind"] == "transition done" and at(r) > STEP_AT]
+    assert all(r["steps"] for r in done)  # a re-plan needing no step is "plan kept", not a transition
     assert done, [r.get("reason") for r in log]
     back = at(done[0])
     assert back - STEP_AT < 60.0  # capacity restored within 60 s of the step

@@ -314,6 +314,12 @@ class Controller:
                       "plan_s": round(plan_s, 3)})
             return False
         assert sched is not None and new is not None
+        if not sched.steps:  # the running segments already serve the new targets: nothing to switch
+            with self.lock:
+                self.plan, self.planned, self.slos, self.last_replan = new, dict(planned), dict(slos), now
+            self.log({"kind": "plan kept", "time_s": now, "reason": reason, "plan_s": round(plan_s, 3),
+                      "planned": {m: round(r, 6) for m, r in sorted(planned.items())}})
+            return True
         self.log({"kind": "transition", "time_s": now, "reason": reason, "plan_s": round(plan_s, 3),
                   "gpus": [self.plan.gpus_used, new.gpus_used],
                   "steps_planned": [f"{st.action} {segment_name(new, st.segment)}" for st in sched.steps],
