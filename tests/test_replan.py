@@ -182,3 +182,53 @@ def test_the_lp_bound_alone_matches_the_optimizers_proven_bound(scenario6, profi
         request = PlanRequest(_scaled(services, "vgg19", factor), profiles, a100, 3)
         fresh = plan(request, "auto")
         assert lower_bound(request, 10.0) == fresh.lower_bound == fresh.gpus_used
+
+
+def _generated(profiles, n: int, seed: int):
+    """`n` services cycling the embedded profiles (named `<model>-<i>`), seeded rates and SLOs
+    1.5-4x the tightest each model meets at 3 processes."""
+    import random
+
+    from parvagpu.core.model import Profile, Service
+
+    rng = random.Random(seed)
+    names = sorted(profiles)
+    out_p, out_s = {}, []
+    for i in range(n):
+        src = profiles[names[i % len(names)]]
+        name = f"{src.model}-{i}"
+        out_p[name] = Profile(name, src.points, src.source)
+        fastest = min(p.latency_ms for p in src.points if p.runnable and p.procs <= 3)
+        out_s.append(Service(name, round(rng.uniform(50, 3000), 1), round(fastest / 0.45 * rng.uniform(1.5, 4), 1)))
+    return out_p, tuple(out_s)
+
+
+def test_every_phase_shares_one_deadline(profiles, a100):
+    """20 % of 100 services change: the bound, repair, local re-plans, a fresh plan and the
+    program all fit in one deadline (a generous margin for a loaded machine), and the plan is
+    valid and within its cap."""
+    import random
+    import time
+
+    gen, services = _generated(profiles, 100, 3)
+    current = plan(PlanRequest(services, gen, a100, 3, time_limit=5.0), "auto")
+    rng = random.Random(1)
+    picked = set(rng.sample([s.model for s in services], 20))
+    new_services = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
+                         for s in services)
+    limit = 0.6
+    t0 = time.perf_counter()
+    new = plan(PlanRequest(new_services, gen, a100, 3, time_limit=limit, current=current), "auto")
+    assert time.perf_counter() - t0 < limit + 1.5
+    assert verify(new, gen) == []
+    stats = dict(new.stats)
+    assert new.lower_bound is not None and new.lower_bound <= new.gpus_used
+    assert new.gpus_used <= stats.get("fresh_gpus", new.lower_bound)
+
+
+def test_a_narrow_plan_at_the_cap_beats_a_reshuffle_that_saves_a_gpu():
+    from parvagpu.planning.replan import Candidate, _best
+
+    narrow, wide = Candidate("repair", (), 1, 10), Candidate("matched-fresh", (), 3710, 9)
+    assert _best([wide, narrow, Candidate("over", (), 0, 11)], 10) is narrow
+    assert _best([wide, narrow], 9) is wide  # the bound at 9: only the reshuffle reaches it

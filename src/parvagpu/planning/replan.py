@@ -24,18 +24,21 @@ The steps:
 - *local re-plans*: wipe a few GPUs (those with free slices, or serving a changed model) and plan
   what they served afresh, with the same strategy, onto fewer of them.
 - *fresh* (`parva` always; the others when nothing met the bound): the strategy's plan from
-  scratch, with the whole time limit; its GPU count (+ `max_extra_gpus`) is the cap, and the fresh
+  scratch, with the time left; its GPU count (+ `max_extra_gpus`) is the cap, and the fresh
   plan with its GPUs renumbered onto the running ones to keep the most segments is a candidate
   always within it, so a plan is always found.
 - *program* (`auto`, `optimal`): the integer program of `replan_program`, warm-started with the
   best candidate so far, when that one may change more than needed (more than `change_floor`);
   on a large cluster only a neighbourhood of GPUs is open to it.
 
-The phases share the time limit (the bound at most half of it, local re-plans until 60 % of it,
-the program what is left); only the fresh plan, when it is needed, takes a whole limit of its
-own, so a re-plan that needs it may take up to twice the limit.
+The phases share one deadline: the time limit less a small reserve for the finish. The bound
+gets at most half of what is left, consolidation before a fresh plan runs until 45 % of the
+time, local re-plans until 60 %, the fresh plan (when needed) and the program get what is left; a HiGHS solve still running at the
+deadline is abandoned (`optimizer.highs.run_by`), and a phase with too little time left is
+skipped, so the command returns the best candidate found by then.
 
-The candidate within the cap with the fewest changes wins (then fewer GPUs). The plan records its
+The candidate within the cap with the fewest changes wins (then fewer GPUs): at the fresh plan's
+count, a narrow repair beats a wide reshuffle that saves a GPU on it. The plan records its
 `transition` from the running plan.
 """
 
@@ -272,17 +275,19 @@ def _in_free_slots(model: str, need: Fraction, per_size: dict[int, Triplet], spa
 
 
 def consolidate(
-    request: PlanRequest, segments: tuple[PlacedSegment, ...], cap: int, known: set[int]
+    request: PlanRequest, segments: tuple[PlacedSegment, ...], cap: int, known: set[int],
+    deadline: float = float("inf"),
 ) -> tuple[PlacedSegment, ...] | None:
     """Empty GPUs until at most `cap` are used: each time the GPU whose segments are cheapest to
     re-cover elsewhere (fewest new segments, then fewest removed), its models' shortfalls covered
-    in the other GPUs' free slots; None when no GPU can be emptied without a new one."""
+    in the other GPUs' free slots; None when no GPU can be emptied without a new one, or when
+    `deadline` (a `time.perf_counter()` instant) passes first."""
     rate = {s.model: _exact(s.rate) for s in request.services}
     per_size = per_size_table(request)
-    first = _consolidate(request, list(segments), cap, known, rate, per_size)
+    first = _consolidate(request, list(segments), cap, rate, per_size, deadline)
     if first is not None:
         return first
-    return _consolidate(request, _trim(segments, rate), cap, known, rate, per_size)
+    return _consolidate(request, _trim(segments, rate), cap, rate, per_size, deadline)
 
 
 def _trim(segments, rate) -> list[PlacedSegment]:
@@ -299,9 +304,11 @@ def _trim(segments, rate) -> list[PlacedSegment]:
     return out
 
 
-def _consolidate(request, segs, cap, known, rate, per_size):
+def _consolidate(request, segs, cap, rate, per_size, deadline: float):
     """Empty GPUs one at a time (the `_TRY_EMPTY` least used are tried each time)."""
     while len({s.gpu for s in segs}) > cap:
+        if time.perf_counter() > deadline:
+            return None
         by_gpu: dict[int, list[PlacedSegment]] = defaultdict(list)
         for s in segs:
             by_gpu[s.gpu].append(s)
@@ -403,11 +410,11 @@ def local_replans(
 def _timed_wipe(request, by_gpu, wiped, cap, planner, deadline: float, limit: float | None = None,
                 share: float = 1.0):
     """`_wipe_and_plan` with `limit` seconds, or `share` of what is left before the deadline (at
-    least 0.2 s); None past the deadline."""
+    least 0.2 s), never past the deadline; None when less than `_MIN_PHASE_S` is left."""
     left = deadline - time.perf_counter()
-    if left <= 0:
+    if left <= _MIN_PHASE_S:
         return None
-    return _wipe_and_plan(request, by_gpu, wiped, cap, planner, limit or max(0.2, share * left))
+    return _wipe_and_plan(request, by_gpu, wiped, cap, planner, min(left, limit or max(0.2, share * left)))
 
 
 def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit):
@@ -512,18 +519,24 @@ def change_floor(request: PlanRequest, kept: tuple[PlacedSegment, ...], dropped:
 
 
 class _Clock:
-    """The request's time limit, shared by the phases: each takes a share of what is left."""
+    """One deadline shared by every phase: the request's time limit less a reserve for making
+    the chosen plan's transition. Each phase gets at most what is left before it."""
 
     def __init__(self, limit: float) -> None:
         self.start = time.perf_counter()
-        self.deadline = self.start + limit
+        self.deadline = self.start + max(0.0, limit - min(_RESERVE_MAX_S, _RESERVE_SHARE * limit))
 
     def left(self) -> float:
         return max(0.0, self.deadline - time.perf_counter())
 
     def at(self, share: float) -> float:
-        """The time by which `share` of the whole limit has passed."""
+        """The time by which `share` of the time to the deadline has passed."""
         return self.start + share * (self.deadline - self.start)
+
+
+_RESERVE_SHARE, _RESERVE_MAX_S = 0.1, 0.5  # kept back from the limit for the finish
+_MIN_PHASE_S = 0.05  # seconds left below which a solver phase is not started
+_MIN_LIMIT_S = 1e-3  # a request's limit must be positive: `auto` with this plans by its heuristic
 
 
 @dataclass(frozen=True)
@@ -568,19 +581,18 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
     if cap is not None:
-        cands += _consolidated(request, cands[0], cap.gpus, base)
+        cands += _consolidated(request, cands[0], cap.gpus, base, clock.at(0.45))
         if local and not _within(cands, cap.gpus):
             cands += _local(request, base, _fewest_gpus(cands), cap.gpus, planner, clock.at(0.6))
     if cap is None or not _within(cands, cap.gpus):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
-    gpus_first = request.max_extra_gpus == 0
-    best = _best(cands, cap.gpus, gpus_first)
-    if best.changes > base.floor and not local and clock.left() > 0:
+    best = _best(cands, cap.gpus)
+    if best.changes > base.floor and not local and clock.left() > _MIN_PHASE_S:
         cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(0.6))
-        best = _best(cands, cap.gpus, gpus_first)
+        best = _best(cands, cap.gpus)
     if strategy != "parva" and best.changes > base.floor and clock.left() > _MIN_PROGRAM_S:
         cands += _program(request, base, best, cap.gpus, clock)
-        best = _best(cands, cap.gpus, gpus_first)
+        best = _best(cands, cap.gpus)
     return _finish(request, strategy, best, cap, base.floor)
 
 
@@ -594,22 +606,21 @@ def _bound_cap(request: PlanRequest, strategy: str, clock: _Clock) -> _Cap | Non
         return None  # the heuristic's own plan is the cap, and it is cheap
     from parvagpu.planning.optimizer.search import lower_bound
 
-    bound = lower_bound(replace(request, current=None), 0.5 * clock.left())
+    bound = lower_bound(replace(request, current=None), 0.5 * clock.left())  # the LP, or the trivial bound
     return _Cap(bound + request.max_extra_gpus, bound, None)
 
 
 def _fresh_cap(request: PlanRequest, planner, clock: _Clock, cands: list[Candidate], base: _Base,
                known: _Cap | None) -> _Cap:
-    """The strategy's fresh plan, with the whole time limit a plan from scratch would have (so
-    the cap is what that plan needs): its GPU count is the cap. Adds to `cands` the fresh plan
-    renumbered onto the running GPUs, and repair consolidated to the cap when that was not
-    tried already."""
-    fresh = planner(replace(request, current=None))
+    """The strategy's fresh plan, with the time left before the deadline (`auto` with none left is
+    its heuristic's plan): its GPU count is the cap. Adds to `cands` the fresh plan renumbered onto
+    the running GPUs, and repair consolidated to the cap when that was not tried already."""
+    fresh = planner(replace(request, current=None, time_limit=max(clock.left(), _MIN_LIMIT_S)))
     bounds = [b for b in (fresh.lower_bound, known.bound if known else None) if b is not None]
     cap = _Cap(fresh.gpus_used + request.max_extra_gpus, max(bounds) if bounds else None, fresh)
     cands.append(_candidate("matched-fresh", match_fresh(fresh, request.current), request))
     if known is None or known.gpus != cap.gpus:
-        cands += _consolidated(request, cands[0], cap.gpus, base)
+        cands += _consolidated(request, cands[0], cap.gpus, base, clock.deadline)
     return cap
 
 
@@ -622,7 +633,7 @@ def _within(cands: list[Candidate], cap: int) -> bool:
     return any(c.gpus <= cap for c in cands)
 
 
-def _consolidated(request: PlanRequest, rep: Candidate, cap: int, base: _Base) -> list[Candidate]:
+def _consolidated(request: PlanRequest, rep: Candidate, cap: int, base: _Base, deadline: float) -> list[Candidate]:
     """Repair kept too much for the cap: first repair again after the changed models' surplus
     is trimmed (their rates went down: free the most slices), then empty GPUs, re-covering what
     they served elsewhere."""
@@ -635,7 +646,7 @@ def _consolidated(request: PlanRequest, rep: Candidate, cap: int, base: _Base) -
         out.append(_candidate("trimmed", repair(request, trimmed, set(base.known)), request))
     for start in [rep] + out:
         if not _within(out, cap):
-            packed = consolidate(request, start.segments, cap, set(base.known))
+            packed = consolidate(request, start.segments, cap, set(base.known), deadline)
             out += [] if packed is None else [_candidate("consolidated", packed, request)]
     return out
 
@@ -687,7 +698,7 @@ def _program(request, base: _Base, best: Candidate, cap: int, clock: _Clock) -> 
     from parvagpu.planning.replan_program import solve_moves
 
     opened = _neighbourhood(request, base.kept, best.segments, set(base.changed))
-    found = solve_moves(request, base.kept, cap, best.segments, set(base.known), max(clock.left(), 0.5), opened)
+    found = solve_moves(request, base.kept, cap, best.segments, set(base.known), clock.deadline, opened)
     if found is None:
         return []
     fixed = repair(request, found, set(base.known))  # tops up a rate a solver tolerance left short
@@ -740,7 +751,9 @@ def _changed_models(request: PlanRequest, current: DeploymentMap) -> set[str]:
     return {s.model for s in request.services if old.get(s.model) != (s.rate, s.latency_ms)}
 
 
-def _best(cands: list[Candidate], cap: int, gpus_first: bool) -> Candidate:
-    """Within the cap: the fewest GPUs, then changes; with extra GPUs allowed, changes first."""
+def _best(cands: list[Candidate], cap: int) -> Candidate:
+    """Within the cap, the fewest changes, then GPUs. The cap is the proven bound (no plan uses
+    fewer GPUs) or the fresh plan's count (+ `max_extra_gpus`): a plan that saves a GPU on the
+    fresh plan by reshuffling thousands of segments is not taken over a narrow one at its count."""
     within = [c for c in cands if c.gpus <= cap]
-    return min(within, key=lambda c: (c.gpus, c.changes) if gpus_first else (c.changes, c.gpus))
+    return min(within, key=lambda c: (c.changes, c.gpus))

@@ -27,6 +27,7 @@ never worse than it.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from functools import lru_cache
 
@@ -35,7 +36,7 @@ import numpy as np
 from parvagpu.core.gpus import GpuType
 from parvagpu.core.model import PlacedSegment, Segment, Triplet
 from parvagpu.planning.optimizer.columns import mig_columns
-from parvagpu.planning.optimizer.highs import _csc, _highs, run_within
+from parvagpu.planning.optimizer.highs import _csc, _highs, run_by
 from parvagpu.planning.request import PlanRequest
 
 
@@ -113,9 +114,10 @@ class _Program:
 
 def solve_moves(
     request: PlanRequest, kept: tuple[PlacedSegment, ...], cap: int, start: tuple[PlacedSegment, ...],
-    known: set[int], time_limit: float, open_gpus: set[int] | None = None,
+    known: set[int], deadline: float, open_gpus: set[int] | None = None,
 ) -> tuple[PlacedSegment, ...] | None:
-    """The program's plan (segments), or None when HiGHS finds none within `time_limit`.
+    """The program's plan (segments), or None when HiGHS finds none by `deadline` (a
+    `time.perf_counter()` instant; the solve is abandoned there, see `run_by`).
 
     GPUs outside `open_gpus` (all when None) keep every segment: they get only the columns that
     keep all, and must be used, so the program stays small on large clusters."""
@@ -165,7 +167,7 @@ def solve_moves(
                              np.full(n_s, -np.inf), [-np.inf]])
     row_hi = np.concatenate([np.ones(n_g), np.full(n_m, np.inf), np.zeros(n_s), [float(cap)]])
     values = _run(prog, row_lo, row_hi, _start_values(request, start, by_gpu, wcols, layouts, ycols, x0, y0,
-                                                      len(prog.cost)), time_limit)
+                                                      len(prog.cost)), deadline)
     if values is None:
         return None
     return _decode(request, values, by_gpu, wcols, layouts, ycols, x0, y0, known)
@@ -208,9 +210,11 @@ def _start_values(request, start, by_gpu, wcols, layouts, ycols, x0, y0, n) -> n
     return vals
 
 
-def _run(prog: _Program, row_lo, row_hi, start, time_limit: float) -> np.ndarray | None:
+def _run(prog: _Program, row_lo, row_hi, start, deadline: float) -> np.ndarray | None:
+    if deadline - time.perf_counter() < _MIN_SOLVE_S:
+        return None  # building the program used the time: the warm start stays the best
     h = _highs()
-    h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
+    h.setOptionValue("time_limit", max(deadline - time.perf_counter(), 1e-3))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", 1.0 - 1e-6)  # the objective is integral
     h.setOptionValue("presolve", "off")
@@ -228,10 +232,14 @@ def _run(prog: _Program, row_lo, row_hi, start, time_limit: float) -> np.ndarray
     )
     if start is not None:
         h.setSolution(n, np.arange(n, dtype=np.int32), np.asarray(start, dtype=np.float64))
-    run_within(h, time_limit)
+    if not run_by(h, deadline):
+        return None
     if h.getInfo().primal_solution_status != 2:
         return None
     return np.round(np.asarray(h.getSolution().col_value)).astype(np.int64)
+
+
+_MIN_SOLVE_S = 0.05  # seconds a solve needs to be worth starting
 
 
 def _decode(request, values, by_gpu, wcols, layouts, ycols, x0, y0, known) -> tuple[PlacedSegment, ...] | None:

@@ -49,6 +49,29 @@ def run_within(h, time_limit: float) -> None:
         h.stopCallback(kind)
 
 
+def run_by(h, deadline: float) -> bool:
+    """`run_within` up to `deadline` (a `time.perf_counter()` instant) in a daemon thread, waited
+    for until then (plus a small grace): True when it ended. Some root phases of HiGHS (cut
+    separation) call no callback for seconds; a solve still running at the deadline is left to
+    stop at its next check, its object unread, so the caller keeps its own deadline."""
+    import threading
+    import time
+
+    done = threading.Event()
+
+    def solve() -> None:
+        try:
+            run_within(h, deadline - time.perf_counter())
+        finally:
+            done.set()
+
+    threading.Thread(target=solve, daemon=True).start()
+    return done.wait(max(0.0, deadline - time.perf_counter()) + _GRACE_S)
+
+
+_GRACE_S = 0.05  # seconds past the deadline a solve may take to reach its interrupt check
+
+
 def _csc(cols: np.ndarray, rows: np.ndarray, vals: np.ndarray, ncol: int):
     order = np.argsort(cols, kind="stable")
     starts = np.zeros(ncol + 1, dtype=np.int32)
