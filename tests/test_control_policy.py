@@ -8,15 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parvagpu.control.policy import ModelView, PolicyConfig, decide, judge, model_headroom, target_rate
-from parvagpu.control.window import AttainmentWindow, RateWindow
+from parvagpu.control.policy import (ModelView, PolicyConfig, decide, down_band, forecast, judge, model_headroom,
+                                     target_rate, trend_of)
+from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError
 
 CFG = PolicyConfig(headroom=0.25, min_headroom=0.08, band=0.3, attainment_target=0.999, dwell_s=600, cooldown_s=120)
 
 
-def view(rate, planned=100.0, capacity=110.0, attainment=None, last=-math.inf, model="m", headroom=None):
-    return ModelView(model, rate, attainment, planned, capacity, last, headroom)
+def view(rate, planned=100.0, capacity=110.0, attainment=None, last=-math.inf, model="m", headroom=None, trend=None):
+    return ModelView(model, rate, attainment, planned, capacity, last, headroom, trend)
 
 
 def test_inside_the_band_nothing_moves():
@@ -147,6 +148,78 @@ def test_config_is_checked():
         PolicyConfig(headroom=0.1, min_headroom=0.2)
     with pytest.raises(ParvaError):
         PolicyConfig(band=1.0)
+    with pytest.raises(ParvaError):
+        PolicyConfig(falling_band=1.0)
+    with pytest.raises(ParvaError):
+        PolicyConfig(trend_horizon_s=-1)
+
+
+TREND = PolicyConfig(headroom=0.1, min_headroom=0.03, band=0.2, trend_horizon_s=600, trend_min=0.02, falling_band=0.05)
+
+
+def test_a_trend_counts_only_when_clear_and_known():
+    # r 100, T 600 s: a clear trend moves the rate by >= 2 req/s within 600 s, i.e. |slope| >= 1/300
+    assert trend_of(TREND, view(100.0, trend=0.004)) == "rising"
+    assert trend_of(TREND, view(100.0, trend=-0.004)) == "falling"
+    assert trend_of(TREND, view(100.0, trend=0.003)) == "flat"  # 1.8 req/s in 600 s: noise
+    assert trend_of(TREND, view(100.0)) == "flat"  # no slope known (the live controller today)
+    assert trend_of(CFG, view(100.0, trend=1.0)) == "flat"  # T = 0: trends off, the rule before
+
+
+def test_a_rising_trend_plans_for_the_forecast_at_the_end_of_the_dwell():
+    # rising 0.01 req/s per s: in 600 s +6 -> planned for 106 x 1.1
+    assert forecast(TREND, view(100.0, trend=0.01)) == pytest.approx(106.0)
+    up = judge(TREND, view(100.0, planned=90.0, capacity=95.0, trend=0.01))
+    assert up.rate == pytest.approx(106.0 * 1.1) and "forecast 106.0" in up.reason
+    # a falling trend is not subtracted: the plan is for the rate seen now
+    assert forecast(TREND, view(100.0, trend=-0.01)) == 100.0
+    # a rising model is not planned down while its forecast still needs its plan
+    assert judge(TREND, view(100.0, planned=140.0, capacity=145.0, trend=0.05)).rate is None  # 130 x 1.1 = 143
+
+
+def test_a_clearly_falling_trend_narrows_the_down_band():
+    # planned 120, r 100: wants 110, 91.7 % of the plan: inside b = 0.2, outside b_f = 0.05
+    assert down_band(TREND, view(100.0, planned=120.0, trend=-0.01)) == 0.05
+    assert down_band(TREND, view(100.0, planned=120.0, trend=-0.001)) == 0.2
+    w = judge(TREND, view(100.0, planned=120.0, capacity=125.0, trend=-0.01))
+    assert w.rate == pytest.approx(110.0) and w.reason.endswith("(falling)")
+    assert judge(TREND, view(100.0, planned=120.0, capacity=125.0, trend=-0.001)).rate is None
+    assert judge(TREND, view(100.0, planned=120.0, capacity=125.0)).rate is None
+    # no falling band configured: b throughout
+    assert down_band(PolicyConfig(trend_horizon_s=600), view(100.0, trend=-1.0)) == 0.3
+
+
+@settings(max_examples=100, deadline=None)
+@given(planned=st.floats(1, 5000), over=st.floats(1.0, 1.5), rate=st.floats(0, 10000),
+       slope=st.floats(-10, 10), last=st.floats(0, 2000))
+def test_trend_rules_keep_the_band_dwell_and_floor(planned, over, rate, slope, last):
+    """With trends on: a wanted rate is never below r x (1 + h) nor the floor; a model inside
+    [p (1 - b), C / (1 + h_min)] with a flat trend is left alone; the dwell still holds every change."""
+    cap = planned * over
+    v = view(rate, planned, cap, trend=slope, last=last)
+    w = judge(TREND, v)
+    if w.rate is not None:
+        assert w.rate >= max(1.0, rate * 1.1) - 1e-9
+    if trend_of(TREND, v) == "flat" and rate * 1.03 <= cap and max(1.0, rate * 1.1) >= planned * 0.8:
+        assert w.rate is None
+    d = decide(TREND, 1000.0, (v,))
+    if last + TREND.dwell_s > 1000.0:
+        assert not d.replan
+
+
+def test_trend_window_is_the_slope_of_the_rate():
+    w = TrendWindow(600.0, start_s=0.0)
+    for t in range(1, 1201):  # a rate of 10 + 0.01 t, one look a second
+        w.add(float(t), 10 + 0.01 * t)
+        if t < 600:
+            assert w.slope(float(t)) is None  # not a whole window yet
+    assert w.slope(1200.0) == pytest.approx(0.01, rel=0.01)
+    flat = TrendWindow(60.0)
+    for t in range(1, 200):
+        flat.add(float(t), 5.0)
+    assert flat.slope(199.0) == pytest.approx(0.0)
+    with pytest.raises(ParvaError):
+        flat.add(3.0)
 
 
 def test_rate_window_slides():

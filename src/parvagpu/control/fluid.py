@@ -57,8 +57,12 @@ class AttainmentTable:
         rho = rate / capacity
         x = min(MAX_RHO, max(MIN_RHO, rho)) / self.step
         lo = math.floor(x + 1e-9)
-        a0 = self._at(model, segments, configs, lo, capacity)
-        a = a0 if x - lo < 1e-9 else a0 + (x - lo) * (self._at(model, segments, configs, lo + 1, capacity) - a0)
+        if x - lo < 1e-9:
+            a = self._at(model, segments, configs, lo, capacity)
+        else:  # the higher point first: when it loses nothing, the lower one is not measured
+            a1 = self._at(model, segments, configs, lo + 1, capacity)
+            a0 = self._at(model, segments, configs, lo, capacity)
+            a = a0 + (x - lo) * (a1 - a0)
         return a * (MAX_RHO / rho) if rho > MAX_RHO else a
 
     def _shape(self, segments: tuple[PlacedSegment, ...]) -> tuple[float, tuple]:

@@ -42,6 +42,9 @@ class PolicyConfig:
     dwell_s: float = 600.0  # per model, between changes of its planned rate
     cooldown_s: float = 120.0  # between re-plans
     min_rate: float = 1.0  # a model is never planned below this rate (req/s)
+    trend_horizon_s: float = 0.0  # T: on a rising trend plan for the rate forecast T ahead (0: no trend)
+    trend_min: float = 0.02  # a trend is clear when it moves the rate by this share of r within T
+    falling_band: float | None = None  # b_f: the down band on a clearly falling trend (None: b)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_headroom <= self.headroom <= self.max_headroom:
@@ -55,6 +58,10 @@ class PolicyConfig:
             raise ParvaError("dwell and cool-down must be >= 0 s")
         if not self.min_rate > 0:
             raise ParvaError(f"min rate must be positive, got {self.min_rate}")
+        if self.trend_horizon_s < 0 or self.trend_min < 0:
+            raise ParvaError("trend horizon and trend threshold must be >= 0")
+        if self.falling_band is not None and not 0 <= self.falling_band < 1:
+            raise ParvaError(f"falling band must be in [0, 1), got {self.falling_band}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class ModelView:
     capacity: float  # C, of the segments the plan gives it
     last_change_s: float = -math.inf  # when its planned rate last changed
     headroom: float | None = None  # h_m, what the attainment rule raised it to; None: the config's h
+    trend: float | None = None  # the observed rate's slope (req/s per s); None: not known
 
 
 @dataclass(frozen=True)
@@ -119,23 +127,57 @@ def model_headroom(cfg: PolicyConfig, headroom: float | None) -> float:
     return cfg.headroom if headroom is None else min(cfg.max_headroom, max(cfg.headroom, headroom))
 
 
+def trend_of(cfg: PolicyConfig, v: ModelView) -> str:
+    """"rising", "falling" or "flat": whether the slope moves the rate by at least `trend_min` x r
+    within the horizon T (a model without a known slope, or T = 0, is flat)."""
+    if v.trend is None or cfg.trend_horizon_s <= 0:
+        return "flat"
+    change = v.trend * cfg.trend_horizon_s
+    if change >= cfg.trend_min * v.observed_rate and change > 0:
+        return "rising"
+    if change <= -cfg.trend_min * v.observed_rate and change < 0:
+        return "falling"
+    return "flat"
+
+
+def forecast(cfg: PolicyConfig, v: ModelView) -> float:
+    """The rate a model is planned from: on a rising trend the rate forecast T ahead (the dwell: the
+    plan must last until the model may change again), else the observed rate (a falling trend is
+    not subtracted: the rate it forecasts has not come yet)."""
+    if trend_of(cfg, v) == "rising":
+        return v.observed_rate + v.trend * cfg.trend_horizon_s
+    return v.observed_rate
+
+
+def down_band(cfg: PolicyConfig, v: ModelView) -> float:
+    """The band below the planned rate: b, or b_f on a clearly falling trend (the rate is not
+    noise-wandering back up, so the plan may follow it sooner)."""
+    if cfg.falling_band is not None and trend_of(cfg, v) == "falling":
+        return cfg.falling_band
+    return cfg.band
+
+
 def judge(cfg: PolicyConfig, v: ModelView) -> Want:
     """Does this model's demand leave its band (or miss its attainment)? Dwell is not applied here."""
     h = model_headroom(cfg, v.headroom)
+    ahead = forecast(cfg, v)
     if v.attainment is not None and v.attainment < cfg.attainment_target:
         most = max(cfg.min_rate, v.observed_rate * (1.0 + cfg.max_headroom))
-        want = min(target_rate(cfg, max(v.observed_rate, v.planned_rate)), most)
+        want = min(target_rate(cfg, max(ahead, v.planned_rate)), most)
         if want > v.planned_rate and v.capacity < most:  # capacity beyond `most`: not short of it
             raised = max(h, want / v.observed_rate - 1.0) if v.observed_rate > 0 else h
             return Want(v.model, want, f"attainment {v.attainment:.4%} < {cfg.attainment_target:.2%}",
                         model_headroom(cfg, raised))
     if v.observed_rate * (1.0 + cfg.min_headroom) > v.capacity:
-        return Want(v.model, target_rate(cfg, v.observed_rate, h),
-                    f"up: rate {v.observed_rate:.1f}/s leaves < {cfg.min_headroom:.0%} headroom of capacity {v.capacity:.1f}/s")
-    want = target_rate(cfg, v.observed_rate, h)
-    if want < v.planned_rate * (1.0 - cfg.band) and want < v.planned_rate:
+        return Want(v.model, target_rate(cfg, ahead, h),
+                    f"up: rate {v.observed_rate:.1f}/s leaves < {cfg.min_headroom:.0%} headroom of capacity {v.capacity:.1f}/s"
+                    + (f", forecast {ahead:.1f}/s" if ahead != v.observed_rate else ""))
+    want = target_rate(cfg, ahead, h)
+    band = down_band(cfg, v)
+    if want < v.planned_rate * (1.0 - band) and want < v.planned_rate:
         return Want(v.model, want,
-                    f"down: rate {v.observed_rate:.1f}/s needs {want:.1f}/s, below {1 - cfg.band:.0%} of planned {v.planned_rate:.1f}/s")
+                    f"down: rate {v.observed_rate:.1f}/s needs {want:.1f}/s, below {1 - band:.0%} of planned {v.planned_rate:.1f}/s"
+                    + (" (falling)" if band != cfg.band else ""))
     return Want(v.model, None, "in band")
 
 

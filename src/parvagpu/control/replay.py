@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from parvagpu.control.fluid import AttainmentTable
 from parvagpu.control.policy import ModelView, PolicyConfig, decide, settings_section, target_rate
 from parvagpu.control.trace import Trace
-from parvagpu.control.window import AttainmentWindow, RateWindow
+from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import GpuType
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service, segment_key
@@ -57,6 +57,7 @@ class Costs:
 class Options:
     tick_s: float = 30.0  # how often the controller decides
     window_s: float = 120.0  # rate window
+    trend_window_s: float = 1800.0  # the window of the rate's slope (the policy's trend rules)
     attainment_window_s: float = 300.0
     oracle_interval_s: float = 300.0
     strategy: str = "parva"
@@ -65,7 +66,7 @@ class Options:
     samples: int = 2000  # requests per serving-model table entry
 
     def __post_init__(self) -> None:
-        if min(self.tick_s, self.window_s, self.attainment_window_s, self.oracle_interval_s) <= 0:
+        if min(self.tick_s, self.window_s, self.trend_window_s, self.attainment_window_s, self.oracle_interval_s) <= 0:
             raise ParvaError("tick, windows and oracle interval must be positive")
 
 
@@ -304,6 +305,7 @@ class _Controller:
         self.headroom: dict[str, float] = {}  # models whose headroom the attainment rule raised
         self._attained: dict[str, tuple] = {}  # model -> (segments, rate, attainment) last served
         self.rates = {m: RateWindow(opts.window_s, t0) for m in inp.trace.models}
+        self.trends = {m: TrendWindow(opts.trend_window_s, t0) for m in inp.trace.models}
         self.attain = {m: AttainmentWindow(opts.attainment_window_s) for m in inp.trace.models}
         self.runs: list[_Run] = []
         self.last_replan = -math.inf
@@ -338,7 +340,9 @@ class _Controller:
             self.tally.add(m, sent, good)
             if moving:
                 self.in_transition.add(m, sent, good)
-            self.rates[m].add(b, float(self.rng.poisson(sent)) if sent > 0 else 0.0)
+            seen = float(self.rng.poisson(sent)) if sent > 0 else 0.0
+            self.rates[m].add(b, seen)
+            self.trends[m].add(b, seen)
             self.attain[m].add(b, sent, good)
         gpus = self.cluster.gpus()
         self.gpu_s += gpus * dt
@@ -364,7 +368,7 @@ class _Controller:
         views = tuple(
             ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m],
                       self.capacity.get(m, 0.0), self.changed[m][-1] if self.changed[m] else -math.inf,
-                      self.headroom.get(m))
+                      self.headroom.get(m), self.trends[m].slope(now))
             for m in self.inp.trace.models
         )
         d = decide(self.cfg, now, views, self.last_replan, transition_running=bool(self.runs))
