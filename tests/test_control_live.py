@@ -284,9 +284,13 @@ def test_settings_file(tmp_path):
     from parvagpu.core.errors import ParvaError
 
     p = tmp_path / "s.yaml"
-    p.write_text("policy: {dwell_s: 20}\ncontrol: {tick_s: 1, strategy: parva, max_procs: 2}\ncosts: {create_s: 1}\n")
+    p.write_text("policy: {dwell_s: 20}\ncontrol: {tick_s: 1, strategy: parva, max_procs: 2, node_loss_s: 3}\n"
+                 "costs: {create_s: 1}\n")
     pol, cfg = read_live_settings(p)
-    assert pol.dwell_s == 20 and cfg.tick_s == 1 and cfg.max_procs == 2
+    assert pol.dwell_s == 20 and cfg.tick_s == 1 and cfg.max_procs == 2 and cfg.node_loss_s == 3.0
+    p.write_text("control: {node_loss_s: -1}\n")
+    with pytest.raises(ParvaError, match="node_loss_s must be positive"):
+        read_live_settings(p)
     p.write_text("control: {tick: 1}\n")
     with pytest.raises(ParvaError, match="unknown control keys: tick"):
         read_live_settings(p)

@@ -66,3 +66,34 @@ def test_endpoint_on_loopback():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_route_added_later_is_watched_and_families_split_between_ingress_and_controller():
+    """The live ingress starts with no model: a route set later is watched (its SLO read at each
+    request), and the families split cleanly: the ingress's text and the controller's, with no
+    family in both (a scrape of the controller's /metrics joins the two)."""
+    from parvagpu.serving.ingress import Ingress
+    from parvagpu.serving.metrics import INGRESS_FAMILIES
+
+    ing, met = Ingress({}, {}), Metrics()
+    met.attach(ing)
+    ing.set_model("m", 5.0, 100.0)
+    met.watch("m", ing.models["m"])
+    seg = {"name": "m-s0", "throughput": 10.0, "limit": 2, "batch": 1, "procs": 1, "wait_s": 0.0, "latency_ms": 1.0}
+    ing.add_segment("m", seg, ScriptedHandle("ok", "hang", hang_s=0.2))
+    ing.activate("m", "m-s0")
+    assert asyncio.run(ing.infer("m"))[0] == 200
+    ing.set_model("m", 5.0, 1000.0)  # the SLO switched at runtime: 0.2 s is now within it
+    assert asyncio.run(ing.infer("m"))[0] == 200
+    assert _value(met, "parvagpu_request_latency_seconds_count", {"model": "m"}) == 2
+    assert _value(met, "parvagpu_requests_within_slo_total", {"model": "m"}) == 2
+    ctl = Metrics()
+    ctl.model_state("m", rate=4.0, attainment=1.0, capacity=10.0, planned=5.0)
+    ingress_text = met.exposition(only=INGRESS_FAMILIES).decode()
+    ctl_text = ctl.exposition(skip=INGRESS_FAMILIES).decode()
+    assert 'parvagpu_request_latency_seconds_count{model="m"} 2.0' in ingress_text
+    assert 'parvagpu_segment_inflight_now{model="m",segment="m-s0"} 0.0' in ingress_text
+    assert "parvagpu_capacity" not in ingress_text and 'parvagpu_capacity{model="m"} 10.0' in ctl_text
+    names = lambda text: {ln.split()[2] for ln in text.splitlines() if ln.startswith("# TYPE")}  # noqa: E731
+    assert {n for n in names(ingress_text) if not any(n.startswith(f) for f in INGRESS_FAMILIES)} == set()
+    assert not names(ingress_text) & names(ctl_text) and "parvagpu_plan_gpus" in names(ctl_text)

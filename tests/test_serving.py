@@ -305,6 +305,48 @@ def test_ingress_answers_503_at_once_when_every_segment_of_a_model_is_down(monke
     assert (st["down"], st["rejected"], st["failed"], st["inflight"]) == (["m-s0"], 3, 1, [0])
 
 
+def test_calls_held_by_an_unreachable_segment_fail_over_or_get_503_at_once(monkeypatch):
+    """A node gone: its segment's replicas neither answer nor fail the calls already sent to them
+    (Ray Serve holds a call to a deployment with no replica). One call's error marks the segment
+    down; its probe then fails, and every call still held there moves to the model's other segment,
+    or, with none, is answered 503: in well under a second, not after the 5-s call timeout."""
+    import time
+
+    monkeypatch.setattr("parvagpu.serving.ingress.PROBE_EVERY_S", 0.01)
+    dead, live = ScriptedHandle("die", "hang"), ScriptedHandle("ok")
+    dead.alive = False
+    ing = _two_segment_ingress(dead, live)
+    assert ing.models["m"].call_timeout_s >= 5.0
+
+    async def run(ing, k):
+        t0 = time.perf_counter()
+        out = await asyncio.gather(*(ing.infer("m") for _ in range(k)))
+        await ing.stop_probes()
+        return out, time.perf_counter() - t0
+
+    out, took = asyncio.run(run(ing, 3))  # a (dies), b, a (held)
+    assert [s for s, _ in out] == [200, 200, 200] and {b["segment"] for _, b in out} == {"m-b"}
+    assert dead.calls == 2 and took < 1.0
+    st = ing.stats_doc()["m"]
+    assert (st["failover"], st["failed"], st["ok"], st["inflight"]) == (2, 0, 3, [0, 0])
+
+    alone = ScriptedHandle("die", "hang")
+    alone.alive = False
+    ing = one_segment_ingress(alone, limit=4)
+    out, took = asyncio.run(run(ing, 2))  # the first dies, its retry and the second are held
+    assert [s for s, _ in out] == [503, 503] and took < 1.0
+    assert all("unreachable" in b["error"] for _, b in out)
+    st = ing.stats_doc()["m"]
+    assert (st["admitted"], st["failed"], st["rejected"], st["inflight"]) == (2, 2, 0, [0])
+
+    silent = ScriptedHandle("hang")  # no call ever fails: the call past its SLO has the segment probed
+    silent.alive = False
+    ing = _two_segment_ingress(silent, ScriptedHandle("ok"))
+    out, took = asyncio.run(run(ing, 2))  # a (held), b
+    assert [s for s, _ in out] == [200, 200] and {b["segment"] for _, b in out} == {"m-b"} and took < 1.0
+    assert ing.stats_doc()["m"]["down"] == ["m-a"] and silent.probes >= 1
+
+
 def test_ingress_gives_up_a_hung_call_with_504_and_frees_its_slot():
     ing = one_segment_ingress(ScriptedHandle("hang"))
     ing.models["m"].call_timeout_s = 0.05

@@ -243,11 +243,12 @@ def test_losing_a_node_mid_load_fails_over_or_503s_and_loses_nothing(cluster):
         assert s.ok + s.rejected + s.failed == s.sent
     keep, both, gone = stats["keep"], stats["both"], stats["gone"]
     assert keep.ok >= 0.97 * keep.sent and keep.failed == 0  # the surviving node's model is untouched
-    # Requests that reached node 1's segments before the ingress knew fail once (a replica error,
-    # or 504 after the 5-s call timeout: Ray Serve holds a call to a deployment with no replica
-    # left); from then on node 1's segments are down: "both" is served by node 0, "gone" gets 503.
-    assert both.ok >= 0.85 * both.sent and both.failed <= 0.1 * both.sent
-    assert gone.rejected > 0 and gone.ok > 0.2 * gone.sent and gone.failed <= 20
+    # Requests that reached node 1's segments before the ingress knew are held by Ray Serve (no
+    # replica answers, mostly no error); the first past its SLO has the segment probed, and once
+    # the probe fails every held call moves to node 0 ("both") or gets 503 ("gone"), not a 504
+    # after the 5-s call timeout. From then on node 1's segments are down.
+    assert both.ok >= 0.85 * both.sent and both.failed <= 3
+    assert gone.rejected > 0 and gone.ok > 0.2 * gone.sent and gone.failed <= 3
     assert {m: v["down"] for m, v in served.items()} == {"keep": [], "both": ["both-n1-g0-s0"], "gone": ["gone-n1-g0-s1"]}
     print(f"killed at {killed_at:.1f} s; " + "; ".join(
         f"{m}: sent {s.sent} ok {s.ok} 503 {s.rejected} failed {s.failed}" for m, s in stats.items()))

@@ -33,6 +33,9 @@ def control(
                                      "POST /v1/services, GET /metrics."),
     duration: Optional[float] = typer.Option(None, "--duration", help="Stop after this many seconds "
                                              "(default: until Ctrl-C)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join (default: start a local "
+                                          "one); each segment then runs on its node, which declares the resource "
+                                          "parvagpu_node_<n>."),
     front_door: float = typer.Option(4.0, "--front-door-scale", help="The ingress takes this many times the "
                                      "first plan's front-door limit (rates may grow)."),
     force_invalid: bool = ForceInvalidOpt,
@@ -48,7 +51,7 @@ def control(
         if duration is not None:
             bounds.in_range("--duration", duration, 0, 7 * 86_400, open_low=True)
         ctx = _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decisions, force_invalid)
-        ctl, server, log = _start(ctx, port, control_port, front_door)
+        ctl, server, log = _start(ctx, port, control_port, front_door, address)
     except ParvaError as exc:
         fail_on(exc)
     err.print(f"serving {len(ctx['plan'].services)} models at http://127.0.0.1:{port}/v2/models/<model>/infer; "
@@ -58,9 +61,9 @@ def control(
         ctl.run(stop)
     except ParvaError as exc:
         log({"kind": "stopped", "time_s": ctl.clock.now(), "reason": str(exc)})
-        _shutdown(server)
+        _shutdown(server, ctl, address)
         fail_on(exc)
-    _shutdown(server)
+    _shutdown(server, ctl, address)
 
 
 def _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decisions, force_invalid) -> dict:
@@ -113,7 +116,7 @@ def _log_writer(path: Path):
     return log
 
 
-def _start(ctx: dict, port: int, control_port: int, front_door: float):
+def _start(ctx: dict, port: int, control_port: int, front_door: float, address: Optional[str] = None):
     from parvagpu.control.api import serve_api
     from parvagpu.control.live import Controller
     from parvagpu.control.nodes import FakeNodes
@@ -123,19 +126,32 @@ def _start(ctx: dict, port: int, control_port: int, front_door: float):
     plan = ctx["plan"]
     ctx["state_dir"].mkdir(parents=True, exist_ok=True)
     log = _log_writer(ctx["decisions"])
-    start_ray("127.0.0.1", port, None)
-    live = LiveServe(ctx["models"], int(front_door * front_door_limit(serving_spec(plan))))
+    start_ray("127.0.0.1", port, address)
+    live = LiveServe(ctx["models"], int(front_door * front_door_limit(serving_spec(plan))),
+                     pin_nodes=address is not None)
     nodes = FakeNodes(ctx["state_dir"], plan.gpus_per_node)
     ctl = Controller(plan, ctx["profiles"], ctx["policy"], ctx["cfg"], _Clock(), nodes, live, live, log)
     metrics = _metrics(ctl)
     ctl.start()
     server = serve_api(ctl, control_port, ctx["profiles"], set(ctx["models"]),
-                       None if metrics is None else metrics.exposition)
+                       None if metrics is None else _exposition(metrics, live))
     return ctl, server, log
 
 
+def _exposition(metrics, live):
+    """GET /metrics: the ingress's families (request outcomes, latency histogram, batch sizes, in
+    flight per segment; kept inside the ingress replica) and the controller's own."""
+    from parvagpu.serving.metrics import INGRESS_FAMILIES
+
+    def text() -> bytes:
+        return live.metrics_text() + metrics.exposition(skip=INGRESS_FAMILIES)
+
+    return text
+
+
 def _metrics(ctl):
-    """Prometheus series fed by the controller (when prometheus-client is installed)."""
+    """Prometheus series fed by the controller (when prometheus-client is installed): what it
+    observes and plans; request outcomes and latencies come from the ingress (`_exposition`)."""
     try:
         from parvagpu.serving.metrics import Metrics
 
@@ -151,17 +167,9 @@ def _metrics(ctl):
             steps = info["steps"]
             m.transition(sum(s["action"] == "create" for s in steps), sum(s["action"] == "remove" for s in steps))
 
-    seen: dict = {}
-
     def observed(views, counts) -> None:
         for v in views:
             m.model_state(v.model, v.observed_rate, v.attainment, v.capacity, v.planned_rate)
-        for model, c in counts.items():
-            for outcome in ("admitted", "rejected", "failed", "ok"):
-                d = c.get(outcome, 0) - seen.get((model, outcome), 0)
-                if d > 0:
-                    m.requests.labels(model, outcome).inc(d)
-                seen[(model, outcome)] = c.get(outcome, 0)
 
     ctl.on_observe = observed
     ctl.on_change = changed
@@ -181,10 +189,19 @@ def _stop_event(duration: Optional[float]) -> threading.Event:
     return stop
 
 
-def _shutdown(server) -> None:
-    """Stop the control endpoint and the local Ray cluster (every replica with it)."""
+def _shutdown(server, ctl, address: Optional[str]) -> None:
+    """Stop the control endpoint and the local Ray cluster (every replica with it); on a cluster
+    joined with --address, delete only this controller's applications."""
     import ray
 
     server.shutdown()
+    if address is not None:
+        from ray import serve
+
+        from parvagpu.control.live import segment_name
+        from parvagpu.serving.app import APP
+
+        for name in [APP, *(segment_name(ctl.plan, s) for s in ctl.plan.segments)]:
+            serve.delete(name, _blocking=False)
     ray.shutdown()
     err.print("stopped", highlight=False)

@@ -406,7 +406,7 @@ class Controller:
 
 
 LIVE_KEYS = {"tick_s", "window_s", "attainment_window_s", "min_requests", "drain_timeout_s", "poll_s",
-             "strategy", "max_procs"}
+             "strategy", "max_procs", "node_loss_s"}
 
 
 def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:

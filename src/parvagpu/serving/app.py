@@ -128,6 +128,7 @@ def _plan_ingress():
 
             self.ingress = Ingress(spec, handles, signatures, max_body, __version__)
             self.signatures = signatures
+            self.metrics = _ingress_metrics(self.ingress)
             if handles:  # a planned application: ready once Serve runs all of it (`_app_running`)
                 self.ingress.readiness = _app_running
 
@@ -135,6 +136,16 @@ def _plan_ingress():
         # Serve application, named for the segment, so it comes and goes without redeploying others.
         def set_model(self, model: str, rate: float, latency_ms: float) -> None:
             self.ingress.set_model(model, rate, latency_ms, self.signatures.get(model))
+            route = self.ingress.models[model]
+            if self.metrics is not None and route.observer is None:
+                self.metrics.watch(model, route)
+
+        def metrics_text(self) -> bytes:
+            """The ingress's Prometheus families (outcomes, latency, batches, in flight); empty
+            without prometheus-client."""
+            from parvagpu.serving.metrics import INGRESS_FAMILIES
+
+            return b"" if self.metrics is None else self.metrics.exposition(only=INGRESS_FAMILIES)
 
         def add_segment(self, model: str, seg: dict) -> None:
             self.ingress.add_segment(model, seg, serve.get_deployment_handle(seg["name"], app_name=seg["name"]))
@@ -181,6 +192,8 @@ def _plan_ingress():
         async def __call__(self, request):
             from starlette.responses import Response
 
+            if request.method == "GET" and request.url.path == "/metrics" and self.metrics is not None:
+                return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
             body = await _read_body(request, self.ingress.max_body)
             if body is None:
                 reply = _too_large(self.ingress.max_body)
@@ -189,6 +202,18 @@ def _plan_ingress():
             return Response(reply.body, status_code=reply.status, headers=reply.headers)
 
     return PlanIngress
+
+
+def _ingress_metrics(ingress):
+    """Prometheus series kept inside the ingress replica (None without prometheus-client)."""
+    try:
+        from parvagpu.serving.metrics import Metrics
+
+        m = Metrics()
+    except ImportError:
+        return None
+    m.attach(ingress)
+    return m
 
 
 async def _app_running() -> bool:
@@ -344,11 +369,11 @@ class LiveServe:
     `Deployments` (segments started, ready, stopped)."""
 
     def __init__(self, models: dict[str, WorkerModel], front_door: int, max_body: int = MAX_BODY_BYTES,
-                 ready_timeout_s: float = 300.0) -> None:
+                 ready_timeout_s: float = 300.0, pin_nodes: bool = False) -> None:
         from ray import serve
 
         _SegmentWorker, PlanIngress = _deployments()
-        self.models, self.ready_timeout_s = models, ready_timeout_s
+        self.models, self.ready_timeout_s, self.pin_nodes = models, ready_timeout_s, pin_nodes
         app = PlanIngress.options(max_ongoing_requests=front_door, max_queued_requests=FRONT_QUEUE).bind(
             {}, {}, {m: w.signature for m, w in models.items()}, max_body)
         self.handle = serve.run(app, name=APP, route_prefix="/")
@@ -361,6 +386,9 @@ class LiveServe:
 
     def down_segments(self) -> dict:
         return self._call("down_segments")
+
+    def metrics_text(self) -> bytes:
+        return self._call("metrics_text")
 
     def set_model(self, model: str, rate: float, latency_ms: float) -> None:
         self._call("set_model", model, rate, latency_ms)
@@ -385,14 +413,18 @@ class LiveServe:
 
     def start(self, segments: list) -> None:
         """Deploy each segment as its own application (all at once) and return when every one is
-        running (its replicas constructed and warmed up)."""
+        running (its replicas constructed and warmed up). With `pin_nodes` (a cluster of several
+        nodes) each segment's replicas go to its node through the `parvagpu_node_<n>` resource."""
         from ray import serve
         from ray.serve.api import _run
+
+        from parvagpu.serving.pinning import node_resource
 
         SegmentWorker, _ = _deployments()
         names = []
         for seg, _doc in segments:
-            _run(_segment_app(SegmentWorker, seg, self.models[seg.model], None), name=seg.name, route_prefix=None,
+            pin = Pin((), ((node_resource(seg.node), 0.001),)) if self.pin_nodes else None
+            _run(_segment_app(SegmentWorker, seg, self.models[seg.model], pin), name=seg.name, route_prefix=None,
                  _blocking=False)
             names.append(seg.name)
         deadline = time.monotonic() + self.ready_timeout_s

@@ -12,9 +12,14 @@ size is at least n: the planned batch is counted in items, whatever the request 
 A segment whose call fails (its replica died, or its node: Ray's actor errors) or times out is
 *down*: it gets no new requests, and a background probe (`handle.pid.remote()`, bounded) brings it back when it
 answers. The failed request moves to another live segment of the model with room, else is retried
-once on the same segment (another or a restarted replica may take it). A model with no live segment
-up answers 503 at once: a segment whose node is gone would otherwise hold each request until the
-call timeout. `down_segments()` is the node-loss signal the controller reads.
+once on the same segment (another or a restarted replica may take it). When the probe of a down
+segment fails too (no answer in PROBE_TIMEOUT_S: no replica is left, as when its node is gone),
+the segment is *unreachable*. A node that dies may fail no call at all (its calls just hang), so a
+call still running after its model's SLO has its segment probed at once, and a failed probe marks
+the segment down and unreachable. Once a segment is unreachable, every call still waiting on it is given up at once and moves to
+another live segment with room, else is answered 503; without this, Ray Serve holds a call to a
+deployment with no replica until the call timeout. A model with no live segment up answers 503 at
+once. `down_segments()` is the node-loss signal the controller reads.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ MAX_BODY_BYTES = 64 * 2**20  # a larger request body is refused (413) before it 
 RETRY_AFTER_S = "1"
 PROBE_EVERY_S = 0.5  # a down segment is probed this often
 PROBE_TIMEOUT_S = 1.0  # a probe not answered in this time (a segment with no replica) failed
+SUSPECT_MIN_S = 0.25  # a call running longer than its SLO (at least this) has its segment probed
 
 
 async def _answers(resp, timeout_s: float) -> bool:
@@ -90,6 +96,9 @@ class ModelRoute:
     slo_s: float = math.inf
     down: set[str] = field(default_factory=set)  # segments (by name) taking no request until a probe answers
     _probes: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)
+    # per down segment, a future done once a probe of it failed: the calls waiting on it give up
+    _gone: dict[str, asyncio.Future] = field(default_factory=dict, repr=False)
+    _checks: dict[str, asyncio.Task] = field(default_factory=dict, repr=False)  # probes of suspect segments
 
     def _count(self, outcome: str, i: int | None = None, latency_s: float | None = None, batch=None) -> None:
         self.counts[outcome] += 1
@@ -165,6 +174,7 @@ class ModelRoute:
                              f"{self.admission.inflight[i]} in flight; only a drained segment is removed")
         self.states[i], self.handles[i] = GONE, None
         self.down.discard(name)
+        self._gone.pop(name, None)
         task = self._probes.pop(name, None)
         if task is not None:
             task.cancel()
@@ -238,15 +248,18 @@ class ModelRoute:
             if self.router is not None:
                 self.router.restart()
             self._count("up", i)
-        task = self._probes.pop(name, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        self._gone.pop(name, None)
+        for tasks in (self._probes, self._checks):
+            task = tasks.pop(name, None)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
 
     async def stop_probes(self) -> None:
         """Cancel the probes of down segments and wait for them to end (an ingress shutting down
         leaves no task behind for the event loop to chase at exit)."""
-        tasks = [t for t in self._probes.values() if t is not asyncio.current_task()]
+        tasks = [t for t in (*self._probes.values(), *self._checks.values()) if t is not asyncio.current_task()]
         self._probes.clear()
+        self._checks.clear()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -261,30 +274,100 @@ class ModelRoute:
                 return
             if await _answers(self.handles[i].pid.remote(), PROBE_TIMEOUT_S):
                 self.mark_up(i)
+            else:
+                gone = self._gone_future(name)
+                if not gone.done():
+                    gone.set_result(True)
+
+    def _gone_future(self, name: str) -> asyncio.Future:
+        """The future that says segment `name` is unreachable (made on first use, on this loop)."""
+        fut = self._gone.get(name)
+        loop = asyncio.get_running_loop()
+        if fut is None or fut.get_loop() is not loop:
+            fut = self._gone[name] = loop.create_future()
+        return fut
+
+    def _suspect(self, name: str) -> None:
+        """A call on segment `name` runs long: probe the segment once (unless a probe runs already);
+        no answer marks it down and unreachable."""
+        if name in self.down or name in self._checks:
+            return
+        self._checks[name] = asyncio.get_running_loop().create_task(self._check(name))
+
+    async def _check(self, name: str) -> None:
+        try:
+            i = self.index(name)
+            if await _answers(self.handles[i].pid.remote(), PROBE_TIMEOUT_S):
+                return
+            i = self.index(name)
+        except KeyError:  # removed meanwhile
+            return
+        finally:
+            if self._checks.get(name) is asyncio.current_task():
+                del self._checks[name]
+        self.mark_down(i)
+        gone = self._gone_future(name)
+        if not gone.done():
+            gone.set_result(True)
+
+    async def _outcome(self, resp, name: str) -> tuple[str, Any]:
+        """How one segment call ends: ("ok", its answer), ("timeout", None) after the call timeout,
+        or ("gone", None) as soon as the segment is known unreachable; the call's own error is
+        raised. A call running past its SLO has its segment probed. A call not finished is
+        cancelled."""
+        gone = self._gone_future(name)
+        task = asyncio.ensure_future(_result(resp))
+        suspect_s = min(max(SUSPECT_MIN_S, self.slo_s), self.call_timeout_s)
+        try:
+            done, _ = await asyncio.wait({task, gone}, timeout=suspect_s, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                self._suspect(name)
+                done, _ = await asyncio.wait({task, gone}, timeout=self.call_timeout_s - suspect_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                resp.cancel()
+        if task in done:
+            return "ok", task.result()
+        return ("gone" if gone.done() else "timeout"), None
 
     async def call(self, i: int, invoke: Callable[[Any], Any], n: int = 1) -> tuple[int, dict]:
         """Run one admitted request (`invoke(handle)` starts it) on segment i. On a replica
         failure the segment is marked down and the request retried once: on another live segment
-        with room, else on the same one. Given up (504) after the call timeout. Always releases its
-        slots. 200 with the replica's answer, or the error status and `{"error"}`."""
+        with room, else on the same one. A call waiting on a segment found unreachable moves to
+        another live segment with room, else is answered 503 (counted failed) at once. Given up
+        (504) after the call timeout. Always releases its slots. 200 with the replica's answer, or
+        the error status and `{"error"}`."""
         t0 = time.perf_counter()
         try:
             last = None
             for attempt in range(1 + RETRIES):
-                resp = invoke(self.handles[i])
+                gone = self._gone.get(self.names[i])
                 try:
-                    res = await asyncio.wait_for(_result(resp), self.call_timeout_s)
-                except asyncio.TimeoutError:
-                    resp.cancel()  # a hung replica: the request is a miss, answered, not retried
-                    self.mark_down(i)  # its node may be gone before Ray says so: probe it
-                    self._count("failed", i)
-                    return 504, {"error": f"{self.model}: segment {self.names[i]} did not answer in time"}
+                    if gone is not None and gone.done():
+                        how, res = "gone", None
+                    else:
+                        how, res = await self._outcome(invoke(self.handles[i]), self.names[i])
                 except Exception as exc:  # replica or node died: elsewhere if possible, then report
                     last = exc
                     self.mark_down(i)
                     if attempt < RETRIES:
                         i = self._failover(i, n)
                     continue
+                if how == "timeout":  # a hung replica: the request is a miss, answered, not retried
+                    self.mark_down(i)  # its node may be gone before Ray says so: probe it
+                    self._count("failed", i)
+                    return 504, {"error": f"{self.model}: segment {self.names[i]} did not answer in time"}
+                if how == "gone":  # no replica left behind the segment: elsewhere now, or 503 now
+                    j = self._pick(n, avoid=i) if attempt < RETRIES else None
+                    if j is not None:
+                        self.admission.release(i, n)
+                        self._count("failover", j)
+                        i = j
+                        continue
+                    self._count("failed", i)
+                    return 503, {"error": f"{self.model}: segment {self.names[i]} is unreachable, retry later"}
                 if "error" in res:  # the model or a hook failed on this request: no retry
                     self._count("failed", i)
                     return 500, {"error": f"{self.model}: {res['error']}"}

@@ -14,6 +14,11 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15
                    2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 OUTCOMES = ("admitted", "rejected", "failed", "ok")
+# The families the ingress feeds (request outcomes, latencies, batches, in flight); the others are
+# the controller's. A controller whose ingress runs elsewhere (a Ray actor) serves the ingress's
+# families from the ingress and the rest from its own registry.
+INGRESS_FAMILIES = frozenset({"parvagpu_requests", "parvagpu_request_latency_seconds", "parvagpu_requests_within_slo",
+                              "parvagpu_segment_batch_size", "parvagpu_segment_inflight_now"})
 
 
 class Metrics:
@@ -85,24 +90,30 @@ class Metrics:
         capacity and planned rate from its spec."""
         for model, route in ingress.models.items():
             m = ingress.spec[model]
-            route.observer = self._observer(model, route, m["latency_ms"] / 1000.0)
+            self.watch(model, route)
             self.capacity.labels(model).set(m.get("capacity", sum(x["throughput"] for x in m["segments"])))
             self.planned_rate.labels(model).set(m["rate"])
         self.registry.register(_InflightCollector(ingress))
 
-    def _observer(self, model: str, route, slo_s: float):
+    def watch(self, model: str, route) -> None:
+        """Observe one model route (`ingress.ModelRoute`): a route the live controller adds later
+        is watched when it is added. Its SLO is read at each request, so an SLO switched at
+        runtime counts from then on."""
         def observe(outcome: str, i: int | None, latency_s: float | None, batch) -> None:
             if outcome in OUTCOMES:
-                self.request(model, outcome, latency_s, slo_s)
+                self.request(model, outcome, latency_s, route.slo_s)
             if outcome == "ok" and i is not None and batch:
                 self.batch.labels(model, route.names[i]).observe(batch)  # names change with transitions
-        return observe
+        route.observer = observe
 
-    def exposition(self) -> bytes:
-        """The text format a Prometheus server scrapes."""
+    def exposition(self, only=None, skip=()) -> bytes:
+        """The text format a Prometheus server scrapes; `only`/`skip`: the metric families (names
+        without the _total/_bucket suffixes) to keep or leave out."""
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry)
+        if only is None and not skip:
+            return generate_latest(self.registry)
+        return generate_latest(_Families(self.registry, only, skip))
 
     def serve(self, port: int, host: str = "127.0.0.1"):
         """Expose /metrics on host:port (loopback by default); returns the server, to shut down."""
@@ -110,6 +121,18 @@ class Metrics:
 
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server
+
+
+class _Families:
+    """A registry's families, some kept (what `generate_latest` needs: `collect`)."""
+
+    def __init__(self, registry, only, skip) -> None:
+        self.registry, self.only, self.skip = registry, only, frozenset(skip)
+
+    def collect(self):
+        for mf in self.registry.collect():
+            if (self.only is None or mf.name in self.only) and mf.name not in self.skip:
+                yield mf
 
 
 class _InflightCollector:
