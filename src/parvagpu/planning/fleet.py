@@ -7,16 +7,19 @@ states every plan of the fleet, so its proven bound holds for the mixed case.
 Where the fleet cannot serve everything, tiers decide (0 the most important): the highest tiers
 that fit are served fully; the next tier gets the largest fraction f of every one of its services'
 rates found to fit with them, so the shortfall is shared in proportion to demand (every service of
-the tier at the same f, floored to 1e-6 req/s); the tiers below it get nothing. f comes from one
-program that maximises it (HiGHS's bound on f is proven), then bisection over feasibility solves
-between the f found and the bound (six steps), each proven infeasibility lowering the bound. The
-plan records f and the bound (`share_upper_bound`; equal when proven maximal). Unless the request
-allows it, such a plan is `Unservable` (exit 3).
+the tier at the same f, floored to 1e-6 req/s); the tiers below it get nothing. Near the fleet's
+capacity HiGHS needs tens of seconds to find any plan of 1,000 services, so f starts from the
+greedy packing (`fleet_greedy`, bisected on f in well under a second a step); then rounds of
+repacking (the cheapest plan at f, HiGHS from the greedy plan, frees room) and greedy filling of
+that room raise it; then one program maximises f from that plan (HiGHS's bound on f is proven),
+then bisection over feasibility solves between the f found and the bound (six steps), each proven
+infeasibility lowering the bound. The plan records f and the bound (`share_upper_bound`; equal
+when proven maximal). Unless the request allows it, such a plan is `Unservable` (exit 3).
 
 `time_limit` is the budget of the whole call: all of it for the plan serving everything, or with
-`allow_partial` half of it at most, the tiers 80% of the rest and the cheapest plan at the served
-rates what remains. Pure, like
-every planner.
+`allow_partial` half of it at most, the tiers 80% of the rest (of the shared tier's part: 60% for
+repacking and filling, half the rest for the program maximising f) and the cheapest plan at the
+served rates what remains. Pure, like every planner.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from parvagpu.core.fleet import Fleet, reserved_slots
 from parvagpu.core.gpus import GpuType
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
 from parvagpu.planning.configurator import split_feasible
+from parvagpu.planning.fleet_greedy import greedy
 from parvagpu.planning.fleet_program import (
-    TIE, Demand, GpuClass, Options, build_and_solve, capacity_short, decode, price_unit,
+    MARGIN, TIE, Demand, GpuClass, Options, build_and_solve, capacity_short, decode, price_unit, start_values,
 )
 from parvagpu.planning.optimizer.blocks import option_groups
 from parvagpu.planning.optimizer.columns import Column, mig_columns
@@ -161,25 +165,49 @@ class _Outcome:
     infeasible: bool  # HiGHS proved that no plan exists
 
 
-def _cheapest(request: FleetRequest, setup: _Setup, served: Mapping[str, float], seconds: float) -> _Outcome:
-    """The cheapest plan serving every service at its rate (or its `served` rate, 0: not at all)."""
+def _cheapest(request: FleetRequest, setup: _Setup, served: Mapping[str, float], seconds: float,
+              start: DeploymentMap | None = None) -> _Outcome:
+    """The cheapest plan serving every service at its rate (or its `served` rate, 0: not at all).
+    HiGHS starts from `start` (a plan serving at least these rates), else from the greedy packing
+    when it finds one."""
     demands = _demands(setup, request, served)
-    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=request.mip_rel_gap)
+    placed = _placed(start) if start is not None else _greedy(request, setup, demands, [1.0] * len(demands))
+    first = None if placed is None else start_values(placed, demands, setup.classes)
+    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=request.mip_rel_gap,
+                          start=first)
     if not sol.feasible:
         return _Outcome(None, sol.status == "kInfeasible")
     bound = max(0.0, sol.bound - TIE * request.fleet.total_gpus)  # see _plan
     unit = price_unit(setup.classes)
     if unit is not None:  # every plan's price is a whole number of units
         bound = math.ceil(bound / unit - 1e-9) * unit
-    return _Outcome(_plan(request, demands, setup, sol, served, bound), False)
+    return _Outcome(_plan(request, decode(demands, setup.classes, sol), served, bound), False)
 
 
-def _plan(request: FleetRequest, demands, setup: _Setup, sol, served: Mapping[str, float],
-          bound: float | None) -> DeploymentMap:
-    """The deployment map of a solution. `bound` is a proven lower bound on the price of any plan
-    serving these rates (None: not known): HiGHS bounds price + TIE x GPUs, so the price of any plan
-    is at least that bound less TIE x all the fleet's GPUs."""
-    placed = decode(demands, setup.classes, sol)
+def _placed(plan: DeploymentMap) -> list:
+    return [(p.gpu, p.start, p.segment) for p in plan.segments]
+
+
+def _greedy(request: FleetRequest, setup: _Setup, demands: list[Demand], scale: list[float],
+            kept: list = ()) -> list | None:
+    """The greedy packing (`fleet_greedy`) of every demand's program row at `scale` x it (the
+    rate plus the program's margin, so the packing is a solution of the program), on top of the
+    `kept` placed segments."""
+    have: dict[str, float] = defaultdict(float)
+    for _, _, seg in kept:
+        have[seg.model] += seg.throughput
+    # A kept plan from HiGHS meets its rows to HiGHS's tolerance (1e-7): a deficit that small is
+    # none, not a reason for one more segment.
+    targets = [x * (d.rate * (1 + MARGIN) + MARGIN) - have[d.service.model] for d, x in zip(demands, scale)]
+    targets = [t if t > 1e-6 else 0.0 for t in targets]
+    return greedy(demands, setup.classes, setup.types, request.fleet, targets, [not d.shared for d in demands], kept)
+
+
+def _plan(request: FleetRequest, placed, served: Mapping[str, float], bound: float | None) -> DeploymentMap:
+    """The deployment map of placed segments (global GPU, start, segment). `bound` is a proven
+    lower bound on the price of any plan serving these rates (None: not known): HiGHS bounds
+    price + TIE x GPUs, so the price of any plan is at least that bound less TIE x all the
+    fleet's GPUs."""
     short = capacity_short(placed, [s for s in request.services if served.get(s.model, s.rate) > 0], served)
     if short:
         raise AssertionError(f"fleet plan falls short for {', '.join(short)}")
@@ -218,7 +246,8 @@ def plan_fleet(request: FleetRequest) -> DeploymentMap:
     share = _tiered(request, setup, clock)
     served = share.served  # empty: everything fits (the full solve ran out of time before finding it)
     # The cheapest plan at the served rates; the share program's plan if none is found in time.
-    out = _cheapest(request, setup, served, clock.left()) if not clock.expired() else _Outcome(None, False)
+    out = (_cheapest(request, setup, served, clock.left(), start=share.plan) if not clock.expired()
+           else _Outcome(None, False))
     best = out.plan if out.plan is not None else share.plan
     extra = (("tiers_full", float(share.tiers_full)), ("share", share.f), ("share_upper_bound", share.f_upper))
     return replace(best, stats=best.stats + (extra if served else ()))
@@ -267,6 +296,9 @@ def _tiered(request: FleetRequest, setup: _Setup, clock: _Clock) -> _Share:
 # fleet's capacity takes tens of seconds there).
 _SHARE_STEPS = 6
 _SHARE_RESOLUTION = 1 / 4096
+_FILL_ROUNDS = 4
+_FILL_TIME = 0.6  # of the shared tier's time: repacking and filling; the rest for the bound on f
+_FILL_GAP = 0.01  # the repacking solve stops at a price proven within 1%
 _TIERS_SHARE = 0.8  # of the time left after the full plan; the rest for the final cheapest plan
 
 
@@ -274,10 +306,19 @@ def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, .
                    clock: _Clock) -> tuple[float, float, DeploymentMap | None]:
     """(f, f_upper, plan): a plan serving the tiers above in full and `share` at f x their rates
     (floored to 1e-6 req/s), and a proven bound f_upper >= the largest f any plan serves. First
-    one program maximises f (a quarter of the time; solved to the end, f = f_upper); then bisection
-    between f and f_upper over feasibility solves, each proven infeasibility lowering f_upper. A
-    solve that runs out of time counts as not fitting (f is never overstated) but proves nothing."""
-    f, upper, plan = _max_share(request, setup, frozenset(s.model for s in share), below, clock.left() / 4)
+    the greedy packing bisects f (fast, proves nothing); then one program maximises f from the
+    greedy plan (a quarter of the time; solved to the end, f = f_upper); then bisection between f
+    and f_upper over feasibility solves, each proven infeasibility lowering f_upper. A solve that
+    runs out of time counts as not fitting (f is never overstated) but proves nothing."""
+    models = frozenset(s.model for s in share)
+    g_f, g_plan = _greedy_share(request, setup, models, below)
+    if g_f >= 1:
+        return 1.0, 1.0, g_plan
+    if g_plan is not None:
+        g_f, g_plan = _fill(request, setup, models, below, g_f, g_plan, _Clock(clock.left() * _FILL_TIME))
+    f, upper, plan = _max_share(request, setup, models, below, clock.left() / 2, g_f, g_plan)
+    if g_plan is not None and (plan is None or g_f > f):  # HiGHS did not take or improve the start
+        f, plan = g_f, g_plan
     if f >= 1:
         return 1.0, 1.0, plan
 
@@ -302,20 +343,80 @@ def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, .
     return lo, upper, plan
 
 
-def _max_share(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float], seconds: float):
-    """(f, its proven upper bound, a plan serving the tiers above in full and `share` at f x their
-    rates), or (0, 1, None) when no plan was found in time."""
+def _fill(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float], f: float,
+          plan: DeploymentMap, clock: _Clock) -> tuple[float, DeploymentMap]:
+    """Rounds of: the cheapest plan at f (HiGHS, from `plan`, within `_FILL_GAP`) repacks the
+    segments and frees room, then the greedy packing raises f in that room on top of it; until a
+    round gains less than `_SHARE_RESOLUTION` or the clock stops. Returns the last (f, plan)."""
+    quick = replace(request, mip_rel_gap=_FILL_GAP)
+    for _ in range(_FILL_ROUNDS):
+        if clock.expired():
+            break
+        # Half of what is left: at 1,000 services HiGHS needs 15-30 s to find a cheaper plan.
+        out = _cheapest(quick, setup, _served(request, share, below, f), clock.left() / 2, start=plan)
+        if out.plan is None:
+            break
+        f2, plan2 = _greedy_share(request, setup, share, below, out.plan, f)
+        if f2 - f < _SHARE_RESOLUTION:
+            break
+        f, plan = f2, plan2
+    return f, plan
+
+
+def _served(request: FleetRequest, share: frozenset, below: dict[str, float], f: float) -> dict[str, float]:
+    """The rates a plan at f serves: the tiers below nothing, `share` f x their rates to 1e-6."""
+    return {**below, **{s.model: math.floor(s.rate * f * 1e6) / 1e6 for s in request.services
+                        if s.model in share and f < 1}}
+
+
+def _greedy_share(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float],
+                  base: DeploymentMap | None = None, lo: float = 0.0):
+    """(f, plan): the largest f (to `_SHARE_RESOLUTION`, at least `lo`) at which the greedy
+    packing places the tiers above in full and `share` at f x their rates, on top of the segments
+    of `base` (a plan at `lo`), and its plan; (lo, base) when it places no more than that."""
     demands = _demands(setup, request, below, share)
-    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=0.0)
+    kept = [] if base is None else _placed(base)
+
+    def at(f: float):
+        return _greedy(request, setup, demands, [f if d.shared else 1.0 for d in demands], kept)
+
+    best = at(1.0)
+    if best is not None:
+        return 1.0, _plan(request, best, _served(request, share, below, 1.0), None)
+    hi, best = 1.0, None
+    if base is None:
+        best = at(lo)
+        if best is None:
+            return lo, None
+    while hi - lo > _SHARE_RESOLUTION:
+        mid = (lo + hi) / 2
+        placed = at(mid)
+        if placed is not None:
+            lo, best = mid, placed
+        else:
+            hi = mid
+    if best is None:
+        return lo, base
+    f = math.floor(lo * 1e6) / 1e6
+    return f, _plan(request, best, _served(request, share, below, f), None)
+
+
+def _max_share(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float], seconds: float,
+               start_f: float = 0.0, start: DeploymentMap | None = None):
+    """(f, its proven upper bound, a plan serving the tiers above in full and `share` at f x their
+    rates), or (0, 1, None) when no plan was found in time. HiGHS starts from `start` (at f =
+    `start_f`) when given."""
+    demands = _demands(setup, request, below, share)
+    first = None if start is None else start_values(_placed(start), demands, setup.classes, start_f)
+    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=0.0, start=first)
     if not sol.feasible:
         return 0.0, 1.0, None
     upper = min(1.0, max(0.0, -sol.bound))
     # f as the placed capacity gives it (exact sums: HiGHS meets its rows to a tolerance), to 1e-6.
+    placed = decode(demands, setup.classes, sol)
     cap: dict[str, Fraction] = defaultdict(Fraction)
-    for _, _, seg in decode(demands, setup.classes, sol):
+    for _, _, seg in placed:
         cap[seg.model] += Fraction(seg.throughput)
     exact = min([Fraction(1)] + [cap[s.model] / Fraction(s.rate) for s in request.services if s.model in share])
     f = 1.0 if exact >= 1 else math.floor(exact * 10**6) / 1e6
-    served = {**below, **{s.model: math.floor(s.rate * f * 1e6) / 1e6 for s in request.services
-                          if s.model in share and f < 1}}
-    return f, max(f, upper), _plan(request, demands, setup, sol, served, None)
+    return f, max(f, upper), _plan(request, placed, _served(request, share, below, f), None)

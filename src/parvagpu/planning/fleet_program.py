@@ -40,7 +40,7 @@ SCALE = 1e4
 SHARE_SCALE = 1e6  # the share form's objective: f to 1e-6
 # A demand row asks a hair above the rate, so HiGHS's feasibility tolerance never leaves a
 # service short.
-_MARGIN = 1e-6
+MARGIN = 1e-6
 
 Options = tuple[tuple[int, Triplet], ...]
 
@@ -108,11 +108,12 @@ class Solution:
 
 def build_and_solve(
     demands: Sequence[Demand], classes: Sequence[GpuClass], types: Mapping[str, GpuType], *,
-    time_limit: float, mip_rel_gap: float,
+    time_limit: float, mip_rel_gap: float, start: Mapping | None = None,
 ) -> Solution:
     """Build the program and solve it with HiGHS: the lowest price, or, when some demand is
     shared, the largest f (the price is then not optimised). HiGHS stops once no cheaper plan can
-    exist (its gap below one `price_unit`, less the ties) or the price is within `mip_rel_gap`."""
+    exist (its gap below one `price_unit`, less the ties) or the price is within `mip_rel_gap`.
+    `start` (variable meaning -> value, as `start_values` makes) is HiGHS's first incumbent."""
     share = any(d.shared for d in demands)
     p = _Program([], [], [], [], [], [], [], [])
     f = p.add_var(("f",), -SHARE_SCALE, 1.0) if share else None  # continuous
@@ -136,6 +137,7 @@ def build_and_solve(
         np.array(p.cols, dtype=np.int64), np.array(p.rows, dtype=np.int64), np.array(p.vals),
         integer=True, time_limit=time_limit, mip_rel_gap=mip_rel_gap, mip_abs_gap=abs_gap,
         continuous=() if f is None else (f,),
+        start=None if start is None else [start.get(v, 0.0) for v in p.var],
     )
     status = h.getModelStatus().name
     if not ok:
@@ -162,13 +164,13 @@ def _add_demand(p: _Program, d_i: int, d: Demand, types, supply, f: int | None) 
     """sum T y >= rate (1 + margin) + margin, or f x that in the share form."""
     if d.shared:  # f = 0 asks nothing
         row = p.add_row(0.0, np.inf)
-        p.coef(row, f, -(d.rate * (1 + _MARGIN) + _MARGIN))
+        p.coef(row, f, -(d.rate * (1 + MARGIN) + MARGIN))
     else:
-        row = p.add_row(d.rate * (1 + _MARGIN) + _MARGIN, np.inf)
+        row = p.add_row(d.rate * (1 + MARGIN) + MARGIN, np.inf)
     for t, options in d.per_type.items():
         sizes = types[t].sizes
         for j, (si, trip) in enumerate(options):
-            v = p.add_var(("y", d_i, t, j), 0.0, float(np.ceil(d.rate * (1 + _MARGIN) / trip.throughput) + 1))
+            v = p.add_var(("y", d_i, t, j), 0.0, float(np.ceil(d.rate * (1 + MARGIN) / trip.throughput) + 1))
             p.coef(row, v, trip.throughput)
             p.coef(supply[t, sizes[si]], v, 1.0)
 
@@ -198,6 +200,31 @@ def decode(demands: Sequence[Demand], classes: Sequence[GpuClass], sol: Solution
     if left:  # the supply rows cover every segment, so this cannot happen
         raise AssertionError(f"fleet decoding left {left} segments unplaced")
     return placed
+
+
+def start_values(placed, demands: Sequence[Demand], classes: Sequence[GpuClass], f: float | None = None) -> dict:
+    """The program's variables (by meaning) of a plan's placed segments (global GPU, start,
+    segment): y counts each demand's segments per type and option, x each used GPU's layout as a
+    maximal column of its class that holds it; `f` for the share form. The segments must use the
+    demands' options on GPUs of `classes`."""
+    of_gpu = {g: c_i for c_i, c in enumerate(classes) for g in c.gpus}
+    demand_of = {d.service.model: d_i for d_i, d in enumerate(demands)}
+    out: dict = defaultdict(float)
+    counts: dict[int, list[int]] = {}
+    for g, _, seg in placed:
+        cl = classes[of_gpu[g]]
+        t = cl.type.name
+        d_i = demand_of[seg.model]
+        j = next(j for j, (_, trip) in enumerate(demands[d_i].per_type[t]) if trip == seg.triplet)
+        out["y", d_i, t, j] += 1.0
+        counts.setdefault(g, [0] * len(cl.type.sizes))[cl.type.sizes.index(seg.size)] += 1
+    for g, v in counts.items():
+        c_i = of_gpu[g]
+        k = next(k for k, col in enumerate(classes[c_i].columns) if all(a <= b for a, b in zip(v, col.counts)))
+        out["x", c_i, k] += 1.0
+    if f is not None:
+        out["f",] = f
+    return dict(out)
 
 
 def capacity_short(placed, services: Sequence[Service], served: Mapping[str, float]) -> list[str]:

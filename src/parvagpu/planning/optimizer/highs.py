@@ -82,9 +82,11 @@ def _csc(cols: np.ndarray, rows: np.ndarray, vals: np.ndarray, ncol: int):
 def run(
     cost, upper, row_lo, row_hi, cols, rows, vals, *, integer: bool, time_limit: float,
     mip_rel_gap: float = 0.0, mip_abs_gap: float = 1.0 - 1e-6, continuous: Sequence[int] = (),
+    start=None,
 ):
     """One HiGHS solve of min cost.x, row_lo <= A x <= row_hi, 0 <= x <= upper (x integer, but for
-    the `continuous` columns, when `integer`); returns (highs, feasible)."""
+    the `continuous` columns, when `integer`); returns (highs, feasible). `start`: a feasible x
+    HiGHS takes as its first incumbent (ignored by HiGHS when it is not feasible)."""
     h = _highs()
     h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
     if integer:
@@ -107,6 +109,8 @@ def run(
         starts, index, np.asarray(value, dtype=np.float64),
         _integrality(ncol, integer, continuous),
     )
+    if start is not None:
+        h.setSolution(ncol, np.arange(ncol, dtype=np.int32), np.asarray(start, dtype=np.float64))
     run_within(h, time_limit)
     return h, h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
 
