@@ -79,7 +79,8 @@ def plan(
     ),
     current_file: Optional[Path] = typer.Option(
         None, "--current",
-        help="The running plan (JSON): plan from it, changing as few segments as the fewest GPUs allow; "
+        help="The running plan (JSON): plan from it, changing as few segments as the fewest GPUs (with --fleet: the "
+        "lowest price) allow; "
         "the plan records its transition.",
     ),
     max_extra_gpus: int = typer.Option(
@@ -102,10 +103,11 @@ def plan(
         bounds.planning(max_procs, time_limit, gpus_per_node)
         out_kind = None if out is None else _out_format(out, fmt)
         if fleet_file is not None:
-            if strategy != "auto" or current_file is not None:
-                raise ParvaError("--fleet plans with the fleet optimizer; --strategy and --current do not apply")
+            if strategy != "auto" or max_extra_gpus:
+                raise ParvaError("--fleet plans with the fleet optimizer; --strategy and --max-extra-gpus do not apply")
+            current = read_plan(current_file)[0] if current_file is not None else None
             _emit(_fleet_plan(fleet_file, profiles_dir, slo_dir, scenario, services_file, truncate, max_procs,
-                              (started, time_limit), allow_partial, reuse_profiles_from), fmt, out_kind, out)
+                              (started, time_limit), allow_partial, reuse_profiles_from, current), fmt, out_kind, out)
             return
         profiles, services = load_inputs(profiles_dir, slo_dir, scenario, services_file, truncate)
         where = str(profiles_dir) if profiles_dir is not None else "the embedded example"
@@ -144,11 +146,13 @@ def _left(time_limit: float, started: float, services: int) -> float:
 def _fleet_plan(
     fleet_file: Path, profiles_dir: Optional[Path], slo_dir, scenario, services_file, truncate: bool,
     max_procs: int, budget: tuple[float, float], allow_partial: bool, reuse_from: Optional[str],
+    current: Optional[DeploymentMap] = None,
 ) -> DeploymentMap:
     """Plan onto the fleet: each of its types' profiles (a subdirectory per type, or the type the
     metadata names), the services, the fleet program within what `budget` (started, --time-limit)
-    leaves after reading the inputs."""
+    leaves after reading the inputs; from the `current` running plan when given."""
     from parvagpu.planning.fleet import FleetRequest, plan_fleet
+    from parvagpu.planning.fleet_replan import replan_fleet
 
     fleet = load_fleet(fleet_file)
     root = profiles_dir or example_dir() / "profiles"
@@ -159,7 +163,8 @@ def _fleet_plan(
     _, services = load_inputs(flat or profiles_dir, slo_dir, scenario, services_file, truncate)
     started, time_limit = budget
     left = _left(time_limit, started, len(services))
-    result = plan_fleet(FleetRequest(services, by_type, fleet, max_procs, left, allow_partial=allow_partial))
+    request = FleetRequest(services, by_type, fleet, max_procs, left, allow_partial=allow_partial)
+    result = plan_fleet(request) if current is None else replan_fleet(request, current)
     # Provenance of the first type's profiles, under the directory given: `verify` finds the rest.
     return replace(result, provenance=provenance(by_type[fleet.types[0]], [s.model for s in services], profiles_dir))
 

@@ -1,0 +1,115 @@
+"""Re-planning onto a fleet from its running plan (`plan --fleet --current`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from typer.testing import CliRunner
+
+from parvagpu.cli import app
+from parvagpu.cli.common import load_inputs
+from parvagpu.contract.plan_json import plan_to_json
+from parvagpu.core.errors import ParvaError
+from parvagpu.core.fleet import Fleet, FleetNode, Reservation
+from parvagpu.core.model import Profile, ProfilePoint, Service, segment_key
+from parvagpu.planning.fleet import FleetRequest, plan_fleet
+from parvagpu.planning.fleet_replan import replan_fleet
+from parvagpu.verify import verify
+
+A100, H100 = "A100-80GB", "H100-80GB"
+
+
+def _keys(plan, models=None):
+    return {segment_key(s, plan.gpus_per_node) for s in plan.segments if models is None or s.model in models}
+
+
+def _linear(model: str, per_slice: float = 10.0) -> Profile:
+    return Profile(model, tuple(ProfilePoint(z, 1, 1, per_slice * z, 0.01) for z in (1, 2, 3, 4, 7)))
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """Scenario 6 on a mixed fleet with a partly reserved GPU, H100s twice as fast for every other
+    model at 1.5x the price, and its cheapest plan."""
+    profiles, services = load_inputs(None, None, 6, None, False)
+    fast = {m: Profile(m, tuple(replace(q, throughput=round(q.throughput * 2, 3), latency_s=round(q.latency_s / 2, 6))
+                                for q in p.points)) for m, p in profiles.items()}
+    h100 = {m: fast[m] if i % 2 == 0 else profiles[m] for i, m in enumerate(sorted(profiles))}
+    fleet = Fleet((FleetNode("a", A100, 16, 1.0, (Reservation(0, 0, 3),)), FleetNode("h", H100, 16, 1.5)))
+    by_type = {A100: profiles, H100: h100}
+    return services, by_type, fleet, plan_fleet(FleetRequest(services, by_type, fleet, time_limit=60))
+
+
+def test_unchanged_services_change_nothing(mixed):
+    services, by_type, fleet, running = mixed
+    again = replan_fleet(FleetRequest(services, by_type, fleet, time_limit=60), running)
+    stats = dict(again.stats)
+    assert _keys(again) == _keys(running) and stats["changed_segments"] == 0
+    assert again.transition.added == () and again.transition.removed == ()
+    assert stats["price_per_hour"] <= stats["fresh_price_per_hour"]
+    assert verify(again, by_type[A100], type_profiles=by_type) == []
+
+
+def test_one_rate_up_keeps_every_other_services_segments():
+    """Three linear models on four GPUs (70 req/s each): 65, 65 and 25 req/s take 7 + 7 + 3 1g
+    steps on three GPUs; b at x1.1 (71.5) needs one step more, which the free slots hold, so the
+    cheapest plan still uses three GPUs and keeps every segment of a and c (and b's)."""
+    services = (Service("a", 65.0, 100.0), Service("b", 65.0, 100.0), Service("c", 25.0, 100.0))
+    profiles = {A100: {s.model: _linear(s.model) for s in services}}
+    fleet = Fleet((FleetNode("n", A100, 4, 2.0),))
+    running = plan_fleet(FleetRequest(services, profiles, fleet, time_limit=30))
+    assert running.gpus_used == 3
+    up = (services[0], replace(services[1], rate=71.5), services[2])
+    plan = replan_fleet(FleetRequest(up, profiles, fleet, time_limit=30), running)
+    assert verify(plan, profiles[A100]) == []
+    stats = dict(plan.stats)
+    assert plan.gpus_used == 3 and stats["price_per_hour"] == 6.0 == stats["fresh_price_per_hour"]
+    assert _keys(running) <= _keys(plan) and stats["replan_keep"] == 1.0
+    t = plan.transition
+    assert t.removed == () and t.added and {s.model for s in t.added} == {"b"}
+    assert stats["changed_segments"] == len(t.added)
+
+
+def test_a_cheaper_fresh_plan_wins_over_keeping(mixed):
+    """Price first: a running plan on the dear H100s alone is moved where the fresh plan is
+    cheaper, and the renumbering keeps what it can."""
+    services, by_type, fleet, _ = mixed
+    dear = plan_fleet(FleetRequest(services, by_type, Fleet((FleetNode("h", H100, 16, 1.5),)), time_limit=60))
+    # The same segments on the mixed fleet: node h is the fleet's second node (GPUs 16..31).
+    running = replace(dear, fleet=fleet, segments=tuple(replace(s, gpu=s.gpu + 16) for s in dear.segments))
+    assert verify(running, by_type[A100], type_profiles=by_type) == []
+    plan = replan_fleet(FleetRequest(services, by_type, fleet, time_limit=60), running)
+    stats = dict(plan.stats)
+    assert stats["replan_fresh"] == 1.0 and stats["price_per_hour"] == stats["fresh_price_per_hour"]
+    assert stats["price_per_hour"] < running.price_per_hour()
+    assert verify(plan, by_type[A100], type_profiles=by_type) == []
+
+
+def test_a_running_plan_of_another_fleet_is_refused(mixed):
+    services, by_type, _, running = mixed
+    other = Fleet((FleetNode("a", A100, 16, 1.0),))
+    with pytest.raises(ParvaError, match="another fleet"):
+        replan_fleet(FleetRequest(services, {A100: by_type[A100]}, other), running)
+
+
+def _run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_plan_current_with_fleet_records_the_transition_and_diff_reads_it(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("version: v1\nnodes:\n  - {name: r1, gpu: A100-80GB, gpus: 8, price_per_gpu_hour: 2.0}\n"
+                     "  - {name: r2, gpu: A100-80GB, gpus: 8, reserved: [{gpu: 0, start: 0, size: 3}]}\n")
+    first, second = tmp_path / "run.json", tmp_path / "next.json"
+    assert _run("plan", "--fleet", fleet, "-s", "6", "-o", first).exit_code == 0
+    r = _run("plan", "--fleet", fleet, "-s", "6", "--current", first, "-o", second)
+    assert r.exit_code == 0, r.output
+    data = json.loads(second.read_text())
+    assert data["transition"]["added"] == [] and data["transition"]["removed"] == []
+    assert _run("verify", second).exit_code == 0
+    r = _run("diff", first, second, "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["steps"] == [], r.output
+    r = _run("plan", "--fleet", fleet, "-s", "6", "--current", first, "--max-extra-gpus", "1")
+    assert r.exit_code == 2 and "--max-extra-gpus" in r.output
