@@ -333,6 +333,10 @@ def test_control_verb_checks_its_inputs_before_starting_anything(tmp_path):
         (["--models", str(live / "models.yaml"), "--settings", str(tmp_path / "bad.yaml"),
           "--decisions", str(tmp_path / "d.jsonl")], "unknown control keys"),
         (["--models", str(live / "models.yaml"), "--decisions", str(tmp_path / "no" / "d.jsonl")], "does not exist"),
+        (["--models", str(live / "models.yaml"), "--decisions", str(tmp_path / "d.jsonl"), "--watch"],
+         "--watch needs --services"),
+        (["--models", str(live / "models.yaml"), "--decisions", str(tmp_path / "d.jsonl"), "--services",
+          str(tmp_path / "bad.yaml")], "bad.yaml: unknown top-level keys"),
     ):
         r = runner.invoke(app, base + extra)
         assert r.exit_code == 2, r.output
@@ -343,3 +347,111 @@ def test_control_verb_checks_its_inputs_before_starting_anything(tmp_path):
     ctx = _prepare(plan, live / "profiles", live / "models.yaml", live / "settings.yaml", tmp_path / "state",
                    tmp_path / "d.jsonl", False)  # good input: everything checked, nothing started
     assert set(ctx["models"]) == {"sleepy", "nap"} and ctx["cfg"].window_s == 6
+
+
+def test_local_nodes_drive_a_real_backend_interface_and_pin_segments(tmp_path):
+    """`--backend nvml`'s node side (`LocalNodes`: this machine's GPUs as node 0, through the MIG
+    backend interface and MPS control) run against the strict fake in their place: the
+    controller's bring-up and a re-plan leave the hardware holding exactly the plan, and each
+    segment is pinned to the MIG instance and MPS daemon the node state names."""
+    from dataclasses import replace
+
+    from parvagpu.control.nodes import LocalNodes
+    from parvagpu.core.errors import ParvaError
+    from parvagpu.hardware.mig import FakeBackend
+    from parvagpu.hardware.mps import FakeMps
+    from parvagpu.serving.policy import serving_spec
+
+    ev = Events()
+    deps = Deployments(ev)
+    port = Port(deps, ev)
+    log: list[dict] = []
+    fake = FakeBackend("A100-80GB", 8)
+    nodes = LocalNodes(fake, FakeMps(fake), fake.kill_processes, tmp_path)
+    ctl = Controller(_plan(RATES), profiles(), POLICY, CFG, Clock(), nodes, deps, port, log.append)
+    ctl.start()
+    _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 40)  # x2 on resnet50: a transition
+    assert any(r["kind"] == "transition done" for r in log)
+    new = ctl.plan
+    held = sum(len(fake.list_instances(g)) for g in range(fake.gpu_count()))
+    assert held == len(new.segments) and nodes.applied
+    uuids = {ci.uuid for g in range(fake.gpu_count()) for gi in fake.list_instances(g) for ci in gi.cis}
+    for ms in serving_spec(new).values():
+        for seg in ms.segments:
+            env = dict(nodes.pin(seg).env)
+            assert env["CUDA_VISIBLE_DEVICES"] in uuids and str(tmp_path) in env["CUDA_MPS_PIPE_DIRECTORY"]
+    two = replace(new, segments=(*new.segments, replace(new.segments[0], gpu=new.gpus_per_node)))
+    with pytest.raises(ParvaError, match=r"node\(s\) 1: with a real backend"):
+        nodes.apply(two)
+    assert sum(len(fake.list_instances(g)) for g in range(fake.gpu_count())) == held  # refused: nothing changed
+
+
+def test_control_backend_nvml_without_nvml_is_one_line_and_exit_4(tmp_path):
+    """Where NVML is absent, `control --backend nvml` stops before Ray starts: one line, exit 4
+    (the hardware or driver refused), nothing written."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from parvagpu.cli import app
+    from parvagpu.core.errors import ParvaError
+    from parvagpu.hardware.mig import open_nvml
+
+    try:
+        open_nvml().close()
+        pytest.skip("NVML is present here")
+    except ParvaError:
+        pass
+    live = Path(__file__).resolve().parents[1] / "bench" / "live"
+    plan = tmp_path / "plan.json"
+    runner = CliRunner()
+    assert runner.invoke(app, ["plan", "-f", str(live / "services.yaml"), "--profiles", str(live / "profiles"),
+                               "-o", str(plan)]).exit_code == 0
+    r = runner.invoke(app, ["control", str(plan), "--profiles", str(live / "profiles"), "--models",
+                            str(live / "models.yaml"), "--state-dir", str(tmp_path / "state"), "--decisions",
+                            str(tmp_path / "d.jsonl"), "--backend", "nvml"])
+    assert r.exit_code == 4, r.output
+    assert "NVML" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "state").exists() and not (tmp_path / "d.jsonl").exists()
+
+
+def test_watched_services_file_switches_and_a_bad_version_changes_nothing(tmp_path):
+    """`--services FILE --watch`: a changed good file is re-planned for at the next tick; a bad
+    version (unknown model, broken YAML, file gone) is logged as refused with one line, and the
+    running plan and services stay."""
+    import os
+
+    from parvagpu.control.live import ServicesWatch
+
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    f = tmp_path / "services.yaml"
+    f.write_text("services: [{model: resnet50, rate: 240, latency_ms: 100}, {model: bert, rate: 120, latency_ms: 300}]\n")
+    w = ServicesWatch(f, ctl, profiles(), None)
+    assert not w.poll() and ctl._pending is None  # unchanged since the start: nothing to do
+    bump = [10**9]
+
+    def write(text: str) -> None:
+        f.write_text(text)
+        bump[0] += 10**9
+        os.utime(f, ns=(bump[0], bump[0]))  # a new modification time even within one clock tick
+
+    write("services: [{model: bert, rate: 50, latency_ms: 300}]\n")
+    assert w.poll() and ctl._pending == (Service("bert", 50.0, 300.0),)
+    ctl.clock.t += CFG.tick_s
+    ctl.tick()
+    assert {s.model for s in ctl.plan.services} == {"bert"}
+    assert any(r.get("reason") == "services file switched" for r in log if r["kind"] == "transition")
+    kept = ctl.plan
+    for bad, why in (("services: [{model: nope, rate: 1, latency_ms: 5}]\n", "nope"),
+                     ("services: [{model: bert, rate: 1\n", str(f)), (None, "No such file")):
+        if bad is None:
+            f.unlink()
+        else:
+            write(bad)
+        assert not w.poll() and ctl._pending is None
+        r = log[-1]
+        assert r["kind"] == "services file refused" and why in r["error"] and "\n" not in r["error"], r
+        ctl.clock.t += CFG.tick_s
+        ctl.tick()
+        assert ctl.plan is kept
+    assert not w.poll()  # still gone: refused once, not at every look

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -16,16 +17,29 @@ from parvagpu.cli.common import ForceInvalidOpt, err, example_dir, fail_on, read
 from parvagpu.core.errors import ParvaError
 
 
+class NodeBackend(str, Enum):
+    fake = "fake"
+    nvml = "nvml"
+
+
 def control(
     plan_file: Path = typer.Argument(..., help="The plan to start from (plan JSON)."),
-    state_dir: Path = typer.Option(..., "--state-dir", help="Directory for the fake MIG nodes and their node state "
-                                   "(fake-node<k>.json, node<k>/); created if missing."),
+    state_dir: Path = typer.Option(..., "--state-dir", help="Directory for the node state (node<k>/) and, with "
+                                   "--backend fake, the fake MIG nodes (fake-node<k>.json); created if missing."),
+    backend: NodeBackend = typer.Option(NodeBackend.fake, "--backend", help="fake (a strict in-memory MIG node per "
+                                        "plan node) or nvml (this machine's GPUs as plan node 0; the plan must "
+                                        "use no other node; replicas pinned to their MIG instance and MPS daemon)."),
     decisions: Path = typer.Option(..., "--decisions", help="Append every decision, transition and its steps "
                                    "with their timings here (JSON lines)."),
     profiles_dir: Optional[Path] = typer.Option(None, "--profiles", help="Profile CSVs to re-plan with "
                                                 "(default: the embedded example's)."),
     models_file: Optional[Path] = typer.Option(None, "--models", help="Models config (YAML/JSON): every model "
                                                "the plan or a later services file may name."),
+    services_file: Optional[Path] = typer.Option(None, "--services", help="A services file (YAML/JSON) to serve: "
+                                                 "checked at the start and, when it differs from the plan's "
+                                                 "services, re-planned for at the first tick."),
+    watch: bool = typer.Option(False, "--watch", help="With --services: re-read the file whenever it changes; "
+                               "a bad version is logged and refused, the running services kept."),
     settings: Optional[Path] = typer.Option(None, "--settings", help="Settings (YAML/JSON): policy and control "
                                             "sections (see docs/control.md)."),
     port: int = typer.Option(8000, "--port", help="Inference HTTP port (loopback)."),
@@ -42,7 +56,7 @@ def control(
 ) -> None:
     """Serve a plan and follow the load: observe each model's rate and SLO attainment at the
     ingress, re-plan with the policy (headroom, band, dwell, cool-down) from the running plan, and
-    switch make-before-break: the node agents (fake MIG backend) first, new segments ready
+    switch make-before-break: the node agents (fake MIG nodes, or this machine's GPUs) first, new segments ready
     before they get traffic, old ones drained before they go. Loopback only."""
     try:
         bounds.in_range("--port", port, 1, 65535)
@@ -51,12 +65,20 @@ def control(
         if duration is not None:
             bounds.in_range("--duration", duration, 0, 7 * 86_400, open_low=True)
         ctx = _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decisions, force_invalid)
+        if watch and services_file is None:
+            raise ParvaError("--watch needs --services FILE")
+        ctx["services"] = _services(services_file, ctx)
+        ctx["nodes"] = _nodes(backend, ctx["plan"], state_dir)
         ctl, server, log = _start(ctx, port, control_port, front_door, address)
     except ParvaError as exc:
         fail_on(exc)
+    if ctx["services"] is not None and set(ctx["services"]) != set(ctx["plan"].services):
+        ctl.submit_services(ctx["services"])
     err.print(f"serving {len(ctx['plan'].services)} models at http://127.0.0.1:{port}/v2/models/<model>/infer; "
               f"plan and decisions at http://127.0.0.1:{control_port}/v1/plan (Ctrl-C to stop)", highlight=False)
     stop = _stop_event(duration)
+    if watch:
+        _watch(services_file, ctl, ctx, stop)
     try:
         ctl.run(stop)
     except ParvaError as exc:
@@ -91,6 +113,52 @@ def _prepare(plan_file, profiles_dir, models_file, settings, state_dir, decision
             "state_dir": state_dir, "decisions": decisions}
 
 
+def _services(path: Optional[Path], ctx: dict):
+    """--services FILE read and checked like a file posted at runtime (None without it)."""
+    from parvagpu.control.live import services_from_body
+
+    if path is None:
+        return None
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        raise ParvaError(f"--services {path}: {exc.strerror or exc}") from None
+    return services_from_body(body, ctx["profiles"], set(ctx["models"]), where=str(path))
+
+
+def _watch(path: Path, ctl, ctx: dict, stop: threading.Event) -> None:
+    """Look at the services file every second (in a thread) until `stop`."""
+    from parvagpu.control.live import ServicesWatch
+
+    w = ServicesWatch(path, ctl, ctx["profiles"], set(ctx["models"]))
+
+    def loop() -> None:
+        while not stop.wait(1.0):
+            w.poll()
+
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def _nodes(backend: NodeBackend, plan, state_dir: Path):
+    """The node side, opened before Ray starts: a missing NVML or a plan beyond this machine is one
+    line and its exit code (4: the hardware or driver refused; 2: bad input), nothing started."""
+    from parvagpu.control.nodes import FakeNodes, LocalNodes
+
+    if backend is NodeBackend.fake:
+        return FakeNodes(state_dir, plan.gpus_per_node)
+    from parvagpu.hardware.mig import open_nvml
+    from parvagpu.hardware.mps import NvidiaMps, terminate_processes
+
+    mig = open_nvml()
+    nodes = LocalNodes(mig, NvidiaMps(), terminate_processes, state_dir)
+    try:
+        nodes.check(plan)
+    except ParvaError:
+        mig.close()
+        raise
+    return nodes
+
+
 class _Clock:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
@@ -119,7 +187,7 @@ def _log_writer(path: Path):
 def _start(ctx: dict, port: int, control_port: int, front_door: float, address: Optional[str] = None):
     from parvagpu.control.api import serve_api
     from parvagpu.control.live import Controller
-    from parvagpu.control.nodes import FakeNodes
+    from parvagpu.control.nodes import LocalNodes
     from parvagpu.serving.app import LiveServe, front_door_limit, start_ray
     from parvagpu.serving.policy import serving_spec
 
@@ -127,9 +195,9 @@ def _start(ctx: dict, port: int, control_port: int, front_door: float, address: 
     ctx["state_dir"].mkdir(parents=True, exist_ok=True)
     log = _log_writer(ctx["decisions"])
     start_ray("127.0.0.1", port, address)
+    nodes = ctx["nodes"]
     live = LiveServe(ctx["models"], int(front_door * front_door_limit(serving_spec(plan))),
-                     pin_nodes=address is not None)
-    nodes = FakeNodes(ctx["state_dir"], plan.gpus_per_node)
+                     pin_nodes=address is not None, pin_of=nodes.pin if isinstance(nodes, LocalNodes) else None)
     ctl = Controller(plan, ctx["profiles"], ctx["policy"], ctx["cfg"], _Clock(), nodes, live, live, log)
     metrics = _metrics(ctl)
     ctl.start()
@@ -204,4 +272,7 @@ def _shutdown(server, ctl, address: Optional[str]) -> None:
         for name in [APP, *(segment_name(ctl.plan, s) for s in ctl.plan.segments)]:
             serve.delete(name, _blocking=False)
     ray.shutdown()
+    close = getattr(getattr(ctl.nodes, "backend", None), "close", None)
+    if close is not None:  # NVML opened by --backend nvml; the MIG instances stay as the plan left them
+        close()
     err.print("stopped", highlight=False)

@@ -438,13 +438,13 @@ def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:
 MAX_SERVICES_BODY = 4 * 2**20
 
 
-def services_from_body(body: bytes, profiles, models: set[str] | None = None) -> tuple[Service, ...]:
+def services_from_body(body: bytes, profiles, models: set[str] | None = None,
+                       where: str = "POST /v1/services") -> tuple[Service, ...]:
     """A services file sent at runtime (YAML or JSON), checked as the file input is, and every model
     known (a profile, and an entry in the models config when `models` is given); one ParvaError line."""
     from parvagpu.fileio.reader import parse_document
     from parvagpu.inputs.services import services_from_document
 
-    where = "POST /v1/services"
     if len(body) > MAX_SERVICES_BODY:
         raise ParvaError(f"{where}: body of {len(body)} bytes exceeds {MAX_SERVICES_BODY}")
     try:
@@ -458,3 +458,44 @@ def services_from_body(body: bytes, profiles, models: set[str] | None = None) ->
         if models is not None and s.model not in models:
             raise ParvaError(f"{where}: the models config has no entry for {s.model!r}".encode("unicode_escape").decode("ascii"))
     return services
+
+
+class ServicesWatch:
+    """A services file watched on disk (`control --services FILE --watch`): `poll()` re-reads it
+    when its modification time or size changed since the last look. A good file is submitted (the
+    next tick re-plans for it, reason `services file switched`) and logged `services file read`; a
+    bad or unreadable one is logged `services file refused` with its one-line error and changes
+    nothing (the running services stay until a good version appears)."""
+
+    def __init__(self, path, ctl: Controller, profiles, models: set[str] | None) -> None:
+        from pathlib import Path
+
+        self.path, self.ctl, self.profiles, self.models = Path(path), ctl, profiles, models
+        self.seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def poll(self) -> bool:
+        """Whether a changed, good file was submitted."""
+        stamp = self._stamp()
+        if stamp == self.seen:
+            return False
+        self.seen = stamp
+        now = self.ctl.clock.now()
+        try:
+            if self.path.stat().st_size > MAX_SERVICES_BODY:
+                raise ParvaError(f"{self.path}: larger than {MAX_SERVICES_BODY} bytes")
+            services = services_from_body(self.path.read_bytes(), self.profiles, self.models, where=str(self.path))
+        except (ParvaError, OSError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.ctl.log({"kind": "services file refused", "time_s": now, "file": str(self.path), "error": msg})
+            return False
+        self.ctl.submit_services(services)
+        self.ctl.log({"kind": "services file read", "time_s": now, "file": str(self.path),
+                      "services": {s.model: [s.rate, s.latency_ms] for s in services}})
+        return True

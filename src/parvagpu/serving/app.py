@@ -369,11 +369,12 @@ class LiveServe:
     `Deployments` (segments started, ready, stopped)."""
 
     def __init__(self, models: dict[str, WorkerModel], front_door: int, max_body: int = MAX_BODY_BYTES,
-                 ready_timeout_s: float = 300.0, pin_nodes: bool = False) -> None:
+                 ready_timeout_s: float = 300.0, pin_nodes: bool = False, pin_of=None) -> None:
         from ray import serve
 
         _SegmentWorker, PlanIngress = _deployments()
         self.models, self.ready_timeout_s, self.pin_nodes = models, ready_timeout_s, pin_nodes
+        self.pin_of = pin_of  # segment -> Pin (its MIG instance and MPS daemon), or None: no pinning
         app = PlanIngress.options(max_ongoing_requests=front_door, max_queued_requests=FRONT_QUEUE).bind(
             {}, {}, {m: w.signature for m, w in models.items()}, max_body)
         self.handle = serve.run(app, name=APP, route_prefix="/")
@@ -414,7 +415,8 @@ class LiveServe:
     def start(self, segments: list) -> None:
         """Deploy each segment as its own application (all at once) and return when every one is
         running (its replicas constructed and warmed up). With `pin_nodes` (a cluster of several
-        nodes) each segment's replicas go to its node through the `parvagpu_node_<n>` resource."""
+        nodes) each segment's replicas go to its node through the `parvagpu_node_<n>` resource;
+        with `pin_of` they see only their MIG instance and MPS daemon."""
         from ray import serve
         from ray.serve.api import _run
 
@@ -423,7 +425,9 @@ class LiveServe:
         SegmentWorker, _ = _deployments()
         names = []
         for seg, _doc in segments:
-            pin = Pin((), ((node_resource(seg.node), 0.001),)) if self.pin_nodes else None
+            env = self.pin_of(seg).env if self.pin_of is not None else ()
+            where = ((node_resource(seg.node), 0.001),) if self.pin_nodes else ()
+            pin = Pin(env, where) if env or where else None
             _run(_segment_app(SegmentWorker, seg, self.models[seg.model], pin), name=seg.name, route_prefix=None,
                  _blocking=False)
             names.append(seg.name)
