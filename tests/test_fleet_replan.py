@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 from parvagpu.cli import app
 from parvagpu.cli.common import load_inputs
-from parvagpu.contract.plan_json import plan_to_json
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.fleet import Fleet, FleetNode, Reservation
 from parvagpu.core.model import Profile, ProfilePoint, Service, segment_key

@@ -82,16 +82,31 @@ def plan_profiles(plan: DeploymentMap, profiles_dir: Optional[Path] = None) -> O
     return embedded if {s.model for s in plan.services} <= set(embedded) else None
 
 
+def fleet_profiles(plan: DeploymentMap, profiles_dir: Optional[Path] = None) -> Optional[dict[str, dict[str, Profile]]]:
+    """A fleet plan's profiles by GPU type, when its profile directory (`profiles_dir`, else the
+    one the plan records) holds one subdirectory per type; None otherwise."""
+    from parvagpu.inputs.fleet import profiles_by_type
+    from parvagpu.inputs.provenance import EMBEDDED
+
+    rec = plan.provenance
+    root = profiles_dir if profiles_dir is not None else (
+        Path(rec.profiles) if rec is not None and rec.profiles != EMBEDDED else None)
+    if plan.fleet is None or root is None or not any((root / t).is_dir() for t in plan.fleet.types):
+        return None
+    return profiles_by_type(root)
+
+
 def read_checked_plan(plan_file: Path, profiles_dir: Optional[Path] = None, force: bool = False) -> DeploymentMap:
     """Read a plan and run `verify`'s independent checks on it, before any verb acts on it.
 
     Unreadable or malformed: `ParvaError` (exit 2). Invalid: each problem on stderr, then exit 1,
     unless `force` (an expert's override), which prints them as warnings and returns the plan."""
     plan, stated = read_plan(plan_file)
-    profiles = plan_profiles(plan, profiles_dir)
+    by_type = fleet_profiles(plan, profiles_dir)
+    profiles = next(iter(by_type.values())) if by_type else plan_profiles(plan, profiles_dir)
     if profiles is None:
         warn(f"{plan_file}: no profiles at hand for its models; segments are checked against the plan's own figures")
-    problems = verify(plan, profiles, None, stated)
+    problems = verify(plan, profiles, None, stated, type_profiles=by_type)
     if not problems:
         return plan
     label = "[yellow]warning:[/]" if force else "[red]invalid:[/]"

@@ -32,15 +32,21 @@ def config_name(node: int) -> str:
 
 def mig_parted_config(plan: DeploymentMap, device_filter: bool = False) -> dict[str, Any]:
     """One named config per node; one `devices: [i]` group per GPU of the node, largest profile
-    first. GPUs the plan leaves empty get MIG mode on and no instances."""
+    first. GPUs the plan leaves empty get MIG mode on and no instances. A fleet plan's reserved
+    slots: a wholly reserved GPU has no group (mig-parted leaves it alone), and a reserved instance
+    is listed with the plan's, so a GPU already holding it matches its config."""
     by_gpu = plan.by_gpu()
     configs: dict[str, list[dict[str, Any]]] = {}
     for node in plan_nodes(plan):
         gpu = gpu_type(plan.node_gpu_type(node))  # a fleet plan: this node's type
+        reserved = plan.fleet.nodes[node].reserved if plan.fleet is not None else ()
         groups = []
         for local in range(plan.node_gpus(node)):
+            theirs = [r for r in reserved if r.gpu == local]
+            if any(r.whole for r in theirs):
+                continue
             segs = by_gpu.get(plan.global_gpu(node, local), [])
-            counts = Counter(s.size for s in segs)
+            counts = Counter(s.size for s in segs) + Counter(r.size for r in theirs)
             group: dict[str, Any] = {"devices": [local]}
             if device_filter and gpu.pci_device_ids:
                 group["device-filter"] = list(gpu.pci_device_ids)
