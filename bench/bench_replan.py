@@ -12,12 +12,15 @@ rates with `REFERENCE_S` seconds, made apart and not timed), planning time, and 
 dip of the make-before-break transition. Every plan is checked with `verify` and every transition
 with `verify_schedule`. `--extra-gpus K` re-plans with `--max-extra-gpus K`; `--bound` adds, per
 case, the slice-counting lower bound on the changes of any plan with that many GPUs
-(`replan_bound.py`).
+(`replan_bound.py`). `--cache DIR` keeps the running plans and the reference fresh plans (pickled,
+keyed by their services and limit), so a re-run times the re-plans alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import pickle
 import random
 import statistics
 import sys
@@ -51,6 +54,21 @@ def loaded_like(profiles: dict[str, Profile], base: dict[str, Profile]) -> dict[
 
 
 REFERENCE_S = 30.0  # time limit of the running plan and of the fresh plans compared with
+CACHE: Path | None = None  # --cache: where fresh plans (running and reference) are kept
+
+
+def fresh_plan(req: PlanRequest):
+    """`auto` from scratch with `REFERENCE_S` seconds (at least the request's limit); made once
+    per services and limit when `--cache` names a folder."""
+    req = replace(req, current=None, time_limit=max(req.time_limit, REFERENCE_S))
+    key = hashlib.sha256(repr((req.services, req.time_limit, req.max_procs, req.gpu.name)).encode()).hexdigest()[:20]
+    path = CACHE / f"fresh-{key}.pkl" if CACHE is not None else None
+    if path is not None and path.exists():
+        return pickle.loads(path.read_bytes())
+    out = plan(req, "auto")
+    if path is not None:
+        path.write_bytes(pickle.dumps(out))
+    return out
 EXTRA = 0  # --extra-gpus: GPUs beyond the fresh plan's that each re-plan may use
 BOUND = False  # --bound: the slice-counting lower bound on changes at the re-plan's GPUs, case (b)
 
@@ -62,7 +80,7 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
     dt = time.perf_counter() - t0
     assert verify(new, profiles) == [], verify(new, profiles)
     # The fresh optimum the re-plan is held to: `auto` from scratch on the new rates, given time.
-    fresh = plan(replace(req, current=None, time_limit=max(time_limit, REFERENCE_S)), "auto")
+    fresh = fresh_plan(req)
     t = new.transition
     sched = schedule(current, new)
     problems = [p for p in verify_schedule(current, new, sched.steps) if "below min" not in p]
@@ -83,7 +101,7 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
 
 
 def single_changes(profiles, services, models, time_limit):
-    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=max(time_limit, REFERENCE_S)), "auto")
+    current = fresh_plan(PlanRequest(services, profiles, GPU, 3, time_limit=time_limit))
     rows = []
     for m in models:
         for f in FACTORS:
@@ -93,7 +111,7 @@ def single_changes(profiles, services, models, time_limit):
 
 
 def random_changes(profiles, services, seeds, time_limit):
-    current = plan(PlanRequest(services, profiles, GPU, 3, time_limit=max(time_limit, REFERENCE_S)), "auto")
+    current = fresh_plan(PlanRequest(services, profiles, GPU, 3, time_limit=time_limit))
     rows = []
     for seed in range(seeds):
         rng = random.Random(seed)
@@ -135,9 +153,12 @@ def main() -> None:
     ap.add_argument("--extra-gpus", type=int, default=0, help="--max-extra-gpus of every re-plan")
     ap.add_argument("--bound", action="store_true", help="print the slice-counting bound on changes")
     ap.add_argument("--only", default="one,random", help="which changes: one, random or both")
+    ap.add_argument("--cache", type=Path, help="folder keeping the fresh plans between runs")
     args = ap.parse_args()
-    global EXTRA, BOUND
-    EXTRA, BOUND = args.extra_gpus, args.bound
+    global EXTRA, BOUND, CACHE
+    EXTRA, BOUND, CACHE = args.extra_gpus, args.bound, args.cache
+    if CACHE is not None:
+        CACHE.mkdir(parents=True, exist_ok=True)
     base = base_profiles()
     print("| workload | changes | cases | median changed | max changed | max changed / changed model | "
           "others moved | GPUs = fresh | median time | max time | cases with a dip (worst) |")

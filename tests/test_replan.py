@@ -232,3 +232,31 @@ def test_a_narrow_plan_at_the_cap_beats_a_reshuffle_that_saves_a_gpu():
     narrow, wide = Candidate("repair", (), 1, 10), Candidate("matched-fresh", (), 3710, 9)
     assert _best([wide, narrow, Candidate("over", (), 0, 11)], 10) is narrow
     assert _best([wide, narrow], 9) is wide  # the bound at 9: only the reshuffle reaches it
+
+
+def test_repair_trades_two_of_a_models_own_segments_for_one_larger(a100):
+    """a at 1g@0 and 1g@1, b at 3g@4: a's rate 90 -> 240 fits neither the free 2-3 slices nor them
+    plus one of its own; giving up both frees 4g@0 (3 changes, no new GPU, b untouched)."""
+    from helpers import profile
+
+    from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+    from parvagpu.planning.replan import admissible_segments, repair
+
+    profiles = {
+        "a": profile("a", [(1, 1, 1, 50.0, 0.001), (4, 1, 1, 250.0, 0.001)]),
+        "b": profile("b", [(3, 1, 1, 150.0, 0.001)]),
+    }
+    running = (
+        PlacedSegment(Segment("a", Triplet(1, 1, 1, 50.0, 1.0)), 0, 0),
+        PlacedSegment(Segment("a", Triplet(1, 1, 1, 50.0, 1.0)), 0, 1),
+        PlacedSegment(Segment("b", Triplet(3, 1, 1, 150.0, 1.0)), 0, 4),
+    )
+    old = (Service("a", 90.0, 100.0), Service("b", 140.0, 100.0))
+    current = DeploymentMap(a100.name, "auto", 3, 8, running, old)
+    request = PlanRequest((Service("a", 240.0, 100.0), old[1]), profiles, a100, 3, current=current)
+    kept, dropped = admissible_segments(request)
+    out = repair(request, kept, {0})
+    assert dropped == 0 and {s.gpu for s in out} == {0}
+    assert sorted((s.model, s.size, s.start) for s in out) == [("a", 4, 0), ("b", 3, 4)]
+    new = plan(request, "auto")
+    assert verify(new, profiles) == [] and new.gpus_used == 1 and new.transition.changed == 3

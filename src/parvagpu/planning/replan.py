@@ -13,8 +13,8 @@ The steps:
   runnable, procs <= max_procs, batch latency < 0.45 x the new SLO, legal and not overlapping).
 - *repair*: keep them all; a model short of its new rate gets the fewest new segments: one of the
   smallest size that covers the shortfall and fits somewhere; else a cover placed in free slots
-  only; else one of its own segments given up and its slot re-covered with the free ones (no other
-  model touched); a new GPU only when none of these fits. A model with surplus keeps it:
+  only; else one or two of its own segments given up and their slots re-covered with the free
+  ones (no other model touched); a new GPU only when none of these fits. A model with surplus keeps it:
   removing a segment is a change.
 - *bound* (`auto`, `optimal`): the optimizer's LP bound on GPUs (`optimizer.search.lower_bound`).
   A candidate within it (+ `max_extra_gpus`) needs no fresh plan: no plan needs fewer GPUs.
@@ -32,8 +32,9 @@ The steps:
   on a large cluster only a neighbourhood of GPUs is open to it.
 
 The phases share one deadline: the time limit less a small reserve for the finish. The bound
-gets at most half of what is left, consolidation before a fresh plan runs until 45 % of the
-time, local re-plans until 60 %, the fresh plan (when needed) and the program get what is left; a HiGHS solve still running at the
+gets at most half of what is left; when repair misses the bound, consolidation runs until 45 % of
+the time and local re-plans until 60 %; the fresh plan (when still needed) and the program get
+what is left; a HiGHS solve still running at the
 deadline is abandoned (`optimizer.highs.run_by`), and a phase with too little time left is
 skipped, so the command returns the best candidate found by then.
 
@@ -48,6 +49,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import combinations
 from fractions import Fraction
 from typing import Callable
 
@@ -256,22 +258,25 @@ def repair(request: PlanRequest, kept: tuple[PlacedSegment, ...], known: set[int
 def _in_free_slots(model: str, need: Fraction, per_size: dict[int, Triplet], space: Space,
                    own: list[PlacedSegment]):
     """The model's shortfall covered without a new GPU and without touching another model: in
-    free slots alone, else after removing one of its own segments (its slot and the free ones
-    re-covered). The fewest changes wins; None when every way needs a new GPU.
+    free slots alone, else after removing one of its own segments, else two (their slots and the
+    free ones re-covered). The fewest changes wins; None when every way needs a new GPU.
     Returns (the space after, segments removed, segments added)."""
+    mine = sorted(own, key=lambda s: (s.size, s.gpu, s.start))
     best = None
-    for gone in [None] + sorted(own, key=lambda s: (s.size, s.gpu, s.start)):
-        trial = space.copy()
-        if gone is not None:
-            trial.remove(gone)
-        more = need + (_exact(gone.segment.throughput) if gone is not None else 0)
-        added = fit_cover(model, more, per_size, trial)
-        if added is None:
-            continue
-        cost = len(added) + (gone is not None)
-        if best is None or cost < best[0]:
-            best = (cost, trial, [gone] if gone is not None else [], added)
-    return None if best is None else best[1:]
+    for ways in ([()] + [(s,) for s in mine], combinations(mine[:_PAIRS_OF], 2)):
+        for gone in ways:
+            trial = space.copy()
+            for s in gone:
+                trial.remove(s)
+            added = fit_cover(model, need + sum(_exact(s.segment.throughput) for s in gone), per_size, trial)
+            if added is not None and (best is None or len(added) + len(gone) < best[0]):
+                best = (len(added) + len(gone), trial, list(gone), added)
+        if best is not None:
+            return best[1:]
+    return None
+
+
+_PAIRS_OF = 12  # own segments (smallest first) whose pairs are tried when one alone is not enough
 
 
 def consolidate(
@@ -580,15 +585,13 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     cands = [_candidate("repair", repair(request, base.kept, set(base.known)), request)]
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
-    if cap is not None:
-        cands += _consolidated(request, cands[0], cap.gpus, base, clock.at(0.45))
-        if local and not _within(cands, cap.gpus):
-            cands += _local(request, base, _fewest_gpus(cands), cap.gpus, planner, clock.at(0.6))
+    if local:
+        cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)
     if cap is None or not _within(cands, cap.gpus):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     best = _best(cands, cap.gpus)
     if best.changes > base.floor and not local and clock.left() > _MIN_PHASE_S:
-        cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(0.6))
+        cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(_LOCAL_BY))
         best = _best(cands, cap.gpus)
     if strategy != "parva" and best.changes > base.floor and clock.left() > _MIN_PROGRAM_S:
         cands += _program(request, base, best, cap.gpus, clock)
@@ -597,6 +600,21 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
 
 
 _MIN_PROGRAM_S = 0.3  # seconds left below which the program is not started
+
+
+def _reach_bound(request, base: _Base, cands: list[Candidate], cap: int, planner,
+                 clock: _Clock) -> list[Candidate]:
+    """Repair needs more GPUs than the bound: consolidation, then local re-plans while nothing
+    meets it, each until its share of the time, leaving the rest to a fresh plan (whose
+    renumbering keeps few segments), needed when neither reaches the bound."""
+    out = _consolidated(request, cands[0], cap, base, clock.at(_CONSOLIDATE_BY))
+    if not _within(out, cap):
+        out += _local(request, base, _fewest_gpus(cands + out), cap, planner, clock.at(_LOCAL_BY))
+    return out
+# Shares of the time to the deadline by which consolidation and local re-plans stop. Local
+# re-plans find the narrow plans at the bound; a fresh plan, when still needed, gets the rest: with
+# too little, `auto` gives its heuristic's plan (4 % more GPUs at 1,000 services: a loose cap).
+_CONSOLIDATE_BY, _LOCAL_BY = 0.45, 0.6
 
 
 def _bound_cap(request: PlanRequest, strategy: str, clock: _Clock) -> _Cap | None:
@@ -694,15 +712,32 @@ def _local(request, base: _Base, rep: Candidate, cap: int, planner, deadline: fl
 
 
 def _program(request, base: _Base, best: Candidate, cap: int, clock: _Clock) -> list[Candidate]:
-    """The move-aware integer program over a neighbourhood of GPUs, warm-started with `best`."""
+    """The move-aware integer program over neighbourhoods of GPUs around the best candidate so
+    far, each round warm-started with it: first a small neighbourhood, whose solve often ends
+    early and narrows a wide start, then a larger one with what is left, until the deadline."""
     from parvagpu.planning.replan_program import solve_moves
 
-    opened = _neighbourhood(request, base.kept, best.segments, set(base.changed))
-    found = solve_moves(request, base.kept, cap, best.segments, set(base.known), clock.deadline, opened)
-    if found is None:
-        return []
-    fixed = repair(request, found, set(base.known))  # tops up a rate a solver tolerance left short
-    return [_candidate("program", fixed, request)]
+    out: list[Candidate] = []
+    for size, share in _ROUNDS:
+        opened = _neighbourhood(request, base.kept, best.segments, set(base.changed), size)
+        left = clock.left()
+        if left < _MIN_PROGRAM_S:
+            break
+        found = solve_moves(request, base.kept, cap, best.segments, set(base.known),
+                            time.perf_counter() + share * left, opened)
+        if found is not None:
+            fixed = repair(request, found, set(base.known))  # tops up a rate a solver tolerance left short
+            out.append(_candidate("program", fixed, request))
+            best = _best([best, out[-1]], cap)
+        if opened is None or best.changes <= base.floor:
+            break  # the whole cluster was open, or nothing can change less
+    return out
+
+
+# Program rounds: GPUs open to it and the share of the time left it gets. 16 GPUs often solve in
+# a fraction of a second where 48 took seconds in the root's cut rounds (100 services, 20 %
+# changed: 14 and 57 changes instead of 23 and 189); the larger round uses what the first left.
+_ROUNDS = ((16, 1.0), (48, 1.0))
 
 
 def _finish(request: PlanRequest, strategy: str, best: Candidate, cap: _Cap, floor: int) -> DeploymentMap:
@@ -721,16 +756,13 @@ def _finish(request: PlanRequest, strategy: str, best: Candidate, cap: _Cap, flo
     return replace(plan, transition=transition(request.current, plan))
 
 
-_MAX_OPEN = 48  # GPUs the program may re-arrange on a larger cluster; the rest keep everything
-
-
-def _neighbourhood(request: PlanRequest, kept, best, changed: set[str]) -> set[int] | None:
-    """GPUs the program may change: those serving a changed model, those with free slices, those
-    the best candidate so far changes, then the least used; None (all) on small clusters."""
+def _neighbourhood(request: PlanRequest, kept, best, changed: set[str], size: int) -> set[int] | None:
+    """`size` GPUs the program may change (the rest keep everything): those the best candidate so
+    far changes, those serving a changed model, those with free slices, then the least used; None (all) on clusters of at most `size` GPUs."""
     by_gpu: dict[int, list[PlacedSegment]] = defaultdict(list)
     for s in kept:
         by_gpu[s.gpu].append(s)
-    if len(by_gpu) <= _MAX_OPEN:
+    if len(by_gpu) <= size:
         return None
     per_node = request.gpus_per_node
     best_keys = {segment_key(s, per_node) for s in best}
@@ -742,7 +774,7 @@ def _neighbourhood(request: PlanRequest, kept, best, changed: set[str]) -> set[i
         return (g not in touched, not any(s.model in changed for s in segs),
                 used >= request.gpu.compute_slices, used, g)
 
-    return set(sorted(by_gpu, key=rank)[:_MAX_OPEN])
+    return set(sorted(by_gpu, key=rank)[:size])
 
 
 def _changed_models(request: PlanRequest, current: DeploymentMap) -> set[str]:

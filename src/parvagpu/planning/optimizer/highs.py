@@ -82,11 +82,12 @@ def _csc(cols: np.ndarray, rows: np.ndarray, vals: np.ndarray, ncol: int):
 def run(
     cost, upper, row_lo, row_hi, cols, rows, vals, *, integer: bool, time_limit: float,
     mip_rel_gap: float = 0.0, mip_abs_gap: float = 1.0 - 1e-6, continuous: Sequence[int] = (),
-    start=None,
+    start=None, hard: bool = False,
 ):
     """One HiGHS solve of min cost.x, row_lo <= A x <= row_hi, 0 <= x <= upper (x integer, but for
     the `continuous` columns, when `integer`); returns (highs, feasible). `start`: a feasible x
-    HiGHS takes as its first incumbent (ignored by HiGHS when it is not feasible)."""
+    HiGHS takes as its first incumbent (ignored by HiGHS when it is not feasible). `hard`: a solve
+    still running at the limit is abandoned (`run_by`) and reads as not feasible."""
     h = _highs()
     h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
     if integer:
@@ -111,7 +112,13 @@ def run(
     )
     if start is not None:
         h.setSolution(ncol, np.arange(ncol, dtype=np.int32), np.asarray(start, dtype=np.float64))
-    run_within(h, time_limit)
+    if hard:
+        import time
+
+        if not run_by(h, time.perf_counter() + max(float(time_limit), 1e-3)):
+            return h, False  # still running: nothing of it may be read
+    else:
+        run_within(h, time_limit)
     return h, h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
 
 

@@ -122,20 +122,21 @@ def lower_bound(request: PlanRequest, time_limit: float) -> int:
     columns = mig_columns(request.gpu)
     problem = Problem(request, columns, build_blocks(request, columns), "optimal")
     lb = trivial_bound(problem.blocks, request.gpu.sizes, request.gpu.compute_slices)
-    lp = _solve_lp(problem, clock) if request.services else None
+    lp = _solve_lp(problem, clock, hard=True) if request.services else None
     return lb if lp is None else max(lb, math.ceil(lp.bound - _BOUND_EPS))
 
 
-def _solve_lp(problem: Problem, clock: _Clock) -> _Lp | None:
+def _solve_lp(problem: Problem, clock: _Clock, hard: bool = False) -> _Lp | None:
     """Build the program and solve its LP relaxation; None when the clock ran out first. The
-    phases before the solver cannot be interrupted: the clock is checked between them."""
+    phases before the solver cannot be interrupted: the clock is checked between them. `hard`:
+    the solve is abandoned at the limit even where HiGHS checks no callback (`highs.run_by`)."""
     if clock.left() <= 0:
         return None
     model = build_program(problem.blocks, problem.columns, len(problem.request.gpu.sizes))
     if clock.left() <= 0:
         return None
     h, ok = run(model.cost, model.upper, model.row_lo, model.row_hi, model.cols, model.rows,
-                model.vals, integer=False, time_limit=clock.left())
+                model.vals, integer=False, time_limit=clock.left(), hard=hard)
     if not ok or h.getModelStatus().name != "kOptimal":
         return None
     sol = h.getSolution()
