@@ -81,6 +81,22 @@ def test_planned_rate_meets_slo_and_loses_nothing(served):
         assert s.p99_ms <= s.slo_ms
     status, body = handle.infer.remote("sleepy", None).result()  # the Python handle path
     assert status == 200 and body["timing"]["batch"] >= 1
+    _scrape_metrics(url, {s.model: s.ok for s in res.stats})
+
+
+def _scrape_metrics(url: str, ok: dict[str, int]) -> None:
+    """GET /metrics on serve's HTTP port: the ingress replica's series for the requests served."""
+    import urllib.request
+
+    parser = pytest.importorskip("prometheus_client.parser")
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        fams = {f.name: f for f in parser.text_string_to_metric_families(r.read().decode())}
+    count = {x.labels["model"]: x.value for x in fams["parvagpu_request_latency_seconds"].samples
+             if x.name.endswith("_count")}
+    assert all(count[m] >= n for m, n in ok.items()), (count, ok)
+    assert {x.labels["segment"] for x in fams["parvagpu_segment_batch_size"].samples} >= {"sleepy-n0-g0-s0"}
+    assert {x.labels["segment"] for x in fams["parvagpu_segment_inflight_now"].samples} == {
+        "sleepy-n0-g0-s0", "sleepy-n0-g0-s1", "mlp-n0-g0-s2"}
 
 
 def test_overload_gets_fast_503_and_bounded_latency(served):

@@ -10,16 +10,16 @@ A request of n items takes n of a segment's in-flight limit and goes only to a s
 size is at least n: the planned batch is counted in items, whatever the request sizes.
 
 A segment whose call fails (its replica died, or its node: Ray's actor errors) or times out is
-*down*: it gets no new requests, and a background probe (`handle.pid.remote()`, bounded) brings it back when it
-answers. The failed request moves to another live segment of the model with room, else is retried
-once on the same segment (another or a restarted replica may take it). When the probe of a down
-segment fails too (no answer in PROBE_TIMEOUT_S: no replica is left, as when its node is gone),
-the segment is *unreachable*. A node that dies may fail no call at all (its calls just hang), so a
-call still running after its model's SLO has its segment probed at once, and a failed probe marks
-the segment down and unreachable. Once a segment is unreachable, every call still waiting on it is given up at once and moves to
-another live segment with room, else is answered 503; without this, Ray Serve holds a call to a
-deployment with no replica until the call timeout. A model with no live segment up answers 503 at
-once. `down_segments()` is the node-loss signal the controller reads.
+*down*: it gets no new requests, and a background probe (`handle.pid.remote()`, bounded) brings it
+back when it answers. The failed request moves to another live segment of the model with room,
+else is retried once on the same segment (another or a restarted replica may take it). A node that
+dies may fail no call at all (its calls just hang), so a call still running after its model's SLO
+has its segment probed at once. A probe not answered within the larger of PROBE_TIMEOUT_S and the
+SLO (no replica is left, as when its node is gone) makes the segment down and *unreachable*: every
+call still waiting on it is given up at once and moves to another live segment with room, else is
+answered 503; without this, Ray Serve holds a call to a deployment with no replica until the call
+timeout. A model with no live segment up answers 503 at once. `down_segments()` is the node-loss
+signal the controller reads.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class ModelRoute:
             except KeyError:  # removed by a transition: nothing to probe
                 self.down.discard(name)
                 return
-            if await _answers(self.handles[i].pid.remote(), PROBE_TIMEOUT_S):
+            if await _answers(self.handles[i].pid.remote(), max(PROBE_TIMEOUT_S, self.slo_s)):
                 self.mark_up(i)
             else:
                 gone = self._gone_future(name)
@@ -297,7 +297,8 @@ class ModelRoute:
     async def _check(self, name: str) -> None:
         try:
             i = self.index(name)
-            if await _answers(self.handles[i].pid.remote(), PROBE_TIMEOUT_S):
+            # a busy replica answers once a batch ends: allow an SLO, so a slow model is not taken for dead
+            if await _answers(self.handles[i].pid.remote(), max(PROBE_TIMEOUT_S, self.slo_s)):
                 return
             i = self.index(name)
         except KeyError:  # removed meanwhile
