@@ -2,7 +2,7 @@
 H200), with prices and reserved slots; then the same services at 120% of what the fleet can serve,
 in three tiers.
 
-Run: .venv/bin/python bench/bench_fleet.py [--services 1000] [--seed 0] [--time-limit 60] [--capacity]
+Run: .venv/bin/python bench/bench_fleet.py [--services 1000] [--seed 0] [--time-limit 60] [--capacity] [--replan]
 Prints Markdown; docs/benchmarks.md records its figures. The services are bench/common.py's (the
 eleven embedded profiles cycled, random SLOs), with rates scaled by --rate-scale so the fleet is
 large enough. Only A100-80GB profiles are measured: the H100 and H200 profiles are synthetic, each
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--gap", type=float, default=0.01)
     ap.add_argument("--capacity", action="store_true", help="also search the largest equal share at 3x the demand")
+    ap.add_argument("--replan", action="store_true", help="also re-plan from the plan with ten services at 1.5x")
     args = ap.parse_args()
     f = fleet()
     per_type, services = inputs(args.services, args.seed, args.rate_scale)
@@ -94,6 +95,9 @@ def main() -> None:
     print(f"| {len(services)} | {sum(s.rate for s in services):,.0f} | {plan.gpus_used} "
           f"({'/'.join(str(used[t]) for t in f.types)}) | {st['price_per_hour']:.1f} | "
           f"{st['price_lower_bound']:.1f} | {st['price_gap']:.2%} | {t_full:.1f} |")
+
+    if args.replan:
+        replan_row(plan, services, per_type, f, args)
 
     # What the fleet can serve: the largest equal share found of every rate (one tier), at 3x the demand.
     over = tuple(replace(s, rate=round(s.rate * 3, 1)) for s in services)
@@ -135,6 +139,24 @@ def main() -> None:
           f"tier share {st.get('share', 1):.4f} (proven at most {st.get('share_upper_bound', 1):.4f}), "
           f"every tier-0 service fully served: {top_full}, {t_tier:.1f} s")
     assert top_full
+
+
+def replan_row(running, services, per_type, f: Fleet, args) -> None:
+    """Re-plan from the plan after every hundredth service (ten) grew by half."""
+    from parvagpu.planning.fleet_replan import replan_fleet
+
+    grown = tuple(replace(s, rate=round(s.rate * 1.5, 1)) if i % 100 == 7 else s for i, s in enumerate(services))
+    t0 = time.perf_counter()
+    plan = replan_fleet(FleetRequest(grown, per_type, f, time_limit=args.time_limit, mip_rel_gap=args.gap), running)
+    took = time.perf_counter() - t0
+    assert verify(plan, per_type["A100-80GB"], type_profiles=per_type) == []
+    st = dict(plan.stats)
+    chosen = next(k for k in st if k.startswith("replan_"))
+    print("\n| re-plan | price/h (keep / fresh) | changed segments (added + removed) | chosen | time s |")
+    print("|---|---|---|---|---|")
+    print(f"| ten services x1.5 | {st['price_per_hour']:.1f} ({st.get('keep_price_per_hour', float('nan')):.1f} / "
+          f"{st['fresh_price_per_hour']:.1f}) | {st['changed_segments']:.0f} ({len(plan.transition.added)} + "
+          f"{len(plan.transition.removed)}) of {len(running.segments)} running | {chosen} | {took:.1f} |")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,22 @@ def test_cli_plan_current_with_fleet_records_the_transition_and_diff_reads_it(tm
     assert r.exit_code == 0 and json.loads(r.stdout)["steps"] == [], r.output
     r = _run("plan", "--fleet", fleet, "-s", "6", "--current", first, "--max-extra-gpus", "1")
     assert r.exit_code == 2 and "--max-extra-gpus" in r.output
+
+
+def test_keeping_wins_when_it_is_within_the_asked_gap_of_the_bound():
+    """A running plan that spreads over one GPU too many: with an exact price the fresh plan wins
+    (6.0 < 8.0); with mip_rel_gap 0.3 (any plan within 30% of the proven 6.0 is as cheap as asked)
+    keeping everything wins, with no change."""
+    services = (Service("a", 65.0, 100.0), Service("b", 65.0, 100.0), Service("c", 25.0, 100.0))
+    profiles = {A100: {s.model: _linear(s.model) for s in services}}
+    fleet = Fleet((FleetNode("n", A100, 4, 2.0),))
+    tight = plan_fleet(FleetRequest(services, profiles, fleet, time_limit=30))
+    free = ({0, 1, 2, 3} - {s.gpu for s in tight.segments}).pop()
+    moved = next(s for s in tight.segments if s.size == 1)
+    running = replace(tight, segments=tuple(replace(s, gpu=free, start=6) if s is moved else s for s in tight.segments))
+    assert verify(running, profiles[A100]) == [] and running.price_per_hour() == 8.0
+    exact = replan_fleet(FleetRequest(services, profiles, fleet, time_limit=30), running)
+    assert dict(exact.stats)["replan_fresh"] == 1.0 and exact.price_per_hour() == 6.0
+    loose = replan_fleet(FleetRequest(services, profiles, fleet, time_limit=30, mip_rel_gap=0.3), running)
+    stats = dict(loose.stats)
+    assert stats["replan_keep"] == 1.0 and stats["changed_segments"] == 0 and loose.price_per_hour() == 8.0

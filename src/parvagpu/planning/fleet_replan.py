@@ -1,8 +1,8 @@
 """Re-planning onto a fleet from the plan running there (`plan --fleet --current`).
 
 Objective, in the order of a one-type re-plan: the served rates of a fresh fleet plan (every
-service in full, or the tiers' shares), the lowest price, the fewest GPUs, then the fewest changed
-segments (added + removed). Two candidates:
+service in full, or the tiers' shares), the lowest price (as close as the request asks, see
+below), then the fewest changed segments (added + removed). Two candidates:
 
 - *keep*: every running segment that is still one of its service's options on its GPU type stays,
   less the surplus of services whose rate went down (`replan.trim_surplus`); what services lack
@@ -12,7 +12,9 @@ segments (added + removed). Two candidates:
   group of interchangeable GPUs (same type, price and reservations) to keep the most segments
   (`replan.match_fresh`).
 
-The cheaper wins, then the one with fewer GPUs, then fewer changes. The plan records its
+Of the candidates as cheap as the request asks (at most the fresh plan's price, or within its
+`mip_rel_gap` of the proven lower bound, as the fresh plan itself is), the one with the fewest
+changes wins, then the cheaper, then the one with fewer GPUs. The plan records its
 `transition` from the running plan. The fresh plan gets half the time limit, the keep candidate's
 program the rest. Pure.
 """
@@ -47,10 +49,24 @@ def replan_fleet(request: FleetRequest, current: DeploymentMap) -> DeploymentMap
     kept = _keep(request, current, served, clock.left())
     if kept is not None:
         cands.append(("keep", kept))
-    name, segs = min(cands, key=lambda c: _rank(c[1], current, request))
+    name, segs = _choose(cands, current, request, fresh)
     plan = replace(fresh, segments=segs)
-    plan = replace(plan, stats=_stats(plan, fresh, name, _changes(segs, current)))
+    keep_price = () if kept is None else (("keep_price_per_hour", _rank(kept, current, request)[0]),)
+    plan = replace(plan, stats=_stats(plan, fresh, name, _changes(segs, current)) + keep_price)
     return replace(plan, transition=transition(current, plan))
+
+
+def _choose(cands, current: DeploymentMap, request: FleetRequest, fresh: DeploymentMap):
+    """The candidate with the fewest changes among those as cheap as the request asks: at most
+    the fresh plan's price, or within `mip_rel_gap` of its proven lower bound (the fresh plan is
+    only that close itself); then the lower price, then fewer GPUs."""
+    st = dict(fresh.stats)
+    limit = st["price_per_hour"]
+    if "price_lower_bound" in st and request.mip_rel_gap > 0:
+        limit = max(limit, st["price_lower_bound"] / (1 - request.mip_rel_gap))
+    ranked = [(c, _rank(c[1], current, request)) for c in cands]
+    ok = [(c, r) for c, r in ranked if r[0] <= limit + 1e-9]
+    return min(ok, key=lambda cr: (cr[1][2], cr[1][0], cr[1][1]))[0]
 
 
 def _stats(plan: DeploymentMap, fresh: DeploymentMap, name: str, changes: int) -> tuple:
