@@ -131,3 +131,20 @@ def test_keeping_wins_when_it_is_within_the_asked_gap_of_the_bound():
     loose = replan_fleet(FleetRequest(services, profiles, fleet, time_limit=30, mip_rel_gap=0.3), running)
     stats = dict(loose.stats)
     assert stats["replan_keep"] == 1.0 and stats["changed_segments"] == 0 and loose.price_per_hour() == 8.0
+
+
+def test_a_rate_down_keeps_its_surplus_unless_trimming_saves_price():
+    """b from 65 to 55 req/s: three GPUs either way, so nothing changes (b keeps its surplus); b to
+    5 req/s: a, b and c fit two GPUs (7 + 1 + 3 steps), so the cheaper plan wins."""
+    services = (Service("a", 65.0, 100.0), Service("b", 65.0, 100.0), Service("c", 25.0, 100.0))
+    profiles = {A100: {s.model: _linear(s.model) for s in services}}
+    fleet = Fleet((FleetNode("n", A100, 4, 2.0),))
+    running = plan_fleet(FleetRequest(services, profiles, fleet, time_limit=30))
+    down = (services[0], replace(services[1], rate=55.0), services[2])
+    plan = replan_fleet(FleetRequest(down, profiles, fleet, time_limit=30), running)
+    stats = dict(plan.stats)
+    assert stats["replan_keep"] == 1.0 and stats["changed_segments"] == 0 and plan.price_per_hour() == 6.0
+    low = (services[0], replace(services[1], rate=5.0), services[2])
+    plan = replan_fleet(FleetRequest(low, profiles, fleet, time_limit=30), running)
+    assert plan.price_per_hour() == 4.0 == dict(plan.stats)["fresh_price_per_hour"]
+    assert verify(plan, profiles[A100]) == []

@@ -4,10 +4,11 @@ Objective, in the order of a one-type re-plan: the served rates of a fresh fleet
 service in full, or the tiers' shares), the lowest price (as close as the request asks, see
 below), then the fewest changed segments (added + removed). Two candidates:
 
-- *keep*: every running segment that is still one of its service's options on its GPU type stays,
-  less the surplus of services whose rate went down (`replan.trim_surplus`); what services lack
-  then is planned by the fleet program into the room the kept segments leave, with the GPUs that
-  already hold kept segments at no extra price (they are paid for). Every kept segment is kept.
+- *keep*: every running segment that is still one of its service's options on its GPU type stays;
+  what services lack is planned by the fleet program into the room the kept segments leave, with
+  the GPUs that already hold kept segments at no extra price (they are paid for). When some rates
+  went down, also *keep_trimmed*: the same with those services' surplus segments removed first
+  (`replan.trim_surplus`), which may save a GPU.
 - *fresh*: the fleet plan from scratch, its GPUs renumbered onto the running plan's within each
   group of interchangeable GPUs (same type, price and reservations) to keep the most segments
   (`replan.match_fresh`).
@@ -15,8 +16,8 @@ below), then the fewest changed segments (added + removed). Two candidates:
 Of the candidates as cheap as the request asks (at most the fresh plan's price, or within its
 `mip_rel_gap` of the proven lower bound, as the fresh plan itself is), the one with the fewest
 changes wins, then the cheaper, then the one with fewer GPUs. The plan records its
-`transition` from the running plan. The fresh plan gets half the time limit, the keep candidate's
-program the rest. Pure.
+`transition` from the running plan. The fresh plan gets half the time limit, the keep candidates'
+programs the rest. Pure.
 """
 
 from __future__ import annotations
@@ -46,12 +47,19 @@ def replan_fleet(request: FleetRequest, current: DeploymentMap) -> DeploymentMap
     fresh = plan_fleet(replace(request, time_limit=clock.left() / 2))
     served = dict(fresh.served)
     cands = [("fresh", _matched(fresh, current, gpu_classes(request.fleet)))]
-    kept = _keep(request, current, served, clock.left())
-    if kept is not None:
-        cands.append(("keep", kept))
+    # Keeping every segment; and, when some rates went down, those services' surplus trimmed (a
+    # change, worth it only where it saves a GPU's price).
+    was = {s.model: current.served_rate(s) for s in current.services}
+    down = frozenset(s.model for s in request.services if served.get(s.model, s.rate) < was.get(s.model, 0.0))
+    for trim, label in ((frozenset(), "keep"), (down, "keep_trimmed")):
+        if label == "keep" or trim:
+            kept = _keep(request, current, served, trim, clock.left() / (1 if trim or not down else 2))
+            if kept is not None:
+                cands.append((label, kept))
     name, segs = _choose(cands, current, request, fresh)
     plan = replace(fresh, segments=segs)
-    keep_price = () if kept is None else (("keep_price_per_hour", _rank(kept, current, request)[0]),)
+    keeps = [c for c in cands if c[0] != "fresh"]
+    keep_price = (("keep_price_per_hour", min(_rank(k, current, request)[0] for _, k in keeps)),) if keeps else ()
     plan = replace(plan, stats=_stats(plan, fresh, name, _changes(segs, current)) + keep_price)
     return replace(plan, transition=transition(current, plan))
 
@@ -108,7 +116,7 @@ def _matched(fresh: DeploymentMap, current: DeploymentMap, classes) -> tuple[Pla
     return tuple(out)
 
 
-def _keep(request: FleetRequest, current: DeploymentMap, served: dict[str, float], seconds: float):
+def _keep(request: FleetRequest, current: DeploymentMap, served: dict[str, float], trim: frozenset, seconds: float):
     """The keep candidate's segments, or None when what services lack does not fit in time."""
     setup = _setup(request)
     rate = {s.model: served.get(s.model, s.rate) for s in request.services}
@@ -116,7 +124,7 @@ def _keep(request: FleetRequest, current: DeploymentMap, served: dict[str, float
     still = tuple(s for s in current.segments if rate.get(s.model, 0) > 0
                   and s.segment.triplet in options.get((s.model, current.gpu_type_of(s.gpu)), ()))
     target = {m: Fraction(repr(r)) * (1 + Fraction(repr(MARGIN))) + Fraction(repr(MARGIN)) for m, r in rate.items()}
-    kept = trim_surplus(still, target, set(rate))
+    kept = trim_surplus(still, target, trim) if trim else still
     have: dict[str, float] = defaultdict(float)
     for s in kept:
         have[s.model] += s.segment.throughput
