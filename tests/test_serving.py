@@ -347,6 +347,33 @@ def test_calls_held_by_an_unreachable_segment_fail_over_or_get_503_at_once(monke
     assert ing.stats_doc()["m"]["down"] == ["m-a"] and silent.probes >= 1
 
 
+def test_a_busy_segment_whose_probe_answers_within_the_slo_is_not_taken_for_dead(monkeypatch):
+    """A call past its SLO has its segment probed; a replica busy with a long batch answers the
+    probe late, but within the SLO: the segment stays up and the call completes (200), where a
+    probe bounded by PROBE_TIMEOUT_S alone would have declared it unreachable (503)."""
+    monkeypatch.setattr("parvagpu.serving.ingress.PROBE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr("parvagpu.serving.ingress.SUSPECT_MIN_S", 0.01)
+
+    class Busy(ScriptedHandle):
+        async def _pid(self) -> int:
+            self.probes += 1
+            await asyncio.sleep(0.1)  # later than PROBE_TIMEOUT_S, within the 0.2-s SLO
+            return 1
+
+    h = Busy("hang", hang_s=0.35)
+    h.pid = type(h.pid)(h._pid)
+    ing = one_segment_ingress(h)
+    ing.models["m"].set_slo(200.0)
+
+    async def run():
+        out = await ing.infer("m")
+        await ing.stop_probes()
+        return out
+
+    status, _ = asyncio.run(run())
+    assert status == 200 and h.probes == 1 and ing.stats_doc()["m"]["down"] == []
+
+
 def test_ingress_gives_up_a_hung_call_with_504_and_frees_its_slot():
     ing = one_segment_ingress(ScriptedHandle("hang"))
     ing.models["m"].call_timeout_s = 0.05
