@@ -30,15 +30,18 @@ def _linear(model: str, per_slice: float = 10.0) -> Profile:
 
 @pytest.fixture(scope="module")
 def mixed():
-    """Scenario 6 on a mixed fleet with a partly reserved GPU, H100s twice as fast for every other
-    model at 1.5x the price, and its cheapest plan."""
+    """Six services of scenario 6 on a mixed fleet with a partly reserved GPU, H100s twice as fast
+    for every other model at 1.5x the price, and its cheapest plan (of both types)."""
     profiles, services = load_inputs(None, None, 6, None, False)
+    services = services[:6]  # six models: HiGHS proves each price optimal in about a second
     fast = {m: Profile(m, tuple(replace(q, throughput=round(q.throughput * 2, 3), latency_s=round(q.latency_s / 2, 6))
                                 for q in p.points)) for m, p in profiles.items()}
     h100 = {m: fast[m] if i % 2 == 0 else profiles[m] for i, m in enumerate(sorted(profiles))}
     fleet = Fleet((FleetNode("a", A100, 16, 1.0, (Reservation(0, 0, 3),)), FleetNode("h", H100, 16, 1.5)))
     by_type = {A100: profiles, H100: h100}
-    return services, by_type, fleet, plan_fleet(FleetRequest(services, by_type, fleet, time_limit=60))
+    running = plan_fleet(FleetRequest(services, by_type, fleet, time_limit=60))
+    assert {running.gpu_type_of(s.gpu) for s in running.segments} == {A100, H100}
+    return services, by_type, fleet, running
 
 
 def test_unchanged_services_change_nothing(mixed):
