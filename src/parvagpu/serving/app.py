@@ -35,6 +35,7 @@ import asyncio
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -342,6 +343,10 @@ def start_ray(host: str, port: int, address: str | None) -> None:
         # and its GCS, raylet, workers and agents would listen on every interface. With this (read
         # when ray is first imported) the node address is loopback and so is every listener.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Ray Serve's low-overhead mode (below) is for the replicas and the proxy: in this driver it
+    # makes the synchronous handle calls of the controller fail, and Serve reads it when first
+    # imported, so it is held back from this process's import and restored for the workers.
+    fast = os.environ.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None) if "ray.serve" not in sys.modules else None
     _require_ray()
     import ray
     from ray import serve
@@ -350,7 +355,8 @@ def start_ray(host: str, port: int, address: str | None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray Serve's low-overhead mode: user code on the replica's own event loop, buffered access
     # logs. It more than halves the per-request CPU of the ingress on a small machine.
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = fast if fast is not None else os.environ.get(
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     # Ray starts worker processes at nice 15 (background priority); replicas are the served
     # workload and must not yield to every other process on the node.
     os.environ.setdefault("RAY_worker_niceness", "0")
