@@ -43,8 +43,6 @@ class Metrics:
         self.planned_rate = Gauge("parvagpu_planned_rate", "Rate the running plan was made for (req/s)",
                                   ["model"], registry=r)
         self.headroom = Gauge("parvagpu_headroom", "capacity / observed rate - 1", ["model"], registry=r)
-        self.inflight = Gauge("parvagpu_segment_inflight", "Requests in flight (queued or running) per segment",
-                              ["model", "segment"], registry=r)
         self.batch = Histogram("parvagpu_segment_batch_size", "Batch sizes run per segment", ["model", "segment"],
                                buckets=BATCH_BUCKETS, registry=r)
         self.plan_gpus = Gauge("parvagpu_plan_gpus", "GPUs the running plan uses", registry=r)
@@ -136,7 +134,7 @@ class _Families:
 
 
 class _InflightCollector:
-    """parvagpu_segment_inflight read from the ingress's admission counters when scraped."""
+    """parvagpu_segment_inflight_now read from the ingress's admission counters when scraped."""
 
     def __init__(self, ingress) -> None:
         self.ingress = ingress
