@@ -306,10 +306,11 @@ def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, .
                    clock: _Clock) -> tuple[float, float, DeploymentMap | None]:
     """(f, f_upper, plan): a plan serving the tiers above in full and `share` at f x their rates
     (floored to 1e-6 req/s), and a proven bound f_upper >= the largest f any plan serves. First
-    the greedy packing bisects f (fast, proves nothing); then one program maximises f from the
-    greedy plan (a quarter of the time; solved to the end, f = f_upper); then bisection between f
-    and f_upper over feasibility solves, each proven infeasibility lowering f_upper. A solve that
-    runs out of time counts as not fitting (f is never overstated) but proves nothing."""
+    the greedy packing bisects f (fast, proves nothing); then rounds of repacking and filling raise
+    it (`_fill`, `_FILL_TIME` of the time); then one program maximises f from that plan (half the
+    rest; solved to the end, f = f_upper); then bisection between f and f_upper over feasibility
+    solves, each proven infeasibility lowering f_upper. A solve that runs out of time counts as not
+    fitting (f is never overstated) but proves nothing."""
     models = frozenset(s.model for s in share)
     g_f, g_plan = _greedy_share(request, setup, models, below)
     if g_f >= 1:
@@ -319,6 +320,7 @@ def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, .
     f, upper, plan = _max_share(request, setup, models, below, clock.left() / 2, g_f, g_plan)
     if g_plan is not None and (plan is None or g_f > f):  # HiGHS did not take or improve the start
         f, plan = g_f, g_plan
+        upper = max(upper, f)  # HiGHS's bound, to its tolerance
     if f >= 1:
         return 1.0, 1.0, plan
 
