@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parvagpu.control.policy import (ModelView, PolicyConfig, decide, down_band, forecast, judge, model_headroom,
-                                     target_rate, trend_of)
+                                     queueing_headroom, target_rate, trend_of)
 from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError
 
@@ -205,6 +205,39 @@ def test_trend_rules_keep_the_band_dwell_and_floor(planned, over, rate, slope, l
     d = decide(TREND, 1000.0, (v,))
     if last + TREND.dwell_s > 1000.0:
         assert not d.replan
+
+
+def test_queueing_headroom_keeps_the_load_where_the_segments_meet_the_target():
+    cfg = PolicyConfig(headroom=0.05, min_headroom=0.02, max_headroom=0.6, attainment_target=0.999)
+    # meets 99.9 % up to load 0.8: (1.05 / 0.8) - 1 = 0.3125
+    curve = ((1.0, 0.98), (0.9, 0.997), (0.8, 0.9995), (0.7, 1.0))
+    assert queueing_headroom(cfg, curve) == pytest.approx(1.05 / 0.8 - 1)
+    assert queueing_headroom(cfg, curve[::-1]) == pytest.approx(1.05 / 0.8 - 1)  # order does not matter
+    # lossless at full load: just h
+    assert queueing_headroom(cfg, ((1.0, 1.0),)) == pytest.approx(0.05)
+    # never meets the target: the highest load within 0.1 % of the best it reaches, not h_max
+    flat = ((1.0, 0.95), (0.9, 0.984), (0.8, 0.9855), (0.7, 0.986), (0.6, 0.986))
+    assert queueing_headroom(cfg, flat) == pytest.approx(1.05 / 0.8 - 1)
+    # a lucky high point above a miss does not count: the first miss from below ends the search
+    assert queueing_headroom(cfg, ((0.7, 1.0), (0.8, 0.99), (0.9, 1.0))) == pytest.approx(1.05 / 0.7 - 1)
+    # capped at h_max; no curve, no estimate
+    assert queueing_headroom(cfg, ((0.5, 1.0), (0.6, 0.9))) == pytest.approx(0.6)
+    assert queueing_headroom(cfg, ()) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 1.0), st.floats(0.0, 1.0)), min_size=1, max_size=12))
+def test_queueing_headroom_property(curve):
+    """Within [h, h_max]; the load it allows is one of the curve's loads, and every load of the
+    curve up to it meets the goal (the target, or the best attainment less 0.1 %)."""
+    cfg = PolicyConfig(headroom=0.05, min_headroom=0.02, max_headroom=0.6, attainment_target=0.999)
+    h = queueing_headroom(cfg, tuple(curve))
+    assert 0.05 - 1e-12 <= h <= 0.6 + 1e-12
+    goal = min(0.999, max(a for _, a in curve) - 0.001)
+    rho = 1.05 / (1 + h)
+    if 0.05 + 1e-9 < h < 0.6 - 1e-9:
+        assert any(abs(load - rho) < 1e-9 for load, _ in curve)
+        assert all(a >= goal for load, a in curve if load <= rho + 1e-12) or min(curve)[0] >= rho - 1e-9
 
 
 def test_trend_window_is_the_slope_of_the_rate():

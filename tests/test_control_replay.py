@@ -128,3 +128,34 @@ def test_simulate_trace_needs_services(generated):
     assert r.exit_code == 2 and "needs --services" in r.output
     r = _run("simulate", "--scenario", "1", "--services", str(generated / "services.yaml"))
     assert r.exit_code == 2 and "go with --trace" in r.output
+
+
+def test_controller_with_trends_and_estimated_headrooms(generated):
+    """Trend rules and per-model headrooms from the serving model's load curve: every estimate is
+    `queueing_headroom` over that model's planned segments (within [h, h_max]), the views carry
+    the rate's slope once a trend window has passed, and the dwell still holds."""
+    from parvagpu.control.fluid import AttainmentTable
+    from parvagpu.control.policy import PolicyConfig, queueing_headroom
+    from parvagpu.control.replay import Inputs, Options, _by_model, _Controller, plan_for, run_controller
+    from parvagpu.core.gpus import gpu_type
+    from parvagpu.inputs.profiles import load_profiles
+    from parvagpu.inputs.services import load_services
+
+    trace = read_trace(generated / "trace.csv")
+    slos = {s.model: s.latency_ms for s in load_services(generated / "services.yaml")}
+    inp = Inputs(trace, slos, load_profiles(generated / "profiles"), gpu_type("A100-80GB"))
+    opts = Options(samples=300, estimate_headroom=1, trend_window_s=1200)
+    cfg = PolicyConfig(headroom=0.05, min_headroom=0.02, max_headroom=0.6, trend_horizon_s=600, falling_band=0.1)
+    table = AttainmentTable(plan_for(inp, opts, {m: 1.0 for m in trace.models}), slos, inp.profiles, 300)
+    ctl = _Controller(inp, opts, cfg, Costs(), table)
+    segs = _by_model(ctl.plan)
+    assert set(ctl.estimated) == set(segs)
+    for m, h in ctl.estimated.items():
+        curve = table.curve(m, segs[m], cfg.attainment_target)
+        assert curve[0][0] == pytest.approx(1.0) and len(curve) <= 5
+        assert all(a < cfg.attainment_target for _, a in curve[:-1])  # it stops at the first load that meets it
+        assert h == queueing_headroom(cfg, curve) and 0.05 <= h <= 0.6
+    res, decisions = run_controller(inp, opts, cfg, Costs(), table)
+    assert decisions and res.row()["max_model_replans_per_10_min"] <= 1
+    assert all(v.trend is not None for d in decisions if d.time_s >= 1200 for v in d.observation)
+    assert all(v.trend is None for d in decisions if d.time_s < 1200 for v in d.observation)

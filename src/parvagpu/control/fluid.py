@@ -65,13 +65,28 @@ class AttainmentTable:
             a = a0 + (x - lo) * (a1 - a0)
         return a * (MAX_RHO / rho) if rho > MAX_RHO else a
 
+    def curve(self, model: str, segments: tuple[PlacedSegment, ...], target: float,
+              low: float = 0.6) -> tuple[tuple[float, float], ...]:
+        """(load, attainment) of these segments on the grid from load 1 down to `low`, stopping at
+        the first load that meets `target` (lower loads only lose less)."""
+        if not segments:
+            return ()
+        capacity, configs = self._shape(segments)
+        out = []
+        for k in range(round(1.0 / self.step), round(low / self.step) - 1, -1):
+            a = self._at(model, segments, configs, k, capacity)
+            out.append((k * self.step, a))
+            if a >= target:
+                break
+        return tuple(out)
+
     def _shape(self, segments: tuple[PlacedSegment, ...]) -> tuple[float, tuple]:
         """Capacity and configurations of a segment tuple, computed once per tuple (the replay asks
         for the same serving segments at every event until they change)."""
         hit = self._shapes.get(id(segments))
         if hit is None or hit[0] is not segments:
             hit = self._shapes[id(segments)] = (segments, sum(s.segment.throughput for s in segments),
-                                                _configs(segments))
+                                                configs_of(segments))
         return hit[1], hit[2]
 
     def _at(self, model: str, segments: tuple[PlacedSegment, ...], configs: tuple, k: int, capacity: float) -> float:
@@ -99,7 +114,7 @@ class AttainmentTable:
         return len(self._table)
 
 
-def _configs(segments: tuple[PlacedSegment, ...]) -> tuple:
+def configs_of(segments: tuple[PlacedSegment, ...]) -> tuple:
     """What the serving model depends on: the segments' triplets, not where they are placed."""
     return tuple(sorted((t.size, t.batch, t.procs, t.throughput, t.latency_ms)
                         for t in (s.segment.triplet for s in segments)))

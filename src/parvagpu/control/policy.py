@@ -127,6 +127,26 @@ def model_headroom(cfg: PolicyConfig, headroom: float | None) -> float:
     return cfg.headroom if headroom is None else min(cfg.max_headroom, max(cfg.headroom, headroom))
 
 
+def queueing_headroom(cfg: PolicyConfig, curve: tuple[tuple[float, float], ...], tolerance: float = 0.001) -> float | None:
+    """A model's headroom from what its serving segments need. `curve` holds (load, attainment)
+    points of those segments (load = rate / capacity; from a queueing model or the simulator).
+    Going up from the lowest load, rho* is the last load before the first that misses the goal:
+    the attainment target, or where no load meets it, the best the segments reach less
+    `tolerance` (beyond that more capacity does not help, so it is not bought). The headroom keeps
+    the load at rho* with h for the rate's noise on top: (1 + h) / rho* - 1, within [h, h_max].
+    None when the curve is empty."""
+    if not curve:
+        return None
+    points = sorted(curve)
+    goal = min(cfg.attainment_target, max(a for _, a in points) - tolerance)
+    rho = points[0][0]
+    for load, a in points:
+        if a < goal:
+            break
+        rho = load
+    return model_headroom(cfg, (1.0 + cfg.headroom) / rho - 1.0)
+
+
 def trend_of(cfg: PolicyConfig, v: ModelView) -> str:
     """"rising", "falling" or "flat": whether the slope moves the rate by at least `trend_min` x r
     within the horizon T (a model without a known slope, or T = 0, is flat)."""

@@ -28,8 +28,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 
-from parvagpu.control.fluid import AttainmentTable
-from parvagpu.control.policy import ModelView, PolicyConfig, decide, settings_section, target_rate
+from parvagpu.control.fluid import AttainmentTable, configs_of
+from parvagpu.control.policy import (ModelView, PolicyConfig, decide, queueing_headroom, settings_section,
+                                     target_rate)
 from parvagpu.control.trace import Trace
 from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError
@@ -64,6 +65,7 @@ class Options:
     max_procs: int = 3
     seed: int = 0
     samples: int = 2000  # requests per serving-model table entry
+    estimate_headroom: int = 0  # 1: each model's headroom from its planned segments' load curve
 
     def __post_init__(self) -> None:
         if min(self.tick_s, self.window_s, self.trend_window_s, self.attainment_window_s, self.oracle_interval_s) <= 0:
@@ -303,6 +305,8 @@ class _Controller:
         self.capacity = self._capacities(self.plan)
         self.changed: dict[str, list[float]] = {m: [] for m in inp.trace.models}
         self.headroom: dict[str, float] = {}  # models whose headroom the attainment rule raised
+        self.estimated: dict[str, float] = {}  # per model, the headroom its planned segments need
+        self._estimates: dict[tuple, float | None] = {}  # (model, segment configurations) -> that
         self._attained: dict[str, tuple] = {}  # model -> (segments, rate, attainment) last served
         self.rates = {m: RateWindow(opts.window_s, t0) for m in inp.trace.models}
         self.trends = {m: TrendWindow(opts.trend_window_s, t0) for m in inp.trace.models}
@@ -315,6 +319,7 @@ class _Controller:
         self.transition_s = 0.0
         self.peak = self.plan.gpus_used
         self.decisions: list = []
+        self._estimate()
 
     @staticmethod
     def _capacities(plan: DeploymentMap) -> dict[str, float]:
@@ -368,7 +373,7 @@ class _Controller:
         views = tuple(
             ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m],
                       self.capacity.get(m, 0.0), self.changed[m][-1] if self.changed[m] else -math.inf,
-                      self.headroom.get(m), self.trends[m].slope(now))
+                      self._headroom(m), self.trends[m].slope(now))
             for m in self.inp.trace.models
         )
         d = decide(self.cfg, now, views, self.last_replan, transition_running=bool(self.runs))
@@ -376,6 +381,26 @@ class _Controller:
             self.decisions.append(d)
             self.headroom.update(d.headrooms)
             self._replan(now, dict(d.targets))
+
+    def _headroom(self, m: str) -> float | None:
+        learned, estimated = self.headroom.get(m), self.estimated.get(m)
+        if self.opts.estimate_headroom == 2 and learned is not None and estimated is not None:
+            return max(learned, estimated)
+        return estimated if self.opts.estimate_headroom else learned
+
+    def _estimate(self) -> None:
+        """Each model's headroom from its planned segments (`queueing_headroom` over the serving
+        model's load curve), looked up again only when the segments' configurations change."""
+        if not self.opts.estimate_headroom:
+            return
+        for m, segs in _by_model(self.plan).items():
+            key = (m, configs_of(segs))
+            if key not in self._estimates:
+                curve = self.table.curve(m, segs, self.cfg.attainment_target)
+                self._estimates[key] = queueing_headroom(self.cfg, curve)
+            h = self._estimates[key]
+            if h is not None:
+                self.estimated[m] = h
 
     def _replan(self, now: float, targets: dict[str, float]) -> None:
         for m, r in targets.items():
@@ -387,6 +412,7 @@ class _Controller:
         self.removed += sum(1 for s in sched.steps if s.action == "remove")
         self.runs = _runs(sched.steps, now, self.costs)
         self.plan, self.capacity = new, self._capacities(new)
+        self._estimate()
         self.last_replan = now
         self.replans += 1
         self.advance_runs(now)
