@@ -10,9 +10,9 @@ are re-planned with `--current`. Per case: segments changed (added + removed), w
 models' segments moved, GPUs against the fresh optimum (the `auto` plan from scratch of the new
 rates with `REFERENCE_S` seconds, made apart and not timed), planning time, and the worst capacity
 dip of the make-before-break transition. Every plan is checked with `verify` and every transition
-with `verify_schedule`. `--extra-gpus K` re-plans with `--max-extra-gpus K`; `--bound` adds, per
-case, the slice-counting lower bound on the changes of any plan with that many GPUs
-(`replan_bound.py`). `--cache DIR` keeps the running plans and the reference fresh plans (pickled,
+with `verify_schedule` (`--no-dips` skips the transitions). `--extra-gpus K` re-plans with
+`--max-extra-gpus K`; `--bound` adds, per case, the slice-counting lower bound on the changes of
+any plan with that many GPUs (`replan_bound.py`). `--cache DIR` keeps the running plans and the reference fresh plans (pickled,
 keyed by their services and limit), so a re-run times the re-plans alone.
 """
 
@@ -71,6 +71,7 @@ def fresh_plan(req: PlanRequest):
     return out
 EXTRA = 0  # --extra-gpus: GPUs beyond the fresh plan's that each re-plan may use
 BOUND = False  # --bound: the slice-counting lower bound on changes at the re-plan's GPUs, case (b)
+DIPS = True  # --no-dips: skip the transition's schedule (minutes for a wide change at 5,000 services)
 
 
 def run_case(profiles, current, services, changed: set[str], time_limit: float, bound: bool = False) -> dict:
@@ -82,11 +83,7 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
     # The fresh optimum the re-plan is held to: `auto` from scratch on the new rates, given time.
     fresh = fresh_plan(req)
     t = new.transition
-    sched = schedule(current, new)
-    problems = [p for p in verify_schedule(current, new, sched.steps) if "below min" not in p]
-    assert problems == [], problems
-    floors = {m.model: m.floor for m in t.models}
-    worst = max((d.shortfall / floors[d.model] for d in sched.dips if floors.get(d.model)), default=0.0)
+    worst, steps = dip(current, new) if DIPS else (None, None)
     return {
         "changed": t.changed,
         "others": sum(1 for s in t.added + t.removed if s.model not in changed),
@@ -94,10 +91,21 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
         "fresh": fresh.gpus_used,
         "time": dt,
         "dip": worst,
-        "dip_steps": max((d.steps for d in sched.dips), default=0),
+        "dip_steps": steps,
         "models": len(changed),
         "bound": change_bound(req, new.gpus_used) if bound else None,
     }
+
+
+def dip(current, new) -> tuple[float, int]:
+    """The make-before-break transition's worst shortfall (relative to its floor) and longest dip,
+    the schedule checked with `verify_schedule`."""
+    sched = schedule(current, new)
+    problems = [p for p in verify_schedule(current, new, sched.steps) if "below min" not in p]
+    assert problems == [], problems
+    floors = {m.model: m.floor for m in new.transition.models}
+    worst = max((d.shortfall / floors[d.model] for d in sched.dips if floors.get(d.model)), default=0.0)
+    return worst, max((d.steps for d in sched.dips), default=0)
 
 
 def single_changes(profiles, services, models, time_limit):
@@ -132,14 +140,14 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
     other = ", ".join(f"{k} {w}" for k, w in ((fewer, "fewer"), (more, "more")) if k)
     per_model = max(r["changed"] / r["models"] for r in rows)
     times = sorted(r["time"] for r in rows)
-    dip = max(r["dip"] for r in rows)
-    dips = sum(1 for r in rows if r["dip"] > 0)
+    dips = "not measured" if not DIPS else (
+        f"{sum(1 for r in rows if r['dip'] > 0)} ({max(r['dip'] for r in rows):.0%})")
     if rows[0]["bound"] is not None:
         kind += " (changes >= " + ", ".join(str(r["bound"]) for r in rows) + ")"
     return (
         f"| {label}{f' (+{EXTRA} GPUs)' if EXTRA else ''} | {kind} | {n} | {med:g} | {max(r['changed'] for r in rows)} | {per_model:.2f} | "
         f"{moved:.0%} | {equal}/{n}{f' ({other})' if other else ''} | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
-        f"{dips} ({dip:.0%}) |"
+        f"{dips} |"
     )
 
 
@@ -154,9 +162,10 @@ def main() -> None:
     ap.add_argument("--bound", action="store_true", help="print the slice-counting bound on changes")
     ap.add_argument("--only", default="one,random", help="which changes: one, random or both")
     ap.add_argument("--cache", type=Path, help="folder keeping the fresh plans between runs")
+    ap.add_argument("--no-dips", action="store_true", help="skip the transition schedules and their dips")
     args = ap.parse_args()
-    global EXTRA, BOUND, CACHE
-    EXTRA, BOUND, CACHE = args.extra_gpus, args.bound, args.cache
+    global EXTRA, BOUND, CACHE, DIPS
+    EXTRA, BOUND, CACHE, DIPS = args.extra_gpus, args.bound, args.cache, not args.no_dips
     if CACHE is not None:
         CACHE.mkdir(parents=True, exist_ok=True)
     base = base_profiles()

@@ -34,7 +34,8 @@ The steps:
 The phases share one deadline: the time limit less a small reserve for the finish. The bound
 gets at most half of what is left; when repair misses the bound, consolidation runs until 45 % of
 the time and local re-plans until 60 %; the fresh plan (when still needed) and the program get
-what is left; a HiGHS solve still running at the
+what is left. When repair misses the bound by more than a GPU, the fresh plan comes first (70 %
+of what is left), then consolidation and local re-plans against its count; a HiGHS solve still running at the
 deadline is abandoned (`optimizer.highs.run_by`), and a phase with too little time left is
 skipped, so the command returns the best candidate found by then.
 
@@ -585,9 +586,11 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     cands = [_candidate("repair", repair(request, base.kept, set(base.known)), request)]
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
+    if local and cands[0].gpus > cap.gpus + _NEAR_GPUS:
+        cap = _fresh_cap(request, planner, clock, cands, base, cap, _FRESH_FIRST_SHARE)
     if local:
         cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)
-    if cap is None or not _within(cands, cap.gpus):
+    if cap is None or (cap.fresh is None and not _within(cands, cap.gpus)):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     best = _best(cands, cap.gpus)
     if best.changes > base.floor and not local and clock.left() > _MIN_PHASE_S:
@@ -600,6 +603,10 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
 
 
 _MIN_PROGRAM_S = 0.3  # seconds left below which the program is not started
+# Repair more than this many GPUs over the bound (many models changed): the fresh plan comes
+# first, with this share of the time left, since consolidation and local re-plans seldom close
+# such a gap in time, and a fresh plan starved of time is the heuristic's (a loose cap).
+_NEAR_GPUS, _FRESH_FIRST_SHARE = 1, 0.7
 
 
 def _reach_bound(request, base: _Base, cands: list[Candidate], cap: int, planner,
@@ -629,15 +636,16 @@ def _bound_cap(request: PlanRequest, strategy: str, clock: _Clock) -> _Cap | Non
 
 
 def _fresh_cap(request: PlanRequest, planner, clock: _Clock, cands: list[Candidate], base: _Base,
-               known: _Cap | None) -> _Cap:
-    """The strategy's fresh plan, with the time left before the deadline (`auto` with none left is
-    its heuristic's plan): its GPU count is the cap. Adds to `cands` the fresh plan renumbered onto
-    the running GPUs, and repair consolidated to the cap when that was not tried already."""
-    fresh = planner(replace(request, current=None, time_limit=max(clock.left(), _MIN_LIMIT_S)))
+               known: _Cap | None, share: float = 1.0) -> _Cap:
+    """The strategy's fresh plan, with `share` of the time left before the deadline (`auto` with
+    none left is its heuristic's plan): its GPU count is the cap. Adds to `cands` the fresh plan
+    renumbered onto the running GPUs, and (when it comes last) repair consolidated to the cap if
+    that was not tried already."""
+    fresh = planner(replace(request, current=None, time_limit=max(share * clock.left(), _MIN_LIMIT_S)))
     bounds = [b for b in (fresh.lower_bound, known.bound if known else None) if b is not None]
     cap = _Cap(fresh.gpus_used + request.max_extra_gpus, max(bounds) if bounds else None, fresh)
     cands.append(_candidate("matched-fresh", match_fresh(fresh, request.current), request))
-    if known is None or known.gpus != cap.gpus:
+    if share == 1.0 and (known is None or known.gpus != cap.gpus):
         cands += _consolidated(request, cands[0], cap.gpus, base, clock.deadline)
     return cap
 

@@ -166,7 +166,10 @@ def schedule(old: DeploymentMap, new: DeploymentMap, spare_gpus: int = 0) -> Sch
             else:
                 state.act("remove", bridges.pop(0), bridge=True)
             continue
-        blocked = [(a, _blockers(state, a, removes)) for a in adds]
+        pending: dict[int, list[PlacedSegment]] = defaultdict(list)  # removals by GPU, in order
+        for r in removes:
+            pending[r.gpu].append(r)
+        blocked = [(a, _blockers(state, a, pending.get(a.gpu, []))) for a in adds]
         if spares and _bridge(state, blocked, bridges, spares):
             continue
         a, blockers = min(blocked, key=lambda ab: (_cost(state, ab[1]), len(ab[1]), _order(ab[0], new)))
@@ -200,12 +203,11 @@ def _progress(state: _Cluster, adds: list, removes: list, bridges: list) -> bool
     return acted
 
 
-def _blockers(state: _Cluster, a: PlacedSegment, removes: list) -> list[PlacedSegment]:
-    """The pending removals that must go before `a` fits: those overlapping its slots, then, if
-    compute slices are still short, the GPU's other pending removals, largest first."""
+def _blockers(state: _Cluster, a: PlacedSegment, on_gpu: list) -> list[PlacedSegment]:
+    """The pending removals (`on_gpu`: those of `a`'s GPU) that must go before `a` fits: those
+    overlapping its slots, then, if compute slices are still short, the others, largest first."""
     gpu = state.type_of(a.gpu)
     mask = gpu.mask(a.size, a.start)
-    on_gpu = [r for r in removes if r.gpu == a.gpu]
     out = [r for r in on_gpu if gpu.mask(r.size, r.start) & mask]
     need = state.compute[a.gpu] + a.size - gpu.compute_slices - sum(r.size for r in out)
     for r in sorted((r for r in on_gpu if r not in out), key=lambda r: -r.size):
