@@ -4,6 +4,8 @@ transition (nodes, deployments, routing switch) and the decision log."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fake_handles import GatedHandle
@@ -256,6 +258,31 @@ def test_replan_needing_no_step_keeps_the_plan_and_adopts_the_rates(tmp_path, mo
     assert kept and "resnet50" in kept[0]["reason"] and kept[0]["planned"]["resnet50"] > 300.0
     assert ctl.planned["resnet50"] == kept[-1]["planned"]["resnet50"]
     assert ev.seq == [] and not [r for r in log if r["kind"].startswith("transition")]
+
+
+def _first_target_on_a_ramp(tmp_path, policy):
+    """resnet50 ramps up 3 req/s every second; the first re-plan's target for it, and its rate."""
+    ev = Events()
+    deps = Deployments(ev)
+    port = Port(deps, ev)
+    log: list[dict] = []
+    cfg = LiveConfig(tick_s=5.0, window_s=20.0, attainment_window_s=60.0, trend_window_s=40.0)
+    ctl = Controller(_plan(RATES), profiles(), policy, cfg, Clock(), Nodes(tmp_path, ev), deps, port, log.append)
+    ctl.start()
+    for k in range(60):
+        _offer(ctl, port, {"resnet50": 200.0 + 15.0 * k, "bert": 150.0}, CFG.tick_s)
+        done = [r for r in log if r["kind"] == "decision" and r["replan"]]
+        if done:
+            return done[0]["targets"]["resnet50"], done[0]["observation"]["resnet50"]["rate"]
+    raise AssertionError("no re-plan on the ramp")
+
+
+def test_live_controller_feeds_the_trend_rules_the_replay_uses(tmp_path):
+    flat, r0 = _first_target_on_a_ramp(tmp_path / "a", POLICY)
+    rising, r1 = _first_target_on_a_ramp(tmp_path / "b", replace(POLICY, trend_horizon_s=60.0))
+    assert flat == pytest.approx(r0 * (1 + POLICY.headroom), rel=1e-3)  # no trend: r (1 + h)
+    assert r1 == pytest.approx(r0)  # the same observation, but planned for the rate 60 s ahead (+180 req/s)
+    assert rising == pytest.approx((r1 + 180.0) * (1 + POLICY.headroom), rel=0.05)
 
 
 def test_api_plan_services_and_bad_input(tmp_path):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Protocol
 
 from parvagpu.control.policy import Decision, ModelView, PolicyConfig, decide, settings_section
-from parvagpu.control.window import AttainmentWindow, RateWindow
+from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Schedule, Service
@@ -50,9 +50,11 @@ class LiveConfig:
     strategy: str = "parva"
     max_procs: int = 3
     node_loss_s: float = 10.0  # every segment of a node down this long: the node is lost
+    trend_window_s: float = 1800.0  # the window of the rate's slope (the policy's trend rules)
 
     def __post_init__(self) -> None:
-        for name in ("tick_s", "window_s", "attainment_window_s", "drain_timeout_s", "poll_s", "node_loss_s"):
+        for name in ("tick_s", "window_s", "attainment_window_s", "drain_timeout_s", "poll_s", "node_loss_s",
+                     "trend_window_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ParvaError(f"control setting {name} must be positive, got {getattr(self, name)}")
 
@@ -125,6 +127,8 @@ class Controller:
         self.last_replan = -math.inf
         self.rates: dict[str, RateWindow] = {}
         self.attain: dict[str, AttainmentWindow] = {}
+        self.trends: dict[str, TrendWindow] = {}
+        self.headroom: dict[str, float] = {}  # what the attainment rule raised a model's headroom to
         self.seen: dict[str, tuple[int, int, int]] = {}  # arrived, answered, within SLO
         self.first_seen: dict[str, float] = {}  # when a model's first request arrived
         self.last_obs = -math.inf
@@ -167,6 +171,7 @@ class Controller:
     def _watch(self, model: str, now: float) -> None:
         self.rates[model] = RateWindow(self.cfg.window_s, now)
         self.attain[model] = AttainmentWindow(self.cfg.attainment_window_s, self.cfg.min_requests)
+        self.trends[model] = TrendWindow(self.cfg.trend_window_s, now)
         self.seen.setdefault(model, (0, 0, 0))
 
     # --- the loop ---
@@ -195,7 +200,7 @@ class Controller:
         cap = self._capacities(self.plan)
         views = tuple(
             ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m], cap.get(m, 0.0),
-                      self.changed.get(m, -math.inf))
+                      self.changed.get(m, -math.inf), self.headroom.get(m), self.trends[m].slope(now))
             for m in sorted(self.planned) if self.warm(m, now)
         )
         if self.on_observe is not None:
@@ -211,6 +216,7 @@ class Controller:
         for k in range(1, parts + 1):
             t = now if k == parts else last + (now - last) * k / parts
             self.rates[m].add(t, sent / parts)
+            self.trends[m].add(t, sent / parts)
             self.attain[m].add(t, ended / parts, good / parts)
 
     def warm(self, model: str, now: float) -> bool:
@@ -237,6 +243,7 @@ class Controller:
             self.log({"kind": "decision", **d.to_dict()})
         self._last_hold = None if d.replan else d.reason
         if d.replan:
+            self.headroom.update(d.headrooms)  # kept, as the replay keeps it: the same policy state
             planned = {**self.planned, **dict(d.targets)}
             if self.replan(now, planned, self.slos, d.reason):
                 for m, _ in d.targets:
@@ -406,7 +413,7 @@ class Controller:
 
 
 LIVE_KEYS = {"tick_s", "window_s", "attainment_window_s", "min_requests", "drain_timeout_s", "poll_s",
-             "strategy", "max_procs", "node_loss_s"}
+             "strategy", "max_procs", "node_loss_s", "trend_window_s"}
 
 
 def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:
