@@ -260,3 +260,57 @@ def test_repair_trades_two_of_a_models_own_segments_for_one_larger(a100):
     assert sorted((s.model, s.size, s.start) for s in out) == [("a", 4, 0), ("b", 3, 4)]
     new = plan(request, "auto")
     assert verify(new, profiles) == [] and new.gpus_used == 1 and new.transition.changed == 3
+
+
+def _count_lp_solves(monkeypatch, services) -> list:
+    """Wrap the optimizer's LP step: one entry per LP solved for exactly `services`."""
+    from parvagpu.planning.optimizer import search
+
+    calls, real = [], search._solve_lp
+
+    def counted(problem, clock, hard=False):
+        if problem.request.services == services:
+            calls.append(hard)
+        return real(problem, clock, hard)
+
+    monkeypatch.setattr(search, "_solve_lp", counted)
+    return calls
+
+
+def test_a_fresh_plan_inside_sharing_starts_from_the_given_lp(scenario6, profiles, a100, monkeypatch):
+    from parvagpu.planning.optimizer.search import relax, sharing
+
+    services, _ = scenario6
+    request = PlanRequest(_scaled(services, "vgg19", 1.3), profiles, a100, 3)
+    calls = _count_lp_solves(monkeypatch, request.services)
+    relaxation = relax(request, 10.0)
+    assert len(calls) == 1
+    with sharing(relaxation):
+        shared = plan(request, "auto")
+        other = PlanRequest(_scaled(services, "vgg19", 0.7), profiles, a100, 3)
+        plan(other, "auto")  # another request: its own LP
+    assert len(calls) == 1  # the shared plan solved no LP of its own
+    plain = plan(request, "auto")
+    assert len(calls) == 2
+    assert shared.gpus_used == plain.gpus_used == shared.lower_bound == relaxation.bound
+    assert verify(shared, profiles) == []
+
+
+def test_the_replans_fresh_plan_reuses_the_bounds_lp(profiles, a100, monkeypatch):
+    """20 % of 100 services change, repair misses the bound: the fresh plan is made, from the LP
+    the bound phase solved (one LP for these services in the whole re-plan)."""
+    import random
+
+    gen, services = _generated(profiles, 100, 3)
+    current = plan(PlanRequest(services, gen, a100, 3, time_limit=5.0), "auto")
+    rng = random.Random(1)
+    picked = set(rng.sample([s.model for s in services], 20))
+    new_services = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
+                         for s in services)
+    calls = _count_lp_solves(monkeypatch, new_services)
+    new = plan(PlanRequest(new_services, gen, a100, 3, time_limit=2.0, current=current), "auto")
+    stats = dict(new.stats)
+    assert "fresh_gpus" in stats and stats["from_optimizer"] in (0.0, 1.0)
+    assert calls == [True]  # the bound's LP (abandoned at its limit if late), solved once
+    assert verify(new, gen) == []
+    assert new.gpus_used <= stats["fresh_gpus"] and new.lower_bound <= new.gpus_used

@@ -16,8 +16,9 @@ The steps:
   only; else one or two of its own segments given up and their slots re-covered with the free
   ones (no other model touched); a new GPU only when none of these fits. A model with surplus keeps it:
   removing a segment is a change.
-- *bound* (`auto`, `optimal`): the optimizer's LP bound on GPUs (`optimizer.search.lower_bound`).
-  A candidate within it (+ `max_extra_gpus`) needs no fresh plan: no plan needs fewer GPUs.
+- *bound* (`auto`, `optimal`): the optimizer's LP bound on GPUs (`optimizer.search.relax`).
+  A candidate within it (+ `max_extra_gpus`) needs no fresh plan: no plan needs fewer GPUs. The
+  fresh plan, when one is made, starts from this LP (`optimizer.search.sharing`), not a second one.
 - *trim and consolidate*, when repair needs more GPUs than the cap: repair again after the changed
   models whose rate went down give up the segments that free the most slices; then empty the GPU
   whose models are the cheapest to re-cover in the other GPUs' free slots, until within the cap.
@@ -32,10 +33,9 @@ The steps:
   on a large cluster only a neighbourhood of GPUs is open to it.
 
 The phases share one deadline: the time limit less a small reserve for the finish. The bound
-gets at most half of what is left; when repair misses the bound, consolidation runs until 45 % of
-the time and local re-plans until 60 %; the fresh plan (when still needed) and the program get
-what is left. When repair misses the bound by more than a GPU, the fresh plan comes first (70 %
-of what is left), then consolidation and local re-plans against its count; a HiGHS solve still running at the
+gets at most half of what is left. When repair misses the bound, the fresh plan comes first (70 %
+of what is left; it is the cap), then consolidation until 45 % of the time and local re-plans
+until 60 % against its count; the program gets what is left. A HiGHS solve still running at the
 deadline is abandoned (`optimizer.highs.run_by`), and a phase with too little time left is
 skipped, so the command returns the best candidate found by then.
 
@@ -577,6 +577,7 @@ class _Cap:
     gpus: int
     bound: int | None
     fresh: DeploymentMap | None
+    relaxation: object | None = None  # the bound's LP (`optimizer.search.Relaxation`), for the fresh plan
 
 
 def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest], DeploymentMap]) -> DeploymentMap:
@@ -586,7 +587,7 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     cands = [_candidate("repair", repair(request, base.kept, set(base.known)), request)]
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
-    if local and cands[0].gpus > cap.gpus + _NEAR_GPUS:
+    if local:
         cap = _fresh_cap(request, planner, clock, cands, base, cap, _FRESH_FIRST_SHARE)
     if local:
         cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)
@@ -603,10 +604,10 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
 
 
 _MIN_PROGRAM_S = 0.3  # seconds left below which the program is not started
-# Repair more than this many GPUs over the bound (many models changed): the fresh plan comes
-# first, with this share of the time left, since consolidation and local re-plans seldom close
-# such a gap in time, and a fresh plan starved of time is the heuristic's (a loose cap).
-_NEAR_GPUS, _FRESH_FIRST_SHARE = 1, 0.7
+# Repair over the bound: the fresh plan comes first, with this share of the time left. It starts
+# from the bound's LP (solved once), and is the cap's source: one starved of time by consolidation
+# and local re-plans was the heuristic's, a GPU over the bound where the optimizer's reaches it.
+_FRESH_FIRST_SHARE = 0.7
 
 
 def _reach_bound(request, base: _Base, cands: list[Candidate], cap: int, planner,
@@ -629,10 +630,10 @@ def _bound_cap(request: PlanRequest, strategy: str, clock: _Clock) -> _Cap | Non
     candidate that uses no more GPUs than that needs no fresh plan to compare with."""
     if strategy == "parva":
         return None  # the heuristic's own plan is the cap, and it is cheap
-    from parvagpu.planning.optimizer.search import lower_bound
+    from parvagpu.planning.optimizer.search import relax
 
-    bound = lower_bound(replace(request, current=None), 0.5 * clock.left())  # the LP, or the trivial bound
-    return _Cap(bound + request.max_extra_gpus, bound, None)
+    relaxation = relax(replace(request, current=None), 0.5 * clock.left())  # the LP, or the trivial bound
+    return _Cap(relaxation.bound + request.max_extra_gpus, relaxation.bound, None, relaxation)
 
 
 def _fresh_cap(request: PlanRequest, planner, clock: _Clock, cands: list[Candidate], base: _Base,
@@ -641,7 +642,14 @@ def _fresh_cap(request: PlanRequest, planner, clock: _Clock, cands: list[Candida
     none left is its heuristic's plan): its GPU count is the cap. Adds to `cands` the fresh plan
     renumbered onto the running GPUs, and (when it comes last) repair consolidated to the cap if
     that was not tried already."""
-    fresh = planner(replace(request, current=None, time_limit=max(share * clock.left(), _MIN_LIMIT_S)))
+    fresh_request = replace(request, current=None, time_limit=max(share * clock.left(), _MIN_LIMIT_S))
+    if known is not None and known.relaxation is not None:
+        from parvagpu.planning.optimizer.search import sharing
+
+        with sharing(known.relaxation):  # the optimizer starts from the bound's LP
+            fresh = planner(fresh_request)
+    else:
+        fresh = planner(fresh_request)
     bounds = [b for b in (fresh.lower_bound, known.bound if known else None) if b is not None]
     cap = _Cap(fresh.gpus_used + request.max_extra_gpus, max(bounds) if bounds else None, fresh)
     cands.append(_candidate("matched-fresh", match_fresh(fresh, request.current), request))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -88,14 +90,18 @@ def solve(
     when a service has no admissible option.
     """
     clock = _Clock(request.time_limit if time_limit is None else time_limit)
-    columns = tuple(columns) if columns is not None else mig_columns(request.gpu)
-    problem = Problem(request, columns, build_blocks(request, columns), strategy)
+    shared = _shared_for(request) if columns is None else None
+    if shared is not None:
+        problem, lp = replace(shared.problem, request=request, strategy=strategy), shared.lp
+    else:
+        columns = tuple(columns) if columns is not None else mig_columns(request.gpu)
+        problem, lp = Problem(request, columns, build_blocks(request, columns), strategy), None
     lb = trivial_bound(problem.blocks, request.gpu.sizes, request.gpu.compute_slices)
     best = replace(start, strategy=strategy, lower_bound=None) if start is not None else None
     if not request.services:
         empty = DeploymentMap(request.gpu.name, strategy, request.max_procs, request.gpus_per_node, (), ())
         return _result(empty, lb, "optimal")
-    lp = _solve_lp(problem, clock)
+    lp = lp if lp is not None else _solve_lp(problem, clock)
     if lp is None:
         return _result(best, lb, _NO_LP)
     lb = max(lb, math.ceil(lp.bound - _BOUND_EPS))
@@ -114,16 +120,59 @@ def solve(
     return _conclude(best, lb, capped)
 
 
-def lower_bound(request: PlanRequest, time_limit: float) -> int:
-    """A proven lower bound on the GPUs of any plan of `request`: step 1 of `solve` alone (the
-    LP's Lagrangian bound rounded up), or the trivial GPC bound when the LP does not end in time.
-    `Unservable` when a service has no admissible option."""
+@dataclass(frozen=True)
+class Relaxation:
+    """Step 1 of `solve` alone, for one request: its problem (MIG layouts), the LP relaxation
+    (None when it did not end in time) and the proven lower bound on GPUs read from it."""
+
+    problem: Problem
+    lp: _Lp | None
+    bound: int
+
+
+def relax(request: PlanRequest, time_limit: float) -> Relaxation:
+    """The LP relaxation of `request` within `time_limit` seconds (abandoned at the limit) and its
+    bound: the LP's Lagrangian bound rounded up, or the trivial GPC bound when the LP does not end
+    in time. `Unservable` when a service has no admissible option."""
     clock = _Clock(time_limit)
     columns = mig_columns(request.gpu)
     problem = Problem(request, columns, build_blocks(request, columns), "optimal")
     lb = trivial_bound(problem.blocks, request.gpu.sizes, request.gpu.compute_slices)
     lp = _solve_lp(problem, clock, hard=True) if request.services else None
-    return lb if lp is None else max(lb, math.ceil(lp.bound - _BOUND_EPS))
+    return Relaxation(problem, lp, lb if lp is None else max(lb, math.ceil(lp.bound - _BOUND_EPS)))
+
+
+def lower_bound(request: PlanRequest, time_limit: float) -> int:
+    """A proven lower bound on the GPUs of any plan of `request` (`relax`'s)."""
+    return relax(request, time_limit).bound
+
+
+# The relaxation `solve` may take instead of solving the LP again, set only inside `sharing`: the
+# re-plan solves the LP for its bound, then asks a strategy (which calls `solve`) for a fresh plan
+# of the same request. One entry, for the extent of that call, used only for an equal request.
+_SHARED: ContextVar[Relaxation | None] = ContextVar("parvagpu_shared_relaxation", default=None)
+
+
+@contextmanager
+def sharing(relaxation: Relaxation) -> Iterator[None]:
+    """Within this block, `solve` of a request equal to the relaxation's (the time limit aside,
+    MIG layouts) starts from its LP instead of solving it again."""
+    token = _SHARED.set(relaxation)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _shared_for(request: PlanRequest) -> Relaxation | None:
+    shared = _SHARED.get()
+    if shared is None or shared.lp is None:
+        return None
+    mine = shared.problem.request
+    same = (mine.services == request.services and mine.gpu == request.gpu and mine.max_procs == request.max_procs
+            and mine.gpus_per_node == request.gpus_per_node
+            and (mine.profiles is request.profiles or mine.profiles == request.profiles))
+    return shared if same else None
 
 
 def _solve_lp(problem: Problem, clock: _Clock, hard: bool = False) -> _Lp | None:
