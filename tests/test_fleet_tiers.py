@@ -4,6 +4,7 @@ and the greedy first plan the tiers start from."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -117,3 +118,70 @@ def test_the_greedy_packing_is_a_legal_plan_that_serves_its_targets(rates, gpus,
         for size, start in inst:
             assert node.type.legal(size, start) and not used & node.type.mask(size, start)
             used |= node.type.mask(size, start)
+
+
+def _four_gpus(time_limit: float) -> FleetRequest:
+    return _request([[("a", 139.9)], [("b", 69.9)], [("c", 100.0), ("d", 300.0)]], 4,
+                    time_limit=time_limit, allow_partial=True)
+
+
+def test_a_phase_past_the_deadline_is_skipped_and_the_best_plan_by_then_is_returned(monkeypatch):
+    """The first repacking solve of the shared tier ends past the call's deadline (it sleeps the
+    whole limit): no solve and no greedy packing runs after it (not the share program, the
+    bisection nor the final cheapest plan), and the greedy plan found before is returned."""
+    from parvagpu.planning import fleet
+
+    req = _four_gpus(0.5)
+    log: list[str] = []
+    real_solve, real_greedy = fleet.build_and_solve, fleet.greedy
+
+    def solve(*args, **kw):
+        sol = real_solve(*args, **kw)
+        log.append("solve")
+        if log.count("solve") == 2:  # 1: the full plan (proven infeasible); 2: the repacking
+            time.sleep(req.time_limit)
+            log.append("deadline")
+        return sol
+
+    def pack(*args, **kw):
+        log.append("greedy")
+        return real_greedy(*args, **kw)
+
+    monkeypatch.setattr(fleet, "build_and_solve", solve)
+    monkeypatch.setattr(fleet, "greedy", pack)
+    plan = plan_fleet(req)
+    assert log[-1] == "deadline" and log.count("solve") == 2 and log.count("greedy") > 2
+    served, stats = _outcome(plan, req)
+    assert served["a"] == 139.9 and served["b"] == 69.9 and stats["tiers_full"] == 2
+    assert 0 < stats["share"] < 1 and stats["share_upper_bound"] == 1.0  # nothing proven in time
+    assert served["d"] == math.floor(300 * stats["share"] * 1e6) / 1e6
+
+
+def test_the_bisection_is_skipped_when_a_step_cannot_end_in_time(monkeypatch):
+    """A share program that took longer than a bisection step's share of the time left and left a
+    gap (as at 1,000 services): no feasibility solve of the bisection runs, more repacking rounds
+    do, and the plan keeps the share found."""
+    from parvagpu.planning import fleet
+
+    req = _four_gpus(3.0)
+    real_max, real_cheapest = fleet._max_share, fleet._cheapest
+    gaps: list[float] = []
+    found: list[float] = []
+
+    def slow_max(*args, **kw):
+        f, _, plan = real_max(*args, **kw)
+        time.sleep(0.5)
+        found.append(f)
+        return f, 1.0, plan  # as if the bound were still open
+
+    def cheapest(request, *args, **kw):
+        gaps.append(request.mip_rel_gap)
+        return real_cheapest(request, *args, **kw)
+
+    monkeypatch.setattr(fleet, "_max_share", slow_max)
+    monkeypatch.setattr(fleet, "_cheapest", cheapest)
+    plan = plan_fleet(req)
+    _, stats = _outcome(plan, req)
+    assert found and 0.99 not in gaps  # the bisection's solves ask any plan (gap 0.99)
+    assert gaps.count(fleet._FILL_GAP) >= 1 and stats["share"] >= found[0]
+    assert stats["share"] == pytest.approx(1 / 6, abs=1e-5)

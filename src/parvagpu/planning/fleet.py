@@ -13,13 +13,17 @@ greedy packing (`fleet_greedy`, bisected on f in well under a second a step); th
 repacking (the cheapest plan at f, HiGHS from the greedy plan, frees room) and greedy filling of
 that room raise it; then one program maximises f from that plan (HiGHS's bound on f is proven),
 then bisection over feasibility solves between the f found and the bound (six steps), each proven
-infeasibility lowering the bound. The plan records f and the bound (`share_upper_bound`; equal
-when proven maximal). Unless the request allows it, such a plan is `Unservable` (exit 3).
+infeasibility lowering the bound, unless a step's time would be below what the program took (at
+1,000 services it runs to its limit): then more repacking rounds instead. The plan records f and
+the bound (`share_upper_bound`; equal when proven maximal, 1 when nothing was proven in time).
+Unless the request allows it, such a plan is `Unservable` (exit 3).
 
-`time_limit` is the budget of the whole call: all of it for the plan serving everything, or with
-`allow_partial` half of it at most, the tiers 80% of the rest (of the shared tier's part: 60% for
-repacking and filling, half the rest for the program maximising f) and the cheapest plan at the
-served rates what remains. Pure, like every planner.
+`time_limit` is one deadline for the whole call: all of it for the plan serving everything, or
+with `allow_partial` half of it at most, the tiers 80% of the rest (of the shared tier's part:
+60% for repacking and filling, half the rest for the program maximising f) and the cheapest plan
+at the served rates what remains. Every phase stops at it (a solve's budget counts building its
+program; the greedy bisection checks it each step) and a phase that would start after it is
+skipped: the best plan found by then is returned. Pure, like every planner.
 """
 
 from __future__ import annotations
@@ -169,12 +173,14 @@ def _cheapest(request: FleetRequest, setup: _Setup, served: Mapping[str, float],
               start: DeploymentMap | None = None) -> _Outcome:
     """The cheapest plan serving every service at its rate (or its `served` rate, 0: not at all).
     HiGHS starts from `start` (a plan serving at least these rates), else from the greedy packing
-    when it finds one."""
+    when it finds one. `seconds` is the budget of the whole call, the greedy packing and building
+    the program included."""
+    deadline = time.perf_counter() + seconds
     demands = _demands(setup, request, served)
     placed = _placed(start) if start is not None else _greedy(request, setup, demands, [1.0] * len(demands))
     first = None if placed is None else start_values(placed, demands, setup.classes)
     sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=request.mip_rel_gap,
-                          start=first)
+                          start=first, deadline=deadline)
     if not sol.feasible:
         return _Outcome(None, sol.status == "kInfeasible")
     bound = max(0.0, sol.bound - TIE * request.fleet.total_gpus)  # see _plan
@@ -300,6 +306,7 @@ _FILL_ROUNDS = 4
 _FILL_TIME = 0.6  # of the shared tier's time: repacking and filling; the rest for the bound on f
 _FILL_GAP = 0.01  # the repacking solve stops at a price proven within 1%
 _TIERS_SHARE = 0.8  # of the time left after the full plan; the rest for the final cheapest plan
+_LATE_FILL_PART = 0.8  # of the time left, a repacking solve's after the share program (the greedy fill is fast)
 
 
 def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, ...], below: dict[str, float],
@@ -309,20 +316,32 @@ def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, .
     the greedy packing bisects f (fast, proves nothing); then rounds of repacking and filling raise
     it (`_fill`, `_FILL_TIME` of the time); then one program maximises f from that plan (half the
     rest; solved to the end, f = f_upper); then bisection between f and f_upper over feasibility
-    solves, each proven infeasibility lowering f_upper. A solve that runs out of time counts as not
-    fitting (f is never overstated) but proves nothing."""
+    solves, each proven infeasibility lowering f_upper, or, when a step's share of the time left
+    is below what the program took, more repacking rounds with that time. A solve that runs out of
+    time counts as not fitting (f is never overstated) but proves nothing. Past the clock's
+    deadline no phase starts: the plan found by then (f_upper 1 when none was proven)."""
     models = frozenset(s.model for s in share)
-    g_f, g_plan = _greedy_share(request, setup, models, below)
+    g_f, g_plan = _greedy_share(request, setup, models, below, clock=clock)
     if g_f >= 1:
         return 1.0, 1.0, g_plan
-    if g_plan is not None:
+    if g_plan is not None and not clock.expired():
         g_f, g_plan = _fill(request, setup, models, below, g_f, g_plan, _Clock(clock.left() * _FILL_TIME))
+    if clock.expired():  # the program and the bisection are skipped: the greedy plan, bound unknown
+        return g_f, 1.0, g_plan
+    t0 = time.perf_counter()
     f, upper, plan = _max_share(request, setup, models, below, clock.left() / 2, g_f, g_plan)
+    took = time.perf_counter() - t0
     if g_plan is not None and (plan is None or g_f > f):  # HiGHS did not take or improve the start
         f, plan = g_f, g_plan
         upper = max(upper, f)  # HiGHS's bound, to its tolerance
     if f >= 1:
         return 1.0, 1.0, plan
+    # Each bisection step is a feasibility solve of the same program: when a step's share of the
+    # time left is below what the share program took (at 1,000 services it runs to its limit
+    # without closing the gap), no step can end in time; the time goes to more repacking rounds.
+    if plan is not None and upper - f > _SHARE_RESOLUTION and clock.left() / (_SHARE_STEPS + 1) < took:
+        f, plan = _fill(request, setup, models, below, f, plan, clock, part=_LATE_FILL_PART)
+        return f, max(upper, f), plan
 
     def attempt(x: float, steps_left: int) -> _Outcome:
         served = {**below, **{s.model: math.floor(s.rate * x * 1e6) / 1e6 for s in share}}
@@ -346,19 +365,20 @@ def _largest_share(request: FleetRequest, setup: _Setup, share: tuple[Service, .
 
 
 def _fill(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float], f: float,
-          plan: DeploymentMap, clock: _Clock) -> tuple[float, DeploymentMap]:
-    """Rounds of: the cheapest plan at f (HiGHS, from `plan`, within `_FILL_GAP`) repacks the
-    segments and frees room, then the greedy packing raises f in that room on top of it; until a
-    round gains less than `_SHARE_RESOLUTION` or the clock stops. Returns the last (f, plan)."""
+          plan: DeploymentMap, clock: _Clock, part: float = 0.5) -> tuple[float, DeploymentMap]:
+    """Rounds of: the cheapest plan at f (HiGHS, from `plan`, within `_FILL_GAP`, `part` of the
+    time left) repacks the segments and frees room, then the greedy packing raises f in that room
+    on top of it; until a round gains less than `_SHARE_RESOLUTION` or the clock stops. Returns
+    the last (f, plan)."""
     quick = replace(request, mip_rel_gap=_FILL_GAP)
     for _ in range(_FILL_ROUNDS):
         if clock.expired():
             break
         # Half of what is left: at 1,000 services HiGHS needs 15-30 s to find a cheaper plan.
-        out = _cheapest(quick, setup, _served(request, share, below, f), clock.left() / 2, start=plan)
-        if out.plan is None:
+        out = _cheapest(quick, setup, _served(request, share, below, f), clock.left() * part, start=plan)
+        if out.plan is None or clock.expired():
             break
-        f2, plan2 = _greedy_share(request, setup, share, below, out.plan, f)
+        f2, plan2 = _greedy_share(request, setup, share, below, out.plan, f, clock)
         if f2 - f < _SHARE_RESOLUTION:
             break
         f, plan = f2, plan2
@@ -372,10 +392,11 @@ def _served(request: FleetRequest, share: frozenset, below: dict[str, float], f:
 
 
 def _greedy_share(request: FleetRequest, setup: _Setup, share: frozenset, below: dict[str, float],
-                  base: DeploymentMap | None = None, lo: float = 0.0):
+                  base: DeploymentMap | None = None, lo: float = 0.0, clock: _Clock | None = None):
     """(f, plan): the largest f (to `_SHARE_RESOLUTION`, at least `lo`) at which the greedy
     packing places the tiers above in full and `share` at f x their rates, on top of the segments
-    of `base` (a plan at `lo`), and its plan; (lo, base) when it places no more than that."""
+    of `base` (a plan at `lo`), and its plan; (lo, base) when it places no more than that. The
+    bisection stops at the `clock`'s deadline with the largest f placed by then."""
     demands = _demands(setup, request, below, share)
     kept = [] if base is None else _placed(base)
 
@@ -390,7 +411,7 @@ def _greedy_share(request: FleetRequest, setup: _Setup, share: frozenset, below:
         best = at(lo)
         if best is None:
             return lo, None
-    while hi - lo > _SHARE_RESOLUTION:
+    while hi - lo > _SHARE_RESOLUTION and not (clock is not None and clock.expired()):
         mid = (lo + hi) / 2
         placed = at(mid)
         if placed is not None:
@@ -408,9 +429,11 @@ def _max_share(request: FleetRequest, setup: _Setup, share: frozenset, below: di
     """(f, its proven upper bound, a plan serving the tiers above in full and `share` at f x their
     rates), or (0, 1, None) when no plan was found in time. HiGHS starts from `start` (at f =
     `start_f`) when given."""
+    deadline = time.perf_counter() + seconds
     demands = _demands(setup, request, below, share)
     first = None if start is None else start_values(_placed(start), demands, setup.classes, start_f)
-    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=0.0, start=first)
+    sol = build_and_solve(demands, setup.classes, setup.types, time_limit=seconds, mip_rel_gap=0.0, start=first,
+                          deadline=deadline)
     if not sol.feasible:
         return 0.0, 1.0, None
     upper = min(1.0, max(0.0, -sol.bound))

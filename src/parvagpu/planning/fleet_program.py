@@ -23,6 +23,7 @@ objective) is 1/SCALE of a price unit, and 1/SHARE_SCALE of f in the share form.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
@@ -108,12 +109,15 @@ class Solution:
 
 def build_and_solve(
     demands: Sequence[Demand], classes: Sequence[GpuClass], types: Mapping[str, GpuType], *,
-    time_limit: float, mip_rel_gap: float, start: Mapping | None = None,
+    time_limit: float, mip_rel_gap: float, start: Mapping | None = None, deadline: float | None = None,
 ) -> Solution:
     """Build the program and solve it with HiGHS: the lowest price, or, when some demand is
     shared, the largest f (the price is then not optimised). HiGHS stops once no cheaper plan can
     exist (its gap below one `price_unit`, less the ties) or the price is within `mip_rel_gap`.
-    `start` (variable meaning -> value, as `start_values` makes) is HiGHS's first incumbent."""
+    `start` (variable meaning -> value, as `start_values` makes) is HiGHS's first incumbent.
+    `deadline` (a `time.perf_counter()` instant): the solve gets no more than what is left of it
+    once the program is built (building 1,000 services' program takes seconds), and none at all
+    when nothing is left (not feasible, status "kTimeLimit")."""
     share = any(d.shared for d in demands)
     p = _Program([], [], [], [], [], [], [], [])
     f = p.add_var(("f",), -SHARE_SCALE, 1.0) if share else None  # continuous
@@ -132,6 +136,10 @@ def build_and_solve(
     unit = price_unit(classes)
     if not share and unit is not None:
         abs_gap = max(abs_gap, (unit - TIE * sum(len(c.gpus) for c in classes)) * SCALE * (1 - 1e-9))
+    if deadline is not None:
+        time_limit = min(time_limit, deadline - time.perf_counter())
+        if time_limit <= 0:
+            return Solution(False, "kTimeLimit", float("inf"), float("nan"), {})
     h, ok = run(
         np.array(p.cost), np.array(p.upper), np.array(p.row_lo), np.array(p.row_hi),
         np.array(p.cols, dtype=np.int64), np.array(p.rows, dtype=np.int64), np.array(p.vals),
