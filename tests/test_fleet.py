@@ -54,9 +54,8 @@ import json  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
-from typer.testing import CliRunner  # noqa: E402
+from helpers import run_cli  # noqa: E402
 
-from parvagpu.cli import app  # noqa: E402
 from parvagpu.cli.common import load_inputs  # noqa: E402
 from parvagpu.contract.plan_json import plan_from_dict, plan_to_json  # noqa: E402
 from parvagpu.core.errors import Unservable  # noqa: E402
@@ -154,40 +153,36 @@ def test_a_fleet_one_gpu_too_small_cuts_the_lowest_tier_in_proportion(example):
     assert all(d["shortfall"] > 0 and d["served_rate"] + d["shortfall"] == pytest.approx(d["rate"]) for d in low)
 
 
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_cli_refuses_a_type_without_profiles_in_one_line(tmp_path):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("version: v1\nnodes:\n  - {name: rack1-a, gpu: A100-80GB, gpus: 8, price_per_gpu_hour: 2.5}\n"
                      "  - {name: rack2-b, gpu: H100-80GB, gpus: 4, reserved: [{gpu: 0, start: 0, size: 3}]}\n")
-    r = _run("plan", "--fleet", fleet, "--format", "json")
+    r = run_cli("plan", "--fleet", fleet, "--format", "json")
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
     assert "no profiles measured on H100-80GB" in r.output and "--reuse-profiles-from" in r.output
-    r = _run("plan", "--gpu", "H200", "--format", "json")
+    r = run_cli("plan", "--gpu", "H200", "--format", "json")
     assert r.exit_code == 2 and "no profiles measured on H200" in r.output
-    assert _run("plan", "--gpu", "H200", "--reuse-profiles-from", "A100-80GB", "--format", "json").exit_code == 0
+    assert run_cli("plan", "--gpu", "H200", "--reuse-profiles-from", "A100-80GB", "--format", "json").exit_code == 0
     out = tmp_path / "plan.json"
-    r = _run("plan", "--fleet", fleet, "--reuse-profiles-from", "A100-80GB", "-o", out)
+    r = run_cli("plan", "--fleet", fleet, "--reuse-profiles-from", "A100-80GB", "-o", out)
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert data["fleet"]["nodes"][1]["reserved"] == [{"gpu": 0, "start": 0, "size": 3}]
     assert all("served_rate" in s for s in data["services"])
-    assert _run("verify", out).exit_code == 0
+    assert run_cli("verify", out).exit_code == 0
 
 
 def test_cli_exit_3_on_a_too_small_fleet_unless_partial(tmp_path):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("version: v1\nnodes: [{name: n, gpu: A100-80GB, gpus: 1}]\n")
-    r = _run("plan", "--fleet", fleet, "-s", "6", "--format", "json")
+    r = run_cli("plan", "--fleet", fleet, "-s", "6", "--format", "json")
     assert r.exit_code == 3 and "cannot be served as asked" in r.output
-    r = _run("plan", "--fleet", fleet, "-s", "6", "--format", "json", "--allow-partial")
+    r = run_cli("plan", "--fleet", fleet, "-s", "6", "--format", "json", "--allow-partial")
     assert r.exit_code == 0, r.output
     assert any(s["shortfall"] > 0 for s in json.loads(r.stdout)["services"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: v1\nnodes: [{name: n, gpu: A100-80GB, gpus: 1, reserved: [{gpu: 3}]}]\n")
-    r = _run("plan", "--fleet", bad)
+    r = run_cli("plan", "--fleet", bad)
     assert r.exit_code == 2 and "reserved gpu 3" in r.output and len(r.output.strip().splitlines()) == 1
 
 
@@ -201,11 +196,11 @@ def test_profiles_in_a_directory_per_type(tmp_path, example):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("version: v1\nnodes: [{name: a, gpu: A100-80GB, gpus: 2}, {name: h, gpu: H200, gpus: 2}]\n")
     out = tmp_path / "plan.json"
-    r = _run("plan", "--fleet", fleet, "--profiles", tmp_path / "profiles", "--slo", example_dir() / "SLO", "-o", out)
+    r = run_cli("plan", "--fleet", fleet, "--profiles", tmp_path / "profiles", "--slo", example_dir() / "SLO", "-o", out)
     assert r.exit_code == 0, r.output
-    assert _run("verify", out, "--profiles", tmp_path / "profiles").exit_code == 0
+    assert run_cli("verify", out, "--profiles", tmp_path / "profiles").exit_code == 0
     assert json.loads(out.read_text())["provenance"]["profiles"] == str((tmp_path / "profiles").resolve())
-    r = _run("verify", out)  # the profiles the plan records, one subdirectory per type
+    r = run_cli("verify", out)  # the profiles the plan records, one subdirectory per type
     assert r.exit_code == 0, r.output
 
 
@@ -315,7 +310,7 @@ def test_time_limit_bounds_the_whole_fleet_plan(example, tmp_path, monkeypatch):
     monkeypatch.setattr(planning_fleet, "plan_fleet", record)
     f = tmp_path / "fleet.yaml"
     f.write_text("version: v1\nnodes: [{name: a, gpu: A100-80GB, gpus: 2}]\n")
-    r = _run("plan", "--fleet", f, "--time-limit", "2", "--format", "json")
+    r = run_cli("plan", "--fleet", f, "--time-limit", "2", "--format", "json")
     assert r.exit_code == 3 and len(asked) == 1 and 0 < asked[0] <= 2 - 0.6
 
 
@@ -342,10 +337,10 @@ def test_diff_between_two_fleet_plans_of_one_fleet(example, tmp_path):
     for name, plan in (("old", old), ("new", new)):
         files.append(tmp_path / f"{name}.json")
         files[-1].write_text(plan_to_json(plan))
-    r = _run("diff", *files, "--format", "json")
+    r = run_cli("diff", *files, "--format", "json")
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.stdout)["steps"]) == len(sched.steps)
     single = tmp_path / "single.json"
-    assert _run("plan", "-s", "6", "-o", single).exit_code == 0
-    r = _run("diff", single, files[1], "--format", "json")
+    assert run_cli("plan", "-s", "6", "-o", single).exit_code == 0
+    r = run_cli("diff", single, files[1], "--format", "json")
     assert r.exit_code == 2 and "different fleets" in r.output and len(r.output.strip().splitlines()) == 1

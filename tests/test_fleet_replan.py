@@ -6,9 +6,9 @@ import json
 from dataclasses import replace
 
 import pytest
-from typer.testing import CliRunner
 
-from parvagpu.cli import app
+from helpers import run_cli
+
 from parvagpu.cli.common import load_inputs
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.fleet import Fleet, FleetNode, Reservation
@@ -96,24 +96,20 @@ def test_a_running_plan_of_another_fleet_is_refused(mixed):
         replan_fleet(FleetRequest(services, {A100: by_type[A100]}, other), running)
 
 
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
 def test_cli_plan_current_with_fleet_records_the_transition_and_diff_reads_it(tmp_path):
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("version: v1\nnodes:\n  - {name: r1, gpu: A100-80GB, gpus: 8, price_per_gpu_hour: 2.0}\n"
                      "  - {name: r2, gpu: A100-80GB, gpus: 8, reserved: [{gpu: 0, start: 0, size: 3}]}\n")
     first, second = tmp_path / "run.json", tmp_path / "next.json"
-    assert _run("plan", "--fleet", fleet, "-s", "6", "-o", first).exit_code == 0
-    r = _run("plan", "--fleet", fleet, "-s", "6", "--current", first, "-o", second)
+    assert run_cli("plan", "--fleet", fleet, "-s", "6", "-o", first).exit_code == 0
+    r = run_cli("plan", "--fleet", fleet, "-s", "6", "--current", first, "-o", second)
     assert r.exit_code == 0, r.output
     data = json.loads(second.read_text())
     assert data["transition"]["added"] == [] and data["transition"]["removed"] == []
-    assert _run("verify", second).exit_code == 0
-    r = _run("diff", first, second, "--format", "json")
+    assert run_cli("verify", second).exit_code == 0
+    r = run_cli("diff", first, second, "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["steps"] == [], r.output
-    r = _run("plan", "--fleet", fleet, "-s", "6", "--current", first, "--max-extra-gpus", "1")
+    r = run_cli("plan", "--fleet", fleet, "-s", "6", "--current", first, "--max-extra-gpus", "1")
     assert r.exit_code == 2 and "--max-extra-gpus" in r.output
 
 

@@ -9,19 +9,15 @@ import shutil
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from parvagpu.cli import app
+from helpers import run_cli
+
 from parvagpu.cli.common import example_dir, read_checked_plan
 from parvagpu.contract.plan_json import read_plan
 from parvagpu.core.gpus import gpu_type
 from parvagpu.serving.policy import serving_spec
 
 A100, H100 = "A100-80GB", "H100-80GB"
-
-
-def _run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +38,7 @@ def mixed(tmp_path_factory):
                      "  - {name: h1, gpu: H100-80GB, gpus: 3, price_per_gpu_hour: 1.5,\n"
                      "     reserved: [{gpu: 0, start: 0, size: 3}, {gpu: 2}]}\n")
     plan = root / "plan.json"
-    r = _run("plan", "--fleet", fleet, "--profiles", root / "profiles", "--slo", example_dir() / "SLO", "-s", "3",
+    r = run_cli("plan", "--fleet", fleet, "--profiles", root / "profiles", "--slo", example_dir() / "SLO", "-s", "3",
              "--allow-partial", "-o", plan)
     assert r.exit_code == 0, r.output
     loaded, _ = read_plan(plan)
@@ -53,12 +49,12 @@ def mixed(tmp_path_factory):
 def test_a_mixed_plan_is_checked_against_each_types_profiles(mixed):
     _, plan_file, plan = mixed
     assert read_checked_plan(plan_file) == plan  # the recorded per-type directory, no problem
-    assert _run("verify", plan_file).exit_code == 0
+    assert run_cli("verify", plan_file).exit_code == 0
 
 
 def test_mig_parted_export_per_node_type_keeps_reservations(mixed, tmp_path):
     _, plan_file, plan = mixed
-    r = _run("export", "mig-parted", plan_file, "-o", tmp_path / "mp")
+    r = run_cli("export", "mig-parted", plan_file, "-o", tmp_path / "mp")
     assert r.exit_code == 0, r.output
     text = "".join(p.read_text() for p in sorted((tmp_path / "mp").glob("*.yaml")))
     docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "ConfigMap"]
@@ -78,9 +74,9 @@ def test_mig_parted_export_per_node_type_keeps_reservations(mixed, tmp_path):
 
 def test_k8s_export_simulate_and_serve_spec_take_the_mixed_plan(mixed, tmp_path):
     _, plan_file, plan = mixed
-    r = _run("export", "k8s", plan_file, "-o", tmp_path / "k8s")
+    r = run_cli("export", "k8s", plan_file, "-o", tmp_path / "k8s")
     assert r.exit_code == 0, r.output
-    r = _run("simulate", plan_file, "--duration", "1")
+    r = run_cli("simulate", plan_file, "--duration", "1")
     assert r.exit_code == 0, r.output
     spec = serving_spec(plan)
     segs = [s for m in spec.values() for s in m.segments]
@@ -90,7 +86,7 @@ def test_k8s_export_simulate_and_serve_spec_take_the_mixed_plan(mixed, tmp_path)
 def test_apply_node_by_node_with_each_nodes_type(mixed, tmp_path):
     _, plan_file, plan = mixed
     for node, gpus in ((0, 4), (1, 3)):
-        r = _run("apply", plan_file, "--node", node, "--backend", "fake", "--fake-gpus", gpus,
+        r = run_cli("apply", plan_file, "--node", node, "--backend", "fake", "--fake-gpus", gpus,
                  "--state-dir", tmp_path / "st", "--fake-state", tmp_path / f"fake{node}.json")
         assert r.exit_code == 0, r.output
         state = json.loads((tmp_path / "st" / f"node{node}" / "state.json").read_text())
