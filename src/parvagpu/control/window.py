@@ -67,35 +67,20 @@ class AttainmentWindow:
 
 class TrendWindow:
     """The slope of the arrival rate over the last `window_s` seconds (req/s per s): the rate of its
-    later half minus that of its earlier half, over the half's length. Kept as two running sums, so
-    a look is O(1) amortised; None until a whole window has been observed."""
+    later half minus that of its earlier half, over the half's length. Two rate windows (the whole
+    window and its later half), so a look is O(1) amortised; None until a whole window has been
+    observed."""
 
     def __init__(self, window_s: float, start_s: float = 0.0) -> None:
-        if not window_s > 0:
-            raise ParvaError(f"window must be positive, got {window_s}")
-        self.window_s = window_s
-        self.start_s = start_s
-        self._late: deque[tuple[float, float]] = deque()
-        self._early: deque[tuple[float, float]] = deque()
-        self._sums = [0.0, 0.0]  # early, late
-        self._last = -float("inf")
+        self.whole = RateWindow(window_s, start_s)
+        self.late = RateWindow(window_s / 2, start_s)
 
     def add(self, t: float, n: float = 1.0) -> None:
-        if t < self._last:
-            raise ParvaError(f"observations must not go back in time ({t} < {self._last})")
-        self._last = t
-        self._late.append((t, n))
-        self._sums[1] += n
+        self.whole.add(t, n)
+        self.late.add(t, n)
 
     def slope(self, now: float) -> float | None:
-        if now - self.start_s < self.window_s:
+        if now - self.whole.start_s < self.whole.window_s:
             return None
-        half = self.window_s / 2
-        while self._late and self._late[0][0] <= now - half:
-            ev = self._late.popleft()
-            self._sums[1] -= ev[1]
-            self._early.append(ev)
-            self._sums[0] += ev[1]
-        while self._early and self._early[0][0] <= now - self.window_s:
-            self._sums[0] -= self._early.popleft()[1]
-        return (self._sums[1] - self._sums[0]) / (half * half)
+        late, half = self.late.count(now), self.late.window_s
+        return (late - (self.whole.count(now) - late)) / (half * half)
