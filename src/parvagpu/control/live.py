@@ -197,10 +197,10 @@ class Controller:
             if sent and m not in self.first_seen:
                 self.first_seen[m] = now
         self.last_obs = now
-        cap = self._capacities(self.plan)
         views = tuple(
-            ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m], cap.get(m, 0.0),
-                      self.changed.get(m, -math.inf), self.headroom.get(m), self.trends[m].slope(now))
+            ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m],
+                      self.plan.capacity(m), self.changed.get(m, -math.inf), self.headroom.get(m),
+                      self.trends[m].slope(now))
             for m in sorted(self.planned) if self.warm(m, now)
         )
         if self.on_observe is not None:
@@ -403,13 +403,6 @@ class Controller:
         return [{"action": "remove", "segment": n, "model": m, "drain_s": round(t1 - t0, 3),
                  "stop_s": round(t2 - t1, 3), "instance_s": round(t3 - t2, 3), "removed_at_s": round(t3, 3)}
                 for m, n in names]
-
-    @staticmethod
-    def _capacities(plan: DeploymentMap) -> dict[str, float]:
-        cap: dict[str, float] = {}
-        for s in plan.segments:
-            cap[s.model] = cap.get(s.model, 0.0) + s.segment.throughput
-        return cap
 
 
 LIVE_KEYS = {"tick_s", "window_s", "attainment_window_s", "min_requests", "drain_timeout_s", "poll_s",

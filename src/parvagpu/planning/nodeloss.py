@@ -37,10 +37,8 @@ def as_running(alive: DeploymentMap) -> DeploymentMap:
     """`alive` with each service's rate capped at what its surviving segments serve (a model with
     none left dropped): the floor a transition from it must keep, since the loss already took the
     rest."""
-    cap: dict[str, float] = {}
-    for s in alive.segments:
-        cap[s.model] = cap.get(s.model, 0.0) + s.segment.throughput
-    services = tuple(replace(v, rate=min(v.rate, cap[v.model])) for v in alive.services if cap.get(v.model, 0.0) > 0)
+    services = tuple(replace(v, rate=min(v.rate, alive.capacity(v.model))) for v in alive.services
+                     if alive.capacity(v.model) > 0)
     return replace(alive, services=services)
 
 
