@@ -275,9 +275,13 @@ class ModelRoute:
             if await _answers(self.handles[i].pid.remote(), max(PROBE_TIMEOUT_S, self.slo_s)):
                 self.mark_up(i)
             else:
-                gone = self._gone_future(name)
-                if not gone.done():
-                    gone.set_result(True)
+                self._mark_gone(name)
+
+    def _mark_gone(self, name: str) -> None:
+        """Segment `name` is unreachable: every call waiting on it gives up now."""
+        gone = self._gone_future(name)
+        if not gone.done():
+            gone.set_result(True)
 
     def _gone_future(self, name: str) -> asyncio.Future:
         """The future that says segment `name` is unreachable (made on first use, on this loop)."""
@@ -307,9 +311,7 @@ class ModelRoute:
             if self._checks.get(name) is asyncio.current_task():
                 del self._checks[name]
         self.mark_down(i)
-        gone = self._gone_future(name)
-        if not gone.done():
-            gone.set_result(True)
+        self._mark_gone(name)
 
     async def _outcome(self, resp, name: str) -> tuple[str, Any]:
         """How one segment call ends: ("ok", its answer), ("timeout", None) after the call timeout,
@@ -361,10 +363,8 @@ class ModelRoute:
                     self._count("failed", i)
                     return 504, {"error": f"{self.model}: segment {self.names[i]} did not answer in time"}
                 if how == "gone":  # no replica left behind the segment: elsewhere now, or 503 now
-                    j = self._pick(n, avoid=i) if attempt < RETRIES else None
+                    j = self._move(i, n) if attempt < RETRIES else None
                     if j is not None:
-                        self.admission.release(i, n)
-                        self._count("failover", j)
                         i = j
                         continue
                     self._count("failed", i)
@@ -386,12 +386,19 @@ class ModelRoute:
     def _failover(self, i: int, n: int) -> int:
         """Where a request that failed on segment i is retried: another live segment that is up
         with room (its slots moved there), else i itself."""
-        j = self._pick(n, avoid=i)
+        j = self._move(i, n)
         if j is None:
             self._count("retried", i)
             return i
-        self.admission.release(i, n)
-        self._count("failover", j)
+        return j
+
+    def _move(self, i: int, n: int) -> int | None:
+        """Another live segment that is up with room for a request of n items on segment i, its
+        slots moved there (counted as a fail-over); None when there is none."""
+        j = self._pick(n, avoid=i)
+        if j is not None:
+            self.admission.release(i, n)
+            self._count("failover", j)
         return j
 
     def stats(self) -> dict:
