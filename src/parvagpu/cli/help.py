@@ -4,10 +4,13 @@ show no `<bool>` and repeatable options show their item type, not `<list[str]>`.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import click
 import typer
 from typer.core import TyperCommand
+
+if TYPE_CHECKING:  # annotations only: recent Typer carries its own copy of click and needs no click installed
+    import click
 
 
 class Command(TyperCommand):
