@@ -482,3 +482,41 @@ def test_watched_services_file_switches_and_a_bad_version_changes_nothing(tmp_pa
         ctl.tick()
         assert ctl.plan is kept
     assert not w.poll()  # still gone: refused once, not at every look
+
+
+def _swapped(first):
+    """resnet50's one segment and one of bert's trade slots on a full GPU: without a free slot
+    either model would dip below its floor while the other's segment is replaced."""
+    seg = {(s.model, s.start): s for s in first.segments}
+    r, b = seg[("resnet50", 5)], seg[("bert", 4)]
+    moved = (replace(r, start=4), replace(b, start=5), seg[("bert", 6)])
+    return replace(first, segments=moved, transition=None)
+
+
+@pytest.mark.parametrize("spare", [0, 1])
+def test_a_spare_gpu_bridges_a_transition_the_slots_would_dip(tmp_path, monkeypatch, spare):
+    ev = Events()
+    deps, log = Deployments(ev), []
+    port = Port(deps, ev)
+    first = _plan(RATES)
+    assert sorted((s.model, s.gpu, s.start) for s in first.segments) == [
+        ("bert", 0, 4), ("bert", 0, 6), ("resnet50", 0, 5)]
+    new = _swapped(first)
+    ctl = Controller(first, profiles(), POLICY, replace(CFG, spare_gpus=spare), Clock(), Nodes(tmp_path, ev), deps,
+                     port, log.append)
+    ctl.start()
+    monkeypatch.setattr("parvagpu.control.live.make_plan", lambda req, strategy: new)
+    _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 30)
+    if not spare:  # the check refuses the dip: nothing changes
+        assert ctl.plan is first and [r for r in log if r["kind"] == "refused"]
+        return
+    assert ctl.plan is new and not [r for r in log if r["kind"] == "refused"]
+    start = next(r for r in log if r["kind"] == "transition")
+    assert start["dips"] == []
+    steps = next(r for r in log if r["kind"] == "transition done")["steps"]
+    on_spare = [(s["action"], s["segment"]) for s in steps if "-g1-" in s["segment"]]  # GPU 1: the spare
+    assert [a for a, _ in on_spare] == ["create", "remove"] and on_spare[0][1] == on_spare[1][1]
+    routed = {n for m in port.ing.models.values() for n in m.segments()}
+    assert routed == {segment_name(new, s) for s in new.segments}
+    fake, _ = ctl.nodes.held[0]
+    assert ctl.nodes.segments(0) == len(new.segments) and not fake.list_instances(1)  # the spare is free again

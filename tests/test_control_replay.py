@@ -9,10 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from parvagpu.cli import app
-from parvagpu.control.replay import Costs, _runs, read_settings
+from parvagpu.control.replay import Costs, Options, _Cluster, _runs, read_settings
 from parvagpu.control.trace import Shape, generate, read_trace, trace_csv
 from parvagpu.core.errors import ParvaError
-from parvagpu.core.model import PlacedSegment, Segment, Step, Triplet
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Schedule, Segment, Service, Step, Triplet
+from parvagpu.planning.transition import schedule
 
 runner = CliRunner()
 
@@ -70,7 +71,7 @@ def _seg(gpu: int, start: int, size: int = 1) -> PlacedSegment:
 def test_transition_runs_are_parallel_across_gpus_and_serial_on_one():
     steps = [Step("create", _seg(0, 0)), Step("create", _seg(1, 0)), Step("create", _seg(1, 1)),
              Step("remove", _seg(0, 4)), Step("create", _seg(0, 4))]
-    runs = _runs(steps, 100.0, Costs(create_s=4, destroy_s=2, load_s=10))
+    runs = _runs(Schedule(tuple(steps), ()), 100.0, Costs(create_s=4, destroy_s=2, load_s=10))
     assert [(r.action, len(r.segments), r.start, r.end) for r in runs] == [
         ("create", 3, 100.0, 128.0),  # two creations on GPU 1 one after the other: 2 x 14 s
         ("remove", 1, 128.0, 130.0),
@@ -78,11 +79,45 @@ def test_transition_runs_are_parallel_across_gpus_and_serial_on_one():
     ]
 
 
+def _capacity_over_time(old, sched):
+    """(time, GPUs present, per-model serving capacity) at every run boundary of the replay's timing."""
+    cluster, out = _Cluster(old), []
+    for run in _runs(sched, 0.0, Costs(create_s=4, destroy_s=2, load_s=10)):
+        cluster.begin(run)
+        cap = {m: sum(s.segment.throughput for s in cluster.segments(m)) for m in ("a", "b")}
+        out.append((run.start, cluster.gpus(), cap))
+        cluster.finish(run)
+    return out, cluster
+
+
+def test_a_transition_on_a_spare_gpu_keeps_every_model_serving_and_counts_the_gpu():
+    """Two models trade slots on a full GPU. Without a spare, one of them serves nothing until its
+    new segment is loaded; with one spare GPU a bridge copy serves meanwhile, and the spare GPU is
+    counted while the bridge is on it."""
+    a4, b3 = Triplet(4, 8, 1, 100.0, 1.0), Triplet(3, 8, 1, 80.0, 1.0)
+    a3, b4 = Triplet(3, 8, 1, 100.0, 1.0), Triplet(4, 8, 1, 80.0, 1.0)
+    svc = (Service("a", 100.0, 10.0), Service("b", 80.0, 10.0))
+    old = DeploymentMap("A100-80GB", "parva", 3, 8, (
+        PlacedSegment(Segment("a", a4), 0, 0), PlacedSegment(Segment("b", b3), 0, 4)), svc)
+    new = DeploymentMap("A100-80GB", "parva", 3, 8, (
+        PlacedSegment(Segment("b", b4), 0, 0), PlacedSegment(Segment("a", a3), 0, 4)), svc)
+    dipped, _ = _capacity_over_time(old, schedule(old, new))
+    assert min(c["b"] for _, _, c in dipped) == 0.0 and max(g for _, g, _ in dipped) == 1
+    bridged, end = _capacity_over_time(old, schedule(old, new, spare_gpus=1))
+    assert all(c["a"] >= 100.0 and c["b"] >= 80.0 for _, _, c in bridged)
+    assert max(g for _, g, _ in bridged) == 2  # the spare GPU, counted while the bridge runs
+    assert end.gpus() == 1 and {k[0] for k in end.present} == {"a", "b"} and len(end.present) == 2
+
+
 def test_settings_file(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text("policy: {headroom: 0.3, dwell_s: 900}\ncosts: {load_s: 20}\nreplay: {tick_s: 60}\n")
     cfg, costs, extra = read_settings(p)
     assert cfg.headroom == 0.3 and cfg.dwell_s == 900 and costs.load_s == 20 and extra == {"tick_s": 60}
+    p.write_text("replay: {spare_gpus: 1.5}\n")
+    with pytest.raises(ParvaError, match="spare GPUs must be a whole number"):
+        Options(**read_settings(p)[2])
+    assert Options(spare_gpus=2.0).spare_gpus == 2
     p.write_text("policy: {hedroom: 0.3}\n")
     with pytest.raises(ParvaError, match="unknown policy keys: hedroom"):
         read_settings(p)

@@ -51,12 +51,21 @@ class LiveConfig:
     max_procs: int = 3
     node_loss_s: float = 10.0  # every segment of a node down this long: the node is lost
     trend_window_s: float = 1800.0  # the window of the rate's slope (the policy's trend rules)
+    spare_gpus: int = 0  # free GPUs after the plan's that a transition may borrow for bridge copies
 
     def __post_init__(self) -> None:
         for name in ("tick_s", "window_s", "attainment_window_s", "drain_timeout_s", "poll_s", "node_loss_s",
                      "trend_window_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ParvaError(f"control setting {name} must be positive, got {getattr(self, name)}")
+        object.__setattr__(self, "spare_gpus", spare_count(self.spare_gpus))
+
+
+def spare_count(n) -> int:
+    """A number of spare GPUs from a settings file: a whole number >= 0."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or n < 0 or n != int(n):
+        raise ParvaError(f"spare GPUs must be a whole number >= 0, got {n}")
+    return int(n)
 
 
 class Clock(Protocol):
@@ -101,14 +110,23 @@ def groups(sched: Schedule) -> list[tuple[str, list[PlacedSegment]]]:
     return out
 
 
-def check_replan(old: DeploymentMap, new: DeploymentMap, profiles) -> tuple[Schedule | None, list[str]]:
+def check_replan(old: DeploymentMap, new: DeploymentMap, profiles,
+                 spare_gpus: int = 0) -> tuple[Schedule | None, list[str]]:
     """verify's checks of a new plan and of its transition schedule from the running plan, before
-    any effect: (schedule, problems); the schedule is None when the plan itself is wrong."""
+    any effect: (schedule, problems); the schedule is None when the plan itself is wrong. With
+    `spare_gpus`, the schedule may bridge on that many free GPUs after the plans' (see `schedule`)."""
     problems = verify(new, profiles)
     if problems:
         return None, problems
-    sched = schedule(old, new)
+    sched = schedule(old, new, spare_gpus)
     return sched, verify_schedule(old, new, sched.steps)
+
+
+def with_bridges(new: DeploymentMap, sched: Schedule) -> DeploymentMap:
+    """`new` with the schedule's bridge copies added: every segment that serves during the
+    transition, so each bridge gets a serving spec and a name like any other segment."""
+    extra = tuple(st.segment for st in sched.steps if st.bridge and st.action == "create")
+    return replace(new, segments=new.segments + extra, transition=None) if extra else new
 
 
 class Controller:
@@ -312,7 +330,8 @@ class Controller:
                                            lambda r: make_plan(r, self.cfg.strategy), self.cfg.max_procs)
             else:
                 new = make_plan(req, self.cfg.strategy)
-            sched, problems = check_replan(as_running(self.plan) if lost else self.plan, new, self.profiles)
+            sched, problems = check_replan(as_running(self.plan) if lost else self.plan, new, self.profiles,
+                                           0 if lost else self.cfg.spare_gpus)
         except ParvaError as exc:
             problems, sched, new = [str(exc)], None, None
         plan_s = self.clock.now() - t0
@@ -344,8 +363,12 @@ class Controller:
         return True
 
     def execute(self, new: DeploymentMap, sched: Schedule, slos: dict[str, float]) -> list[dict]:
-        """Carry out the schedule; one record per step with its times (seconds from the start)."""
-        spec, old_names = self.spec_of(new), {s: segment_name(self.plan, s) for s in self.plan.segments}
+        """Carry out the schedule; one record per step with its times (seconds from the start). Bridge
+        copies on spare GPUs serve like the new plan's segments until their removal steps."""
+        serving = with_bridges(new, sched)
+        spec = self.spec_of(serving)
+        names = {s: segment_name(self.plan, s) for s in self.plan.segments}
+        names.update((s, segment_name(serving, s)) for s in serving.segments if s not in names)
         for m in sorted(spec):  # new models get a route (503 until a segment is live), others their SLO
             self.port.set_model(m, spec[m].rate, slos[m])
         held = list(self.plan.segments)
@@ -353,10 +376,10 @@ class Controller:
         for action, segs in groups(sched):
             if action == "create":
                 held += segs
-                steps += self._create(new, held, spec, steps, segs)
+                steps += self._create(serving, held, spec, steps, segs)
             else:
                 held = [s for s in held if s not in segs]
-                steps += self._remove(new, held, [(s.model, old_names[s]) for s in segs])
+                steps += self._remove(serving, held, [(s.model, names[s]) for s in segs])
         gone = {s.model for s in self.plan.services} - {s.model for s in new.services}
         for m in sorted(gone):
             self.port.drop_model(m)
@@ -406,7 +429,7 @@ class Controller:
 
 
 LIVE_KEYS = {"tick_s", "window_s", "attainment_window_s", "min_requests", "drain_timeout_s", "poll_s",
-             "strategy", "max_procs", "node_loss_s", "trend_window_s"}
+             "strategy", "max_procs", "node_loss_s", "trend_window_s", "spare_gpus"}
 
 
 def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:
@@ -429,7 +452,8 @@ def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:
                 raise ParvaError(f"{path}: {section}.{k} must be {'a name' if text else 'a number'}")
         out.append(part)
     try:
-        live = {k: (v if k == "strategy" else int(v) if k == "max_procs" else float(v)) for k, v in out[1].items()}
+        live = {k: (v if k in ("strategy", "spare_gpus") else int(v) if k == "max_procs" else float(v))
+                for k, v in out[1].items()}
         return PolicyConfig(**{k: float(v) for k, v in out[0].items()}), LiveConfig(**live)
     except (TypeError, ValueError) as exc:
         raise ParvaError(f"{path}: {exc}") from None

@@ -6,8 +6,10 @@ measured with `simulate`'s discrete-event simulator):
 - **controller**: every `tick_s` the policy of `policy.py` (the same `decide` the live loop uses)
   looks at each model's arrival rate over the last `window_s` (Poisson-noisy counts, as an ingress
   would see them) and its attainment; on a re-plan the planner makes the new plan from the running
-  one (`current=`, move-aware, where the planner supports it; else from scratch) and the transition
-  runs in `transition.schedule`'s make-before-break order with reconfiguration costs;
+  one (`current=`, move-aware, where the planner supports it; else from scratch), the live
+  controller's check (`live.check_replan`) makes its make-before-break schedule, with bridge copies
+  on `spare_gpus` free GPUs where the slots would force a dip, and the transition runs in that
+  order with reconfiguration costs;
 - **static**: one plan sized for every model's peak rate in the trace, for the whole trace; once
   at the peak itself and once with the controller's headroom (peak x (1 + h));
 - **oracle**: a plan from scratch every `oracle_interval_s` for the interval's true peak rates,
@@ -29,16 +31,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field, fields
 
 from parvagpu.control.fluid import AttainmentTable, configs_of
+from parvagpu.control.live import check_replan, groups, spare_count
 from parvagpu.control.policy import (ModelView, PolicyConfig, decide, queueing_headroom, settings_section,
                                      target_rate)
 from parvagpu.control.trace import Trace
 from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import GpuType
-from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service, segment_key
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Schedule, Service, segment_key
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.strategies import plan as make_plan
-from parvagpu.planning.transition import schedule, transition
+from parvagpu.planning.transition import transition
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,12 @@ class Options:
     seed: int = 0
     samples: int = 2000  # requests per serving-model table entry
     estimate_headroom: int = 0  # 1: each model's headroom from its planned segments' load curve
+    spare_gpus: int = 0  # free GPUs a transition may borrow for bridge copies (their time is counted)
 
     def __post_init__(self) -> None:
         if min(self.tick_s, self.window_s, self.trend_window_s, self.attainment_window_s, self.oracle_interval_s) <= 0:
             raise ParvaError("tick, windows and oracle interval must be positive")
+        object.__setattr__(self, "spare_gpus", spare_count(self.spare_gpus))
 
 
 @dataclass
@@ -109,6 +114,8 @@ class RunResult:
     min_model_gap_s: float | None = None  # shortest time between two re-plans of one model
     replan_times: dict[str, list[float]] = field(default_factory=dict)  # per model, when it was re-planned
     transition_s: float = 0.0  # time spent in transitions
+    bridges: int = 0  # bridge copies created on spare GPUs
+    dipped: int = 0  # transitions with a capacity dip (which the live controller's check refuses)
 
     def row(self) -> dict:
         worst = min(self.per_model.items(), key=lambda kv: kv[1]) if self.per_model else ("-", 1.0)
@@ -121,6 +128,7 @@ class RunResult:
             "changes_per_hour": (self.created + self.removed) / self.hours,
             "max_model_replans": max(self.model_replans.values(), default=0),
             "min_model_gap_s": self.min_model_gap_s, "transition_hours": self.transition_s / 3600,
+            "bridges": self.bridges, "transitions_with_dips": self.dipped,
             "max_model_replans_per_10_min": max((_most_within(ts, 600.0) for ts in self.replan_times.values()),
                                                 default=0),
         }
@@ -230,16 +238,10 @@ class _Run:
     end: float
 
 
-def _runs(steps, start: float, costs: Costs) -> list[_Run]:
-    """Group a schedule's steps into runs and time them (see the module docstring)."""
-    groups: list[tuple[str, list[PlacedSegment]]] = []
-    for st in steps:
-        if groups and groups[-1][0] == st.action:
-            groups[-1][1].append(st.segment)
-        else:
-            groups.append((st.action, [st.segment]))
+def _runs(sched: Schedule, start: float, costs: Costs) -> list[_Run]:
+    """Time a schedule's runs, grouped as the live controller groups them (see the module docstring)."""
     out, t = [], start
-    for action, segs in groups:
+    for action, segs in groups(sched):
         each = costs.create_s + costs.load_s if action == "create" else costs.destroy_s
         per_gpu: dict[int, int] = defaultdict(int)
         for s in segs:
@@ -313,7 +315,7 @@ class _Controller:
         self.attain = {m: AttainmentWindow(opts.attainment_window_s) for m in inp.trace.models}
         self.runs: list[_Run] = []
         self.last_replan = -math.inf
-        self.replans = self.created = self.removed = 0
+        self.replans = self.created = self.removed = self.bridges = self.refused = 0
         self.tally, self.in_transition = Tally(), Tally()
         self.gpu_s = 0.0
         self.transition_s = 0.0
@@ -407,10 +409,15 @@ class _Controller:
             self.planned[m] = r
             self.changed[m].append(now)
         new = plan_for(self.inp, self.opts, self.planned, current=self.plan)
-        sched = schedule(self.plan, new)
-        self.created += sum(1 for s in sched.steps if s.action == "create")
-        self.removed += sum(1 for s in sched.steps if s.action == "remove")
-        self.runs = _runs(sched.steps, now, self.costs)
+        sched, problems = check_replan(self.plan, new, self.inp.profiles, self.opts.spare_gpus)
+        if sched is None:
+            raise ParvaError(f"re-plan at {now:g} s: {problems[0]}")
+        if problems:  # the live controller refuses a transition with a dip: counted, still run here
+            self.refused += 1
+        self.created += sum(1 for s in sched.steps if s.action == "create" and not s.bridge)
+        self.removed += sum(1 for s in sched.steps if s.action == "remove" and not s.bridge)
+        self.bridges += sched.bridges
+        self.runs = _runs(sched, now, self.costs)
         self.plan, self.capacity = new, self._capacities(new)
         self._estimate()
         self.last_replan = now
@@ -426,6 +433,7 @@ class _Controller:
             self.created, self.removed, hours, self.peak,
             model_replans={m: len(ts) for m, ts in self.changed.items()},
             min_model_gap_s=min(gaps) if gaps else None, replan_times=self.changed, transition_s=self.transition_s,
+            bridges=self.bridges, dipped=self.refused,
         )
 
 
