@@ -19,6 +19,10 @@ The steps:
 - *bound* (`auto`, `optimal`): the optimizer's LP bound on GPUs (`optimizer.search.relax`).
   A candidate within it (+ `max_extra_gpus`) needs no fresh plan: no plan needs fewer GPUs. The
   fresh plan, when one is made, starts from this LP (`optimizer.search.sharing`), not a second one.
+- *pack* (`auto`, `optimal`), when repair needs more GPUs than the bound (and again against a
+  fresh plan's count when that is higher): the changed models take the covers with the fewest
+  changes whose slices fit the cap, placed in the holes their dropped segments leave, moving whole
+  segments of other GPUs where that makes room (`replan_pack`). At the bound, no fresh plan.
 - *trim and consolidate*, when repair needs more GPUs than the cap: repair again after the changed
   models whose rate went down give up the segments that free the most slices; then empty the GPU
   whose models are the cheapest to re-cover in the other GPUs' free slots, until within the cap.
@@ -33,8 +37,9 @@ The steps:
   on a large cluster only a neighbourhood of GPUs is open to it.
 
 The phases share one deadline: the time limit less a small reserve for the finish. The bound
-gets at most half of what is left. When repair misses the bound, the fresh plan comes first (70 %
-of what is left; it is the cap), then consolidation until 45 % of the time and local re-plans
+gets at most half of what is left. When repair misses the bound, packing comes first (half of
+what is left, its first try always made), then, if it misses too, the fresh plan (70 % of what is
+left; it is the cap), then consolidation until 45 % of the time and local re-plans
 until 60 % against its count; the program gets what is left. A HiGHS solve still running at the
 deadline is abandoned (`optimizer.highs.run_by`), and a phase with too little time left is
 skipped, so the command returns the best candidate found by then.
@@ -587,9 +592,14 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     cands = [_candidate("repair", repair(request, base.kept, set(base.known)), request)]
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
+    if local:  # packing at the bound: when it fits, no fresh plan is needed
+        cands += _packed(request, base, cap.gpus, time.perf_counter() + _PACK_SHARE * clock.left())
+        local = not _within(cands, cap.gpus)
     if local:
+        bound_gpus = cap.gpus
         cap = _fresh_cap(request, planner, clock, cands, base, cap, _FRESH_FIRST_SHARE)
-    if local:
+        if cap.gpus > bound_gpus:
+            cands += _packed(request, base, cap.gpus, clock.at(_CONSOLIDATE_BY))
         cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)
     if cap is None or (cap.fresh is None and not _within(cands, cap.gpus)):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
@@ -616,13 +626,25 @@ def _reach_bound(request, base: _Base, cands: list[Candidate], cap: int, planner
     meets it, each until its share of the time, leaving the rest to a fresh plan (whose
     renumbering keeps few segments), needed when neither reaches the bound."""
     out = _consolidated(request, cands[0], cap, base, clock.at(_CONSOLIDATE_BY))
-    if not _within(out, cap):
+    if not _within(cands + out, cap):
         out += _local(request, base, _fewest_gpus(cands + out), cap, planner, clock.at(_LOCAL_BY))
     return out
 # Shares of the time to the deadline by which consolidation and local re-plans stop. Local
 # re-plans find the narrow plans at the bound; a fresh plan, when still needed, gets the rest: with
 # too little, `auto` gives its heuristic's plan (4 % more GPUs at 1,000 services: a loose cap).
 _CONSOLIDATE_BY, _LOCAL_BY = 0.45, 0.6
+
+
+def _packed(request: PlanRequest, base: _Base, cap: int, deadline: float) -> list[Candidate]:
+    """Repair needs more GPUs than `cap`: the changed models' slice-minimal covers packed into
+    the running plan's holes, moving few segments (`replan_pack`)."""
+    from parvagpu.planning.replan_pack import pack
+
+    found = pack(request, base.kept, set(base.changed), cap, set(base.known), per_size_table(request), deadline)
+    return [_candidate("packed", segs, request) for segs in found]
+# Share of the time left that packing at the proven bound may take before it stops trying margins
+# (the first is always tried: 0.4-0.6 s at 1,000 services, 20 % of the models changed).
+_PACK_SHARE = 0.5
 
 
 def _bound_cap(request: PlanRequest, strategy: str, clock: _Clock) -> _Cap | None:

@@ -1,0 +1,410 @@
+"""Re-planning as packing with few moves: a candidate for `replan` when repairing the running
+plan needs more GPUs than the cap because the changed models' covers take too many slices. Pure.
+
+1. *Covers*: for each changed model, the fewest slices it can use with c changes (keep some of
+   its running segments, add a multiset of its best triplets per size), for c = 0..`MAX_CHANGES`.
+2. *Choice*: a knapsack over the changed models picks the fewest changes in all whose slices,
+   with the other models' running ones, fit in `cap` GPUs less a margin for fragmentation.
+3. *Holes*: each model's dropped segments are taken on the least filled GPUs, so the freed slots
+   gather; the least filled GPUs beyond the cap are emptied and their segments move as they are
+   (same size, batch and processes: two changes each).
+4. *Placement*: the added and the moved segments, largest first, go to the hole that fits best
+   without stranding a slice (a GPU whose memory slots are all taken while a compute slice is
+   free: on the A100, a 3g at slot 0 always strands one); where none fits, one or two segments
+   of some GPU move as they are into other holes to make room (segments placed here first: they
+   cost nothing more). A model whose segment still finds no room has what is left of its rate
+   covered in the holes that remain (smaller sizes). Fails when some of it does not fit.
+
+At 1,000 services the changed models' slice-minimal covers fill the fresh plan's GPUs to within
+a few slices, so the knapsack's margin is rarely usable and the moves do the fitting. `pack`
+returns the first margin that fits (the first is always tried, the others until the deadline).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from itertools import combinations, combinations_with_replacement, product
+
+import numpy as np
+
+from parvagpu.core.model import PlacedSegment, Segment, Triplet
+from parvagpu.planning.request import PlanRequest
+
+MAX_CHANGES = 10  # most changes enumerated per model
+_ADD_MAX = 6  # most added segments per model
+
+
+@lru_cache(maxsize=1 << 16)
+def _exact(x: float) -> Fraction:
+    return Fraction(repr(float(x)))
+
+
+@lru_cache(maxsize=4096)
+def _add_tables(per_size: tuple[Triplet, ...]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]:
+    """For a = 0.._ADD_MAX added segments (multisets of `per_size`): their throughputs ascending,
+    the fewest slices of any multiset at least that fast (suffix minima), where that minimum is,
+    and the multisets (rows of indices into `per_size`)."""
+    thr_of = np.array([t.throughput for t in per_size])
+    size_of = np.array([t.size for t in per_size], dtype=np.int64)
+    out = []
+    for a in range(_ADD_MAX + 1):
+        rows = list(combinations_with_replacement(range(len(per_size)), a))
+        combos = np.array(rows, dtype=np.int64).reshape(len(rows), a)
+        thr = thr_of[combos].sum(axis=1)
+        sl = size_of[combos].sum(axis=1)
+        order = np.argsort(thr, kind="stable")
+        thr, sl, combos = thr[order], sl[order], combos[order]
+        n = len(sl) + 1
+        key = np.minimum.accumulate((sl * n + np.arange(len(sl)))[::-1])[::-1]  # suffix min, first index
+        out.append((thr, key // n, key % n, combos))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Cover:
+    """One way for a model to meet its rate: how many of each running triplet it keeps, what it
+    adds, and the slices and changes that costs."""
+
+    slices: int
+    changes: int
+    keep: tuple[tuple[Triplet, int], ...]
+    add: tuple[Triplet, ...]
+
+
+def covers(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet]) -> list[Cover | None]:
+    """For c = 0..MAX_CHANGES, the cover with the fewest slices and at most c changes (None where
+    none has that few). Searched in floats; each cover kept is checked exactly."""
+    groups: dict[Triplet, int] = defaultdict(int)
+    for s in own:
+        groups[s.segment.triplet] += 1
+    keys = sorted(groups, key=lambda t: (t.size, t.batch, t.procs, t.throughput))
+    per_size_t = tuple(t for _, t in sorted(per_size.items()))
+    tables = _add_tables(per_size_t)
+    target = float(rate) * (1 - 1e-12)
+    best: list[tuple | None] = [None] * (MAX_CHANGES + 1)  # (slices, counts, table, index)
+    for counts in product(*(range(groups[k], -1, -1) for k in keys)):
+        removed = len(own) - sum(counts)
+        if removed > MAX_CHANGES:
+            continue
+        need = target - sum(k.throughput * n for k, n in zip(keys, counts))
+        base = sum(k.size * n for k, n in zip(keys, counts))
+        for a, (thr, least, where, _) in enumerate(tables):
+            c = removed + a
+            if c > MAX_CHANGES:
+                break
+            if need <= 0:
+                if best[c] is None or base < best[c][0]:
+                    best[c] = (base, counts, 0, 0)
+                break  # adding to a model already covered only costs
+            i = int(np.searchsorted(thr, need, "left"))
+            if i < len(thr) and (best[c] is None or base + least[i] < best[c][0]):
+                best[c] = (base + int(least[i]), counts, a, int(where[i]))
+    out: list[Cover | None] = [None] * (MAX_CHANGES + 1)
+    for c, found in enumerate(best):
+        if found is not None:
+            slices, counts, a, j = found
+            add = tuple(per_size_t[i] for i in tables[a][3][j])
+            keep = tuple((k, n) for k, n in zip(keys, counts))
+            held = sum((_exact(k.throughput) * n for k, n in keep), Fraction(0))
+            if held + sum((_exact(t.throughput) for t in add), Fraction(0)) >= rate:
+                out[c] = Cover(slices, c, keep, add)
+    for c in range(1, MAX_CHANGES + 1):  # at most c changes
+        if out[c - 1] is not None and (out[c] is None or out[c - 1].slices <= out[c].slices):
+            out[c] = out[c - 1]
+    return out
+
+
+def choose(options: list[list[Cover | None]], budget: int) -> list[Cover] | None:
+    """One cover per model: the fewest changes in all whose slices sum to at most `budget`
+    (a knapsack by dynamic programming over the total changes); None when none fits."""
+    best = np.zeros(1)
+    args = []
+    for opts in options:
+        nxt = np.full(len(best) + MAX_CHANGES, np.inf)
+        arg = np.full(len(nxt), -1, dtype=np.int64)
+        for k, cov in enumerate(opts):
+            if cov is None or (k and opts[k - 1] is cov):
+                continue
+            cand = best + cov.slices
+            window = nxt[k:k + len(best)]
+            better = cand < window
+            window[better] = cand[better]
+            arg[k:k + len(best)][better] = k
+        best = nxt
+        args.append(arg)
+    ok = np.nonzero(best <= budget)[0]
+    if len(ok) == 0:
+        return None
+    total = int(ok[0])
+    out = []
+    for opts, arg in zip(reversed(options), reversed(args)):
+        k = int(arg[total])
+        out.append(opts[k])
+        total -= k
+    return out[::-1]
+
+
+def _lost(gpu, used: int, left: int) -> int:
+    """Compute slices of a GPU that nothing can use any more (all its memory slots taken)."""
+    return left if left and gpu.best_start(1, used) is None else 0
+
+
+class _Holes:
+    """Free slots per GPU (mutable), bucketed by layout so best fit looks at each layout once."""
+
+    def __init__(self, gpu, segments, barred: set[int]) -> None:
+        self.gpu = gpu
+        self.state: dict[int, tuple[int, int]] = {}
+        for s in segments:
+            used, compute = self.state.get(s.gpu, (0, 0))
+            self.state[s.gpu] = (used | gpu.mask(s.size, s.start), compute + s.size)
+        self.buckets: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for g, key in self.state.items():
+            if g not in barred:
+                self.buckets[key].add(g)
+
+    def open(self, g: int) -> None:
+        """An empty GPU that may take segments."""
+        self.state[g] = (0, 0)
+        self.buckets[(0, 0)].add(g)
+
+    def spot(self, size: int, besides: int = -1) -> tuple[int, int] | None:
+        """Best fit: the GPU left with the fewest free slices, then the lowest id, and its start
+        (never on GPU `besides`)."""
+        best = None
+        for (used, compute), members in self.buckets.items():
+            if not members or compute + size > self.gpu.compute_slices or members == {besides}:
+                continue
+            start = self.gpu.best_start(size, used)
+            if start is not None:
+                left = self.gpu.compute_slices - compute - size
+                cand = (_lost(self.gpu, used | self.gpu.mask(size, start), left), left,
+                        min(members - {besides}), start)
+                if best is None or cand < best:
+                    best = cand
+        return None if best is None else best[2:]
+
+    def remove(self, s: PlacedSegment) -> None:
+        used, compute = self.state[s.gpu]
+        self.buckets[(used, compute)].discard(s.gpu)
+        key = (used & ~self.gpu.mask(s.size, s.start), compute - s.size)
+        self.state[s.gpu] = key
+        self.buckets[key].add(s.gpu)
+
+    def put(self, seg: Segment, g: int, start: int) -> PlacedSegment:
+        used, compute = self.state[g]
+        self.buckets[(used, compute)].discard(g)
+        key = (used | self.gpu.mask(seg.size, start), compute + seg.size)
+        self.state[g] = key
+        self.buckets[key].add(g)
+        return PlacedSegment(seg, g, start)
+
+
+def pack(request: PlanRequest, kept: tuple[PlacedSegment, ...], models: set[str], cap: int, known: set[int],
+         per_size: dict[str, dict[int, Triplet]], deadline: float) -> list[tuple[PlacedSegment, ...]]:
+    """Plans within `cap` GPUs from `kept` (the running segments worth keeping) in which only the
+    models in `models` change covers, plus moves of whole segments: the first margin that fits
+    (see the module docstring; the first is always tried, the others until `deadline`), or none."""
+    rate = {s.model: _exact(s.rate) for s in request.services}
+    own: dict[str, list[PlacedSegment]] = defaultdict(list)
+    for s in kept:
+        own[s.model].append(s)
+    have = {m: sum((_exact(s.segment.throughput) for s in segs), Fraction(0)) for m, segs in own.items()}
+    models = set(models) | {m for m in rate if have.get(m, 0) < rate[m]}
+    order = sorted(models)
+    options = [covers(rate[m], own[m], per_size[m]) for m in order]
+    if any(all(c is None for c in opts) for opts in options):
+        return []
+    fixed = sum(s.size for s in kept if s.model not in models)
+    slices = request.gpu.compute_slices
+    for i, margin in enumerate(_MARGINS):
+        if i and time.perf_counter() > deadline:
+            break
+        chosen = choose(options, cap * slices - fixed - margin)
+        if chosen is None:
+            break
+        placed = _place(request, kept, dict(zip(order, chosen)), own, cap, known, per_size, rate)
+        if placed is not None:
+            return [placed]
+    return []
+
+
+_MARGINS = (0, 3, 7, 14, 28, 56)  # slices kept free for fragmentation, tried in turn
+
+
+def _drops(kept, chosen: dict[str, Cover], own) -> set[PlacedSegment]:
+    """The running segments each model gives up, taken on the least filled GPUs so that the
+    freed slots gather (and those GPUs empty cheaply)."""
+    fill: dict[int, int] = defaultdict(int)
+    for s in kept:
+        fill[s.gpu] += s.size
+    gone: set[PlacedSegment] = set()
+    for m in sorted(chosen):
+        keep = dict(chosen[m].keep)
+        by_t: dict[Triplet, list[PlacedSegment]] = defaultdict(list)
+        for s in own[m]:
+            by_t[s.segment.triplet].append(s)
+        for t, segs in sorted(by_t.items(), key=lambda kv: (kv[0].size, kv[0].throughput)):
+            for _ in range(len(segs) - keep.get(t, 0)):
+                s = min(segs, key=lambda s: (fill[s.gpu], s.gpu, s.start))
+                segs.remove(s)
+                gone.add(s)
+                fill[s.gpu] -= s.size
+    return gone
+
+
+def _place(request, kept, chosen: dict[str, Cover], own, cap: int, known: set[int], per_size, rate):
+    """The chosen covers placed (see the module docstring), or None when they do not fit."""
+    gone = _drops(kept, chosen, own)
+    stay = [s for s in kept if s not in gone]
+    fill: dict[int, int] = defaultdict(int)
+    count: dict[int, int] = defaultdict(int)
+    for s in stay:
+        fill[s.gpu] += s.size
+        count[s.gpu] += 1
+    extra = len(fill) - cap
+    emptied = set(sorted(fill, key=lambda g: (fill[g], count[g], g))[:max(0, extra)])
+    spare = sorted(known - set(fill))[: max(0, -extra)]
+    nxt = max(known | set(fill), default=-1) + 1
+    while len(spare) < -extra:
+        spare.append(nxt)
+        nxt += 1
+    room = _Room(request.gpu, [s for s in stay if s.gpu not in emptied], spare)
+    pool = [Segment(m, t) for m in sorted(chosen) for t in chosen[m].add]
+    pool += [s.segment for s in stay if s.gpu in emptied]
+    short: dict[str, Fraction] = defaultdict(Fraction)
+    for seg in sorted(pool, key=lambda seg: (-seg.size, seg.model)):
+        if not room.take(seg):
+            short[seg.model] += _exact(seg.triplet.throughput)
+    for m in sorted(short):
+        if not room.cover(m, short[m], per_size[m]):
+            return None
+    return room.segments()
+
+
+class _Room:
+    """Placement into holes (mutable): a segment goes where it fits best, else into an empty
+    spare GPU, else where moving one or two segments out of a GPU to other holes makes room
+    (running segments moved as they are cost two changes each; segments placed here are free
+    to move)."""
+
+    def __init__(self, gpu, stay: list[PlacedSegment], spare: list[int]) -> None:
+        self.gpu = gpu
+        self.holes = _Holes(gpu, stay, set())
+        self.on: dict[int, list[PlacedSegment]] = defaultdict(list)
+        for s in stay:
+            self.on[s.gpu].append(s)
+        self._stay = stay  # alive, so that the ids below stay theirs
+        self.running = {id(s) for s in stay}
+        self.kinds: dict[int, tuple] = {}
+        self.spare = list(spare)
+        self.moves = 0
+
+    def segments(self) -> tuple[PlacedSegment, ...]:
+        return tuple(s for g in sorted(self.on) for s in self.on[g])
+
+    def _put(self, seg: Segment, g: int, start: int) -> None:
+        self.on[g].append(self.holes.put(seg, g, start))
+        self.kinds.pop(g, None)
+
+    def _lift(self, s: PlacedSegment) -> None:
+        self.on[s.gpu].remove(s)
+        self.holes.remove(s)
+        self.kinds.pop(s.gpu, None)
+
+    def _kind(self, g: int) -> tuple:
+        """GPU `g`'s layout and its segments (size, start, whether running), cheapest to move first."""
+        if g not in self.kinds:
+            here = sorted(self.on[g], key=lambda s: (id(s) in self.running, s.size, s.start))
+            self.kinds[g] = (self.holes.state[g][0], tuple((s.size, s.start, id(s) in self.running) for s in here),
+                             here)
+        return self.kinds[g]
+
+    def take(self, seg: Segment) -> bool:
+        spot = self.holes.spot(seg.size)
+        if spot is None and self.spare:
+            self.holes.open(self.spare.pop(0))
+            spot = self.holes.spot(seg.size)
+        if spot is not None:
+            self._put(seg, *spot)
+            return True
+        return self._make_room(seg)
+
+    def _make_room(self, seg: Segment) -> bool:
+        """Move the cheapest one or two segments (no more slices than `seg`'s) of some GPU to
+        holes of other GPUs so that `seg` fits there, losing no slice; GPUs alike (same layout,
+        same segments movable at the same cost) are looked at once."""
+        gpu, size = self.gpu, seg.size
+        seen = set()
+        best = None
+        for g in sorted(self.on):
+            used, compute = self.holes.state[g]
+            if compute == 0:
+                continue
+            _, layout, here = self._kind(g)
+            if (used, layout) in seen:
+                continue
+            seen.add((used, layout))
+            for k in (1, 2):
+                for out in combinations(here, k):
+                    cost = 2 * sum(id(s) in self.running for s in out)
+                    if sum(o.size for o in out) > size or (best is not None and cost >= best[0]):
+                        continue
+                    mask = used
+                    for o in out:
+                        mask &= ~gpu.mask(o.size, o.start)
+                    start = gpu.best_start(size, mask)
+                    if start is None:
+                        continue
+                    left = gpu.compute_slices - compute + sum(o.size for o in out) - size
+                    if _lost(gpu, mask | gpu.mask(size, start), left) == 0 and self._relocatable(g, out):
+                        best = (cost, g, out)
+            if best is not None and best[0] == 0:
+                break
+        if best is None:
+            return False
+        _, g, out = best
+        for o in out:
+            self._lift(o)
+        used, _ = self.holes.state[g]
+        self._put(seg, g, gpu.best_start(size, used))
+        for o in sorted(out, key=lambda o: -o.size):
+            self._put(o.segment, *self.holes.spot(o.size, besides=g))
+        self.moves += sum(id(o) in self.running for o in out)
+        return True
+
+    def _relocatable(self, g: int, out) -> bool:
+        """Whether the segments `out` of GPU `g` all fit in holes of other GPUs (tried for real
+        and undone)."""
+        placed = []
+        ok = True
+        for o in sorted(out, key=lambda o: -o.size):
+            spot = self.holes.spot(o.size, besides=g)
+            if spot is None:
+                ok = False
+                break
+            placed.append(self.holes.put(o.segment, *spot))
+        for p in placed:
+            self.holes.remove(p)
+        return ok
+
+    def cover(self, model: str, need: Fraction, per_size: dict[int, Triplet]) -> bool:
+        """Cover `need` in the holes left: each time the smallest fitting size that covers what
+        is left, else the fastest fitting one (an empty spare GPU when nothing fits)."""
+        while need > 0:
+            fitting = [(t, self.holes.spot(t.size)) for _, t in sorted(per_size.items())]
+            fitting = [(t, sp) for t, sp in fitting if sp is not None]
+            if not fitting:
+                if not self.spare:
+                    return False
+                self.holes.open(self.spare.pop(0))
+                continue
+            t, sp = next(((t, sp) for t, sp in fitting if _exact(t.throughput) >= need), None) or max(
+                fitting, key=lambda x: x[0].throughput)
+            self._put(Segment(model, t), *sp)
+            need -= _exact(t.throughput)
+        return True
