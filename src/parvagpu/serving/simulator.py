@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from parvagpu.core.model import DeploymentMap, Profile
 from parvagpu.core.errors import ParvaError
 from parvagpu.serving.policy import ModelSpec, SegmentSpec, serving_spec
-from parvagpu.serving.router import WeightedRouter
+from parvagpu.serving.router import WeightedRouter, quantise
 from parvagpu.serving.stats import ModelStats, summarize
 
 MAX_DURATION_S = 86_400.0  # one simulated day
@@ -73,64 +73,6 @@ class SegmentResult:
     batches: dict[int, int] = field(default_factory=dict)  # batch size -> count
 
 
-class _SegmentQueue:
-    """One segment's FIFO queue and in-flight count over sorted arrival times `arr`.
-
-    `admit(j)` applies the in-flight limit as it stands at arrival j (batches finished by then have
-    released their requests); `start_batch` takes up to `batch` queued requests into a batch that
-    ends at `finish` and records each one's latency."""
-
-    __slots__ = ("arr", "cap", "queue", "inflight", "done", "lat", "batches")
-
-    def __init__(self, arr: list[float], cap: int) -> None:
-        self.arr = arr
-        self.cap = cap
-        self.queue: deque[int] = deque()
-        self.inflight = 0
-        self.done: list[tuple[float, int]] = []  # heap of (completion time, requests completed)
-        self.lat = [math.nan] * len(arr)
-        self.batches: dict[int, int] = {}
-
-    def admit(self, j: int) -> bool:
-        t, done = self.arr[j], self.done
-        while done and done[0][0] <= t:
-            self.inflight -= heapq.heappop(done)[1]
-        if self.inflight < self.cap:
-            self.inflight += 1
-            self.queue.append(j)
-            return True
-        return False
-
-    def admit_until(self, i: int, t: float) -> int:
-        """Admit or reject every arrival from i up to time t; the index of the next one."""
-        arr, n = self.arr, len(self.arr)
-        while i < n and arr[i] <= t:
-            self.admit(i)
-            i += 1
-        return i
-
-    def fill(self, i: int, opened: float, batch: int, wait_s: float) -> tuple[float, int]:
-        """A batch opened at `opened` closes when `batch` requests are queued or `wait_s` later:
-        (close time, index of the next arrival)."""
-        q, arr, n = self.queue, self.arr, len(self.arr)
-        if len(q) >= batch or wait_s <= 0:
-            return opened, i
-        deadline = opened + wait_s
-        while len(q) < batch and i < n and arr[i] <= deadline:
-            if self.admit(i) and len(q) >= batch:
-                return arr[i], i + 1
-            i += 1
-        return deadline, i  # not filled in time
-
-    def start_batch(self, finish: float, k: int) -> None:
-        heapq.heappush(self.done, (finish, k))
-        self.batches[k] = self.batches.get(k, 0) + 1
-        q, arr, lat = self.queue, self.arr, self.lat
-        for _ in range(k):
-            j = q.popleft()
-            lat[j] = finish - arr[j]
-
-
 def simulate_segment(
     arrivals,
     procs: int,
@@ -138,93 +80,139 @@ def simulate_segment(
     wait_s: float,
     service_s: list[float],
     limit: int | None = None,
-) -> SegmentResult:
+    stop_at_reject: bool = False,
+) -> SegmentResult | None:
     """Simulate one segment on sorted arrival times (seconds). Returns per-request latency (NaN if
-    rejected) and the batch-size histogram. `limit` None = unbounded queue."""
+    rejected) and the batch-size histogram. `limit` None = unbounded queue. With `stop_at_reject`,
+    None at the first rejection (the caller then simulates the model with spill-over instead).
+
+    The segment: a FIFO queue of admitted arrivals, a heap of server free times, and a heap of
+    (completion time, requests) that releases the in-flight count. An arrival is admitted when
+    fewer than `limit` requests are in flight as it stands then (batches finished by then have
+    released theirs). One loop over local variables, the admission written out where it happens:
+    the trace replay runs this for every serving-model state, so it is kept tight."""
     import numpy as np
 
     if procs < 1 or batch < 1 or len(service_s) < batch:
         raise ParvaError(f"bad segment: procs={procs} batch={batch} service times={len(service_s)}")
     arr = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
     n = len(arr)
-    seg = _SegmentQueue(arr, limit if limit is not None else n + 1)
-    free = [0.0] * procs  # heap of server free times
-    i = 0
-    while i < n or seg.queue:
-        if not seg.queue:
-            seg.admit(i)
+    cap = limit if limit is not None else n + 1
+    lat = [math.nan] * n
+    batches: dict[int, int] = {}
+    free = [0.0] * procs
+    done: list[tuple[float, int]] = []
+    q: deque[int] = deque()
+    pop, push, replace_top = heapq.heappop, heapq.heappush, heapq.heapreplace
+    inflight = i = 0
+    while i < n or q:
+        if not q:  # nothing queued: admit the next arrival
+            t = arr[i]
+            while done and done[0][0] <= t:
+                inflight -= pop(done)[1]
+            if inflight < cap:
+                inflight += 1
+                q.append(i)
+            elif stop_at_reject:
+                return None
             i += 1
             continue
-        opened = max(free[0], arr[seg.queue[0]])  # the first free server takes the oldest request
-        i = seg.admit_until(i, opened)  # every arrival up to then is admitted or rejected first
-        close, i = seg.fill(i, opened, batch, wait_s)
-        k = min(batch, len(seg.queue))
+        opened = free[0]  # the first free server takes the oldest request
+        if arr[q[0]] > opened:
+            opened = arr[q[0]]
+        while i < n and arr[i] <= opened:  # every arrival up to then is admitted or rejected first
+            t = arr[i]
+            while done and done[0][0] <= t:
+                inflight -= pop(done)[1]
+            if inflight < cap:
+                inflight += 1
+                q.append(i)
+            elif stop_at_reject:
+                return None
+            i += 1
+        if len(q) >= batch or wait_s <= 0:  # the batch closes when `batch` are queued or wait_s later
+            close = opened
+        else:
+            close = deadline = opened + wait_s
+            while i < n and arr[i] <= deadline:
+                t = arr[i]
+                i += 1
+                while done and done[0][0] <= t:
+                    inflight -= pop(done)[1]
+                if inflight < cap:
+                    inflight += 1
+                    q.append(i - 1)
+                    if len(q) >= batch:
+                        close = t
+                        break
+                elif stop_at_reject:
+                    return None
+        k = batch if len(q) > batch else len(q)
         finish = close + service_s[k - 1]
-        heapq.heapreplace(free, finish)
-        seg.start_batch(finish, k)
-    return SegmentResult(np.asarray(seg.lat, dtype=float), seg.batches)
+        replace_top(free, finish)
+        push(done, (finish, k))
+        batches[k] = batches.get(k, 0) + 1
+        for _ in range(k):
+            j = q.popleft()
+            lat[j] = finish - arr[j]
+    return SegmentResult(np.asarray(lat, dtype=float), batches)
 
 
 class _LiveSegment:
     """One segment simulated arrival by arrival, for the spill-over path: the batching of
     `simulate_segment`, but a batch is formed only once the next arrival is past its close time
-    (an arrival before it may still join), so the in-flight count is right when the ingress asks."""
+    (an arrival before it may still join), so the in-flight count is right when the ingress asks.
+    The queue holds arrival times; requests leave it in arrival order, so latencies are appended."""
 
-    __slots__ = ("batch", "wait_s", "svc", "limit", "arr", "lat", "queue", "free", "done", "inflight", "batches")
+    __slots__ = ("batch", "wait_s", "svc", "limit", "lat", "queue", "free", "done", "inflight", "batches")
 
     def __init__(self, procs: int, batch: int, wait_s: float, service_s: list[float], limit: int) -> None:
         self.batch, self.wait_s, self.svc, self.limit = batch, wait_s, service_s, limit
-        self.arr: list[float] = []
         self.lat: list[float] = []
-        self.queue: deque[int] = deque()
+        self.queue: deque[float] = deque()
         self.free = [0.0] * procs
         self.done: list[tuple[float, int]] = []
         self.inflight = 0
         self.batches: dict[int, int] = {}
 
-    def _close(self, t: float) -> float | None:
-        """When the next batch closes, if that is known by time t (None: not yet)."""
-        q, arr, batch = self.queue, self.arr, self.batch
-        opened = max(self.free[0], arr[q[0]])
-        if opened > t:
-            return None
-        full = arr[q[batch - 1]] if len(q) >= batch else None  # when the batch-th queued arrived
-        if self.wait_s <= 0 or (full is not None and full <= opened):
-            return opened
-        deadline = opened + self.wait_s
-        if full is not None and full <= deadline:
-            return full
-        return deadline if deadline <= t else None
-
-    def advance(self, t: float) -> None:
-        """Start every batch that closes by time t."""
-        q, arr = self.queue, self.arr
-        while q:
-            close = self._close(t)
-            if close is None:
-                return
-            k = 0
-            while k < self.batch and k < len(q) and arr[q[k]] <= close:
-                k += 1
-            finish = close + self.svc[k - 1]
-            heapq.heapreplace(self.free, finish)
-            heapq.heappush(self.done, (finish, k))
-            self.batches[k] = self.batches.get(k, 0) + 1
-            for _ in range(k):
-                j = q.popleft()
-                self.lat[j] = finish - arr[j]
-
     def has_room(self, t: float) -> bool:
-        self.advance(t)
+        """Start every batch whose close is known by time t, release the finished ones, and say
+        whether a request arriving at t is admitted."""
+        q = self.queue
+        if q:
+            free, batch, wait_s = self.free, self.batch, self.wait_s
+            while q:
+                opened = free[0]
+                if q[0] > opened:
+                    opened = q[0]
+                if opened > t:
+                    break
+                full = q[batch - 1] if len(q) >= batch else None  # when the batch-th queued arrived
+                if wait_s <= 0 or (full is not None and full <= opened):
+                    close = opened
+                elif full is not None and full <= opened + wait_s:
+                    close = full
+                elif opened + wait_s <= t:
+                    close = opened + wait_s
+                else:
+                    break  # not known yet: an arrival before the deadline may still join
+                k, most = 0, min(batch, len(q))
+                while k < most and q[k] <= close:
+                    k += 1
+                finish = close + self.svc[k - 1]
+                heapq.heapreplace(free, finish)
+                heapq.heappush(self.done, (finish, k))
+                self.batches[k] = self.batches.get(k, 0) + 1
+                lat = self.lat
+                for _ in range(k):
+                    lat.append(finish - q.popleft())
         done = self.done
         while done and done[0][0] <= t:
             self.inflight -= heapq.heappop(done)[1]
         return self.inflight < self.limit
 
     def add(self, t: float) -> None:
-        self.queue.append(len(self.arr))
-        self.arr.append(t)
-        self.lat.append(math.nan)
+        self.queue.append(t)
         self.inflight += 1
 
 
@@ -232,21 +220,35 @@ def simulate_spilling(arrivals, segments: list[tuple[int, int, float, list[float
                       shares: list[float]) -> tuple[list, list[int]]:
     """One model's segments together: (procs, batch, wait_s, service_s, limit) each, routed by the
     ingress's router with spill-over (see the module doc). Per segment its requests' latencies (s)
-    and batch histogram, and per segment the rejections of requests scheduled to it."""
+    and batch histogram, and per segment the rejections of requests scheduled to it.
+
+    The router's smooth weighted round-robin (`WeightedRouter.pick` with an eligibility test) is
+    written out here over local lists: same credits, same ties (the lowest index), same undo."""
     import numpy as np
 
-    router = WeightedRouter(shares)
+    weights = quantise(shares)
+    total, order = sum(weights), range(len(weights))
+    cur = [0] * len(weights)
     segs = [_LiveSegment(*s) for s in segments]
     rejected = [0] * len(segs)
     for t in (arrivals.tolist() if hasattr(arrivals, "tolist") else arrivals):
-        i = router.pick(lambda j: segs[j].has_room(t))
-        if i is None:
-            cur, w = router._current, router.weights
-            rejected[max(range(len(w)), key=lambda j: (cur[j] + w[j], -j))] += 1  # the scheduled one
-            continue
-        segs[i].add(t)
+        best, top = 0, None
+        for i in order:  # credit every segment; the first of the highest credits is scheduled
+            c = cur[i] = cur[i] + weights[i]
+            if top is None or c > top:
+                best, top = i, c
+        if not segs[best].has_room(t):  # spill over to the best-credited segment with room
+            ok = [i for i in order if segs[i].has_room(t)]
+            if not ok:
+                for i in order:  # a rejected request consumes no credit
+                    cur[i] -= weights[i]
+                rejected[best] += 1
+                continue
+            best = max(ok, key=lambda i: (cur[i], -i))
+        cur[best] -= total
+        segs[best].add(t)
     for s in segs:
-        s.advance(math.inf)
+        s.has_room(math.inf)
     return [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
 
 
@@ -363,11 +365,16 @@ def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How)
     picks = np.asarray(WeightedRouter([s.throughput for s in ms.segments]).sequence(arrivals.size), dtype=int)
     svcs = [[t * how.service_scale for t in service_times(seg, profile)] for seg in ms.segments]
     limits = [None if how.unbounded else seg.limit for seg in ms.segments]
-    runs = [simulate_segment(arrivals[picks == i], seg.procs, seg.batch, seg.wait_s, svc, lim)
-            for i, (seg, svc, lim) in enumerate(zip(ms.segments, svcs, limits))]
+    several = len(ms.segments) > 1  # then one rejection means spills: stop there
+    runs = []
+    for i, (seg, svc, lim) in enumerate(zip(ms.segments, svcs, limits)):
+        run = simulate_segment(arrivals[picks == i], seg.procs, seg.batch, seg.wait_s, svc, lim, several)
+        if run is None:
+            break
+        runs.append(run)
     routed = [int(np.count_nonzero(picks == i)) for i in range(len(ms.segments))]
     lost = [int(np.isnan(r.latencies_s).sum()) for r in runs]
-    if len(ms.segments) > 1 and any(lost):  # a full segment would have spilled over: serve's way
+    if len(runs) < len(ms.segments):  # a full segment would have spilled over: serve's way
         runs, lost = simulate_spilling(
             arrivals, [(seg.procs, seg.batch, seg.wait_s, svc, lim) for seg, svc, lim in zip(ms.segments, svcs, limits)],
             [s.throughput for s in ms.segments])

@@ -1,0 +1,60 @@
+"""The simulator's fused segment and spill-over loops give exactly the results of the step-by-step
+reference (tests/sim_reference.py) on random segments, overload and ties included."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parvagpu.serving.simulator import simulate_segment, simulate_spilling
+
+import sim_reference as ref
+
+
+@st.composite
+def segment(draw):
+    procs = draw(st.integers(1, 3))
+    batch = draw(st.integers(1, 6))
+    wait = draw(st.sampled_from([0.0, 0.001, 0.004, 0.02]))
+    base = draw(st.floats(0.001, 0.02))
+    svc = [base * (1 + 0.3 * k) for k in range(batch)]
+    limit = draw(st.one_of(st.none(), st.integers(1, 4 * batch * procs)))
+    return procs, batch, wait, svc, limit
+
+
+@st.composite
+def arrivals(draw):
+    """Poisson arrivals at up to twice a segment's capacity, some times repeated (ties)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(0, 400))
+    a = np.cumsum(rng.exponential(1.0 / draw(st.floats(20.0, 3000.0)), n))
+    if n and draw(st.booleans()):
+        a = np.sort(np.concatenate([a, a[rng.integers(0, n, n // 4)]]))
+    return a
+
+
+def same(x, y) -> bool:
+    return np.array_equal(x.latencies_s, y.latencies_s, equal_nan=True) and x.batches == y.batches
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrivals(), segment())
+def test_segment_loop_equals_the_reference(a, seg):
+    procs, batch, wait, svc, limit = seg
+    expected = ref.simulate_segment(a, procs, batch, wait, svc, limit)
+    assert same(simulate_segment(a, procs, batch, wait, svc, limit), expected)
+    stopped = simulate_segment(a, procs, batch, wait, svc, limit, stop_at_reject=True)
+    assert (stopped is None) == bool(np.isnan(expected.latencies_s).any())
+    assert stopped is None or same(stopped, expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrivals(), st.lists(segment(), min_size=1, max_size=4), st.data())
+def test_spill_over_loop_equals_the_reference(a, segs, data):
+    segs = [(p, b, w, s, lim if lim is not None else 4 * b * p) for p, b, w, s, lim in segs]
+    shares = data.draw(st.lists(st.floats(1.0, 500.0), min_size=len(segs), max_size=len(segs)))
+    runs, rejected = simulate_spilling(a, segs, shares)
+    ref_runs, ref_rejected = ref.simulate_spilling(a, segs, shares)
+    assert rejected == ref_rejected
+    assert all(same(x, y) for x, y in zip(runs, ref_runs))
