@@ -108,6 +108,17 @@ def test_a_forced_dip_is_short_and_reported_and_a_spare_gpu_avoids_it():
     assert {s.segment.gpu for s in bridged.steps if s.bridge} == {1}
 
 
+def test_named_spare_gpus_bridge_only_their_own_nodes_segments():
+    old, new = _swap_pair()
+    old, new = (DeploymentMap(p.gpu_type, p.strategy, p.max_procs, 2, p.segments, p.services) for p in (old, new))
+    elsewhere = schedule(old, new, spares=[2])  # GPU 2 is on node 1, the swap on node 0
+    assert elsewhere.bridges == 0 and [d.model for d in elsewhere.dips] == ["b"]
+    own = schedule(old, new, spares=[1])
+    assert own.dips == () and {s.segment.gpu for s in own.steps if s.bridge} == {1}
+    assert own.steps[-1].bridge and own.steps[-1].action == "remove"  # removed again at the end
+    assert verify_schedule(old, new, own.steps) == []
+
+
 def test_verify_schedule_catches_a_break_before_make():
     old, new = _swap_pair()
     t = transition(old, new)

@@ -400,7 +400,8 @@ def local_replans(
                 break
     # Many models changed: every GPU serving one, and more of the least used if that is not enough.
     serving = [g for g in orders[1] if any(s.model in changed for s in by_gpu[g])]
-    others = [g for g in orders[0] if g not in set(serving)]
+    serves = set(serving)
+    others = [g for g in orders[0] if g not in serves]
     if len(serving) > 8 and not found:
         for extra in (0, len(by_gpu) // 20, len(by_gpu) // 10, len(by_gpu) // 5):
             sub = _timed_wipe(request, by_gpu, serving + others[:extra], cap, planner, deadline)
