@@ -24,7 +24,7 @@ from parvagpu.cli.common import ForceInvalidOpt, fail_on, read_checked_plan
 from parvagpu.fileio.reader import read_json
 from parvagpu.fileio.writer import atomic_write
 from parvagpu.core.model import DeploymentMap
-from parvagpu.core.gpus import DEFAULT_GPU
+from parvagpu.core.gpus import DEFAULT_GPU, gpu_type
 from parvagpu.hardware.mig import FakeBackend, mutating_calls, open_nvml
 from parvagpu.hardware.mig.fake import FAKE_STATE_VERSION
 from parvagpu.core.errors import ParvaError
@@ -149,10 +149,16 @@ def apply_cmd(
     fake_state: Optional[Path] = FakeStateOpt,
     fake_gpus: int = FakeGpusOpt,
     force_invalid: bool = ForceInvalidOpt,
+    spare_gpus: int = typer.Option(
+        0, "--spare-gpus", help="With a plan made with --current: up to this many of the node's GPUs that neither "
+        "plan uses may hold bridges (temporary copies of segments whose removal would take a model below "
+        "min(old rate, new rate)), removed again at the end.",
+    ),
 ) -> None:
     """Make this node hold its part of a plan (MIG instances at exact slots, MPS per instance).
 
-    Changes only what differs; kept instances and their workers keep running.
+    Changes only what differs; kept instances and their workers keep running. A plan made with
+    --current is applied in its make-before-break order.
 
     Any failure rolls back to the layout found. Exit 1 when refused or rolled back, 2 on bad input,
     4 when the hardware fails (or a rollback cannot finish)."""
@@ -160,9 +166,10 @@ def apply_cmd(
         dirs = _dirs(state_dir, node)
         plan = read_checked_plan(plan_file, force=force_invalid)
         agent.node_wants(plan, node)  # reject a bad plan or node before opening any backend
+        order, bridges = node_transition(plan, node, spare_gpus) or (None, ())
         with _node(backend, fake_state, fake_gpus, plan.node_gpu_type(node), save=not dry_run) as (b, mps, kill):
             result = agent.apply_plan(plan, node, b, mps, dirs, force=force, dry_run=dry_run, kill=kill,
-                                      order=transition_order(plan, node))
+                                      order=order, bridges=bridges)
     except ParvaError as exc:
         fail_on(exc)
     head = f"node {node} ({plan.node_gpu_type(node)}, backend {backend.value})"
@@ -176,18 +183,50 @@ def apply_cmd(
     Console(highlight=False, markup=False, soft_wrap=True).print(f"{head}: applied {len(result.steps)} steps ({_summary(result)}){state}")
 
 
-def transition_order(plan: DeploymentMap, node: int) -> list[tuple[str, int, int]] | None:
+def transition_order(plan: DeploymentMap, node: int, spare_gpus: int = 0) -> list[tuple[str, int, int]] | None:
     """The node's part of the plan's make-before-break transition, when the plan records one
-    (`plan --current`): ("create" | "remove", local GPU, start) in order; bridges are left out."""
+    (`plan --current`): ("create" | "remove" | "bridge" | "unbridge", local GPU, start) in order."""
+    found = node_transition(plan, node, spare_gpus)
+    return None if found is None else found[0]
+
+
+def node_transition(plan: DeploymentMap, node: int, spare_gpus: int = 0):
+    """The node's transition order and its bridges (`agent.Want`s on the node's spare GPUs), or
+    None when the plan records no transition. With `spare_gpus`, that many of the node's GPUs
+    that neither plan uses (the lowest first) may hold bridges, each for a segment of this node
+    (`schedule(spares=...)`); other nodes' segments are not bridged here."""
     if plan.transition is None:
+        if spare_gpus:
+            raise ParvaError("--spare-gpus follows a plan's transition: plan it with --current")
         return None
     from parvagpu.planning.transition import old_plan_of, schedule
 
-    sched = schedule(old_plan_of(plan), plan)
-    return [
-        (st.action, plan.local_gpu(st.segment.gpu), st.segment.start)
-        for st in sched.steps if not st.bridge and plan.node_of(st.segment.gpu) == node
-    ]
+    old = old_plan_of(plan)
+    spares = _spare_gpus(plan, old, node, spare_gpus)
+    sched = schedule(old, plan, spares=spares) if spares else schedule(old, plan)
+    order, bridges = [], []
+    for st in sched.steps:
+        if plan.node_of(st.segment.gpu) != node:
+            continue
+        s = st.segment
+        kind = st.action if not st.bridge else ("bridge" if st.action == "create" else "unbridge")
+        order.append((kind, plan.local_gpu(s.gpu), s.start))
+        if kind == "bridge":
+            t = s.segment.triplet
+            prof = gpu_type(plan.gpu_type).profile(s.size)
+            bridges.append(agent.Want(plan.local_gpu(s.gpu), s.start, prof, s.model, t.batch, t.procs))
+    return order, tuple(bridges)
+
+
+def _spare_gpus(plan: DeploymentMap, old: DeploymentMap, node: int, count: int) -> list[int]:
+    """`count` GPUs of `node` that neither plan uses (global ids, the lowest first)."""
+    if count < 0:
+        raise ParvaError(f"--spare-gpus must be >= 0, got {count}")
+    used = {s.gpu for s in old.segments + plan.segments}
+    free = [g for g in (plan.global_gpu(node, i) for i in range(plan.node_gpus(node))) if g not in used]
+    if len(free) < count:
+        raise ParvaError(f"--spare-gpus {count}: node {node} has {len(free)} GPU(s) that neither plan uses")
+    return free[:count]
 
 
 def teardown_cmd(

@@ -20,7 +20,7 @@ from parvagpu.hardware.mig.base import GpuProcess, MigBackend
 from parvagpu.hardware.mps import MpsControl
 from parvagpu.node.executor import ApplyFailed, Executor, Key, Live
 from parvagpu.node.state import NodeDirs, NodeState, StateEntry, load_previous, write_state
-from parvagpu.node.steps import Op, Step, check_node, diff, doomed, in_transition_order
+from parvagpu.node.steps import Op, Step, bridge_steps, check_node, diff, doomed, in_transition_order
 from parvagpu.node.views import NodeView, Want, node_wants, read_node, with_wanted_slots
 
 
@@ -75,20 +75,23 @@ def node_lock(dirs: NodeDirs) -> Iterator[None]:
 def _prepare(
     backend: MigBackend, mps: MpsControl, dirs: NodeDirs, wants: tuple[Want, ...], type_name: str | None,
     limit: int | None, force: bool, node: int, reserved: Mapping[int, int] | None = None,
+    bridges: tuple[Want, ...] = (),
 ) -> tuple[NodeView, list[Step]]:
+    """The node as found and `diff`'s steps to the plan; the placements to be created, bridges
+    (`bridges`: temporary instances on spare GPUs) included, checked with the hardware."""
     prev = load_previous(dirs, node, type_name)
     view = read_node(backend, mps, dirs, limit, prev)
     if type_name is not None:
-        check_node(view, wants, type_name)
+        check_node(view, wants + bridges, type_name)
         # GPUs of another type are not the plan's to manage.
         view = NodeView(tuple(g for g in view.gpus if g.type_name == type_name), view.mps, {}, view.previous)
     if reserved:
         view = _without_reserved(view, reserved)
-    view = with_wanted_slots(view, mps, dirs, wants)
+    view = with_wanted_slots(view, mps, dirs, wants + bridges)
     procs = {(g, gi): backend.running_processes(g, gi) for g, gi in doomed(view, wants)}
     view = NodeView(view.gpus, view.mps, procs, view.previous)
     steps = diff(view, wants, force)
-    check_placements(backend, steps, wants)
+    check_placements(backend, steps + [s for b in bridges for s in bridge_steps(b)[0]], wants + bridges)
     return view, steps
 
 
@@ -140,22 +143,24 @@ def check_placements(backend: MigBackend, steps: list[Step], wants: tuple[Want, 
 def apply_plan(
     plan: DeploymentMap, node: int, backend: MigBackend, mps: MpsControl, dirs: NodeDirs, *,
     force: bool = False, dry_run: bool = False, kill: Callable[[tuple[int, ...]], None] | None = None,
-    order: Sequence[tuple[str, int, int]] | None = None,
+    order: Sequence[tuple[str, int, int]] | None = None, bridges: Sequence[Want] = (),
 ) -> ApplyResult:
     """Make `node` hold its part of `plan`. Raises ParvaError (nothing changed), `Refused` or
     `ApplyFailed` (rolled back), `SystemFailure` (the hardware failed before any change).
 
-    `order`, the node's part of a plan's make-before-break transition as ("create" | "remove",
-    gpu, start), puts the steps in that order (see `steps.in_transition_order`)."""
-    wants = node_wants(plan, node)
+    `order`, the node's part of a plan's make-before-break transition as ("create" | "remove" |
+    "bridge" | "unbridge", gpu, start), puts the steps in that order (see
+    `steps.in_transition_order`); `bridges` are the instances its "bridge" entries create on the
+    node's spare GPUs, removed again by its "unbridge" entries."""
+    wants, bridges = node_wants(plan, node), tuple(bridges)
     if dry_run:
         _view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node,
-                                 _reserved(plan, node))
-        return ApplyResult(_ordered(steps, order), False, False, dirs.state_file)
+                                 _reserved(plan, node), bridges)
+        return ApplyResult(_ordered(steps, order, bridges), False, False, dirs.state_file)
     with node_lock(dirs):
         view, steps = _prepare(backend, mps, dirs, wants, plan.node_gpu_type(node), plan.node_gpus(node), force, node,
-                                 _reserved(plan, node))
-        steps = _ordered(steps, order)
+                                 _reserved(plan, node), bridges)
+        steps = _ordered(steps, order, bridges)
         ex = Executor(backend, mps, dirs, view, kill)
         try:
             ex.run(steps)
@@ -167,8 +172,9 @@ def apply_plan(
     return ApplyResult(steps, True, written, dirs.state_file)
 
 
-def _ordered(steps: list[Step], order: Sequence[tuple[str, int, int]] | None) -> list[Step]:
-    return steps if order is None else in_transition_order(steps, order)
+def _ordered(steps: list[Step], order: Sequence[tuple[str, int, int]] | None,
+             bridges: tuple[Want, ...] = ()) -> list[Step]:
+    return steps if order is None else in_transition_order(steps, order, bridges)
 
 
 def _entries(wants: tuple[Want, ...], live: Mapping[Key, Live], dirs: NodeDirs) -> tuple[StateEntry, ...]:

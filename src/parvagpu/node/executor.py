@@ -168,8 +168,9 @@ class Executor:
             self.killed += list(s.pids)
         elif s.op is Op.DESTROY_CI:
             inst = self.live[key]
-            b.destroy_compute_instance(s.gpu, inst.gi_id, s.ci_id)
-            ci = next(c for c in inst.cis if c.ci_id == s.ci_id)
+            ci_id = s.ci_id if s.ci_id is not None else inst.cis[-1].ci_id  # a bridge's: made by this run
+            b.destroy_compute_instance(s.gpu, inst.gi_id, ci_id)
+            ci = next(c for c in inst.cis if c.ci_id == ci_id)
             inst.cis.remove(ci)
             self.undo.append(CreateCi(key, ci.slices))
         elif s.op is Op.DESTROY_GI:

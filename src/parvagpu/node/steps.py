@@ -49,19 +49,23 @@ class Step:
             return head + f"stop MPS daemon of {inst}" + (f" ({self.note})" if self.note else "")
         if self.op is Op.KILL:
             return head + f"terminate processes {', '.join(map(str, self.pids))} on {inst} (--force)"
+        if self.op is Op.BIND:
+            return head + f"bind {inst} to {self.note} (instance kept)"
+        tail = f" ({self.note})" if self.note else ""
         if self.op is Op.DESTROY_CI:
-            return head + f"destroy compute instance {self.ci_id} of {inst} (GI {self.gi_id})"
+            which = "its compute instance" if self.ci_id is None else f"compute instance {self.ci_id}"
+            gi = "" if self.gi_id is None else f" (GI {self.gi_id})"
+            return head + f"destroy {which} of {inst}{gi}{tail}"
         if self.op is Op.DESTROY_GI:
-            return head + f"destroy GPU instance {inst} (GI {self.gi_id})"
+            gi = "" if self.gi_id is None else f" (GI {self.gi_id})"
+            return head + f"destroy GPU instance {inst}{gi}{tail}"
         if self.op is Op.CREATE_GI:
-            return head + f"create GPU instance {self.profile} (profile {self.profile_id}) at start {self.start}"
+            return head + f"create GPU instance {self.profile} (profile {self.profile_id}) at start {self.start}{tail}"
         if self.op is Op.CREATE_CI:
             unit = "slice" if self.slices == 1 else "slices"
-            return head + f"create compute instance ({self.slices} compute {unit}) in {inst}"
-        if self.op is Op.START_MPS:
-            where = f" (pipe {dirs.pipe_dir(self.gpu, self.start)})" if dirs else ""
-            return head + f"start MPS daemon for {inst}{where}"
-        return head + f"bind {inst} to {self.note} (instance kept)"
+            return head + f"create compute instance ({self.slices} compute {unit}) in {inst}{tail}"
+        where = f" (pipe {dirs.pipe_dir(self.gpu, self.start)})" if dirs else ""
+        return head + f"start MPS daemon for {inst}{where}{tail}"
 
 
 class Refused(ParvaError):
@@ -229,19 +233,34 @@ def profile_names(type_name: str) -> dict[int, str]:
 _TEARDOWN = frozenset({Op.STOP_MPS, Op.KILL, Op.DESTROY_CI, Op.DESTROY_GI})
 
 
-def in_transition_order(steps: list[Step], order: Sequence[tuple[str, int, int]]) -> list[Step]:
+def bridge_steps(b: Want) -> tuple[list[Step], list[Step]]:
+    """The steps that create a bridge instance (a temporary copy of a segment on a spare GPU,
+    with its MPS daemon) and those that remove it again; the executor knows its ids by then."""
+    base = dict(gpu=b.gpu, start=b.start, profile=b.profile.name, profile_id=b.profile.profile_id,
+                note=f"bridge for {b.model}")
+    create = [Step(Op.CREATE_GI, **base), Step(Op.CREATE_CI, **base, slices=b.profile.size), Step(Op.START_MPS, **base)]
+    remove = [Step(Op.STOP_MPS, **base), Step(Op.DESTROY_CI, **base), Step(Op.DESTROY_GI, **base)]
+    return create, remove
+
+
+def in_transition_order(steps: list[Step], order: Sequence[tuple[str, int, int]],
+                        bridges: Sequence[Want] = ()) -> list[Step]:
     """`diff`'s steps in the order of a make-before-break transition. Pure.
 
-    `order` lists the node's ("create" | "remove", gpu, start) in transition order. Each
-    instance's own teardown or creation steps stay together and in `diff`'s order; teardowns the
-    transition does not name (instances the running plan did not hold) go first, then the named
-    groups in order, then the rest (daemons and bindings of kept instances)."""
+    `order` lists the node's ("create" | "remove" | "bridge" | "unbridge", gpu, start) in
+    transition order; `bridges` are the instances its "bridge" entries create on spare GPUs
+    (and its "unbridge" entries remove). Each instance's own teardown or creation steps stay
+    together and in `diff`'s order; teardowns the transition does not name (instances the
+    running plan did not hold) go first, then the named groups in order, then the rest (daemons
+    and bindings of kept instances)."""
     groups: dict[tuple[str, int, int], list[Step]] = {}
     for s in steps:
         kind = "remove" if s.op in _TEARDOWN else "create"
         groups.setdefault((kind, s.gpu, s.start), []).append(s)
+    for b in bridges:
+        groups[("bridge", b.gpu, b.start)], groups[("unbridge", b.gpu, b.start)] = bridge_steps(b)
     named = [k for k in dict.fromkeys(order) if k in groups]
-    rest = [k for k in groups if k not in set(named)]
+    rest = [k for k in groups if k not in set(named) and k[0] in ("create", "remove")]
     first = [k for k in rest if k[0] == "remove"]
     last = [k for k in rest if k[0] == "create"]
     return [s for k in first + named + last for s in groups[k]]
