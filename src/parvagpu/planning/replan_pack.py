@@ -174,7 +174,7 @@ class _Holes:
 
     def spot(self, size: int, besides: int = -1) -> tuple[int, int] | None:
         """Best fit: the GPU left with the fewest free slices, then the lowest id, and its start
-        (never on GPU `besides`)."""
+        (never on GPU `besides`, never stranding a slice)."""
         best = None
         for (used, compute), members in self.buckets.items():
             if not members or compute + size > self.gpu.compute_slices or members == {besides}:
@@ -182,11 +182,12 @@ class _Holes:
             start = self.gpu.best_start(size, used)
             if start is not None:
                 left = self.gpu.compute_slices - compute - size
-                cand = (_lost(self.gpu, used | self.gpu.mask(size, start), left), left,
-                        min(members - {besides}), start)
+                if _lost(self.gpu, used | self.gpu.mask(size, start), left):
+                    continue  # a stranded slice: the plan is short of slices, not of GPUs
+                cand = (left, min(members - {besides}), start)
                 if best is None or cand < best:
                     best = cand
-        return None if best is None else best[2:]
+        return None if best is None else best[1:]
 
     def remove(self, s: PlacedSegment) -> None:
         used, compute = self.state[s.gpu]
@@ -236,30 +237,52 @@ def pack(request: PlanRequest, kept: tuple[PlacedSegment, ...], models: set[str]
 _MARGINS = (0, 3, 7, 14, 28, 56)  # slices kept free for fragmentation, tried in turn
 
 
-def _drops(kept, chosen: dict[str, Cover], own) -> set[PlacedSegment]:
-    """The running segments each model gives up, taken on the least filled GPUs so that the
-    freed slots gather (and those GPUs empty cheaply)."""
+def _drops(gpu, kept, chosen: dict[str, Cover], own) -> set[PlacedSegment]:
+    """The running segments the models give up, one at a time, each time the one whose slot
+    opens the largest instance on its GPU (a drop that completes a free 3g or 4g region), then
+    the one on the least filled GPU, so that the freed slots gather into holes the added
+    segments fit."""
+    used: dict[int, int] = defaultdict(int)
     fill: dict[int, int] = defaultdict(int)
     for s in kept:
+        used[s.gpu] |= gpu.mask(s.size, s.start)
         fill[s.gpu] += s.size
-    gone: set[PlacedSegment] = set()
+    pending: list[list] = []  # [how many to drop, instances alike]
     for m in sorted(chosen):
         keep = dict(chosen[m].keep)
         by_t: dict[Triplet, list[PlacedSegment]] = defaultdict(list)
         for s in own[m]:
             by_t[s.segment.triplet].append(s)
         for t, segs in sorted(by_t.items(), key=lambda kv: (kv[0].size, kv[0].throughput)):
-            for _ in range(len(segs) - keep.get(t, 0)):
-                s = min(segs, key=lambda s: (fill[s.gpu], s.gpu, s.start))
-                segs.remove(s)
-                gone.add(s)
-                fill[s.gpu] -= s.size
+            if len(segs) > keep.get(t, 0):
+                pending.append([len(segs) - keep.get(t, 0), segs])
+    gone: set[PlacedSegment] = set()
+    while pending:
+        best = None
+        for i, (_, segs) in enumerate(pending):
+            for s in segs:
+                key = (-_opens(gpu, used[s.gpu] & ~gpu.mask(s.size, s.start)), fill[s.gpu] - s.size, s.gpu, s.start)
+                if best is None or key < best[0]:
+                    best = (key, i, s)
+        _, i, s = best
+        pending[i][0] -= 1
+        pending[i][1].remove(s)
+        if pending[i][0] == 0:
+            pending.pop(i)
+        gone.add(s)
+        used[s.gpu] &= ~gpu.mask(s.size, s.start)
+        fill[s.gpu] -= s.size
     return gone
+
+
+def _opens(gpu, used: int) -> int:
+    """The largest instance that fits on a GPU whose memory slots `used` are taken."""
+    return max((z for z in gpu.sizes if gpu.best_start(z, used) is not None), default=0)
 
 
 def _place(request, kept, chosen: dict[str, Cover], own, cap: int, known: set[int], per_size, rate):
     """The chosen covers placed (see the module docstring), or None when they do not fit."""
-    gone = _drops(kept, chosen, own)
+    gone = _drops(request.gpu, kept, chosen, own)
     stay = [s for s in kept if s not in gone]
     fill: dict[int, int] = defaultdict(int)
     count: dict[int, int] = defaultdict(int)
@@ -274,11 +297,15 @@ def _place(request, kept, chosen: dict[str, Cover], own, cap: int, known: set[in
         spare.append(nxt)
         nxt += 1
     room = _Room(request.gpu, [s for s in stay if s.gpu not in emptied], spare)
-    pool = [Segment(m, t) for m in sorted(chosen) for t in chosen[m].add]
-    pool += [s.segment for s in stay if s.gpu in emptied]
+    pool = [(Segment(m, t), True) for m in sorted(chosen) for t in chosen[m].add]
+    pool += [(s.segment, False) for s in stay if s.gpu in emptied]
+    for m, cov in chosen.items():  # what the chosen covers give beyond the rates
+        room.surplus[m] = sum((_exact(t.throughput) * n for t, n in cov.keep), Fraction(0)) + sum(
+            (_exact(t.throughput) for t in cov.add), Fraction(0)) - rate[m]
+    room.per_size = per_size
     short: dict[str, Fraction] = defaultdict(Fraction)
-    for seg in sorted(pool, key=lambda seg: (-seg.size, seg.model)):
-        if not room.take(seg):
+    for seg, added in sorted(pool, key=lambda p: (-p[0].size, p[0].model)):
+        if not room.take(seg, added):
             short[seg.model] += _exact(seg.triplet.throughput)
     for m in sorted(short):
         if not room.cover(m, short[m], per_size[m]):
@@ -303,6 +330,8 @@ class _Room:
         self.kinds: dict[int, tuple] = {}
         self.spare = list(spare)
         self.moves = 0
+        self.surplus: dict[str, Fraction] = {}  # per changed model: capacity beyond its rate
+        self.per_size: dict[str, dict[int, Triplet]] = {}
 
     def segments(self) -> tuple[PlacedSegment, ...]:
         return tuple(s for g in sorted(self.on) for s in self.on[g])
@@ -324,7 +353,9 @@ class _Room:
                              here)
         return self.kinds[g]
 
-    def take(self, seg: Segment) -> bool:
+    def take(self, seg: Segment, added: bool = False) -> bool:
+        """Place `seg`; an `added` one may instead be split into smaller segments of its model
+        (one change more per extra segment) where that is cheaper than moving others."""
         spot = self.holes.spot(seg.size)
         if spot is None and self.spare:
             self.holes.open(self.spare.pop(0))
@@ -332,12 +363,56 @@ class _Room:
         if spot is not None:
             self._put(seg, *spot)
             return True
-        return self._make_room(seg)
+        move = self._room_for(seg)
+        split = self._split(seg) if added else None
+        if split is not None and (move is None or split[0] <= move[0]):
+            for t in split[1]:
+                self._put(Segment(seg.model, t), *self.holes.spot(t.size))
+            self.surplus[seg.model] += sum((_exact(t.throughput) for t in split[1]), Fraction(0)) - _exact(
+                seg.triplet.throughput)
+            return True
+        if move is None:
+            return False
+        _, g, out = move
+        for o in out:
+            self._lift(o)
+        used, _ = self.holes.state[g]
+        self._put(seg, g, self.gpu.best_start(seg.size, used))
+        for o in sorted(out, key=lambda o: -o.size):
+            self._put(o.segment, *self.holes.spot(o.size, besides=g))
+        self.moves += sum(id(o) in self.running for o in out)
+        return True
 
-    def _make_room(self, seg: Segment) -> bool:
-        """Move the cheapest one or two segments (no more slices than `seg`'s) of some GPU to
-        holes of other GPUs so that `seg` fits there, losing no slice; GPUs alike (same layout,
-        same segments movable at the same cost) are looked at once."""
+    def _split(self, seg: Segment) -> tuple[int, tuple[Triplet, ...]] | None:
+        """Smaller segments of `seg`'s model, no more slices in all, that cover what `seg` was
+        to (less the model's surplus) and fit the holes now: the fewest, with its extra changes."""
+        need = _exact(seg.triplet.throughput) - self.surplus.get(seg.model, Fraction(0))
+        smaller = [t for z, t in sorted(self.per_size.get(seg.model, {}).items()) if z < seg.size]
+        for k in (1, 2, 3):
+            fits = [c for c in combinations_with_replacement(smaller, k)
+                    if sum(t.size for t in c) <= seg.size
+                    and sum((_exact(t.throughput) for t in c), Fraction(0)) >= need and self._fit_all(c)]
+            if fits:
+                return k - 1, min(fits, key=lambda c: (sum(t.size for t in c), -sum(t.throughput for t in c)))
+        return None
+
+    def _fit_all(self, triplets) -> bool:
+        """Whether segments of these sizes all fit the holes now (tried for real and undone)."""
+        placed = []
+        for t in sorted(triplets, key=lambda t: -t.size):
+            spot = self.holes.spot(t.size)
+            if spot is None:
+                break
+            placed.append(self.holes.put(Segment("", t), *spot))
+        for p in placed:
+            self.holes.remove(p)
+        return len(placed) == len(triplets)
+
+    def _room_for(self, seg: Segment):
+        """The cheapest one or two segments (no more slices than `seg`'s) of some GPU to move to
+        holes of other GPUs so that `seg` fits there, losing no slice: (changes, GPU, segments),
+        or None. GPUs alike (same layout, same segments movable at the same cost) are looked at
+        once."""
         gpu, size = self.gpu, seg.size
         seen = set()
         best = None
@@ -365,17 +440,7 @@ class _Room:
                         best = (cost, g, out)
             if best is not None and best[0] == 0:
                 break
-        if best is None:
-            return False
-        _, g, out = best
-        for o in out:
-            self._lift(o)
-        used, _ = self.holes.state[g]
-        self._put(seg, g, gpu.best_start(size, used))
-        for o in sorted(out, key=lambda o: -o.size):
-            self._put(o.segment, *self.holes.spot(o.size, besides=g))
-        self.moves += sum(id(o) in self.running for o in out)
-        return True
+        return best
 
     def _relocatable(self, g: int, out) -> bool:
         """Whether the segments `out` of GPU `g` all fit in holes of other GPUs (tried for real
