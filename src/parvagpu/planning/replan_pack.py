@@ -16,18 +16,19 @@ plan needs more GPUs than the cap because the changed models' covers take too ma
    covered in the holes that remain (smaller sizes). Fails when some of it does not fit.
 
 At 1,000 services the changed models' slice-minimal covers fill the fresh plan's GPUs to within
-a few slices, so the knapsack's margin is rarely usable and the moves do the fitting. `pack`
-returns the first margin that fits (the first is always tried, the others until the deadline).
+a few slices, so the knapsack's margin is rarely usable and the moves do the fitting. The first
+margin that fits gives the plan.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from itertools import combinations, combinations_with_replacement, product
+from itertools import combinations, combinations_with_replacement, count, product
 
 import numpy as np
 
@@ -104,13 +105,16 @@ def covers(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet
             if i < len(thr) and (best[c] is None or base + least[i] < best[c][0]):
                 best[c] = (base + int(least[i]), counts, a, int(where[i]))
     out: list[Cover | None] = [None] * (MAX_CHANGES + 1)
+    checked: dict[tuple, bool] = {}
     for c, found in enumerate(best):
         if found is not None:
             slices, counts, a, j = found
             add = tuple(per_size_t[i] for i in tables[a][3][j])
             keep = tuple((k, n) for k, n in zip(keys, counts))
-            held = sum((_exact(k.throughput) * n for k, n in keep), Fraction(0))
-            if held + sum((_exact(t.throughput) for t in add), Fraction(0)) >= rate:
+            if found not in checked:
+                held = sum((_exact(k.throughput) * n for k, n in keep if n), Fraction(0))
+                checked[found] = held + sum((_exact(t.throughput) for t in add), Fraction(0)) >= rate
+            if checked[found]:
                 out[c] = Cover(slices, c, keep, add)
     for c in range(1, MAX_CHANGES + 1):  # at most c changes
         if out[c - 1] is not None and (out[c] is None or out[c - 1].slices <= out[c].slices):
@@ -148,9 +152,28 @@ def choose(options: list[list[Cover | None]], budget: int) -> list[Cover] | None
     return out[::-1]
 
 
-def _lost(gpu, used: int, left: int) -> int:
-    """Compute slices of a GPU that nothing can use any more (all its memory slots taken)."""
-    return left if left and gpu.best_start(1, used) is None else 0
+def _strands(gpu, used: int, size: int, start: int) -> bool:
+    """Whether an instance at `start` takes more from what a GPU with memory slots `used` can
+    still hold than its own compute slices (on the A100, a 3g at slot 0 beside anything at 4-7)."""
+    return _placeable(gpu, used) - _placeable(gpu, used | gpu.mask(size, start)) > size
+
+
+def _placeable(gpu, used: int) -> int:
+    """The most compute slices that legal instances in the free memory slots can hold."""
+    key = (gpu.name, used)  # by name: hashing the whole GPU type costs more than the lookup
+    if key not in _PLACEABLE:
+        best = 0
+        for layout in gpu.layouts():
+            mask = 0
+            for z, st in layout:
+                mask |= gpu.mask(z, st)
+            if not mask & used:
+                best = max(best, sum(z for z, _ in layout))
+        _PLACEABLE[key] = best
+    return _PLACEABLE[key]
+
+
+_PLACEABLE: dict[tuple[str, int], int] = {}
 
 
 class _Holes:
@@ -181,10 +204,9 @@ class _Holes:
                 continue
             start = self.gpu.best_start(size, used)
             if start is not None:
-                left = self.gpu.compute_slices - compute - size
-                if _lost(self.gpu, used | self.gpu.mask(size, start), left):
+                if _strands(self.gpu, used, size, start):
                     continue  # a stranded slice: the plan is short of slices, not of GPUs
-                cand = (left, min(members - {besides}), start)
+                cand = (self.gpu.compute_slices - compute - size, min(members - {besides}), start)
                 if best is None or cand < best:
                     best = cand
         return None if best is None else best[1:]
@@ -205,33 +227,54 @@ class _Holes:
         return PlacedSegment(seg, g, start)
 
 
+class Packing:
+    """Packing for one re-plan: the changed models' covers are enumerated once, for every cap
+    tried (the proven bound, then perhaps a fresh plan's count)."""
+
+    def __init__(self, request: PlanRequest, kept: tuple[PlacedSegment, ...], models: set[str], known: set[int],
+                 per_size: dict[str, dict[int, Triplet]]) -> None:
+        self.request, self.kept, self.known, self.per_size = request, kept, known, per_size
+        self.rate = {s.model: _exact(s.rate) for s in request.services}
+        self.own: dict[str, list[PlacedSegment]] = defaultdict(list)
+        for s in kept:
+            self.own[s.model].append(s)
+        have = {m: sum((_exact(s.segment.throughput) for s in segs), Fraction(0)) for m, segs in self.own.items()}
+        self.order = sorted(set(models) | {m for m in self.rate if have.get(m, 0) < self.rate[m]})
+        self.fixed = sum(s.size for s in kept if s.model not in set(self.order))
+        self._options: list[list[Cover | None]] | None = None
+
+    def options(self) -> list[list[Cover | None]]:
+        if self._options is None:
+            self._options = [covers(self.rate[m], self.own[m], self.per_size[m]) for m in self.order]
+        return self._options
+
+    def plans(self, cap: int, deadline: float, hard: float | None = None) -> list[tuple[PlacedSegment, ...]]:
+        """Plans within `cap` GPUs from the kept segments in which only the changed models change
+        covers, plus moves of whole segments: the first margin that fits (see the module
+        docstring), or none. No margin starts after `deadline` but the first, and none runs
+        past `hard` (both `time.perf_counter()` instants; `hard` defaults to `deadline`)."""
+        hard = deadline if hard is None else hard
+        options = self.options()
+        if any(all(c is None for c in opts) for opts in options):
+            return []
+        for i, margin in enumerate(_MARGINS):
+            if time.perf_counter() > (deadline if i else hard):
+                break
+            chosen = choose(options, cap * self.request.gpu.compute_slices - self.fixed - margin)
+            if chosen is None:
+                break
+            placed = _place(self.request, self.kept, dict(zip(self.order, chosen)), self.own, cap, self.known,
+                            self.per_size, self.rate, hard)
+            if placed is not None:
+                return [placed]
+        return []
+
+
 def pack(request: PlanRequest, kept: tuple[PlacedSegment, ...], models: set[str], cap: int, known: set[int],
          per_size: dict[str, dict[int, Triplet]], deadline: float) -> list[tuple[PlacedSegment, ...]]:
-    """Plans within `cap` GPUs from `kept` (the running segments worth keeping) in which only the
-    models in `models` change covers, plus moves of whole segments: the first margin that fits
-    (see the module docstring; the first is always tried, the others until `deadline`), or none."""
-    rate = {s.model: _exact(s.rate) for s in request.services}
-    own: dict[str, list[PlacedSegment]] = defaultdict(list)
-    for s in kept:
-        own[s.model].append(s)
-    have = {m: sum((_exact(s.segment.throughput) for s in segs), Fraction(0)) for m, segs in own.items()}
-    models = set(models) | {m for m in rate if have.get(m, 0) < rate[m]}
-    order = sorted(models)
-    options = [covers(rate[m], own[m], per_size[m]) for m in order]
-    if any(all(c is None for c in opts) for opts in options):
-        return []
-    fixed = sum(s.size for s in kept if s.model not in models)
-    slices = request.gpu.compute_slices
-    for i, margin in enumerate(_MARGINS):
-        if i and time.perf_counter() > deadline:
-            break
-        chosen = choose(options, cap * slices - fixed - margin)
-        if chosen is None:
-            break
-        placed = _place(request, kept, dict(zip(order, chosen)), own, cap, known, per_size, rate)
-        if placed is not None:
-            return [placed]
-    return []
+    """`Packing(...).plans(cap, deadline)`: the models in `models` (and any short of its rate)
+    change covers."""
+    return Packing(request, kept, models, known, per_size).plans(cap, deadline)
 
 
 _MARGINS = (0, 3, 7, 14, 28, 56)  # slices kept free for fragmentation, tried in turn
@@ -256,32 +299,48 @@ def _drops(gpu, kept, chosen: dict[str, Cover], own) -> set[PlacedSegment]:
         for t, segs in sorted(by_t.items(), key=lambda kv: (kv[0].size, kv[0].throughput)):
             if len(segs) > keep.get(t, 0):
                 pending.append([len(segs) - keep.get(t, 0), segs])
+    version: dict[int, int] = defaultdict(int)  # drops so far per GPU: a key older is stale
+    heap: list = []
+    order = count()  # ties never reach the segments
+
+    def push(s: PlacedSegment, group: list) -> None:
+        key = (-_opens(gpu, used[s.gpu] & ~gpu.mask(s.size, s.start)), fill[s.gpu] - s.size, s.gpu, s.start)
+        heapq.heappush(heap, (key, version[s.gpu], next(order), s, group))
+
+    for group in pending:
+        for s in group[1]:
+            push(s, group)
     gone: set[PlacedSegment] = set()
-    while pending:
-        best = None
-        for i, (_, segs) in enumerate(pending):
-            for s in segs:
-                key = (-_opens(gpu, used[s.gpu] & ~gpu.mask(s.size, s.start)), fill[s.gpu] - s.size, s.gpu, s.start)
-                if best is None or key < best[0]:
-                    best = (key, i, s)
-        _, i, s = best
-        pending[i][0] -= 1
-        pending[i][1].remove(s)
-        if pending[i][0] == 0:
-            pending.pop(i)
+    while heap:
+        _, seen, _, s, group = heapq.heappop(heap)
+        if group[0] == 0 or s in gone:
+            continue
+        if seen != version[s.gpu]:
+            push(s, group)
+            continue
+        group[0] -= 1
         gone.add(s)
         used[s.gpu] &= ~gpu.mask(s.size, s.start)
         fill[s.gpu] -= s.size
+        version[s.gpu] += 1
     return gone
 
 
 def _opens(gpu, used: int) -> int:
     """The largest instance that fits on a GPU whose memory slots `used` are taken."""
-    return max((z for z in gpu.sizes if gpu.best_start(z, used) is not None), default=0)
+    key = (gpu.name, used)
+    if key not in _OPENS:
+        _OPENS[key] = max((z for z in gpu.sizes if gpu.best_start(z, used) is not None), default=0)
+    return _OPENS[key]
 
 
-def _place(request, kept, chosen: dict[str, Cover], own, cap: int, known: set[int], per_size, rate):
-    """The chosen covers placed (see the module docstring), or None when they do not fit."""
+_OPENS: dict[tuple[str, int], int] = {}
+
+
+def _place(request, kept, chosen: dict[str, Cover], own, cap: int, known: set[int], per_size, rate,
+           deadline: float = float("inf")):
+    """The chosen covers placed (see the module docstring), or None when they do not fit or
+    `deadline` passes first."""
     gone = _drops(request.gpu, kept, chosen, own)
     stay = [s for s in kept if s not in gone]
     fill: dict[int, int] = defaultdict(int)
@@ -305,6 +364,8 @@ def _place(request, kept, chosen: dict[str, Cover], own, cap: int, known: set[in
     room.per_size = per_size
     short: dict[str, Fraction] = defaultdict(Fraction)
     for seg, added in sorted(pool, key=lambda p: (-p[0].size, p[0].model)):
+        if time.perf_counter() > deadline:
+            return None
         if not room.take(seg, added):
             short[seg.model] += _exact(seg.triplet.throughput)
     for m in sorted(short):
@@ -327,7 +388,10 @@ class _Room:
             self.on[s.gpu].append(s)
         self._stay = stay  # alive, so that the ids below stay theirs
         self.running = {id(s) for s in stay}
-        self.kinds: dict[int, tuple] = {}
+        self.kind_of: dict[int, tuple] = {}  # GPU -> its layout and segments (see `_rekind`)
+        self.alike: dict[tuple, set[int]] = defaultdict(set)  # layout and segments -> GPUs
+        for g in self.on:
+            self._rekind(g)
         self.spare = list(spare)
         self.moves = 0
         self.surplus: dict[str, Fraction] = {}  # per changed model: capacity beyond its rate
@@ -338,20 +402,25 @@ class _Room:
 
     def _put(self, seg: Segment, g: int, start: int) -> None:
         self.on[g].append(self.holes.put(seg, g, start))
-        self.kinds.pop(g, None)
+        self._rekind(g)
 
     def _lift(self, s: PlacedSegment) -> None:
         self.on[s.gpu].remove(s)
         self.holes.remove(s)
-        self.kinds.pop(s.gpu, None)
+        self._rekind(s.gpu)
 
-    def _kind(self, g: int) -> tuple:
-        """GPU `g`'s layout and its segments (size, start, whether running), cheapest to move first."""
-        if g not in self.kinds:
-            here = sorted(self.on[g], key=lambda s: (id(s) in self.running, s.size, s.start))
-            self.kinds[g] = (self.holes.state[g][0], tuple((s.size, s.start, id(s) in self.running) for s in here),
-                             here)
-        return self.kinds[g]
+    def _rekind(self, g: int) -> None:
+        """File GPU `g` under its memory mask and segments (size, start, whether running):
+        GPUs alike offer the same room at the same cost."""
+        if g in self.kind_of:
+            self.alike[self.kind_of[g]].discard(g)
+        key = (self.holes.state[g][0], tuple(sorted((id(s) in self.running, s.size, s.start) for s in self.on[g])))
+        self.kind_of[g] = key
+        self.alike[key].add(g)
+
+    def _movable(self, g: int) -> list[PlacedSegment]:
+        """GPU `g`'s segments, cheapest to move first (placed here, then smaller)."""
+        return sorted(self.on[g], key=lambda s: (id(s) in self.running, s.size, s.start))
 
     def take(self, seg: Segment, added: bool = False) -> bool:
         """Place `seg`; an `added` one may instead be split into smaller segments of its model
@@ -414,16 +483,12 @@ class _Room:
         or None. GPUs alike (same layout, same segments movable at the same cost) are looked at
         once."""
         gpu, size = self.gpu, seg.size
-        seen = set()
         best = None
-        for g in sorted(self.on):
+        for g in sorted(min(members) for members in self.alike.values() if members):
             used, compute = self.holes.state[g]
             if compute == 0:
                 continue
-            _, layout, here = self._kind(g)
-            if (used, layout) in seen:
-                continue
-            seen.add((used, layout))
+            here = self._movable(g)
             for k in (1, 2):
                 for out in combinations(here, k):
                     cost = 2 * sum(id(s) in self.running for s in out)
@@ -435,8 +500,7 @@ class _Room:
                     start = gpu.best_start(size, mask)
                     if start is None:
                         continue
-                    left = gpu.compute_slices - compute + sum(o.size for o in out) - size
-                    if _lost(gpu, mask | gpu.mask(size, start), left) == 0 and self._relocatable(g, out):
+                    if not _strands(gpu, mask, size, start) and self._relocatable(g, out):
                         best = (cost, g, out)
             if best is not None and best[0] == 0:
                 break
