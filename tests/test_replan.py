@@ -302,7 +302,7 @@ def test_the_replans_fresh_plan_reuses_the_bounds_lp(profiles, a100, monkeypatch
     services in the whole re-plan)."""
     import random
 
-    monkeypatch.setattr("parvagpu.planning.replan_pack.Packing.plans", lambda self, cap, deadline: [])
+    monkeypatch.setattr("parvagpu.planning.replan_pack.Packing.plans", lambda *args: [])
 
     gen, services = _generated(profiles, 100, 3)
     current = plan(PlanRequest(services, gen, a100, 3, time_limit=5.0), "auto")
