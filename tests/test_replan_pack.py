@@ -82,3 +82,14 @@ def test_plan_current_reaches_the_bound_by_packing(a100):
     assert new.gpus_used == new.lower_bound == 3
     assert "fresh_gpus" not in dict(new.stats)  # packing met the proven bound: no fresh plan
     assert new.transition.changed == 7
+
+
+def test_an_instance_strands_a_slice_only_when_it_takes_more_than_its_size(a100):
+    from parvagpu.planning.replan_pack import _strands
+
+    assert _strands(a100, 0, 3, 0)  # 3g at slot 0: slots 4-7 then hold 3 slices at most
+    assert not _strands(a100, 0, 3, 4) and not _strands(a100, a100.mask(4, 0), 3, 4)
+    assert not _strands(a100, 0, 1, 6)  # 1g at 6: 2g@4 and 4g@0 still fit
+    # a GPU already holding 3g@0, 1g@5 and 1g@6 has lost its slice: 1g@4 loses nothing more
+    held = a100.mask(3, 0) | a100.mask(1, 5) | a100.mask(1, 6)
+    assert not _strands(a100, held, 1, 4)
