@@ -80,12 +80,13 @@ def test_transition_runs_are_parallel_across_gpus_and_serial_on_one():
 
 
 def _capacity_over_time(old, sched):
-    """(time, GPUs present, per-model serving capacity) at every run boundary of the replay's timing."""
-    cluster, out = _Cluster(old), []
+    """(time, GPUs present, spare GPUs present, per-model serving capacity) at every run start of the
+    replay's timing."""
+    cluster, out, spares = _Cluster(old), [], frozenset(sched.spare_gpus)
     for run in _runs(sched, 0.0, Costs(create_s=4, destroy_s=2, load_s=10)):
         cluster.begin(run)
         cap = {m: sum(s.segment.throughput for s in cluster.segments(m)) for m in ("a", "b")}
-        out.append((run.start, cluster.gpus(), cap))
+        out.append((run.start, cluster.gpus(), cluster.gpus(spares), cap))
         cluster.finish(run)
     return out, cluster
 
@@ -102,10 +103,11 @@ def test_a_transition_on_a_spare_gpu_keeps_every_model_serving_and_counts_the_gp
     new = DeploymentMap("A100-80GB", "parva", 3, 8, (
         PlacedSegment(Segment("b", b4), 0, 0), PlacedSegment(Segment("a", a3), 0, 4)), svc)
     dipped, _ = _capacity_over_time(old, schedule(old, new))
-    assert min(c["b"] for _, _, c in dipped) == 0.0 and max(g for _, g, _ in dipped) == 1
+    assert min(c["b"] for *_, c in dipped) == 0.0 and max(g for _, g, _, _ in dipped) == 1
     bridged, end = _capacity_over_time(old, schedule(old, new, spare_gpus=1))
-    assert all(c["a"] >= 100.0 and c["b"] >= 80.0 for _, _, c in bridged)
-    assert max(g for _, g, _ in bridged) == 2  # the spare GPU, counted while the bridge runs
+    assert all(c["a"] >= 100.0 and c["b"] >= 80.0 for *_, c in bridged)
+    # the spare GPU is held from the bridge's creation to its removal (the last run), then free
+    assert [(g, sp) for _, g, sp, _ in bridged] == [(2, 1)] * len(bridged) and end.gpus(frozenset({1})) == 0
     assert end.gpus() == 1 and {k[0] for k in end.present} == {"a", "b"} and len(end.present) == 2
 
 

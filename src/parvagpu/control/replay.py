@@ -116,6 +116,7 @@ class RunResult:
     transition_s: float = 0.0  # time spent in transitions
     bridges: int = 0  # bridge copies created on spare GPUs
     dipped: int = 0  # transitions with a capacity dip (which the live controller's check refuses)
+    bridge_gpu_hours: float = 0.0  # the spare GPUs' share of gpu_hours
 
     def row(self) -> dict:
         worst = min(self.per_model.items(), key=lambda kv: kv[1]) if self.per_model else ("-", 1.0)
@@ -129,6 +130,7 @@ class RunResult:
             "max_model_replans": max(self.model_replans.values(), default=0),
             "min_model_gap_s": self.min_model_gap_s, "transition_hours": self.transition_s / 3600,
             "bridges": self.bridges, "transitions_with_dips": self.dipped,
+            "bridge_gpu_hours": round(self.bridge_gpu_hours, 2),
             "max_model_replans_per_10_min": max((_most_within(ts, 600.0) for ts in self.replan_times.values()),
                                                 default=0),
         }
@@ -269,8 +271,10 @@ class _Cluster:
             out = self._cache[model] = tuple(sorted(self.serving[model].values(), key=lambda s: (s.gpu, s.start)))
         return out
 
-    def gpus(self) -> int:
-        return len({s.gpu for s in self.present.values()})
+    def gpus(self, among: frozenset[int] | None = None) -> int:
+        """GPUs holding a segment (of those in `among`, when given)."""
+        used = {s.gpu for s in self.present.values()}
+        return len(used if among is None else used & among)
 
     def begin(self, run: _Run) -> None:
         for s in run.segments:
@@ -318,6 +322,8 @@ class _Controller:
         self.replans = self.created = self.removed = self.bridges = self.refused = 0
         self.tally, self.in_transition = Tally(), Tally()
         self.gpu_s = 0.0
+        self.spares: frozenset[int] = frozenset()  # the running transition's spare GPUs
+        self.spare_gpu_s = 0.0  # GPU time of spare GPUs holding bridges (part of gpu_s)
         self.transition_s = 0.0
         self.peak = self.plan.gpus_used
         self.decisions: list = []
@@ -353,6 +359,8 @@ class _Controller:
             self.attain[m].add(b, sent, good)
         gpus = self.cluster.gpus()
         self.gpu_s += gpus * dt
+        if self.spares:
+            self.spare_gpu_s += self.cluster.gpus(self.spares) * dt
         self.peak = max(self.peak, gpus)
         if moving:
             self.transition_s += dt
@@ -417,6 +425,7 @@ class _Controller:
         self.created += sum(1 for s in sched.steps if s.action == "create" and not s.bridge)
         self.removed += sum(1 for s in sched.steps if s.action == "remove" and not s.bridge)
         self.bridges += sched.bridges
+        self.spares = frozenset(sched.spare_gpus)
         self.runs = _runs(sched, now, self.costs)
         self.plan, self.capacity = new, self._capacities(new)
         self._estimate()
@@ -433,7 +442,7 @@ class _Controller:
             self.created, self.removed, hours, self.peak,
             model_replans={m: len(ts) for m, ts in self.changed.items()},
             min_model_gap_s=min(gaps) if gaps else None, replan_times=self.changed, transition_s=self.transition_s,
-            bridges=self.bridges, dipped=self.refused,
+            bridges=self.bridges, dipped=self.refused, bridge_gpu_hours=self.spare_gpu_s / 3600,
         )
 
 
