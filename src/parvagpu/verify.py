@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from fractions import Fraction
+from functools import lru_cache
 
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.fleet import reserved_slots
@@ -30,8 +31,17 @@ from parvagpu.core.gpus import GpuType, gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
 
 
+@lru_cache(maxsize=1 << 16)
 def _exact(x: float) -> Fraction:
+    """The float's exact decimal value (kept: a re-planning controller checks the same figures at
+    every re-plan)."""
     return Fraction(repr(float(x)))
+
+
+@lru_cache(maxsize=1 << 16)
+def _below_rule(latency_s: float, slo_ms: float) -> bool:
+    """A batch latency strictly below 0.45 x the SLO, in exact arithmetic."""
+    return _exact(latency_s) * 1000 * 20 < 9 * _exact(slo_ms)
 
 
 def check_services_listed(plan: DeploymentMap) -> list[str]:
@@ -108,15 +118,25 @@ def check_placements(plan: DeploymentMap, gpu: GpuType | None = None) -> list[st
     return problems
 
 
+_INDEXES: dict[bytes, dict[tuple[int, int, int], tuple[int, float, float]]] = {}  # by content digest
+
+
 def _point_index(profile: Profile) -> dict[tuple[int, int, int], tuple[int, float, float]]:
     """A profile's (procs, per-process throughput, latency in s) by (size, batch, procs); the
     first in file order wins. Read from the profile's columns: no point objects are made, so a
-    plan over thousands of profiles is checked in time linear in its size and theirs."""
-    c = profile.columns
-    lookup: dict[tuple[int, int, int], tuple[int, float, float]] = {}
-    for key, point in zip(zip(c.size.tolist(), c.batch.tolist(), c.procs.tolist()),
-                          zip(c.procs.tolist(), c.throughput.tolist(), c.latency_s.tolist())):
-        lookup.setdefault(key, point)
+    plan over thousands of profiles is checked in time linear in its size and theirs. Kept per
+    content (read only), since a re-planning controller checks the same profiles again and again."""
+    key = profile.content_key
+    lookup = _INDEXES.get(key)
+    if lookup is None:
+        c = profile.columns
+        lookup = {}
+        for k, point in zip(zip(c.size.tolist(), c.batch.tolist(), c.procs.tolist()),
+                            zip(c.procs.tolist(), c.throughput.tolist(), c.latency_s.tolist())):
+            lookup.setdefault(k, point)
+        if len(_INDEXES) >= 4096:
+            _INDEXES.clear()
+        _INDEXES[key] = lookup
     return lookup
 
 
@@ -174,10 +194,9 @@ def check_segments(
         real = procs * throughput
         if abs(real - t.throughput) > 1e-6 * max(1.0, real):
             problems.append(f"{where}: states throughput {t.throughput:g}, profile gives {real:g}")
-        lat_ms = _exact(latency_s) * 1000
-        if not lat_ms * 20 < 9 * _exact(svc.latency_ms):
+        if not _below_rule(latency_s, svc.latency_ms):
             problems.append(
-                f"{where}: batch latency {float(lat_ms):g} ms is not below 0.45 x SLO "
+                f"{where}: batch latency {float(_exact(latency_s) * 1000):g} ms is not below 0.45 x SLO "
                 f"{svc.latency_ms:g} ms = {0.45 * svc.latency_ms:g} ms"
             )
         capacity[s.model] += real

@@ -25,6 +25,7 @@ import heapq
 import math
 from collections import defaultdict
 from fractions import Fraction
+from functools import lru_cache
 from typing import Sequence
 
 from parvagpu.core.errors import ParvaError
@@ -42,9 +43,10 @@ from parvagpu.core.model import (
 )
 
 
+@lru_cache(maxsize=1 << 16)
 def _exact(x: float) -> Fraction:
     """Capacities are summed exactly, as the checker does, so a step the scheduler calls safe is
-    never a hair below a floor."""
+    never a hair below a floor (kept: a re-planning controller schedules the same figures again)."""
     return Fraction(repr(float(x)))
 
 
