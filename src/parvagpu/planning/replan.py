@@ -36,13 +36,15 @@ The steps:
   best candidate so far, when that one may change more than needed (more than `change_floor`);
   on a large cluster only a neighbourhood of GPUs is open to it.
 
-The phases share one deadline: the time limit less a small reserve for the finish. The bound
-gets at most half of what is left. When repair misses the bound, packing comes first (its first
+The phases share one deadline: the time limit less a reserve for the finish (grown to what the
+first repair's change count says the finish's transition costs). The bound gets at most 70 % of
+what is left. When repair misses the bound, packing comes first (its first
 try may run to the deadline), then, if it misses too, the fresh plan (70 % of what is
 left; it is the cap), then consolidation until 45 % of the time and local re-plans
-until 60 % against its count; the program gets what is left. A HiGHS solve still running at the
-deadline is abandoned (`optimizer.highs.run_by`), and a phase with too little time left is
-skipped, so the command returns the best candidate found by then.
+until 60 % against its count; the program gets what is left, less what decoding its result
+costs (about a repair). A HiGHS solve still running at the deadline is abandoned
+(`optimizer.highs.run_by`), and a phase with too little time left is not started (nor one
+after the deadline), so the command returns the best candidate found by then.
 
 The candidate within the cap with the fewest changes wins (then fewer GPUs): at the fresh plan's
 count, a narrow repair beats a wide reshuffle that saves a GPU on it. The plan records its
@@ -96,19 +98,26 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
     gpu = request.gpu
     used: dict[int, int] = defaultdict(int)
     kept = []
+    as_now: dict[tuple, Segment | None] = {}  # (model, size, batch, procs) -> the segment as profiled now
     for s in current.segments:
         svc = services.get(s.model)
         t = s.segment.triplet
         if svc is None or t.procs > request.max_procs or not gpu.legal(s.size, s.start):
             continue
-        p = _points_of(request.profiles[s.model], points).get((t.size, t.batch, t.procs))
-        if p is None or not p.runnable or not p.exact_latency_ms < threshold_ms(svc.exact_latency_ms):
+        key = (s.model, t.size, t.batch, t.procs)
+        if key not in as_now:  # a model's segments often share a triplet: checked once
+            p = _points_of(request.profiles[s.model], points).get((t.size, t.batch, t.procs))
+            ok = p is not None and p.runnable and p.exact_latency_ms < threshold_ms(svc.exact_latency_ms)
+            seg = Segment(s.model, Triplet(p.size, p.batch, p.procs, p.segment_throughput, p.latency_ms)) if ok else None
+            as_now[key] = s.segment if seg == s.segment else seg
+        seg = as_now[key]
+        if seg is None:
             continue
         mask = gpu.mask(s.size, s.start)
         if used[s.gpu] & mask:
             continue  # overlaps a segment kept before it: the running plan itself is not legal
         used[s.gpu] |= mask
-        kept.append(PlacedSegment(Segment(s.model, Triplet(p.size, p.batch, p.procs, p.segment_throughput, p.latency_ms)), s.gpu, s.start))
+        kept.append(s if seg is s.segment else PlacedSegment(seg, s.gpu, s.start))
     return tuple(kept), len(current.segments) - len(kept)
 
 
@@ -162,6 +171,14 @@ class Space:
         used, compute = self.state[s.gpu]
         self.buckets[(used, compute)].discard(s.gpu)
         key = (used & ~self.gpu.mask(s.size, s.start), compute - s.size)
+        self.state[s.gpu] = key
+        self.buckets[key].add(s.gpu)
+
+    def occupy(self, s: PlacedSegment) -> None:
+        """Take the slot of a segment again (undoes `remove`, or places `s` where it says)."""
+        used, compute = self.state.get(s.gpu, (0, 0))
+        self.buckets[(used, compute)].discard(s.gpu)
+        key = (used | self.gpu.mask(s.size, s.start), compute + s.size)
         self.state[s.gpu] = key
         self.buckets[key].add(s.gpu)
 
@@ -266,19 +283,28 @@ def _in_free_slots(model: str, need: Fraction, per_size: dict[int, Triplet], spa
     """The model's shortfall covered without a new GPU and without touching another model: in
     free slots alone, else after removing one of its own segments, else two (their slots and the
     free ones re-covered). The fewest changes wins; None when every way needs a new GPU.
-    Returns (the space after, segments removed, segments added)."""
+    Returns (the space after, segments removed, segments added). Each way is tried on `space`
+    itself and undone (a copy of a 5,000-GPU space per way cost more than the tries)."""
     mine = sorted(own, key=lambda s: (s.size, s.gpu, s.start))
     best = None
     for ways in ([()] + [(s,) for s in mine], combinations(mine[:_PAIRS_OF], 2)):
         for gone in ways:
-            trial = space.copy()
             for s in gone:
-                trial.remove(s)
-            added = fit_cover(model, need + sum(_exact(s.segment.throughput) for s in gone), per_size, trial)
+                space.remove(s)
+            added = fit_cover(model, need + sum(_exact(s.segment.throughput) for s in gone), per_size, space)
             if added is not None and (best is None or len(added) + len(gone) < best[0]):
-                best = (len(added) + len(gone), trial, list(gone), added)
+                best = (len(added) + len(gone), list(gone), added)
+            for a in added or ():
+                space.remove(a)
+            for s in gone:
+                space.occupy(s)
         if best is not None:
-            return best[1:]
+            _, gone, added = best
+            for s in gone:
+                space.remove(s)
+            for a in added:
+                space.occupy(a)
+            return space, gone, added
     return None
 
 
@@ -362,11 +388,14 @@ def _empty(space: Space, gone, have, rate, per_size) -> list[PlacedSegment] | No
 
 def fit_cover(model: str, need: Fraction, per_size: dict[int, Triplet], space: Space) -> list[PlacedSegment] | None:
     """Cover `need` with segments placed in `space`'s free slots only: each time the smallest
-    fitting size that covers what is left, else the fastest fitting one; None if they run out."""
+    fitting size that covers what is left, else the fastest fitting one; None if they run out
+    (the space left as it was)."""
     out = []
     while need > 0:
         fitting = [t for _, t in sorted(per_size.items()) if space.fits(t.size)]
         if not fitting:
+            for placed in out:  # the space as it was
+                space.remove(placed)
             return None
         t = next((t for t in fitting if _exact(t.throughput) >= need), None) or max(
             fitting, key=lambda t: t.throughput)
@@ -532,11 +561,22 @@ def change_floor(request: PlanRequest, kept: tuple[PlacedSegment, ...], dropped:
 
 class _Clock:
     """One deadline shared by every phase: the request's time limit less a reserve for making
-    the chosen plan's transition. Each phase gets at most what is left before it."""
+    the chosen plan's transition. Each phase gets at most what is left before it.
+
+    The first repair is timed (`measured`): turning a solver's values into a candidate (decode,
+    a repair, the change count) costs about as much again, so a solve stops that much before
+    the deadline (`post`), and the reserve grows to what the finish's transition costs on a
+    cluster this large (about three change counts)."""
 
     def __init__(self, limit: float) -> None:
         self.start = time.perf_counter()
+        self.limit = limit
         self.deadline = self.start + max(0.0, limit - min(_RESERVE_MAX_S, _RESERVE_SHARE * limit))
+        self.post = 0.0
+
+    def measured(self, repair_s: float, candidate_s: float) -> None:
+        self.post = repair_s + 2 * candidate_s
+        self.deadline = min(self.deadline, self.start + max(0.0, self.limit - 3 * candidate_s))
 
     def left(self) -> float:
         return max(0.0, self.deadline - time.perf_counter())
@@ -590,7 +630,11 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     """Plan `request` from `request.current` (see the module docstring)."""
     clock = _Clock(request.time_limit)
     base = _base(request, strategy)
-    cands = [_candidate("repair", repair(request, base.kept, set(base.known)), request)]
+    t0 = time.perf_counter()
+    repaired = repair(request, base.kept, set(base.known))
+    t1 = time.perf_counter()
+    cands = [_candidate("repair", repaired, request)]
+    clock.measured(t1 - t0, time.perf_counter() - t1)
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
     if local:  # packing at the bound: when it fits, no fresh plan is needed
@@ -600,9 +644,10 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
     if local:
         bound_gpus = cap.gpus
         cap = _fresh_cap(request, planner, clock, cands, base, cap, _FRESH_FIRST_SHARE)
-        if cap.gpus > bound_gpus:
+        if cap.gpus > bound_gpus and clock.left() > _MIN_PHASE_S:  # none is started past the deadline
             cands += _packed(request, packing, cap.gpus, _PACK_SHARE, clock)
-        cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)
+        if clock.left() > _MIN_PHASE_S:
+            cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)
     if cap is None or (cap.fresh is None and not _within(cands, cap.gpus)):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     best = _best(cands, cap.gpus)
@@ -654,14 +699,20 @@ def _packed(request: PlanRequest, packing, cap: int, share: float, clock: _Clock
 _PACK_SHARE = 0.5
 
 
+# Share of the time left the bound's LP may take. At 5,000 services it needs 3-4 s of a 10 s limit
+# (1-1.5 s building the blocks, 2-2.5 s solving); abandoned, it leaves the trivial bound and no
+# LP for the fresh plan, which is then the heuristic's (5,394 GPUs where the LP's rounding has 5,161).
+_BOUND_SHARE = 0.7
+
+
 def _bound_cap(request: PlanRequest, strategy: str, clock: _Clock) -> _Cap | None:
-    """The optimizer's proven lower bound (`auto`, `optimal`; at most half the time limit): a
+    """The optimizer's proven lower bound (`auto`, `optimal`; at most `_BOUND_SHARE` of the time left): a
     candidate that uses no more GPUs than that needs no fresh plan to compare with."""
     if strategy == "parva":
         return None  # the heuristic's own plan is the cap, and it is cheap
     from parvagpu.planning.optimizer.search import relax
 
-    relaxation = relax(replace(request, current=None), 0.5 * clock.left())  # the LP, or the trivial bound
+    relaxation = relax(replace(request, current=None), _BOUND_SHARE * clock.left())  # the LP, or the trivial bound
     return _Cap(relaxation.bound + request.max_extra_gpus, relaxation.bound, None, relaxation)
 
 
@@ -763,13 +814,18 @@ def _program(request, base: _Base, best: Candidate, cap: int, clock: _Clock) -> 
     from parvagpu.planning.replan_program import solve_moves
 
     out: list[Candidate] = []
+    pick_s = 0.0  # what choosing the last neighbourhood took (0.5 s at 5,000 services)
     for size, share in _ROUNDS:
+        if clock.left() - 2 * clock.post - pick_s < _MIN_PROGRAM_S:
+            break
+        t0 = time.perf_counter()
         opened = _neighbourhood(request, base.kept, best.segments, set(base.changed), size)
-        left = clock.left()
+        pick_s = time.perf_counter() - t0
+        left = clock.left() - 2 * clock.post  # building the program costs about what decoding does
         if left < _MIN_PROGRAM_S:
             break
         found = solve_moves(request, base.kept, cap, best.segments, set(base.known),
-                            time.perf_counter() + share * left, opened)
+                            time.perf_counter() + clock.post + share * left, opened)
         if found is not None:
             fixed = repair(request, found, set(base.known))  # tops up a rate a solver tolerance left short
             out.append(_candidate("program", fixed, request))

@@ -50,7 +50,7 @@ def run_within(h, time_limit: float) -> None:
 
 
 def run_by(h, deadline: float) -> bool:
-    """`run_within` up to `deadline` (a `time.perf_counter()` instant) in a daemon thread, waited
+    """`run_within` up to `deadline` (a `time.perf_counter()` instant) in a thread, waited
     for until then (plus a small grace): True when it ended. Some root phases of HiGHS (cut
     separation) call no callback for seconds; a solve still running at the deadline is left to
     stop at its next check, its object unread, so the caller keeps its own deadline."""
@@ -65,7 +65,10 @@ def run_by(h, deadline: float) -> bool:
         finally:
             done.set()
 
-    threading.Thread(target=solve, daemon=True).start()
+    # Not a daemon: at exit Python waits for an abandoned solve to reach its next check (it
+    # stops there, past its deadline). A daemon thread calling back into a finalizing
+    # interpreter aborts the process ("terminate called without an active exception").
+    threading.Thread(target=solve, daemon=False).start()
     return done.wait(max(0.0, deadline - time.perf_counter()) + _GRACE_S)
 
 
@@ -87,7 +90,7 @@ def run(
     """One HiGHS solve of min cost.x, row_lo <= A x <= row_hi, 0 <= x <= upper (x integer, but for
     the `continuous` columns, when `integer`); returns (highs, feasible). `start`: a feasible x
     HiGHS takes as its first incumbent (ignored by HiGHS when it is not feasible). `hard`: a solve
-    still running at the limit is abandoned (`run_by`) and reads as not feasible."""
+    still running at the limit is abandoned (`run_by`): (None, False)."""
     h = _highs()
     h.setOptionValue("time_limit", max(float(time_limit), 1e-3))
     if integer:
@@ -116,7 +119,7 @@ def run(
         import time
 
         if not run_by(h, time.perf_counter() + max(float(time_limit), 1e-3)):
-            return h, False  # still running: nothing of it may be read
+            return None, False  # still running: nothing of it may be read
     else:
         run_within(h, time_limit)
     return h, h.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible

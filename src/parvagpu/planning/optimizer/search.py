@@ -105,16 +105,18 @@ def solve(
     if lp is None:
         return _result(best, lb, _NO_LP)
     lb = max(lb, math.ceil(lp.bound - _BOUND_EPS))
+    t0 = time.perf_counter()
     best = _better(best, _realize(problem, lp.model, round_lp(problem.blocks, lp.model, lp.primal), clock))
+    realize_s = time.perf_counter() - t0  # decoding the capped program's plan costs about as much
     if best is not None:
         if best.gpus_used <= lb:
             return _result(best, lb, "optimal")
         if (best.gpus_used - lb) / best.gpus_used <= mip_rel_gap:
             return _result(best, lb, "gap reached")
-    if clock.left() <= 0:
+    if clock.left() <= realize_s:
         return _result(best, lb, "time limit")
     target = best.gpus_used - 1 if best is not None else math.inf
-    capped = _solve_capped(lp, target, clock, mip_rel_gap)
+    capped = _solve_capped(lp, target, clock, mip_rel_gap, realize_s)
     if capped.values is not None:
         best = _better(best, _realize(problem, lp.model, capped.values, clock))
     return _conclude(best, lb, capped)
@@ -164,6 +166,11 @@ def sharing(relaxation: Relaxation) -> Iterator[None]:
         _SHARED.reset(token)
 
 
+def has_shared_lp(request: PlanRequest) -> bool:
+    """Whether `solve` of this request would start from a shared, solved LP (inside `sharing`)."""
+    return _shared_for(request) is not None
+
+
 def _shared_for(request: PlanRequest) -> Relaxation | None:
     shared = _SHARED.get()
     if shared is None or shared.lp is None:
@@ -193,9 +200,11 @@ def _solve_lp(problem: Problem, clock: _Clock, hard: bool = False) -> _Lp | None
     return _Lp(model, bound, reduced, np.asarray(sol.col_value))
 
 
-def _solve_capped(lp: _Lp, target: float, clock: _Clock, mip_rel_gap: float) -> _Capped:
+def _solve_capped(lp: _Lp, target: float, clock: _Clock, mip_rel_gap: float, reserve: float = 0.0) -> _Capped:
     """The integer program with at most `target` GPUs, over the block variables whose reduced cost
-    leaves room for such a plan: any other one is 0 in every plan of at most `target` GPUs."""
+    leaves room for such a plan: any other one is 0 in every plan of at most `target` GPUs. It
+    stops `reserve` seconds before the clock's limit, to decode its plan in time, and is
+    abandoned there if HiGHS is still in a phase that does not check the time."""
     model = lp.model
     keep = np.ones(model.ncol, dtype=bool)
     keep[: model.nvar] = lp.reduced[: model.nvar] <= target - lp.bound + 1e-7
@@ -208,8 +217,10 @@ def _solve_capped(lp: _Lp, target: float, clock: _Clock, mip_rel_gap: float) -> 
         np.concatenate([new_id[model.cols[mask]], new_id[xs]]),
         np.concatenate([model.rows[mask], np.full(len(xs), len(model.row_lo))]),
         np.concatenate([model.vals[mask], np.ones(len(xs))]),
-        integer=True, time_limit=clock.left(), mip_rel_gap=mip_rel_gap,
+        integer=True, time_limit=max(clock.left() - reserve, 1e-3), mip_rel_gap=mip_rel_gap, hard=True,
     )
+    if h is None:  # abandoned at the limit (the root's cut rounds check no callback)
+        return _Capped(None, "time limit", -math.inf)
     values = None
     if ok:
         values = np.zeros(model.ncol)
