@@ -16,7 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_serving_nodes import _free_port, cluster  # noqa: F401 (the two-node cluster fixture)
+from ray_cluster import free_port
+from test_serving_nodes import cluster  # noqa: F401 (the two-node cluster fixture)
 
 from parvagpu.control.live import Controller, LiveConfig
 from parvagpu.control.policy import PolicyConfig
@@ -85,7 +86,7 @@ def test_controller_loses_a_node_fails_over_promptly_and_replans_onto_the_rest(c
     for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_worker_niceness", "RAY_USAGE_STATS_ENABLED"):
         monkeypatch.setenv(k, "")  # recorded, so what start_ray sets is undone after the test:
         monkeypatch.delenv(k)  # a later test's subprocess must not inherit it
-    port, cport = _free_port(), _free_port()
+    port, cport = free_port(), free_port()
     start_ray("127.0.0.1", port, "auto")
     log: list[dict] = []
     live = LiveServe(read_models(LIVE / "models.yaml"), 200, pin_nodes=True)

@@ -53,10 +53,11 @@ def running(tmp_path_factory):
     # set, as an earlier Ray test in this process leaves it: the controller must still work
     # (start_ray keeps it out of its own import of Serve)
     env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    # the demonstration's settings, but an attainment target a loaded 2-core machine meets before
-    # the step: an attainment re-plan just before it would hold the step's re-plan for a dwell
-    settings = (LIVE / "settings.yaml").read_text().replace("attainment_target: 0.99", "attainment_target: 0.9")
-    assert "attainment_target: 0.9," in settings
+    # the demonstration's settings as a user would set them (attainment target 0.99): before the
+    # step the sleeping model meets it even on a loaded 2-core machine (three runs at load average
+    # 4-5: no attainment re-plan held the step's re-plan for a dwell)
+    settings = (LIVE / "settings.yaml").read_text()
+    assert "attainment_target: 0.99," in settings
     (work / "settings.yaml").write_text(settings)
     py = [sys.executable, "-m", "parvagpu"]
     subprocess.run([*py, "plan", "-f", str(LIVE / "services.yaml"), "--profiles", str(LIVE / "profiles"), "-o",

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -29,13 +24,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'parvagpu[serve]')")
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'parvagpu[serve]')")
 pytest.importorskip("aiohttp")
-psutil = pytest.importorskip("psutil")
+pytest.importorskip("psutil")
 
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet  # noqa: E402
 from parvagpu.serving.loadgen import Target, load_http  # noqa: E402
 from parvagpu.serving.pinning import Pin, node_resource  # noqa: E402
 from parvagpu.serving.policy import serving_spec  # noqa: E402
 from parvagpu.serving.workers import parse_models  # noqa: E402
+
+from ray_cluster import COMMON, Node, free_port, head_args, listening, make_auth_token, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -62,79 +59,6 @@ HEALTH_CHECK = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_
                 "RAY_health_check_failure_threshold": "3"}
 LOAD_S, KILL_AT_S, CLIENT_TIMEOUT_S = 9.0, 3.0, 8.0  # the ingress gives a call up after 5 s (504)
 
-# `ray start` resolves a loopback address to the machine's routable one when it joins a cluster;
-# this keeps the second node (and the driver) on 127.0.0.1 like the head, so nothing listens beyond
-# loopback.
-LOOPBACK = (
-    "from ray._private import services\n"
-    "_resolve = services.resolve_ip_for_localhost\n"
-    "services.resolve_ip_for_localhost = lambda h: h if services.is_localhost(h) else _resolve(h)\n"
-)
-RAY_START = LOOPBACK + "import sys\nfrom ray.scripts.scripts import main\nsys.argv[0] = 'ray'\nmain()\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Node:
-    """One `ray start --block` process and everything below it; stopped by its process ids only."""
-
-    def __init__(self, args: list[str], env: dict, log: Path) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-c", RAY_START, "start", "--block", *args], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.seen: dict[int, psutil.Process] = {}
-
-    def processes(self) -> list:
-        """The `ray start` process and its descendants (remembered: a worker outlives its raylet)."""
-        try:
-            root = psutil.Process(self.proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                self.seen.setdefault(p.pid, p)
-        except psutil.NoSuchProcess:
-            pass
-        return list(self.seen.values())
-
-    def raylet(self):
-        return next(p for p in self.processes() if p.name() == "raylet")
-
-    def stop(self) -> None:
-        procs = self.processes()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its processes on SIGTERM
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-        for p in procs:
-            try:
-                if p.is_running():
-                    p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.proc.wait(5)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
-
-
-def _wait(what: str, ok, timeout_s: float, nodes: list[Node]) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ok():
-        if time.monotonic() > deadline or any(n.proc.poll() is not None for n in nodes):
-            logs = "\n".join(n.tail() for n in nodes)
-            pytest.fail(f"{what} not within {timeout_s:g} s:\n{logs}")
-        time.sleep(0.3)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
 
 def _alive_nodes() -> list[dict]:
     return [n for n in ray.nodes() if n["Alive"]]
@@ -147,37 +71,28 @@ def cluster(tmp_path_factory):
     from ray._private import services
 
     tmp = tmp_path_factory.mktemp("ray2")
-    gcs = _free_port()
+    gcs = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000",
-              "--disable-usage-stats"]
     nodes: list[Node] = []
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
     mp = pytest.MonkeyPatch()
-    # Token authentication, as Ray sets it up for a local cluster: the nodes and the driver read the
-    # user's token (~/.ray/auth_token), made here if there is none.
-    subprocess.run([sys.executable, "-c", RAY_START, "get-auth-token", "--generate"], env=env, check=True,
-                   capture_output=True, timeout=60)
+    make_auth_token(env)
     try:
+        nodes.append(Node(head_args(tmp, gcs, '{"%s": 1}' % node_resource(0)),
+                          {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **HEALTH_CHECK}, tmp / "head.log"))
+        wait_for("the head's GCS", lambda: listening(gcs), 60, nodes)
         nodes.append(Node([
-            "--head", f"--port={gcs}", f"--temp-dir={tmp}", "--include-dashboard=false",
-            f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}", "--min-worker-port=21000", "--max-worker-port=21199",
-            '--resources={"%s": 1}' % node_resource(0), *common,
-        ], {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **HEALTH_CHECK}, tmp / "head.log"))
-        _wait("the head's GCS", lambda: _listening(gcs), 60, nodes)
-        nodes.append(Node([
-            f"--address=127.0.0.1:{gcs}", f"--dashboard-agent-listen-port={_free_port()}",
+            f"--address=127.0.0.1:{gcs}", f"--dashboard-agent-listen-port={free_port()}",
             "--min-worker-port=21200", "--max-worker-port=21399",
-            '--resources={"%s": 1}' % node_resource(1), *common,
+            '--resources={"%s": 1}' % node_resource(1), *COMMON,
         ], env, tmp / "node1.log"))
         _driver_token_auth()
         _resolve = services.resolve_ip_for_localhost
         mp.setattr(services, "resolve_ip_for_localhost", lambda h: h if services.is_localhost(h) else _resolve(h))
         ray.init(address=f"127.0.0.1:{gcs}", _node_ip_address="127.0.0.1", logging_level="WARNING",
                  log_to_driver=False)
-        _wait("two live nodes", lambda: len(_alive_nodes()) == 2, 90, nodes)
+        wait_for("two live nodes", lambda: len(_alive_nodes()) == 2, 90, nodes)
         yield nodes
     finally:
         try:
@@ -216,7 +131,7 @@ def _pins() -> dict[str, Pin]:
 def test_losing_a_node_mid_load_fails_over_or_503s_and_loses_nothing(cluster):
     from parvagpu.serving.app import serve_app
 
-    port = _free_port()
+    port = free_port()
     spec = serving_spec(PLAN, depth=4)
     serve_app(spec, MODELS, _pins(), port=port, address="auto")
     url = f"http://127.0.0.1:{port}"
