@@ -53,6 +53,7 @@ count, a narrow repair beats a wide reshuffle that saves a GPU on it. The plan r
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -627,7 +628,19 @@ class _Cap:
 
 
 def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest], DeploymentMap]) -> DeploymentMap:
-    """Plan `request` from `request.current` (see the module docstring)."""
+    """Plan `request` from `request.current` (see the module docstring).
+
+    The objects that exist before it (profiles, the running plan, the request) are frozen out of
+    the garbage collector's scans while it runs: at 5,000 services its full collections scanned
+    them for 1.3 s of a 10 s limit (0.65 s frozen). Nothing of them is freed by a collection."""
+    gc.freeze()
+    try:
+        return _replan(request, strategy, planner)
+    finally:
+        gc.unfreeze()
+
+
+def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest], DeploymentMap]) -> DeploymentMap:
     clock = _Clock(request.time_limit)
     base = _base(request, strategy)
     t0 = time.perf_counter()
