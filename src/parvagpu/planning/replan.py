@@ -650,14 +650,18 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
     clock.measured(t1 - t0, time.perf_counter() - t1)
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
-    if local:  # packing at the bound: when it fits, no fresh plan is needed
+    packing = None
+    # Packing at the bound: when it fits, no fresh plan is needed. Its first try cannot stop
+    # (about two repairs at 5,000 services), so it starts only with that much time left.
+    if local and clock.left() > 2 * clock.post:
         packing = _packing(request, base)
         cands += _packed(request, packing, cap.gpus, _PACK_SHARE, clock)
         local = not _within(cands, cap.gpus)
     if local:
         bound_gpus = cap.gpus
         cap = _fresh_cap(request, planner, clock, cands, base, cap, _FRESH_FIRST_SHARE)
-        if cap.gpus > bound_gpus and clock.left() > _MIN_PHASE_S:  # none is started past the deadline
+        if cap.gpus > bound_gpus and clock.left() > 2 * clock.post:
+            packing = _packing(request, base) if packing is None else packing
             cands += _packed(request, packing, cap.gpus, _PACK_SHARE, clock)
         if clock.left() > _MIN_PHASE_S:
             cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)

@@ -68,7 +68,7 @@ def run_by(h, deadline: float) -> bool:
     # Not a daemon: at exit Python waits for an abandoned solve to reach its next check (it
     # stops there, past its deadline). A daemon thread calling back into a finalizing
     # interpreter aborts the process ("terminate called without an active exception").
-    threading.Thread(target=solve, daemon=False).start()
+    threading.Thread(target=solve, daemon=True).start()
     return done.wait(max(0.0, deadline - time.perf_counter()) + _GRACE_S)
 
 
