@@ -8,6 +8,7 @@ import subprocess
 import sys
 from fractions import Fraction
 from itertools import product
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -268,3 +269,28 @@ def test_property_optimal_between_bound_and_heuristic(w):
     assert auto.gpus_used <= heur.gpus_used
     assert auto.gpus_used == opt.gpus_used  # both proven optimal on instances this small
     assert opt.lower_bound == opt.gpus_used == auto.lower_bound
+
+
+_ABANDON = """
+import sys, time
+from pathlib import Path
+from parvagpu.planning.optimizer import highs
+
+def slow_solve(h, time_limit):  # a solve that reaches its next interrupt check late
+    time.sleep(0.6)
+    Path(sys.argv[1]).write_text("reached its check")
+
+highs.run_within = slow_solve
+assert highs.run_by(None, time.perf_counter() + 0.05) is False  # abandoned
+"""
+
+
+def test_an_abandoned_solve_is_waited_for_at_exit(tmp_path):
+    """A solve abandoned at its deadline keeps running; the process must not finalise under it (a
+    HiGHS thread calling back into a finalising interpreter aborts the process), so exit waits."""
+    mark = tmp_path / "mark"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", _ABANDON, str(mark)], check=False, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert mark.read_text() == "reached its check"

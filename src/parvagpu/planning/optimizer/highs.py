@@ -65,13 +65,40 @@ def run_by(h, deadline: float) -> bool:
         finally:
             done.set()
 
-    # A daemon: the process does not wait for an abandoned solve at exit (waiting added 1-2 s to
-    # a 10 s `plan` at 5,000 services).
-    threading.Thread(target=solve, daemon=True).start()
-    return done.wait(max(0.0, deadline - time.perf_counter()) + _GRACE_S)
+    # A daemon, so that a long-running caller (the controller) need not wait for it; at exit it
+    # is waited for (`_wait_abandoned`).
+    thread = threading.Thread(target=solve, daemon=True)
+    thread.start()
+    if done.wait(max(0.0, deadline - time.perf_counter()) + _GRACE_S):
+        return True
+    _abandon(thread)
+    return False
 
 
 _GRACE_S = 0.05  # seconds past the deadline a solve may take to reach its interrupt check
+_EXIT_WAIT_S = 30.0  # the most the process waits at exit for abandoned solves to reach a check
+_abandoned: list = []  # solve threads left running past their deadline
+
+
+def _abandon(thread) -> None:
+    import atexit
+
+    if not _abandoned:
+        atexit.register(_wait_abandoned)
+    _abandoned[:] = [t for t in _abandoned if t.is_alive()] + [thread]
+
+
+def _wait_abandoned() -> None:
+    """Wait (bounded) for abandoned solves before the interpreter finalises. An abandoned solve
+    still calls its Python interrupt callback; a daemon thread that does so after finalisation
+    began is ended by `pthread_exit` through HiGHS's C++ frames, which aborts the process
+    ("terminate called without an active exception", exit 134) after it wrote its output. The
+    callback interrupts at once, so the wait lasts until HiGHS's next check (about a second)."""
+    import time
+
+    end = time.monotonic() + _EXIT_WAIT_S
+    for thread in _abandoned:
+        thread.join(max(0.0, end - time.monotonic()))
 
 
 def _csc(cols: np.ndarray, rows: np.ndarray, vals: np.ndarray, ncol: int):
