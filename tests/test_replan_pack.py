@@ -9,7 +9,7 @@ from helpers import profile
 
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.planning.replan import _candidate, admissible_segments, per_size_table, repair
-from parvagpu.planning.replan_pack import Cover, choose, covers, pack
+from parvagpu.planning.replan_pack import Cover, Weighting, by_cost, choose, covers, pack
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.strategies import plan
 from parvagpu.verify import verify
@@ -41,6 +41,31 @@ def test_the_knapsack_takes_the_fewest_changes_that_fit_the_slices():
     assert choose([a, b], 6) is None
 
 
+def test_a_weighting_charges_the_moves_an_added_3g_forces():
+    """A 2g running (110) for a rate of 250: adding a 3g (one change) or a 1g and a 2g (two)
+    both take 5 slices. By slices alone the 3g is the cover at cost 1; charged one change for
+    the move it is expected to force, nothing covers at cost 1. A 3g the model drops itself
+    makes room for the one it adds (no charge); with `net`, the charge is kept + added, the
+    same offset for every cover of the model, so the other models' drops count."""
+    two = _t(2, 110.0)
+    own = [PlacedSegment(Segment("a", two), 0, 0)]
+    per_size = {1: _t(1, 60.0), 2: two, 3: _t(3, 170.0)}
+    plain = covers(Fraction(250), own, per_size)
+    no3 = covers(Fraction(250), own, per_size, frozenset({3}))
+    assert plain[1].add == (per_size[3],) and plain[1].slices == 5
+    assert no3[1] is None and sorted(t.size for t in no3[2].add) == [1, 2] and no3[2].slices == 5
+    assert by_cost(plain + no3, own, Weighting(()))[1] is plain[1]
+    w = Weighting(((3, 1),))
+    by = by_cost(plain + no3, own, w)
+    assert w.cost(plain[1], own) == 2 and by[1] is None and by[2].slices == 5
+    three = _t(3, 170.0)
+    own3 = [PlacedSegment(Segment("b", three), 0, 4)]
+    swap = Cover(3, 2, ((three, 0),), (_t(3, 180.0),))
+    assert w.cost(swap, own3) == 2
+    net = Weighting(((3, 1),), net=True)
+    assert net.cost(swap, own3) == 3 and net.cost(Cover(3, 0, ((three, 1),), ()), own3) == 1
+
+
 def _tight(a100):
     """Three full GPUs (21 slices). Model a's rate 400 -> 250 frees its 2g@0 on GPU 1 and its
     1g@4 on GPU 2 (3 slices, in two holes); new model x needs a 3g, which only fits at slots 4-7
@@ -65,11 +90,12 @@ def test_packing_moves_two_segments_to_make_room_where_repair_needs_a_gpu(a100):
     kept, dropped = admissible_segments(request)
     assert dropped == 0
     assert len({s.gpu for s in repair(request, kept, {0, 1, 2})}) == 4
-    [segs] = pack(request, kept, {"a", "x"}, 3, {0, 1, 2}, per_size_table(request), float("inf"))
-    found = _candidate("packed", segs, request)
-    plan_ = DeploymentMap(a100.name, "auto", 3, 8, segs, request.services)
-    assert verify(plan_, profiles) == []
-    assert found.gpus == 3
+    plans = pack(request, kept, {"a", "x"}, 3, {0, 1, 2}, per_size_table(request), float("inf"))
+    assert len(plans) == 3  # one per weighting
+    for segs in plans:
+        assert verify(DeploymentMap(a100.name, "auto", 3, 8, segs, request.services), profiles) == []
+        assert _candidate("packed", segs, request).gpus == 3
+    found = _candidate("packed", plans[0], request)
     # a drops its 2g and 1g, x adds a 3g at slots 4-7, two 1g or a 2g and a 1g move as they are
     assert found.changes == 7
     assert pack(request, kept, {"a", "x"}, 2, {0, 1, 2}, per_size_table(request), float("inf")) == []
