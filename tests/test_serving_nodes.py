@@ -29,7 +29,7 @@ pytest.importorskip("psutil")
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet  # noqa: E402
 from parvagpu.serving.loadgen import Target, load_http  # noqa: E402
 from parvagpu.serving.pinning import Pin, node_resource  # noqa: E402
-from parvagpu.serving.policy import serving_spec  # noqa: E402
+from parvagpu.serving.policy import inflight_limit, serving_spec  # noqa: E402
 from parvagpu.serving.workers import parse_models  # noqa: E402
 
 from ray_cluster import COMMON, Node, free_port, head_args, listening, make_auth_token, wait_for  # noqa: E402
@@ -162,8 +162,12 @@ def test_losing_a_node_mid_load_fails_over_or_503s_and_loses_nothing(cluster):
     # replica answers, mostly no error); the first past its SLO has the segment probed, and once
     # the probe fails every held call moves to node 0 ("both") or gets 503 ("gone"), not a 504
     # after the 5-s call timeout. From then on node 1's segments are down.
+    # A call node 1's replica held when it died may come back as an error (its actor died with
+    # it); "gone" has nowhere to move it, so at most what its segment may hold fails: the
+    # admission limit (depth x batch x procs). Under load a fourth such call was seen in CI.
+    held = inflight_limit(2, 1, 4)
     assert both.ok >= 0.85 * both.sent and both.failed <= 3
-    assert gone.rejected > 0 and gone.ok > 0.2 * gone.sent and gone.failed <= 3
+    assert gone.rejected > 0 and gone.ok > 0.2 * gone.sent and gone.failed <= held
     assert {m: v["down"] for m, v in served.items()} == {"keep": [], "both": ["both-n1-g0-s0"], "gone": ["gone-n1-g0-s1"]}
     print(f"killed at {killed_at:.1f} s; " + "; ".join(
         f"{m}: sent {s.sent} ok {s.ok} 503 {s.rejected} failed {s.failed}" for m, s in stats.items()))

@@ -127,19 +127,23 @@ def plan(
         fail_on(exc)
 
 
-# Kept back from the planners for writing the plan, per service: about what writing takes.
+# Kept back from the planners for writing the plan, per service, and per running segment with
+# --current (the plan then lists its transition too): about what writing takes (a re-plan of
+# 5,000 services, 15,437 segments, wrote 5.6 MB in 1.2 s, where 0.5 s was kept back).
 _WRITE_RESERVE_S = 1e-4
+_WRITE_PER_RUNNING_SEGMENT_S = 8e-5
 
 
 def _budgeted(request: PlanRequest, started: float) -> PlanRequest:
     """`--time-limit` is the budget of the whole command: the planners get what reading and
     checking the inputs left, less a reserve for writing the plan (at least a millisecond, so
     an overspent budget still gives the heuristic's plan)."""
-    return replace(request, time_limit=_left(request.time_limit, started, len(request.services)))
+    running = len(request.current.segments) if request.current is not None else 0
+    return replace(request, time_limit=_left(request.time_limit, started, len(request.services), running))
 
 
-def _left(time_limit: float, started: float, services: int) -> float:
-    spent = time.perf_counter() - started + _WRITE_RESERVE_S * services
+def _left(time_limit: float, started: float, services: int, running: int = 0) -> float:
+    spent = time.perf_counter() - started + _WRITE_RESERVE_S * services + _WRITE_PER_RUNNING_SEGMENT_S * running
     return max(time_limit - spent, 1e-3)
 
 
