@@ -36,6 +36,7 @@ import numpy as np
 
 from parvagpu.core.model import PlacedSegment, Segment, Triplet
 from parvagpu.planning.request import PlanRequest
+from parvagpu.planning.space import Space
 
 MAX_CHANGES = 10  # most changes enumerated per model
 _ADD_MAX = 6  # most added segments per model
@@ -224,19 +225,12 @@ def _placeable(gpu, used: int) -> int:
 _PLACEABLE: dict[tuple[str, int], int] = {}
 
 
-class _Holes:
-    """Free slots per GPU (mutable), bucketed by layout so best fit looks at each layout once."""
+class _Holes(Space):
+    """`Space` with packing's own best fit (never stranding a slice, never on a GPU being
+    cleared) and GPUs opened on demand."""
 
-    def __init__(self, gpu, segments, barred: set[int]) -> None:
-        self.gpu = gpu
-        self.state: dict[int, tuple[int, int]] = {}
-        for s in segments:
-            used, compute = self.state.get(s.gpu, (0, 0))
-            self.state[s.gpu] = (used | gpu.mask(s.size, s.start), compute + s.size)
-        self.buckets: dict[tuple[int, int], set[int]] = defaultdict(set)
-        for g, key in self.state.items():
-            if g not in barred:
-                self.buckets[key].add(g)
+    def __init__(self, gpu, segments) -> None:
+        super().__init__(gpu, segments, set())
 
     def open(self, g: int) -> None:
         """An empty GPU that may take segments."""
@@ -259,20 +253,10 @@ class _Holes:
                     best = cand
         return None if best is None else best[1:]
 
-    def remove(self, s: PlacedSegment) -> None:
-        used, compute = self.state[s.gpu]
-        self.buckets[(used, compute)].discard(s.gpu)
-        key = (used & ~self.gpu.mask(s.size, s.start), compute - s.size)
-        self.state[s.gpu] = key
-        self.buckets[key].add(s.gpu)
-
     def put(self, seg: Segment, g: int, start: int) -> PlacedSegment:
-        used, compute = self.state[g]
-        self.buckets[(used, compute)].discard(g)
-        key = (used | self.gpu.mask(seg.size, start), compute + seg.size)
-        self.state[g] = key
-        self.buckets[key].add(g)
-        return PlacedSegment(seg, g, start)
+        placed = PlacedSegment(seg, g, start)
+        self.occupy(placed)
+        return placed
 
 
 class Packing:
@@ -444,7 +428,7 @@ class _Room:
 
     def __init__(self, gpu, stay: list[PlacedSegment], spare: list[int]) -> None:
         self.gpu = gpu
-        self.holes = _Holes(gpu, stay, set())
+        self.holes = _Holes(gpu, stay)
         self.on: dict[int, list[PlacedSegment]] = defaultdict(list)
         for s in stay:
             self.on[s.gpu].append(s)
