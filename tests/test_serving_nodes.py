@@ -163,10 +163,11 @@ def test_losing_a_node_mid_load_fails_over_or_503s_and_loses_nothing(cluster):
     # the probe fails every held call moves to node 0 ("both") or gets 503 ("gone"), not a 504
     # after the 5-s call timeout. From then on node 1's segments are down.
     # A call node 1's replica held when it died may come back as an error (its actor died with
-    # it); "gone" has nowhere to move it, so at most what its segment may hold fails: the
-    # admission limit (depth x batch x procs). Under load a fourth such call was seen in CI.
+    # it) and fail when no other segment has room: "gone" has none, and "both"'s node-0 segment
+    # is full once it alone takes 15 req/s for 10. So at most what node 1's segment may hold
+    # fails: its admission limit (depth x batch x procs). Four such calls were seen in CI runs.
     held = inflight_limit(2, 1, 4)
-    assert both.ok >= 0.85 * both.sent and both.failed <= 3
+    assert both.ok >= 0.85 * both.sent and both.failed <= held
     assert gone.rejected > 0 and gone.ok > 0.2 * gone.sent and gone.failed <= held
     assert {m: v["down"] for m, v in served.items()} == {"keep": [], "both": ["both-n1-g0-s0"], "gone": ["gone-n1-g0-s1"]}
     print(f"killed at {killed_at:.1f} s; " + "; ".join(
