@@ -136,9 +136,14 @@ def test_killed_run_resumes_with_only_the_missing_points(torch, tmp_path):
     assert runs[0]["outcome"] == "running"  # SIGKILL: the run never got to record its end
     measured_last = {Point(*k) for k in runs[-1]["measured"]}
     assert measured_last == set(final) - set(after_int)
-    # Each point was measured exactly once over the three runs.
+    # No point was measured twice over the three runs. The SIGKILLed run's record may lag its CSV
+    # by the one point being saved (the row is written before the metadata, and the kill may fall
+    # between), so only a point it saved may be missing from the records.
     all_measured = [tuple(k) for run in runs for k in run["measured"]]
-    assert sorted(all_measured) == sorted((p.size, p.batch, p.procs) for p in final)
+    saved = {(p.size, p.batch, p.procs) for p in final}
+    assert len(all_measured) == len(set(all_measured)) and set(all_measured) <= saved
+    unrecorded = saved - set(all_measured)
+    assert len(unrecorded) <= 1 and unrecorded <= {(p.size, p.batch, p.procs) for p in after_kill}
     # A fourth run has nothing to do.
     r = cli(*args)
     assert r.returncode == 0 and "already measured" in r.stderr
