@@ -1,8 +1,8 @@
-"""Small builders for hand-made profiles and services, and the CLI run in process."""
+"""Small builders for hand-made profiles, services and plans, and the CLI run in process."""
 
 from __future__ import annotations
 
-from parvagpu.core.model import Profile, ProfilePoint, Service
+from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, ProfilePoint, Segment, Service, Triplet
 
 
 def profile(model: str, rows: list[tuple[int, int, int, float, float]]) -> Profile:
@@ -21,3 +21,16 @@ def run_cli(*args):
     from parvagpu.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def swap_pair() -> tuple[DeploymentMap, DeploymentMap]:
+    """One full GPU whose two models trade places: no slot is free, so a transition without a
+    spare GPU must dip."""
+    a4, b3 = Triplet(4, 8, 1, 100.0, 1.0), Triplet(3, 8, 1, 80.0, 1.0)
+    a3, b4 = Triplet(3, 8, 1, 100.0, 1.0), Triplet(4, 8, 1, 80.0, 1.0)
+    svc = (Service("a", 100.0, 10.0), Service("b", 80.0, 10.0))
+    old = DeploymentMap("A100-80GB", "parva", 3, 8, (
+        PlacedSegment(Segment("a", a4), 0, 0), PlacedSegment(Segment("b", b3), 0, 4)), svc)
+    new = DeploymentMap("A100-80GB", "parva", 3, 8, (
+        PlacedSegment(Segment("b", b4), 0, 0), PlacedSegment(Segment("a", a3), 0, 4)), svc)
+    return old, new

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import swap_pair
 from typer.testing import CliRunner
 
 from parvagpu.cli import app
 from parvagpu.control.replay import Costs, Options, _Cluster, _runs, read_settings
 from parvagpu.control.trace import Shape, generate, read_trace, trace_csv
 from parvagpu.core.errors import ParvaError
-from parvagpu.core.model import DeploymentMap, PlacedSegment, Schedule, Segment, Service, Step, Triplet
+from parvagpu.core.model import PlacedSegment, Schedule, Segment, Step, Triplet
 from parvagpu.planning.transition import schedule
 
 runner = CliRunner()
@@ -95,13 +96,7 @@ def test_a_transition_on_a_spare_gpu_keeps_every_model_serving_and_counts_the_gp
     """Two models trade slots on a full GPU. Without a spare, one of them serves nothing until its
     new segment is loaded; with one spare GPU a bridge copy serves meanwhile, and the spare GPU is
     counted while the bridge is on it."""
-    a4, b3 = Triplet(4, 8, 1, 100.0, 1.0), Triplet(3, 8, 1, 80.0, 1.0)
-    a3, b4 = Triplet(3, 8, 1, 100.0, 1.0), Triplet(4, 8, 1, 80.0, 1.0)
-    svc = (Service("a", 100.0, 10.0), Service("b", 80.0, 10.0))
-    old = DeploymentMap("A100-80GB", "parva", 3, 8, (
-        PlacedSegment(Segment("a", a4), 0, 0), PlacedSegment(Segment("b", b3), 0, 4)), svc)
-    new = DeploymentMap("A100-80GB", "parva", 3, 8, (
-        PlacedSegment(Segment("b", b4), 0, 0), PlacedSegment(Segment("a", a3), 0, 4)), svc)
+    old, new = swap_pair()
     dipped, _ = _capacity_over_time(old, schedule(old, new))
     assert min(c["b"] for *_, c in dipped) == 0.0 and max(g for _, g, _, _ in dipped) == 1
     bridged, end = _capacity_over_time(old, schedule(old, new, spare_gpus=1))

@@ -7,6 +7,7 @@ import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from helpers import swap_pair
 from test_contract import plans
 from typer.testing import CliRunner
 
@@ -84,20 +85,8 @@ def test_enough_spare_gpus_remove_every_dip(pair):
     assert verify_schedule(old, new, sched.steps) == []
 
 
-def _swap_pair():
-    """One GPU whose two models trade places: no slot is free, so a dip is forced."""
-    a4, b3 = Triplet(4, 8, 1, 100.0, 1.0), Triplet(3, 8, 1, 80.0, 1.0)
-    a3, b4 = Triplet(3, 8, 1, 100.0, 1.0), Triplet(4, 8, 1, 80.0, 1.0)
-    svc = (Service("a", 100.0, 10.0), Service("b", 80.0, 10.0))
-    old = DeploymentMap("A100-80GB", "parva", 3, 8, (
-        PlacedSegment(Segment("a", a4), 0, 0), PlacedSegment(Segment("b", b3), 0, 4)), svc)
-    new = DeploymentMap("A100-80GB", "parva", 3, 8, (
-        PlacedSegment(Segment("b", b4), 0, 0), PlacedSegment(Segment("a", a3), 0, 4)), svc)
-    return old, new
-
-
 def test_a_forced_dip_is_short_and_reported_and_a_spare_gpu_avoids_it():
-    old, new = _swap_pair()
+    old, new = swap_pair()
     sched = schedule(old, new)
     # One model must wait for the other's slot: a single dip, lasting until its new segment runs.
     assert [(d.model, d.shortfall, d.steps, d.first) for d in sched.dips] == [("b", 80.0, 3, 0)]
@@ -109,7 +98,7 @@ def test_a_forced_dip_is_short_and_reported_and_a_spare_gpu_avoids_it():
 
 
 def test_named_spare_gpus_bridge_only_their_own_nodes_segments():
-    old, new = _swap_pair()
+    old, new = swap_pair()
     old, new = (DeploymentMap(p.gpu_type, p.strategy, p.max_procs, 2, p.segments, p.services) for p in (old, new))
     elsewhere = schedule(old, new, spares=[2])  # GPU 2 is on node 1, the swap on node 0
     assert elsewhere.bridges == 0 and [d.model for d in elsewhere.dips] == ["b"]
@@ -120,7 +109,7 @@ def test_named_spare_gpus_bridge_only_their_own_nodes_segments():
 
 
 def test_verify_schedule_catches_a_break_before_make():
-    old, new = _swap_pair()
+    old, new = swap_pair()
     t = transition(old, new)
     from parvagpu.core.model import Step
 
