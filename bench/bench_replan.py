@@ -7,7 +7,8 @@ For each workload the running plan is the default strategy's (`auto`) fresh plan
     scenarios; `--sample` models of the generated workloads), and
 (b) random changes: 20 % of the models (seeded) get a factor drawn from [0.7, 1.3]
 are re-planned with `--current`. Per case: segments changed (added + removed), whether other
-models' segments moved, GPUs against the fresh optimum (the `auto` plan from scratch of the new
+models' segments moved (and, for a single-model change, whether that was avoidable: some plan at
+the re-plan's GPU count keeps them all, `replan_bound.others_can_stay`), GPUs against the fresh optimum (the `auto` plan from scratch of the new
 rates with `REFERENCE_S` seconds, made apart and not timed), planning time, and the worst capacity
 dip of the make-before-break transition. Every plan is checked with `verify` and every transition
 with `verify_schedule` (`--no-dips` skips the transitions). `--extra-gpus K` re-plans with
@@ -31,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import base_profiles, random_services  # noqa: E402
-from replan_bound import change_bound  # noqa: E402
+from replan_bound import change_bound, others_can_stay  # noqa: E402
 
 from parvagpu.cli.common import example_dir  # noqa: E402
 from parvagpu.core.gpus import gpu_type  # noqa: E402
@@ -83,10 +84,14 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
     # The fresh optimum the re-plan is held to: `auto` from scratch on the new rates, given time.
     fresh = fresh_plan(req)
     t = new.transition
+    others = sum(1 for s in t.added + t.removed if s.model not in changed)
+    # Could this case have kept every other model in place at the re-plan's GPU count?
+    avoidable = bool(others) and len(changed) == 1 and others_can_stay(req, next(iter(changed)), new.gpus_used)
     worst, steps = dip(current, new) if DIPS else (None, None)
     return {
         "changed": t.changed,
-        "others": sum(1 for s in t.added + t.removed if s.model not in changed),
+        "others": others,
+        "avoidable": avoidable,
         "gpus": new.gpus_used,
         "fresh": fresh.gpus_used,
         "time": dt,
@@ -134,6 +139,7 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
     n = len(rows)
     med = statistics.median(r["changed"] for r in rows)
     moved = sum(1 for r in rows if r["others"]) / n
+    avoidable = sum(1 for r in rows if r["avoidable"])
     equal = sum(1 for r in rows if r["gpus"] == r["fresh"] + EXTRA)
     fewer = sum(1 for r in rows if r["gpus"] < r["fresh"] + EXTRA)
     more = sum(1 for r in rows if r["gpus"] > r["fresh"] + EXTRA)
@@ -146,7 +152,7 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
         kind += " (changes >= " + ", ".join(str(r["bound"]) for r in rows) + ")"
     return (
         f"| {label}{f' (+{EXTRA} GPUs)' if EXTRA else ''} | {kind} | {n} | {med:g} | {max(r['changed'] for r in rows)} | {per_model:.2f} | "
-        f"{moved:.0%} | {equal}/{n}{f' ({other})' if other else ''} | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
+        f"{moved:.0%} ({avoidable}) | {equal}/{n}{f' ({other})' if other else ''} | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
         f"{dips} |"
     )
 
@@ -170,7 +176,7 @@ def main() -> None:
         CACHE.mkdir(parents=True, exist_ok=True)
     base = base_profiles()
     print("| workload | changes | cases | median changed | max changed | max changed / changed model | "
-          "others moved | GPUs = fresh | median time | max time | cases with a dip (worst) |")
+          "others moved (avoidable) | GPUs = fresh | median time | max time | cases with a dip (worst) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     all_single = []
     for k in [int(x) for x in args.scenarios.split(",") if x]:

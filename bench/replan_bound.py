@@ -83,3 +83,35 @@ def change_bound(request: PlanRequest, gpus: int) -> int | None:
     budget = gpus * request.gpu.compute_slices
     ok = np.nonzero(best <= budget)[0]
     return None if len(ok) == 0 else int(ok[0]) + dropped
+
+
+def others_can_stay(request: PlanRequest, model: str, gpus: int) -> bool:
+    """Whether some plan with at most `gpus` GPUs changes no segment but `model`'s: every other
+    model's admissible running segments stay where they are, and `model` is re-covered in what
+    they leave free (its own segments may all go). Exact: throughputs add up, so the model's most
+    capacity is, per GPU, the best legal layout of the free slots (each size at its fastest
+    triplet: the best admissible one or a running one of that size), and each GPU nothing else
+    uses holds its fastest full layout."""
+    kept, _ = admissible_segments(request)
+    gpu = request.gpu
+    fastest = {z: t.throughput for z, t in per_size_table(request)[model].items()}
+    for s in kept:
+        if s.model == model:
+            fastest[s.size] = max(fastest.get(s.size, 0.0), s.segment.throughput)
+    used: dict[int, int] = {}
+    for s in kept:
+        if s.model != model:
+            used[s.gpu] = used.get(s.gpu, 0) | gpu.mask(s.size, s.start)
+    if len(used) > gpus:
+        return False
+    best: dict[int, float] = {}
+
+    def most(mask: int) -> float:
+        if mask not in best:
+            best[mask] = max((sum(fastest.get(z, 0.0) for z, st in layout if not gpu.mask(z, st) & mask)
+                              for layout in gpu.layouts()), default=0.0)
+        return best[mask]
+
+    rate = next(s.rate for s in request.services if s.model == model)
+    capacity = sum(most(m) for m in used.values()) + (gpus - len(used)) * most(0)
+    return capacity >= rate * (1 - _TOL)
