@@ -2,7 +2,7 @@
 load; the controller re-plans from the running plan and switches make-before-break. Checks:
 capacity back, no request lost or failed, 503s only between the step and the end of the
 transition, the transition's steps and timings in the decision log, a bad services file refused.
-Skipped without Ray, and outside CI unless PARVAGPU_RAY_TESTS=1 (about a minute on 2 cores)."""
+Skipped without Ray, and outside CI unless PARVAGPU_RAY_TESTS=1 (about 1.5 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ from parvagpu.serving.loadgen import Target, step_load  # noqa: E402
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 LIVE = ROOT / "bench" / "live"
-STEP_AT, DURATION = 8.0, 32.0
+# The load runs 52 s past the step: a re-plan before the step (an attainment miss of the first
+# requests through a fresh ingress on a loaded machine: a CI run saw 2 late of the first 129, 98.4%
+# < 99%) starts the model's 20 s dwell, which holds the step's re-plan; its transition must still
+# finish, and be seen, while the load runs (a 32 s load ended first in that run).
+STEP_AT, DURATION = 8.0, 60.0
 
 
 def _port() -> int:
@@ -96,7 +100,7 @@ def test_rate_step_restores_capacity_and_loses_nothing(running):
     at = lambda r: datetime.fromisoformat(r["utc"]).timestamp() - t0  # noqa: E731
     done = [r for r in log if r["kind"] == "transition done" and at(r) > STEP_AT]
     assert all(r["steps"] for r in done)  # a re-plan needing no step is "plan kept", not a transition
-    assert done, [r.get("reason") for r in log]
+    assert done, [(round(at(r), 1), r["kind"], r.get("reason"), r.get("held")) for r in log]
     back = at(done[0])
     assert back - STEP_AT < 60.0  # capacity restored within 60 s of the step
     create = [s for s in done[0]["steps"] if s["action"] == "create"]
