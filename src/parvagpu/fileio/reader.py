@@ -36,17 +36,33 @@ def read_bytes(path: Path, what: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ParvaError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise ParvaError(f"{path}: cannot read {what}: is {_kind(mode)}, not a regular file")
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ParvaError(f"{path}: cannot read {what}: is {_kind(st.st_mode)}, not a regular file")
         try:
-            data = fh.read(MAX_INPUT_BYTES + 1)
+            data = _read_upto(fh, min(st.st_size, MAX_INPUT_BYTES) + 1, MAX_INPUT_BYTES + 1)
         except OSError as exc:
             raise ParvaError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
     if len(data) > MAX_INPUT_BYTES:
         raise ParvaError(f"{path}: {what} is larger than {MAX_INPUT_BYTES // 2**20} MiB")
     return data
+
+
+def _read_upto(fh, first: int, most: int) -> bytes:
+    """Up to `most` bytes to the end of the file, asking for `first` (its size and one) at once:
+    a buffer of `most` bytes per read would cost an allocation of 32 MiB per file. A file that
+    grows while read is read on, still at most `most` bytes."""
+    chunks, got = [], 0
+    ask = first
+    while got < most:
+        chunk = fh.read(min(ask, most - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+        ask = max(ask, 1 << 16)
+    return b"".join(chunks)
 
 
 def read_text(path: Path, what: str, encoding: str = "utf-8") -> str:
@@ -69,10 +85,20 @@ def _no_constant(path: Path, name: str) -> Any:
 
 
 def _parse_json(path: Path, text: str) -> Any:
+    """Parsed with the C scanner's own floats; a number too large for a float (1e400) is then the
+    one infinity `check_values` meets, and is reported by parsing again with a check per float."""
+    data = _parse_json_with(path, text, None)
     try:
-        return json.loads(
-            text, parse_float=lambda t: _finite_float(path, t), parse_constant=lambda n: _no_constant(path, n)
-        )
+        check_values(path, data)
+    except _NotFinite:
+        _parse_json_with(path, text, lambda t: _finite_float(path, t))
+        raise ParvaError(f"{path}: a number is out of range") from None
+    return data
+
+
+def _parse_json_with(path: Path, text: str, parse_float: Any) -> Any:
+    try:
+        return json.loads(text, parse_float=parse_float, parse_constant=lambda n: _no_constant(path, n))
     except json.JSONDecodeError as exc:
         raise ParvaError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     except RecursionError:
@@ -81,28 +107,45 @@ def _parse_json(path: Path, text: str) -> Any:
         raise ParvaError(f"{path}: invalid JSON: {str(exc).splitlines()[0][:80]}") from None
 
 
+class _NotFinite(ParvaError):
+    """A float in a parsed document is NaN or infinite."""
+
+
 def check_values(path: Path, data: Any) -> Any:
     """Walk a parsed document once (shared YAML aliases once): keys are text, floats are finite,
     nesting at most `MAX_DEPTH`."""
-    seen: set[int] = set()
+    _check_scalar(path, data)
+    if not isinstance(data, (dict, list)):
+        return data
+    seen = {id(data)}
     stack = [(data, 0)]
     while stack:
         obj, depth = stack.pop()
-        if isinstance(obj, float) and not math.isfinite(obj):
-            raise ParvaError(f"{path}: {obj} is not a finite number")
-        if not isinstance(obj, (dict, list)) or id(obj) in seen:
-            continue
         if depth >= MAX_DEPTH:
             raise ParvaError(f"{path}: nested more than {MAX_DEPTH} levels deep")
-        seen.add(id(obj))
         if isinstance(obj, dict):
             for k in obj:
-                if not isinstance(k, str):
+                if type(k) is not str and not isinstance(k, str):
                     raise ParvaError(f"{path}: key {str(k)[:40]!r} is not text; quote it")
-            stack.extend((v, depth + 1) for v in obj.values())
+            items = obj.values()
         else:
-            stack.extend((v, depth + 1) for v in obj)
+            items = obj
+        for v in items:
+            kind = type(v)
+            if kind is str or kind is int or kind is bool or v is None:
+                continue
+            if kind is dict or kind is list or isinstance(v, (dict, list)):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    stack.append((v, depth + 1))
+            else:
+                _check_scalar(path, v)
     return data
+
+
+def _check_scalar(path: Path, v: Any) -> None:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise _NotFinite(f"{path}: {v} is not a finite number")
 
 
 def read_json(path: Path, what: str) -> Any:
