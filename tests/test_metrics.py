@@ -28,7 +28,7 @@ def test_ingress_outcomes_latency_batches_and_inflight():
         return await asyncio.gather(ing.infer("m"), ing.infer("m"))
 
     assert sorted(s for s, _ in asyncio.run(two())) == [200, 503]
-    assert asyncio.run(ing.infer("m"))[0] == 502  # dies twice: retried, then failed
+    assert asyncio.run(ing.infer("m"))[0] == 503  # dies twice: retried, then failed
     count = {o: _value(met, "parvagpu_requests_total", {"model": "m", "outcome": o}) for o in
              ("admitted", "rejected", "failed", "ok")}
     assert count == {"admitted": 3, "rejected": 1, "failed": 1, "ok": 2}

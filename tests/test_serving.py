@@ -238,13 +238,13 @@ def test_adaptive_admission_shrinks_limit_for_slow_segments_only():
     assert plain.limits == [3]
 
 
-def test_ingress_retries_a_dead_replica_once_then_answers_502():
+def test_ingress_retries_a_dead_replica_once_when_its_probe_answers_then_answers_503():
     ing = one_segment_ingress(ScriptedHandle("die", "ok"))
     status, body = asyncio.run(ing.infer("m"))
     assert status == 200 and body["segment"] == "m-s0" and "ingress_ms" in body["timing"]
     ing = one_segment_ingress(ScriptedHandle("die"))
     status, body = asyncio.run(ing.infer("m"))
-    assert status == 502 and "RuntimeError" in body["error"]
+    assert status == 503 and "RuntimeError" in body["error"]
     st = ing.stats_doc()["m"]
     assert (st["admitted"], st["retried"], st["failed"], st["ok"], st["inflight"]) == (1, 1, 1, 0, [0])
 
@@ -299,9 +299,9 @@ def test_ingress_answers_503_at_once_when_every_segment_of_a_model_is_down(monke
         await ing.stop_probes()
         return out
 
-    assert [s for s, _ in asyncio.run(run())] == [502, 503, 503, 503]
+    assert [s for s, _ in asyncio.run(run())] == [503, 503, 503, 503]
     st = ing.stats_doc()["m"]
-    assert h.calls == 2 and h.probes >= 2  # the retry, then only probes
+    assert h.calls == 1 and h.probes >= 2  # its probe failed: no retry there, then only probes
     assert (st["down"], st["rejected"], st["failed"], st["inflight"]) == (["m-s0"], 3, 1, [0])
 
 
@@ -333,9 +333,9 @@ def test_calls_held_by_an_unreachable_segment_fail_over_or_get_503_at_once(monke
     alone = ScriptedHandle("die", "hang")
     alone.alive = False
     ing = one_segment_ingress(alone, limit=4)
-    out, took = asyncio.run(run(ing, 2))  # the first dies, its retry and the second are held
-    assert [s for s, _ in out] == [503, 503] and took < 1.0
-    assert all("unreachable" in b["error"] for _, b in out)
+    out, took = asyncio.run(run(ing, 2))  # the first dies (its probe fails: no retry), the second is held
+    assert [s for s, _ in out] == [503, 503] and took < 1.0 and alone.calls == 2
+    assert "RuntimeError" in out[0][1]["error"] and "unreachable" in out[1][1]["error"]
     st = ing.stats_doc()["m"]
     assert (st["admitted"], st["failed"], st["rejected"], st["inflight"]) == (2, 2, 0, [0])
 

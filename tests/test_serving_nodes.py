@@ -2,7 +2,7 @@
 second with its own `parvagpu_node_1` resource) serve a two-node plan under open-loop load, and the
 second node's raylet is killed mid-load: the surviving node's model keeps being answered, the dead
 node's segments' requests fail over to the model's other segment or get a prompt 503, and every
-request is accounted for. Skipped like the other Ray end-to-end tests."""
+request ends as a 200 or a 503 (none failed, none timed out, none lost). Skipped like the other Ray end-to-end tests."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ pytest.importorskip("psutil")
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet  # noqa: E402
 from parvagpu.serving.loadgen import Target, load_http  # noqa: E402
 from parvagpu.serving.pinning import Pin, node_resource  # noqa: E402
-from parvagpu.serving.policy import inflight_limit, serving_spec  # noqa: E402
+from parvagpu.serving.policy import serving_spec  # noqa: E402
 from parvagpu.serving.workers import parse_models  # noqa: E402
 
 from ray_cluster import COMMON, Node, free_port, head_args, listening, make_auth_token, wait_for  # noqa: E402
@@ -153,22 +153,19 @@ def test_losing_a_node_mid_load_fails_over_or_503s_and_loses_nothing(cluster):
     stats = {s.model: s for s in res.stats}
     with urllib.request.urlopen(f"{url}/v1/stats", timeout=30) as r:
         served = json.load(r)
-    for s in stats.values():  # every request ends as exactly one outcome the client saw
-        assert s.lost == 0 and s.timeouts == 0, s
-        assert s.ok + s.rejected + s.failed == s.sent
+    for s in stats.values():  # every request ends as 200 or 503: never an error, never a timeout
+        assert s.lost == 0 and s.timeouts == 0 and s.failed == 0, s
+        assert s.ok + s.rejected == s.sent
     keep, both, gone = stats["keep"], stats["both"], stats["gone"]
-    assert keep.ok >= 0.97 * keep.sent and keep.failed == 0  # the surviving node's model is untouched
+    assert keep.ok >= 0.9 * keep.sent  # the surviving node's model is untouched (a 503 only if the CPU stalls)
     # Requests that reached node 1's segments before the ingress knew are held by Ray Serve (no
-    # replica answers, mostly no error); the first past its SLO has the segment probed, and once
-    # the probe fails every held call moves to node 0 ("both") or gets 503 ("gone"), not a 504
-    # after the 5-s call timeout. From then on node 1's segments are down.
-    # A call node 1's replica held when it died may come back as an error (its actor died with
-    # it) and fail when no other segment has room: "gone" has none, and "both"'s node-0 segment
-    # is full once it alone takes 15 req/s for 10. So at most what node 1's segment may hold
-    # fails: its admission limit (depth x batch x procs). Four such calls were seen in CI runs.
-    held = inflight_limit(2, 1, 4)
-    assert both.ok >= 0.85 * both.sent and both.failed <= held
-    assert gone.rejected > 0 and gone.ok > 0.2 * gone.sent and gone.failed <= held
+    # replica answers) or fail with an actor error. A held call past its SLO has the segment
+    # probed; once a probe fails (or a call fails and the probe after it does), every call held
+    # there moves to node 0 ("both") or, where no other segment has room, gets 503 ("gone", and
+    # "both" while its node-0 segment is full): not a 502, nor a 504 after the 5-s call timeout.
+    # From then on node 1's segments are down and their model's requests go to node 0 or get 503.
+    assert both.ok >= 0.85 * both.sent
+    assert gone.rejected > 0 and gone.ok > 0.2 * gone.sent
     assert {m: v["down"] for m, v in served.items()} == {"keep": [], "both": ["both-n1-g0-s0"], "gone": ["gone-n1-g0-s1"]}
     print(f"killed at {killed_at:.1f} s; " + "; ".join(
         f"{m}: sent {s.sent} ok {s.ok} 503 {s.rejected} failed {s.failed}" for m, s in stats.items()))

@@ -18,10 +18,11 @@
   loop is a queue the per-model admission cannot see.
 - A replica that dies is restarted by Ray Serve; a request that was in it fails with an actor
   error and its segment is marked down at the ingress (no new requests until a probe answers):
-  the request is retried once on another live segment of the model, else on the same segment
-  (another or the restarted replica), and if that also fails it is answered 502; a model with no
-  live segment answers 503 at once; a call still running after 10 SLOs (at least 5 s) is answered
-  504. Nothing is dropped silently. A whole node lost is the same, for all its segments at once.
+  the request moves to another live segment of the model with room, else is retried once on the
+  same segment if a probe finds it healthy (another or the restarted replica), else is answered
+  503 with Retry-After; a model with no live segment answers 503 at once; a call still running
+  after 10 SLOs (at least 5 s) on a segment that answers probes is answered 504. Nothing is
+  dropped silently. A whole node lost is the same, for all its segments at once.
 - Several nodes: segment replicas go to their node through `parvagpu_node_<n>` resources
   (`pinning.py`); the ingress and the one HTTP proxy run on the head node, so losing another node
   never takes the front door with it.

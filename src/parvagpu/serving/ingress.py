@@ -11,15 +11,19 @@ size is at least n: the planned batch is counted in items, whatever the request 
 
 A segment whose call fails (its replica died, or its node: Ray's actor errors) or times out is
 *down*: it gets no new requests, and a background probe (`handle.pid.remote()`, bounded) brings it
-back when it answers. The failed request moves to another live segment of the model with room,
-else is retried once on the same segment (another or a restarted replica may take it). A node that
-dies may fail no call at all (its calls just hang), so a call still running after its model's SLO
-has its segment probed at once. A probe not answered within the larger of PROBE_TIMEOUT_S and the
-SLO (no replica is left, as when its node is gone) makes the segment down and *unreachable*: every
-call still waiting on it is given up at once and moves to another live segment with room, else is
-answered 503; without this, Ray Serve holds a call to a deployment with no replica until the call
-timeout. A model with no live segment up answers 503 at once. `down_segments()` is the node-loss
-signal the controller reads.
+back when it answers, however long the outage (Ray may restart a replica, or a node may return).
+A request whose segment fails moves to another live segment of the model that is up and has room;
+with none, the failed segment is probed once and, if it answers (another or a restarted replica),
+the request is retried there, once; otherwise the request is answered 503 with Retry-After. A
+request is never answered 502 because its segment died: a failure with nowhere to go is a 503.
+A node that dies may fail no call at all (its calls just hang), so a call still running after its
+model's SLO has its segment probed, and again every SLO while it runs. A probe not answered within
+the larger of PROBE_TIMEOUT_S and the SLO (no replica is left, as when its node is gone) makes the
+segment down and *unreachable*: every call still waiting on it is given up at once and moves or is
+answered 503 the same way; without this, Ray Serve holds a call to a deployment with no replica
+until the call timeout. Only a call whose segment keeps answering probes reaches the call timeout
+(504: a hung replica, not a lost one). A model with no live segment up answers 503 at once.
+`down_segments()` is the node-loss signal the controller reads.
 """
 
 from __future__ import annotations
@@ -29,13 +33,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Collection, Mapping
 
 from parvagpu.serving.oip import HEADER_LENGTH, InferRequest, OipError, Signature, decode_request, encode_response
 from parvagpu.serving.policy import Admission
 from parvagpu.serving.router import WeightedRouter
 
-RETRIES = 1
 CALL_TIMEOUT_SLOS = 10  # a segment call still running after 10 SLOs is given up (504)
 MIN_CALL_TIMEOUT_S = 5.0
 MAX_BODY_BYTES = 64 * 2**20  # a larger request body is refused (413) before it is read
@@ -212,14 +215,14 @@ class ModelRoute:
         self._count("admitted", i)
         return i
 
-    def _pick(self, n: int, avoid: int | None = None) -> int | None:
-        """A live segment that is up (not `avoid`) with a batch of at least n and room for n, its
-        slots taken."""
+    def _pick(self, n: int, avoid: Collection[int] = ()) -> int | None:
+        """A live segment that is up (none of `avoid`) with a batch of at least n and room for n,
+        its slots taken."""
         adm, batches, live, names, down = self.admission, self.batches, self.live, self.names, self.down
 
         def eligible(j: int) -> bool:
             i = live[j]
-            return i != avoid and names[i] not in down and batches[i] >= n and adm.has_room(i, n)
+            return i not in avoid and names[i] not in down and batches[i] >= n and adm.has_room(i, n)
 
         j = None if self.router is None else self.router.pick(eligible)
         i = None if j is None else live[j]
@@ -248,7 +251,9 @@ class ModelRoute:
             if self.router is not None:
                 self.router.restart()
             self._count("up", i)
-        self._gone.pop(name, None)
+        gone = self._gone.get(name)
+        if gone is not None and gone.done():  # an undone one is what calls in flight there wait on
+            del self._gone[name]
         for tasks in (self._probes, self._checks):
             task = tasks.pop(name, None)
             if task is not None and task is not asyncio.current_task():
@@ -268,14 +273,26 @@ class ModelRoute:
         while name in self.down:
             await asyncio.sleep(PROBE_EVERY_S)
             try:
+                healthy = await self._healthy(name)
                 i = self.index(name)
             except KeyError:  # removed by a transition: nothing to probe
                 self.down.discard(name)
                 return
-            if await _answers(self.handles[i].pid.remote(), max(PROBE_TIMEOUT_S, self.slo_s)):
+            if healthy:
                 self.mark_up(i)
             else:
                 self._mark_gone(name)
+
+    async def _healthy(self, name: str) -> bool:
+        """Whether segment `name` answers a probe within the larger of PROBE_TIMEOUT_S and the SLO
+        (a busy replica answers once its batch ends, so a slow model is not taken for dead). A
+        probe that cannot even be sent failed, and the prober goes on (KeyError: no such segment)."""
+        handle = self.handles[self.index(name)]
+        try:
+            resp = handle.pid.remote()
+        except Exception:
+            return False
+        return await _answers(resp, max(PROBE_TIMEOUT_S, self.slo_s))
 
     def _mark_gone(self, name: str) -> None:
         """Segment `name` is unreachable: every call waiting on it gives up now."""
@@ -300,9 +317,7 @@ class ModelRoute:
 
     async def _check(self, name: str) -> None:
         try:
-            i = self.index(name)
-            # a busy replica answers once a batch ends: allow an SLO, so a slow model is not taken for dead
-            if await _answers(self.handles[i].pid.remote(), max(PROBE_TIMEOUT_S, self.slo_s)):
+            if await self._healthy(name):
                 return
             i = self.index(name)
         except KeyError:  # removed meanwhile
@@ -316,17 +331,22 @@ class ModelRoute:
     async def _outcome(self, resp, name: str) -> tuple[str, Any]:
         """How one segment call ends: ("ok", its answer), ("timeout", None) after the call timeout,
         or ("gone", None) as soon as the segment is known unreachable; the call's own error is
-        raised. A call running past its SLO has its segment probed. A call not finished is
-        cancelled."""
+        raised. A call running past its SLO has its segment probed, and again every SLO while it
+        runs: a node may die after a probe that found it alive. A call not finished is cancelled."""
         gone = self._gone_future(name)
         task = asyncio.ensure_future(_result(resp))
-        suspect_s = min(max(SUSPECT_MIN_S, self.slo_s), self.call_timeout_s)
+        suspect_s = max(SUSPECT_MIN_S, self.slo_s)
+        deadline = time.monotonic() + self.call_timeout_s
         try:
-            done, _ = await asyncio.wait({task, gone}, timeout=suspect_s, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                self._suspect(name)
-                done, _ = await asyncio.wait({task, gone}, timeout=self.call_timeout_s - suspect_s,
+            done: set = set()
+            while not done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                done, _ = await asyncio.wait({task, gone}, timeout=min(suspect_s, left),
                                              return_when=asyncio.FIRST_COMPLETED)
+                if not done and left > suspect_s:
+                    self._suspect(name)
         finally:
             if not task.done():
                 task.cancel()
@@ -336,66 +356,82 @@ class ModelRoute:
         return ("gone" if gone.done() else "timeout"), None
 
     async def call(self, i: int, invoke: Callable[[Any], Any], n: int = 1) -> tuple[int, dict]:
-        """Run one admitted request (`invoke(handle)` starts it) on segment i. On a replica
-        failure the segment is marked down and the request retried once: on another live segment
-        with room, else on the same one. A call waiting on a segment found unreachable moves to
-        another live segment with room, else is answered 503 (counted failed) at once. Given up
-        (504) after the call timeout. Always releases its slots. 200 with the replica's answer, or
+        """Run one admitted request (`invoke(handle)` starts it) on segment i. A segment that fails
+        it (an actor error, or found unreachable) is marked down and the request moves on
+        (`_next`): another live segment with room, else the same one once if a probe finds it
+        healthy, else 503 (counted failed). Given up (504) after the call timeout, on a segment
+        that kept answering probes. Always releases its slots. 200 with the replica's answer, or
         the error status and `{"error"}`."""
         t0 = time.perf_counter()
+        tried: set[int] = set()
         try:
-            last = None
-            for attempt in range(1 + RETRIES):
-                gone = self._gone.get(self.names[i])
-                try:
-                    if gone is not None and gone.done():
-                        how, res = "gone", None
-                    else:
-                        how, res = await self._outcome(invoke(self.handles[i]), self.names[i])
-                except Exception as exc:  # replica or node died: elsewhere if possible, then report
-                    last = exc
-                    self.mark_down(i)
-                    if attempt < RETRIES:
-                        i = self._failover(i, n)
-                    continue
+            while True:
+                how, res = await self._attempt(i, invoke)
                 if how == "timeout":  # a hung replica: the request is a miss, answered, not retried
                     self.mark_down(i)  # its node may be gone before Ray says so: probe it
                     self._count("failed", i)
                     return 504, {"error": f"{self.model}: segment {self.names[i]} did not answer in time"}
-                if how == "gone":  # no replica left behind the segment: elsewhere now, or 503 now
-                    j = self._move(i, n) if attempt < RETRIES else None
-                    if j is not None:
-                        i = j
-                        continue
+                if how == "ok":
+                    return self._answered(i, res, t0)
+                if how == "error":
+                    self.mark_down(i)
+                j = await self._next(i, n, tried, how)
+                if j is None:
                     self._count("failed", i)
-                    return 503, {"error": f"{self.model}: segment {self.names[i]} is unreachable, retry later"}
-                if "error" in res:  # the model or a hook failed on this request: no retry
-                    self._count("failed", i)
-                    return 500, {"error": f"{self.model}: {res['error']}"}
-                self.mark_up(i)
-                self.admission.observe(i, res.get("compute_ms", 0.0))
-                res["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
-                self._count("ok", i, res["ingress_ms"] / 1000.0, res.get("batch"))
-                res["segment"] = self.names[i]
-                return 200, res
-            self._count("failed", i)
-            return 502, {"error": f"{self.model}: segment {self.names[i]} failed: {type(last).__name__}"}
+                    why = "is unreachable" if how == "gone" else f"failed ({res})"
+                    return 503, {"error": f"{self.model}: segment {self.names[i]} {why} and no other "
+                                          f"segment has room, retry later"}
+                tried.add(i)
+                i = j
         finally:
             self.admission.release(i, n)
 
-    def _failover(self, i: int, n: int) -> int:
-        """Where a request that failed on segment i is retried: another live segment that is up
-        with room (its slots moved there), else i itself."""
-        j = self._move(i, n)
-        if j is None:
-            self._count("retried", i)
-            return i
-        return j
+    async def _attempt(self, i: int, invoke: Callable[[Any], Any]) -> tuple[str, Any]:
+        """One try on segment i: ("ok", the replica's answer), ("timeout", None), ("gone", None)
+        when the segment is unreachable, or ("error", the exception's type name)."""
+        gone = self._gone.get(self.names[i])
+        if gone is not None and gone.done():
+            return "gone", None
+        try:
+            return await self._outcome(invoke(self.handles[i]), self.names[i])
+        except Exception as exc:  # the replica or its node died (Ray's actor errors)
+            return "error", type(exc).__name__
 
-    def _move(self, i: int, n: int) -> int | None:
-        """Another live segment that is up with room for a request of n items on segment i, its
-        slots moved there (counted as a fail-over); None when there is none."""
-        j = self._pick(n, avoid=i)
+    def _answered(self, i: int, res: dict, t0: float) -> tuple[int, dict]:
+        if "error" in res:  # the model or a hook failed on this request: no retry
+            self._count("failed", i)
+            return 500, {"error": f"{self.model}: {res['error']}"}
+        self.mark_up(i)
+        self.admission.observe(i, res.get("compute_ms", 0.0))
+        res["ingress_ms"] = 1000.0 * (time.perf_counter() - t0)
+        self._count("ok", i, res["ingress_ms"] / 1000.0, res.get("batch"))
+        res["segment"] = self.names[i]
+        return 200, res
+
+    async def _next(self, i: int, n: int, tried: set[int], how: str) -> int | None:
+        """Where a request that segment i failed goes next: another live segment that is up with
+        room and not tried before (its slots moved there, counted as a fail-over); else, after an
+        actor error and only the first time, segment i itself if a probe finds it healthy
+        (another or a restarted replica; counted retried); else None (answered 503)."""
+        j = self._move(i, n, avoid={i, *tried})
+        if j is not None or how != "error" or i in tried:
+            return j
+        name = self.names[i]
+        try:
+            healthy = await self._healthy(name)
+        except KeyError:  # removed meanwhile: nothing to retry on
+            return None
+        if not healthy:
+            self._mark_gone(name)
+            return None
+        self.mark_up(i)
+        self._count("retried", i)
+        return i
+
+    def _move(self, i: int, n: int, avoid: Collection[int] = ()) -> int | None:
+        """Another live segment that is up with room for a request of n items on segment i (none
+        of `avoid`), its slots moved there (counted as a fail-over); None when there is none."""
+        j = self._pick(n, avoid=avoid or (i,))
         if j is not None:
             self.admission.release(i, n)
             self._count("failover", j)

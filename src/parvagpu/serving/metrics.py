@@ -28,8 +28,9 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry()
-        self.requests = Counter("parvagpu_requests", "Requests by model and outcome (admitted, rejected = 503, "
-                                "failed = 5xx other than 503, ok)", ["model", "outcome"], registry=r)
+        self.requests = Counter("parvagpu_requests", "Requests by model and outcome (admitted, rejected = 503 "
+                                "before admission, failed = admitted but not answered 200 (5xx, or 503 when its "
+                                "segment died with no other room), ok)", ["model", "outcome"], registry=r)
         self.latency = Histogram("parvagpu_request_latency_seconds", "Latency of answered requests at the ingress",
                                  ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.within_slo = Counter("parvagpu_requests_within_slo", "Requests answered within their model's SLO",
