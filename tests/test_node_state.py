@@ -77,6 +77,9 @@ BAD = [
     (_seg0(mig_uuid=None), "segment 0: mig_uuid must be a non-empty string, got None"),
     (_seg0(gi_id=-3), "segment 0: gi_id must be >= 0"),
     (_seg0(unknown="x"), "segment 0 is malformed"),
+    (_with(bridges={}), "bridges must be a list"),
+    (_with(bridges=[_seg(gpu=3, start=1)]), "bridge 0: 3g.40gb cannot start at slot 1"),
+    (_with(bridges=[_seg(mig_uuid="MIG-9")]), "segment 2: 3g.40gb@4 overlaps another segment on gpu 2"),
 ]
 
 
@@ -84,6 +87,14 @@ def test_the_valid_document_reads():
     state = state_from_dict(copy.deepcopy(VALID), "state.json")
     assert isinstance(state, NodeState) and len(state.segments) == 2
     assert state_doc(state) == VALID
+
+
+def test_a_state_with_bridges_reads_and_writes_them_only_when_there_are_some():
+    doc = _with(bridges=[_seg(gpu=3, model="gpt", mig_uuid="MIG-b", mps_pipe_dir="/p/3-4", mps_log_dir="/l/3-4")])
+    state = state_from_dict(copy.deepcopy(doc), "state.json")
+    assert [(e.gpu, e.model, e.mig_uuid) for e in state.bridges] == [(3, "gpt", "MIG-b")]
+    assert state_doc(state) == doc and state.by_slot().keys() == {(2, 4), (2, 0)}
+    assert "bridges" not in state_doc(state_from_dict(copy.deepcopy(VALID), "state.json"))
 
 
 @pytest.mark.parametrize("doc, needle", BAD, ids=[n[:40] for _, n in BAD])

@@ -3,6 +3,7 @@ transition on the fake backend, ends in the plan's layout, and rolls back on a f
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,7 @@ from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import gpu_type
 from parvagpu.hardware.mig import FakeBackend
 from parvagpu.hardware.mps import FakeMps
-from parvagpu.node import NodeDirs, Op, apply_plan
+from parvagpu.node import NodeDirs, Op, apply_plan, read_state
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.strategies import plan as make_plan
 from parvagpu.planning.transition import schedule
@@ -161,9 +162,54 @@ def test_a_failure_with_bridges_rolls_back_and_removes_them(tmp_path, at):
     before = node_picture(fake, mps)
     order, bridges = node_transition(new, 0, spare_gpus=1)
     fake.fail_at(at, "create_gpu_instance")  # 1: the second bridge; 3: a new segment after both bridges
+    state_before = read_state(dirs.state_file)
     with pytest.raises(ParvaError, match="as it was"):
         apply_plan(new, 0, fake, mps, dirs, order=order, bridges=bridges)
     assert node_picture(fake, mps) == before and fake.list_instances(1) == ()
+    after = read_state(dirs.state_file)  # the bridges listed part-way are gone from it again
+    assert after.bridges == () and after.by_slot().keys() == state_before.by_slot().keys()
+
+
+def test_bridges_are_in_the_node_state_while_they_stand(tmp_path, monkeypatch):
+    """Serving finds where a segment runs (MIG UUID, MPS directories) in the node state: every
+    bridge is listed there once its daemon runs, with its model, batch and processes, and leaves
+    it before its daemon stops; the state after the apply is the plan's, with no bridges."""
+    from parvagpu.node import agent
+
+    old, new = _squeeze()
+    fake, mps, dirs = _watched_node(old, new, tmp_path)
+    written, at_stop = [], []
+    original_write, original_stop = agent.write_state, mps.stop
+
+    def write(path, state):
+        changed = original_write(path, state)
+        st = read_state(path)  # the strict reader takes every version
+        written.append((st, {e.mps_pipe_dir: (mps.daemons.get(e.mps_pipe_dir, {}).get("uuid"),
+                                              fake.find_uuid(e.mig_uuid)) for e in st.bridges}))
+        return changed
+
+    def stop(pipe_dir, log_dir):
+        at_stop.append((str(pipe_dir), read_state(dirs.state_file)))
+        original_stop(pipe_dir, log_dir)
+
+    monkeypatch.setattr(agent, "write_state", write)
+    mps.stop = stop
+    order, bridges = node_transition(new, 0, spare_gpus=1)
+    apply_plan(new, 0, fake, mps, dirs, order=order, bridges=bridges)
+    listed = {(e.gpu, e.start, e.model, e.batch, e.procs) for st, _ in written for e in st.bridges}
+    assert listed == {(b.gpu, b.start, b.model, b.batch, b.procs) for b in bridges}
+    assert max(len(st.bridges) for st, _ in written) == 2  # both bridges stand together at one point
+    for st, live in written:  # each listed bridge is an instance on the spare GPU whose daemon runs
+        for e in st.bridges:
+            daemon_uuid, where = live[e.mps_pipe_dir]
+            assert daemon_uuid == e.mig_uuid and where is not None and where[0] == 1
+    bridge_pipes = {dirs.pipe_dir(b.gpu, b.start) for b in bridges}
+    stopped = [(pipe, st) for pipe, st in at_stop if pipe in bridge_pipes]
+    assert len(stopped) == 2 and all(pipe not in {e.mps_pipe_dir for e in st.bridges} for pipe, st in stopped)
+    final = read_state(dirs.state_file)
+    assert final.bridges == () and "bridges" not in json.loads(dirs.state_file.read_text())
+    assert {(e.gpu, e.start, e.model) for e in final.segments} == {
+        (new.local_gpu(s.gpu), s.start, s.model) for s in new.segments}
 
 
 def test_apply_cli_spare_gpus(tmp_path):

@@ -2,7 +2,8 @@
 
 Exists to put the stages together in one place, and nothing else: take the node lock, read the
 node and its state file (`views`, `state`), decide (`steps.diff`), check the placements with the
-hardware, run the steps (`executor`) and record the result in the state file.
+hardware, run the steps (`executor`) and record the result in the state file (also part-way, each
+time a transition's bridges come or go, so the file always lists the bridges that stand).
 """
 
 from __future__ import annotations
@@ -162,13 +163,14 @@ def apply_plan(
                                  _reserved(plan, node), bridges)
         steps = _ordered(steps, order, bridges)
         ex = Executor(backend, mps, dirs, view, kill)
+        record = _Recorder(NodeState(node, plan.node_gpu_type(node), plan.node_gpus(node), ()), steps, wants,
+                           bridges, view.previous, ex, dirs)
         try:
-            ex.run(steps)
+            ex.run(steps, record.checkpoint if bridges else None)
         except ApplyFailed:
             _refresh_previous(view.previous, ex.live, dirs)
             raise
-        state = NodeState(node, plan.node_gpu_type(node), plan.node_gpus(node), _entries(wants, ex.live, dirs))
-        written = write_state(dirs.state_file, state)
+        written = record.write(len(steps)) or record.written
     return ApplyResult(steps, True, written, dirs.state_file)
 
 
@@ -187,6 +189,60 @@ def _entries(wants: tuple[Want, ...], live: Mapping[Key, Live], dirs: NodeDirs) 
             inst.gi_id, inst.cis[0].ci_id, inst.uuid, dirs.pipe_dir(w.gpu, w.start), dirs.log_dir(w.gpu, w.start),
         ))
     return tuple(out)
+
+
+_CREATE = frozenset({Op.CREATE_GI, Op.CREATE_CI, Op.START_MPS, Op.BIND})
+_REMOVE = frozenset({Op.STOP_MPS, Op.KILL, Op.DESTROY_CI, Op.DESTROY_GI})
+
+
+class _Recorder:
+    """Writes the state file as an apply goes: before each step at which the standing bridges
+    change (one is up once its daemon runs; it goes before its daemon stops), and at the end.
+    Part-way, `segments` holds each slot's plan segment once its steps are done, else the
+    previous state's segment there until its teardown starts; `bridges` the bridges standing."""
+
+    def __init__(self, base: NodeState, steps: list[Step], wants: tuple[Want, ...], bridges: tuple[Want, ...],
+                 prev: NodeState | None, ex: Executor, dirs: NodeDirs) -> None:
+        self.base, self.steps, self.wants, self.bridges = base, steps, wants, bridges
+        self.prev, self.ex, self.dirs = prev, ex, dirs
+        self.spans = {(b.gpu, b.start): _span(steps, b) for b in bridges}
+        self.standing: frozenset[Key] = frozenset()
+        self.written = False
+
+    def checkpoint(self, i: int) -> None:
+        if self._standing(i) != self.standing:
+            self.written = self.write(i) or self.written
+
+    def write(self, i: int) -> bool:
+        """The state with steps[:i] done."""
+        self.standing = self._standing(i)
+        bridges = {(b.gpu, b.start): b for b in self.bridges}
+        return write_state(self.dirs.state_file, replace(
+            self.base, segments=self._segments(i),
+            bridges=_entries(tuple(bridges[k] for k in sorted(self.standing)), self.ex.live, self.dirs)))
+
+    def _standing(self, i: int) -> frozenset[Key]:
+        return frozenset(k for k, (up, down) in self.spans.items() if up <= i < down)
+
+    def _segments(self, i: int) -> tuple[StateEntry, ...]:
+        if i == len(self.steps):
+            return _entries(self.wants, self.ex.live, self.dirs)
+        done = self.steps[:i]
+        pending = {(s.gpu, s.start) for s in self.steps[i:] if s.op in _CREATE}
+        torn = {(s.gpu, s.start) for s in done if s.op in _REMOVE}
+        made = tuple(w for w in self.wants if (w.gpu, w.start) not in pending and (w.gpu, w.start) in self.ex.live)
+        keys = {(w.gpu, w.start) for w in made}
+        old = [e for e in (self.prev.segments if self.prev else ()) if (e.gpu, e.start) not in keys | torn]
+        return tuple(sorted((*_entries(made, self.ex.live, self.dirs), *old), key=lambda e: (e.gpu, e.start)))
+
+
+def _span(steps: list[Step], b: Want) -> tuple[int, int]:
+    """The step boundaries (steps[:i] done) between which bridge `b` stands: from just after its
+    last creation step to just before its first removal step."""
+    create, remove = bridge_steps(b)
+    made = [i for i, s in enumerate(steps) if s in create]
+    gone = [i for i, s in enumerate(steps) if s in remove]
+    return (max(made) + 1 if made else len(steps) + 1), (min(gone) if gone else len(steps) + 1)
 
 
 def _refresh_previous(prev: NodeState | None, live: Mapping[Key, Live], dirs: NodeDirs) -> None:

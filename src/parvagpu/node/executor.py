@@ -121,9 +121,13 @@ class Executor:
         self.killed: list[int] = []
         self.done = 0
 
-    def run(self, steps: list[Step]) -> None:
+    def run(self, steps: list[Step], checkpoint: Callable[[int], None] | None = None) -> None:
+        """Each step in order; `checkpoint(i)`, when given, runs before step i (steps[:i] done),
+        and its failure is a failure of step i: rolled back the same way."""
         for i, step in enumerate(steps):
             try:
+                if checkpoint is not None:
+                    checkpoint(i)
                 self._do(step)
             except BaseException as exc:
                 errors = self.rollback()

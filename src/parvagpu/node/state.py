@@ -2,7 +2,8 @@
 
 Exists so that the state file's format lives in one place: the agent writes it after an apply
 (and corrects it after a rollback), the serving layer reads it (`read_state`, `state_from_dict`)
-to find each segment's MIG UUID and MPS directories. Nothing here decides or touches a GPU, and
+to find each segment's MIG UUID and MPS directories. While a transition's bridges (temporary
+copies of segments on spare GPUs) stand, the agent lists them too, under `bridges`. Nothing here decides or touches a GPU, and
 nothing here imports the rest of the agent: the file has its own record types.
 """
 
@@ -72,12 +73,14 @@ class StateEntry:
 
 @dataclass(frozen=True)
 class NodeState:
-    """A node state file: the node, its GPU type and size, and its segments."""
+    """A node state file: the node, its GPU type and size, its segments, and the bridges that
+    stand while an apply runs a transition (same records; the key is written only when some do)."""
 
     node: int
     gpu_type: str
     gpus_per_node: int
     segments: tuple[StateEntry, ...]
+    bridges: tuple[StateEntry, ...] = ()
 
     def by_slot(self) -> dict[tuple[int, int], StateEntry]:
         return {(e.gpu, e.start): e for e in self.segments}
@@ -85,19 +88,24 @@ class NodeState:
 
 def state_doc(state: NodeState) -> dict[str, Any]:
     """The JSON document of a node state file (segments in file order)."""
-    return {"version": STATE_VERSION, "node": state.node, "gpu_type": state.gpu_type,
-            "gpus_per_node": state.gpus_per_node, "segments": [dataclasses.asdict(e) for e in state.segments]}
+    doc = {"version": STATE_VERSION, "node": state.node, "gpu_type": state.gpu_type,
+           "gpus_per_node": state.gpus_per_node, "segments": [dataclasses.asdict(e) for e in state.segments]}
+    if state.bridges:
+        doc["bridges"] = [dataclasses.asdict(e) for e in state.bridges]
+    return doc
 
 
 _TOP_KEYS = frozenset({"version", "node", "gpu_type", "gpus_per_node", "segments"})
+_OPTIONAL_KEYS = frozenset({"bridges"})
 _SEGMENT_KEYS = frozenset(StateEntry.__dataclass_fields__)
 
 
 def state_from_dict(data: Any, source: str) -> NodeState:
     """Strict reader of a node state file: exact keys, JSON types, ranges, and segments that the
     node's GPU type can hold (a known profile at a legal start of a GPU of the node, no overlap)."""
-    if not isinstance(data, dict) or set(data) != _TOP_KEYS:
-        raise ParvaError(f"{source}: not a node state file (expected keys {', '.join(sorted(_TOP_KEYS))})")
+    if not isinstance(data, dict) or not _TOP_KEYS <= set(data) <= _TOP_KEYS | _OPTIONAL_KEYS:
+        raise ParvaError(f"{source}: not a node state file (expected keys {', '.join(sorted(_TOP_KEYS))}"
+                         f", optionally {', '.join(sorted(_OPTIONAL_KEYS))})")
     if _int(data["version"]) != STATE_VERSION:
         raise ParvaError(f"{source}: unsupported node state version {data['version']!r}")
     node = _checked_int(data["node"], f"{source}: node", 0)
@@ -111,8 +119,12 @@ def state_from_dict(data: Any, source: str) -> NodeState:
     if not isinstance(data["segments"], list):
         raise ParvaError(f"{source}: segments must be a list")
     segs = tuple(_entry(e, f"{source}: segment {i}", gpu, per_node) for i, e in enumerate(data["segments"]))
-    _check_overlaps(segs, gpu, source)
-    return NodeState(node, data["gpu_type"], per_node, segs)
+    bridges = data.get("bridges", [])
+    if not isinstance(bridges, list):
+        raise ParvaError(f"{source}: bridges must be a list")
+    bridged = tuple(_entry(e, f"{source}: bridge {i}", gpu, per_node) for i, e in enumerate(bridges))
+    _check_overlaps(segs + bridged, gpu, source)
+    return NodeState(node, data["gpu_type"], per_node, segs, bridged)
 
 
 def _int(value: Any) -> int | None:
