@@ -3,6 +3,7 @@ need a cluster of their own (several nodes, or one a command joins with --addres
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -24,6 +25,25 @@ RAY_START = LOOPBACK + "import sys\nfrom ray.scripts.scripts import main\nsys.ar
 # Options every node gets: loopback, one CPU, a small object store.
 COMMON = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000",
           "--disable-usage-stats"]
+
+# The end-to-end tests that start a Ray cluster take 1-2 minutes each on 2 cores: they run in CI or
+# on request, and skip cleanly where Ray Serve is not installed.
+RAY_TESTS = bool(os.environ.get("CI") or os.environ.get("PARVAGPU_RAY_TESTS"))
+WHY_SKIPPED = "starts a Ray cluster (1-2 minutes on 2 cores): runs in CI (CI set) or with PARVAGPU_RAY_TESTS=1"
+NO_SERVE = "Ray Serve is not installed (pip install 'parvagpu[serve]')"
+ray_tests = pytest.mark.skipif(not RAY_TESTS, reason=WHY_SKIPPED)  # for one test in a module of others
+
+
+def ray_module(*also: str):
+    """At the top of a module of Ray end-to-end tests: skip it unless they are asked for and Ray
+    Serve and the modules `also` import. Returns the `ray` module."""
+    if not RAY_TESTS:
+        pytest.skip(WHY_SKIPPED, allow_module_level=True)
+    ray = pytest.importorskip("ray", reason=NO_SERVE)
+    pytest.importorskip("ray.serve", reason=NO_SERVE)
+    for name in also:
+        pytest.importorskip(name)
+    return ray
 
 
 def free_port() -> int:

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import pytest
 
-if not (os.environ.get("CI") or os.environ.get("PARVAGPU_RAY_TESTS")):
-    pytest.skip("starts a Ray cluster (about a minute on 2 cores): runs in CI (CI set) or with PARVAGPU_RAY_TESTS=1",
-                allow_module_level=True)
-pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'parvagpu[serve]')")
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'parvagpu[serve]')")
-pytest.importorskip("aiohttp")
-pytest.importorskip("prometheus_client")
+from ray_cluster import ray_module  # noqa: E402
+
+ray_module("aiohttp", "prometheus_client")
 
 from parvagpu.serving.loadgen import Target, step_load  # noqa: E402
 

@@ -28,6 +28,7 @@ from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.export.k8s import CONFIG_DIR
 from parvagpu.serving.policy import serving_spec
+from ray_cluster import ray_tests
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -184,8 +185,7 @@ def _cmdline(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("PARVAGPU_RAY_TESTS")),
-                    reason="starts a Ray cluster: runs in CI or with PARVAGPU_RAY_TESTS=1")
+@ray_tests
 def test_the_pod_command_serves_its_segment_over_oip(exported, tmp_path):
     """The container's command and arguments as the manifest has them, with only the ConfigMap's
     mount directory, the bind address (loopback here) and the port replaced; `parvagpu` on PATH is

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parvagpu.cli import app
+from ray_cluster import ray_tests
 
 runner = CliRunner()
 
@@ -157,8 +158,7 @@ def _listeners(pids: set[int]) -> list[tuple[int, str, int]]:
 _LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
 
 
-@pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("PARVAGPU_RAY_TESTS")),
-                    reason="starts a Ray cluster: runs in CI or with PARVAGPU_RAY_TESTS=1")
+@ray_tests
 def test_serve_keeps_its_local_ray_cluster_on_loopback(tmp_path):
     pytest.importorskip("ray.serve")
     from parvagpu.contract.plan_json import plan_to_json
