@@ -156,6 +156,6 @@ def test_a_hung_replica_that_answers_probes_is_still_a_504():
     """The one case left for 504: the segment keeps answering probes but not the call."""
     h = ScriptedHandle("hang")
     ing = one_segment_ingress(h)
-    ing.models["m"].call_timeout_s = 0.6
+    ing.models["m"].call_timeout_s = 1.0  # probes at 0.25 s and every 0.25 s after, even on a stalled loop
     status, _ = asyncio.run(_stopped(ing, ing.infer("m")))
     assert status == 504 and h.probes >= 2 and ing.stats_doc()["m"]["inflight"] == [0]
