@@ -1,7 +1,7 @@
 """The whole re-plan command, `parvagpu plan ... --current RUNNING.json`, timed as a user runs it.
 
 Run: .venv/bin/python bench/bench_command.py [--sizes 1000,5000] [--repeat 1] [--time-limit 10]
-     [--keep DIR] [--profile-out FILE]
+     [--keep DIR] [--profile-out FILE] [--src DIR]
 
 For n services (`bench/common.py`'s seeded workload: rates 50-3000 req/s, latency SLOs 1.2-4x the
 tightest) n profile files are written, each a copy of its model's embedded profile with the
@@ -15,7 +15,8 @@ NEW.json --current running.json --time-limit T --out new.json`):
 Per run: wall time from launch to exit, CPU time (user + system) and peak resident memory (from
 `wait4`), the best of `--repeat` runs by wall time, and from the written plan the GPUs, the changed
 segments and whether it is proven optimal. With `--profile-out FILE` each re-plan also runs once
-under cProfile (`python -m cProfile -o FILE.<n>.<case>`), not timed.
+under cProfile (`python -m cProfile -o FILE.<n>.<case>`), not timed. `--src DIR` times another
+source tree (e.g. an older commit's `src`, from `git archive`) on the same workloads.
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ def changed(services: list[dict], kind: str) -> list[dict]:
             for s in services]
 
 
+SRC = ROOT / "src"
+
+
 def run(args: list[str], prefix: tuple[str, ...] = ("-m", "parvagpu")) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, peak RSS MiB) of one child process."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = dict(os.environ, PYTHONPATH=str(SRC))
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, *prefix, *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -88,7 +92,10 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--keep", type=Path, help="write the workloads here (kept, and reused when present)")
     ap.add_argument("--profile-out", help="also run each re-plan once under cProfile, to FILE.<n>.<case>")
+    ap.add_argument("--src", type=Path, help="the source tree to time (default: this checkout's src)")
     args = ap.parse_args()
+    global SRC
+    SRC = (args.src or SRC).resolve()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, args.sizes.split(",")):
@@ -119,7 +126,7 @@ def main() -> None:
                 print(f"  n={n} {kind}: {best[0]:.2f} s wall, {best[1]:.2f} s CPU, load {load:.1f}",
                       file=sys.stderr, flush=True)
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}; --time-limit {args.time_limit:g}")
+          f"python {platform.python_version()}; --time-limit {args.time_limit:g}; source {SRC}")
     print()
     print("| services | changes | wall | CPU | peak | load (1 min) | GPUs before | GPUs | bound | changed segments "
           "| running plan |")

@@ -123,3 +123,25 @@ def test_points_from_columns_are_the_points():
     with pytest.raises(AttributeError):
         points[0].size = 2  # still frozen
     assert math.isclose(points[1].segment_throughput, 0.0)
+
+
+def test_the_plan_process_ends_at_once_with_everything_written(tmp_path):
+    """Run as its own process, `plan` ends right after its output (`finish_now`): stdout is
+    complete and flushed, the file is whole, the exit code is 0; under a runner it returns."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from parvagpu.cli import app
+
+    args = ["plan", "--scenario", "2", "--strategy", "parva", "--format", "json"]
+    proc = subprocess.run([sys.executable, "-m", "parvagpu", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    in_process = CliRunner().invoke(app, args)
+    assert in_process.exit_code == 0 and json.loads(proc.stdout) == json.loads(in_process.stdout)
+    out = tmp_path / "plan.json"
+    proc = subprocess.run([sys.executable, "-m", "parvagpu", *args[:-2], "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "wrote" in proc.stderr
+    assert out.read_text() == in_process.stdout
