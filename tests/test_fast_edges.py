@@ -37,7 +37,9 @@ def test_dumps_indented_is_json_dumps_indent_2(doc):
 
 
 def test_dumps_indented_on_a_plan_shape():
-    plan = {"version": 1, "gap": 0.0, "segments": [{"model": "a\nb", "gpu": 0, "throughput": 1.5e-7}] * 3,
+    segments = [{"model": m, "gpu": g, "throughput": 1.5e-7, "x": None} for g, m in enumerate(
+        ["a\nb", "}\n{", "\x00", '"}', "{", "}"])]
+    plan = {"version": 1, "gap": 0.0, "segments": segments, "one": [{"a": 1}], "mixed": [{"a": 1}, {}, [1]],
             "services": [], "stats": {}, "provenance": {"models": {"a": "ff"}, "measured_on": None},
             "transition": {"added": [[]], "models": [{"x": float("inf")}, {}]}}
     assert dumps_indented(plan) == json.dumps(plan, indent=2)

@@ -177,6 +177,7 @@ def plan_to_json(plan: DeploymentMap) -> str:
 
 _SCALARS = frozenset((str, int, float, bool, type(None)))
 _FLAT: dict[str, json.JSONEncoder] = {}  # one C encoder per nesting level
+_BARE = json.JSONEncoder(separators=("\n", ": "))
 
 
 def dumps_indented(obj: Any, pad: str = "\n") -> str:
@@ -196,6 +197,8 @@ def dumps_indented(obj: Any, pad: str = "\n") -> str:
         inner = pad + "  "
         if _SCALARS.issuperset(map(type, obj)):
             return "[" + inner + _flat(inner).encode(obj)[1:-1] + pad + "]"
+        if all(_flat_dict(v) for v in obj):
+            return "[" + inner + _records(obj, inner) + pad + "]"
         return "[" + inner + ("," + inner).join(dumps_indented(v, inner) for v in obj) + pad + "]"
     return json.dumps(obj, indent=2).replace("\n", pad)
 
@@ -204,6 +207,21 @@ def _flat(inner: str) -> json.JSONEncoder:
     if inner not in _FLAT:
         _FLAT[inner] = json.JSONEncoder(separators=("," + inner, ": "))
     return _FLAT[inner]
+
+
+def _flat_dict(v: Any) -> bool:
+    return type(v) is dict and bool(v) and set(map(type, v)) == {str} and _SCALARS.issuperset(map(type, v.values()))
+
+
+def _records(items: list, inner: str) -> str:
+    """A list of non-empty flat objects (a plan's segments) in one call of the C encoder, every
+    separator a bare newline: between two objects it stands between "}" and "{", between two
+    fields before a key's quote (a scalar never ends in "}"), so each is replaced by its own
+    indent. NUL marks the first kind meanwhile (the encoder escapes it in text)."""
+    deeper = inner + "  "
+    text = _BARE.encode(items)[2:-2]  # without "[{" and "}]"
+    text = text.replace("}\n{", "\0").replace("\n", "," + deeper).replace("\0", inner + "}," + inner + "{" + deeper)
+    return "{" + deeper + text + inner + "}"
 
 
 _TOP_KEYS = {
