@@ -87,12 +87,20 @@ def change_bound(request: PlanRequest, gpus: int) -> int | None:
 
 def others_can_stay(request: PlanRequest, model: str, gpus: int) -> bool:
     """Whether some plan with at most `gpus` GPUs changes no segment but `model`'s: every other
-    model's admissible running segments stay where they are, and `model` is re-covered in what
-    they leave free (its own segments may all go). Exact: throughputs add up, so the model's most
-    capacity is, per GPU, the best legal layout of the free slots (each size at its fastest
-    triplet: the best admissible one or a running one of that size), and each GPU nothing else
-    uses holds its fastest full layout."""
+    model's admissible running segments stay where they are (and must still cover its rate), and
+    `model` is re-covered in what they leave free (its own segments may all go). Exact:
+    throughputs add up, so the model's most capacity is, per GPU, the best legal layout of the
+    free slots (each size at its fastest triplet: the best admissible one or a running one of
+    that size), and each GPU nothing else uses holds its fastest full layout."""
     kept, _ = admissible_segments(request)
+    others = sum(1 for s in request.current.segments if s.model != model)
+    if sum(1 for s in kept if s.model != model) < others:
+        return False  # another model's running segment that cannot stay is a change in every plan
+    have: dict[str, float] = {}
+    for s in kept:
+        have[s.model] = have.get(s.model, 0.0) + s.segment.throughput
+    if any(have.get(s.model, 0.0) < s.rate * (1 - _TOL) for s in request.services if s.model != model):
+        return False
     gpu = request.gpu
     fastest = {z: t.throughput for z, t in per_size_table(request)[model].items()}
     for s in kept:
