@@ -318,3 +318,42 @@ def test_the_replans_fresh_plan_reuses_the_bounds_lp(profiles, a100, monkeypatch
     assert calls == [True]  # the bound's LP (abandoned at its limit if late), solved once
     assert verify(new, gen) == []
     assert new.gpus_used <= stats["fresh_gpus"] and new.lower_bound <= new.gpus_used
+
+
+def test_a_rate_down_that_frees_its_own_gpu_moves_no_other_model(scenario6, profiles, a100):
+    """densenet169 x0.7 alone on a full GPU (7g), with a 4g and a 1g elsewhere: the fresh
+    optimum is one GPU fewer. Its 7g goes and a 4g and a 1g take free slots (3 changes); packing
+    found 3 changes too, but by moving another model's segment."""
+    services, current = scenario6
+    new = plan(PlanRequest(_scaled(services, "densenet169", 0.7), profiles, a100, 3, current=current), "auto")
+    assert verify(new, profiles) == []
+    assert new.gpus_used == new.lower_bound == 15
+    t = new.transition
+    assert {s.model for s in t.added + t.removed} == {"densenet169"}
+    assert t.changed == 3
+
+
+def test_among_equal_changes_the_plan_that_leaves_other_models_in_place_wins():
+    from parvagpu.planning.replan import Candidate, _best
+
+    packed, own = Candidate("packed", (), 3, 15, others=2), Candidate("own", (), 3, 15, others=0)
+    assert _best([packed, own], 15) is own
+    assert _best([packed, Candidate("own", (), 4, 15, others=0)], 15) is packed  # changes first
+
+
+def test_own_room_is_the_most_a_model_can_hold_in_the_slots_others_leave(a100):
+    """Three full GPUs (`test_replan_pack._tight` without its new model): a's own slots hold
+    400 req/s at most; b cannot grow past its one 2g slot (100) unless a GPU is added."""
+    from test_replan_pack import _tight
+
+    from parvagpu.planning.replan import admissible_segments, own_room
+
+    _, with_x = _tight(a100)
+    request = replace(with_x, services=tuple(s for s in with_x.services if s.model != "x"))
+    kept, _ = admissible_segments(request)
+    assert own_room(request, kept, {"a"}, 3)
+    more = replace(request, services=tuple(replace(s, rate=401.0) if s.model == "a" else s for s in request.services))
+    assert not own_room(more, kept, {"a"}, 3)
+    b101 = replace(request, services=tuple(replace(s, rate=101.0) if s.model == "b" else s for s in request.services))
+    assert not own_room(b101, kept, {"b"}, 3) and own_room(b101, kept, {"b"}, 4)
+    assert not own_room(with_x, kept, {"a", "x"}, 3)  # more than one changed model: not looked at

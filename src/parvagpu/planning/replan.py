@@ -26,6 +26,10 @@ The steps:
 - *trim and consolidate*, when repair needs more GPUs than the cap: repair again after the changed
   models whose rate went down give up the segments that free the most slices; then empty the GPU
   whose models are the cheapest to re-cover in the other GPUs' free slots, until within the cap.
+- *own* (one changed model): when the best plan so far changes other models' segments though
+  the slots they leave could hold the changed model's new rate (`own_room`, exact), its own
+  segments alone re-covered (`own_recover`). Among plans with as many changes and GPUs, the one
+  changing fewer segments of other models wins.
 - *local re-plans*: wipe a few GPUs (those with free slices, or serving a changed model) and plan
   what they served afresh, with the same strategy, onto fewer of them.
 - *fresh* (`parva` always; the others when nothing met the bound): the strategy's plan from
@@ -82,12 +86,14 @@ def _exact(x: float) -> Fraction:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A plan's segments with how many changes it costs and how many GPUs it uses."""
+    """A plan's segments with how many changes it costs and how many GPUs it uses; `others`: the
+    changes to models whose demand did not change."""
 
     name: str
     segments: tuple[PlacedSegment, ...]
     changes: int
     gpus: int
+    others: int = 0
 
 
 def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...], int]:
@@ -461,7 +467,9 @@ def _candidate(name: str, segments, request: PlanRequest) -> Candidate:
     per_node = request.gpus_per_node
     old = {segment_key(s, per_node) for s in request.current.segments}
     new = {segment_key(s, per_node) for s in segments}
-    return Candidate(name, tuple(segments), len(old - new) + len(new - old), len({s.gpu for s in segments}))
+    changed = _changed_models(request, request.current)
+    others = sum(1 for k in old ^ new if k[0] not in changed)
+    return Candidate(name, tuple(segments), len(old - new) + len(new - old), len({s.gpu for s in segments}), others)
 
 
 def change_floor(request: PlanRequest, kept: tuple[PlacedSegment, ...], dropped: int) -> int:
@@ -581,6 +589,12 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
     if cap is None or (cap.fresh is None and not _within(cands, cap.gpus)):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     best = _best(cands, cap.gpus)
+    if best.others and clock.left() > _MIN_PHASE_S and own_room(request, base.kept, base.changed, best.gpus):
+        # Other models moved where the changed one alone could make room (emptying its own GPU,
+        # say): its own segments re-covered, as few changes may leave the others in place.
+        found = own_recover(request, base.kept, next(iter(base.changed)), best.gpus, clock.deadline)
+        cands += [] if found is None else [_candidate("own", found, request)]
+        best = _best(cands, cap.gpus)
     if best.changes > base.floor and not local and clock.left() > _MIN_PHASE_S:
         cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(_LOCAL_BY))
         best = _best(cands, cap.gpus)
@@ -816,8 +830,78 @@ def _changed_models(request: PlanRequest, current: DeploymentMap) -> set[str]:
 
 
 def _best(cands: list[Candidate], cap: int) -> Candidate:
-    """Within the cap, the fewest changes, then GPUs. The cap is the proven bound (no plan uses
-    fewer GPUs) or the fresh plan's count (+ `max_extra_gpus`): a plan that saves a GPU on the
-    fresh plan by reshuffling thousands of segments is not taken over a narrow one at its count."""
+    """Within the cap, the fewest changes, then GPUs, then the fewest changes to models whose
+    demand did not change. The cap is the proven bound (no plan uses fewer GPUs) or the fresh
+    plan's count (+ `max_extra_gpus`): a plan that saves a GPU on the fresh plan by reshuffling
+    thousands of segments is not taken over a narrow one at its count."""
     within = [c for c in cands if c.gpus <= cap]
-    return min(within, key=lambda c: (c.changes, c.gpus))
+    return min(within, key=lambda c: (c.changes, c.gpus, c.others))
+
+
+def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: str, gpus: int,
+                deadline: float = float("inf")) -> tuple[PlacedSegment, ...] | None:
+    """The fewest changes to `model` alone (up to `_OWN_DROPS` of its smallest `_OWN_OF`
+    segments given up, the rest of its rate covered in free slots, never on a GPU its drops
+    empty) within `gpus` GPUs, every other segment in `kept` left in place; None when none is
+    found by `deadline`. Each way is tried on one space and undone."""
+    per_size = per_size_table(request)[model]
+    rate = next(_exact(s.rate) for s in request.services if s.model == model)
+    own = sorted((s for s in kept if s.model == model), key=lambda s: (s.size, s.gpu, s.start))
+    space = Space(request.gpu, kept, set())
+    in_use = len(space.state)
+    best = None
+    for k in range(min(len(own), _OWN_DROPS) + 1):
+        for gone in combinations(own[:_OWN_OF], k):
+            if time.perf_counter() > deadline:
+                return None
+            for s in gone:
+                space.remove(s)
+            emptied = {s.gpu for s in gone if space.state[s.gpu][1] == 0}
+            for g in emptied:
+                space.close(g)
+            need = rate - sum((_exact(s.segment.throughput) for s in own if s not in gone), Fraction(0))
+            added = fit_cover(model, need, per_size, space) if need > 0 else []
+            if added is not None and in_use - len(emptied) <= gpus and (best is None or k + len(added) < best[0]):
+                best = (k + len(added), set(gone), added)
+            for a in added or ():
+                space.remove(a)
+            for g in emptied:
+                space.reopen(g)
+            for s in gone:
+                space.occupy(s)
+        if best is not None and best[0] <= k + 1:
+            break  # more drops cannot do better
+    if best is None:
+        return None
+    return tuple(s for s in kept if s not in best[1]) + tuple(best[2])
+
+
+_OWN_DROPS, _OWN_OF = 3, 12  # `own_recover`: most segments given up, of how many (smallest first)
+
+
+def own_room(request: PlanRequest, kept: tuple[PlacedSegment, ...], changed, gpus: int) -> bool:
+    """Whether one changed model could be re-covered within `gpus` GPUs with every other model's
+    segments in `kept` left in place (and still covering its rate). Exact: throughputs add up, so
+    its most capacity is, per GPU, the best legal layout of the slots the others leave free (each
+    size at the model's best triplet), and each GPU the others do not use holds a full layout.
+    False for more than one changed model (not looked at)."""
+    if len(changed) != 1:
+        return False
+    (model,) = changed
+    gpu = request.gpu
+    have: dict[str, Fraction] = defaultdict(Fraction)
+    used: dict[int, int] = defaultdict(int)
+    for s in kept:
+        if s.model != model:
+            have[s.model] += _exact(s.segment.throughput)
+            used[s.gpu] |= gpu.mask(s.size, s.start)
+    if len(used) > gpus or any(have[s.model] < _exact(s.rate) for s in request.services if s.model != model):
+        return False
+    best = per_size_table(request)[model]
+    most: dict[int, float] = {}
+    for mask in set(used.values()) | {0}:
+        most[mask] = max((sum(best[z].throughput for z, st in lay if z in best and not gpu.mask(z, st) & mask)
+                          for lay in gpu.layouts()), default=0.0)
+    room = sum(most[m] for m in used.values()) + (gpus - len(used)) * most[0]
+    rate = next(s.rate for s in request.services if s.model == model)
+    return room >= rate

@@ -43,6 +43,13 @@ class Space:
         other.idle = list(self.idle)
         return other
 
+    def close(self, g: int) -> None:
+        """GPU `g` takes nothing until `reopen(g)` (it holds nothing and is to stay unused)."""
+        self.buckets[self.state[g]].discard(g)
+
+    def reopen(self, g: int) -> None:
+        self.buckets[self.state[g]].add(g)
+
     def remove(self, s: PlacedSegment) -> None:
         """Free the slot of a placed segment."""
         used, compute = self.state[s.gpu]
