@@ -5,7 +5,7 @@ plan needs more GPUs than the cap because the changed models' covers take too ma
    its running segments, add a multiset of its best triplets per size), for c = 0..`MAX_CHANGES`.
 2. *Choice*: a knapsack over the changed models picks the fewest changes in all whose slices,
    with the other models' running ones, fit in `cap` GPUs less a margin for fragmentation; the
-   changes may be weighted by the moves an added 3g, 4g or 7g is expected to force (`WEIGHTINGS`,
+   changes may be weighted by the moves an added 3g or 4g is expected to force (`WEIGHTINGS`,
    each tried in turn while time allows, covers without those sizes offered too).
 3. *Holes*: each model's dropped segments are taken on the least filled GPUs, so the freed slots
    gather; the least filled GPUs beyond the cap are emptied and their segments move as they are
@@ -152,11 +152,9 @@ class Weighting:
 
 # Tried in turn while time allows, the plan with the fewest changes kept; the first does best
 # where only one or two fit the time (5,000 services). 20 % of the models changed, changes of
-# each at the bound: at 1,000 services (three draws) 332, 287, 247; 329, 283, 257; 325, 282,
-# 257 (slices alone, no longer tried: 329, 307, 271); at 5,000 (one draw) 1,951, 1,985, 2,023
-# (slices alone 2,060).
-WEIGHTINGS = (Weighting(((3, 1),), net=True), Weighting(((3, 1), (4, 1))),
-              Weighting(((3, 1), (4, 1), (7, 1)), net=True))
+# each at the bound: at 1,000 services (three draws) 332, 287, 247; 329, 283, 257; 329, 307, 271;
+# at 5,000 (one draw) 1,951, 1,985, 2,060; at 100 (three draws) 13, 14, 23; 12, 14, 23; 12, 14, 20.
+WEIGHTINGS = (Weighting(((3, 1),), net=True), Weighting(((3, 1), (4, 1))), Weighting(()))
 
 
 def by_cost(cands: list[Cover | None], own: list[PlacedSegment], weighting: Weighting) -> list[Cover | None]:
