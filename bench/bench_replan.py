@@ -86,7 +86,8 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
     t = new.transition
     others = sum(1 for s in t.added + t.removed if s.model not in changed)
     # Could this case have kept every other model in place at the re-plan's GPU count?
-    avoidable = bool(others) and len(changed) == 1 and others_can_stay(req, next(iter(changed)), new.gpus_used)
+    avoidable = None if len(changed) != 1 else (  # not looked at for several changed models
+        bool(others) and others_can_stay(req, next(iter(changed)), new.gpus_used))
     worst, steps = dip(current, new) if DIPS else (None, None)
     return {
         "changed": t.changed,
@@ -139,7 +140,7 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
     n = len(rows)
     med = statistics.median(r["changed"] for r in rows)
     moved = sum(1 for r in rows if r["others"]) / n
-    avoidable = sum(1 for r in rows if r["avoidable"])
+    avoidable = "" if all(r["avoidable"] is None for r in rows) else f" ({sum(1 for r in rows if r['avoidable'])})"
     equal = sum(1 for r in rows if r["gpus"] == r["fresh"] + EXTRA)
     fewer = sum(1 for r in rows if r["gpus"] < r["fresh"] + EXTRA)
     more = sum(1 for r in rows if r["gpus"] > r["fresh"] + EXTRA)
@@ -152,7 +153,7 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
         kind += " (changes >= " + ", ".join(str(r["bound"]) for r in rows) + ")"
     return (
         f"| {label}{f' (+{EXTRA} GPUs)' if EXTRA else ''} | {kind} | {n} | {med:g} | {max(r['changed'] for r in rows)} | {per_model:.2f} | "
-        f"{moved:.0%} ({avoidable}) | {equal}/{n}{f' ({other})' if other else ''} | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
+        f"{moved:.0%}{avoidable} | {equal}/{n}{f' ({other})' if other else ''} | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
         f"{dips} |"
     )
 
