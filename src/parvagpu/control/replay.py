@@ -30,6 +30,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 
+import numpy as np
+
 from parvagpu.control.fluid import AttainmentTable, configs_of
 from parvagpu.control.live import check_replan, groups, spare_count
 from parvagpu.control.policy import (ModelView, PolicyConfig, decide, queueing_headroom, settings_section,
@@ -264,6 +266,8 @@ class _Cluster:
         for k, s in self.present.items():
             self.serving[s.model][k] = s
         self._cache: dict[str, tuple[PlacedSegment, ...]] = {}
+        self.version = 0  # counts changes: what was derived at one version holds until the next
+        self._used: tuple[int, set[int]] = (-1, set())
 
     def segments(self, model: str) -> tuple[PlacedSegment, ...]:
         out = self._cache.get(model)
@@ -273,10 +277,13 @@ class _Cluster:
 
     def gpus(self, among: frozenset[int] | None = None) -> int:
         """GPUs holding a segment (of those in `among`, when given)."""
-        used = {s.gpu for s in self.present.values()}
+        if self._used[0] != self.version:
+            self._used = (self.version, {s.gpu for s in self.present.values()})
+        used = self._used[1]
         return len(used if among is None else used & among)
 
     def begin(self, run: _Run) -> None:
+        self.version += 1
         for s in run.segments:
             k = segment_key(s, self.per_node)
             if run.action == "create":
@@ -286,6 +293,7 @@ class _Cluster:
                 self._cache.pop(s.model, None)
 
     def finish(self, run: _Run) -> None:
+        self.version += 1
         for s in run.segments:
             k = segment_key(s, self.per_node)
             if run.action == "create":
@@ -299,8 +307,6 @@ class _Controller:
     """The controller's replay state: the plan, the windows, the running transition, the tallies."""
 
     def __init__(self, inp: Inputs, opts: Options, cfg: PolicyConfig, costs: Costs, table: AttainmentTable) -> None:
-        import numpy as np
-
         self.inp, self.opts, self.cfg, self.costs, self.table = inp, opts, cfg, costs, table
         self.rng = np.random.default_rng(opts.seed)
         t0 = inp.trace.times[0]
@@ -314,13 +320,18 @@ class _Controller:
         self.estimated: dict[str, float] = {}  # per model, the headroom its planned segments need
         self._estimates: dict[tuple, float | None] = {}  # (model, segment configurations) -> that
         self._attained: dict[str, tuple] = {}  # model -> (segments, rate, attainment) last served
-        self.rates = {m: RateWindow(opts.window_s, t0) for m in inp.trace.models}
-        self.trends = {m: TrendWindow(opts.trend_window_s, t0) for m in inp.trace.models}
-        self.attain = {m: AttainmentWindow(opts.attainment_window_s) for m in inp.trace.models}
+        self._served: tuple = (None, -1, None, None)  # (trace rates, cluster version, attainment per model) last served
+        # One window of each kind for all models, counts as arrays in trace.models order (window.py)
+        self.rates = RateWindow(opts.window_s, t0)
+        self.trends = TrendWindow(opts.trend_window_s, t0)
+        self.attain = AttainmentWindow(opts.attainment_window_s)
         self.runs: list[_Run] = []
         self.last_replan = -math.inf
         self.replans = self.created = self.removed = self.bridges = self.refused = 0
-        self.tally, self.in_transition = Tally(), Tally()
+        n = len(inp.trace.models)
+        self.sent, self.good = np.zeros(n), np.zeros(n)  # per model, all the trace long
+        self.sent_moving, self.good_moving = np.zeros(n), np.zeros(n)  # and during transitions
+        self.moved = False
         self.gpu_s = 0.0
         self.spares: frozenset[int] = frozenset()  # the running transition's spare GPUs
         self.spare_gpu_s = 0.0  # GPU time of spare GPUs holding bridges (part of gpu_s)
@@ -337,26 +348,26 @@ class _Controller:
         return cap
 
     def serve(self, a: float, b: float, rates: tuple[float, ...]) -> None:
-        """Traffic in [a, b) with nothing changing: tallies, windows, GPU time."""
+        """Traffic in [a, b) with nothing changing: tallies, windows, GPU time. All models at once,
+        as arrays in trace.models order; the Poisson counts are drawn in that order (zero requests
+        draw nothing), as one model after another would draw them."""
         dt = b - a
         if dt <= 0:
             return
         moving = bool(self.runs)
-        last = self._attained
-        for m, r in zip(self.inp.trace.models, rates):
-            sent = r * dt
-            segs = self.cluster.segments(m)
-            hit = last.get(m)
-            if hit is None or hit[0] is not segs or hit[1] != r:  # ticks split a state, not change it
-                hit = last[m] = (segs, r, self.table.attained(m, segs, r))
-            good = sent * hit[2]
-            self.tally.add(m, sent, good)
-            if moving:
-                self.in_transition.add(m, sent, good)
-            seen = float(self.rng.poisson(sent)) if sent > 0 else 0.0
-            self.rates[m].add(b, seen)
-            self.trends[m].add(b, seen)
-            self.attain[m].add(b, sent, good)
+        rate, attained = self._attainments(rates)
+        sent = rate * dt
+        good = sent * attained
+        self.sent += sent
+        self.good += good
+        if moving:
+            self.sent_moving += sent
+            self.good_moving += good
+            self.moved = True
+        seen = self.rng.poisson(sent).astype(float)
+        self.rates.add(b, seen)
+        self.trends.add(b, seen)
+        self.attain.add(b, sent, good)
         gpus = self.cluster.gpus()
         self.gpu_s += gpus * dt
         if self.spares:
@@ -364,6 +375,22 @@ class _Controller:
         self.peak = max(self.peak, gpus)
         if moving:
             self.transition_s += dt
+
+    def _attainments(self, rates: tuple[float, ...]) -> tuple:
+        """The trace step's rates and each model's attainment at them (arrays), asked of the table
+        only for models whose rate or serving segments changed (ticks split a state, not change it)."""
+        hit = self._served
+        if hit[0] is rates and hit[1] == self.cluster.version:
+            return hit[2], hit[3]
+        last, out = self._attained, []
+        for m, r in zip(self.inp.trace.models, rates):
+            segs = self.cluster.segments(m)
+            h = last.get(m)
+            if h is None or h[0] is not segs or h[1] != r:
+                h = last[m] = (segs, r, self.table.attained(m, segs, r))
+            out.append(h[2])
+        self._served = (rates, self.cluster.version, np.array(rates, dtype=float), np.array(out))
+        return self._served[2], self._served[3]
 
     def next_event(self, t: float) -> float:
         """The next moment a transition run begins or ends after t (inf when none)."""
@@ -380,11 +407,15 @@ class _Controller:
                 self.runs.remove(r)
 
     def tick(self, now: float) -> None:
+        models = self.inp.trace.models
+        rates, attained = self.rates.rate(now).tolist(), self.attain.attainment(now)
+        slopes = self.trends.slope(now)
+        slopes = [None] * len(models) if slopes is None else slopes.tolist()
         views = tuple(
-            ModelView(m, self.rates[m].rate(now), self.attain[m].attainment(now), self.planned[m],
+            ModelView(m, rates[i], attained[i], self.planned[m],
                       self.capacity.get(m, 0.0), self.changed[m][-1] if self.changed[m] else -math.inf,
-                      self._headroom(m), self.trends[m].slope(now))
-            for m in self.inp.trace.models
+                      self._headroom(m), slopes[i])
+            for i, m in enumerate(models)
         )
         d = decide(self.cfg, now, views, self.last_replan, transition_running=bool(self.runs))
         if d.replan:
@@ -436,9 +467,15 @@ class _Controller:
     def result(self) -> RunResult:
         gaps = [b - a for ts in self.changed.values() for a, b in zip(ts, ts[1:])]
         hours = self.inp.trace.duration_s / 3600
-        inside = self.in_transition.overall() if self.in_transition.sent else None
+        tally, moving = Tally(), Tally()
+        for m, s, g, sm, gm in zip(self.inp.trace.models, self.sent.tolist(), self.good.tolist(),
+                                   self.sent_moving.tolist(), self.good_moving.tolist()):
+            tally.add(m, s, g)
+            if self.moved:
+                moving.add(m, sm, gm)
+        inside = moving.overall() if self.moved else None
         return RunResult(
-            "controller", self.gpu_s / 3600, self.tally.overall(), inside, self.tally.per_model(), self.replans,
+            "controller", self.gpu_s / 3600, tally.overall(), inside, tally.per_model(), self.replans,
             self.created, self.removed, hours, self.peak,
             model_replans={m: len(ts) for m, ts in self.changed.items()},
             min_model_gap_s=min(gaps) if gaps else None, replan_times=self.changed, transition_s=self.transition_s,

@@ -1,5 +1,9 @@
 """Observation windows: a sliding-window arrival rate and SLO attainment. Times are passed in
-(no clock here), so the same code serves the live ingress and the trace replay."""
+(no clock here), so the same code serves the live ingress and the trace replay.
+
+A window's counts may also be numpy arrays, one element per stream (the trace replay observes every
+model at once in one window): each element then goes through the same additions and subtractions a
+window of its own would, so its counts, rates and slopes are the same to the last bit."""
 
 from __future__ import annotations
 
@@ -34,13 +38,15 @@ class RateWindow:
         while ev and ev[0][0] <= now - self.window_s:
             self._total -= ev.popleft()[1]
 
-    def count(self, now: float) -> float:
+    def count(self, now: float):
         self._expire(now)
-        return max(0.0, self._total)
+        total = self._total
+        return max(0.0, total) if isinstance(total, float) else total.clip(0.0)
 
-    def rate(self, now: float) -> float:
+    def rate(self, now: float):
         span = min(self.window_s, now - self.start_s)
-        return self.count(now) / span if span > 0 else 0.0
+        count = self.count(now)
+        return count / span if span > 0 else count * 0.0
 
 
 class AttainmentWindow:
@@ -52,17 +58,22 @@ class AttainmentWindow:
         self.good = RateWindow(window_s)
         self.min_requests = min_requests
 
-    def add(self, t: float, sent: float, within_slo: float) -> None:
-        if within_slo > sent or within_slo < 0:
+    def add(self, t: float, sent, within_slo) -> None:
+        bad = (within_slo > sent) | (within_slo < 0)
+        if bad if isinstance(bad, bool) else bad.any():
             raise ParvaError(f"within-SLO count {within_slo} not in [0, {sent}]")
         self.sent.add(t, sent)
         self.good.add(t, within_slo)
 
-    def attainment(self, now: float) -> float | None:
+    def attainment(self, now: float):
+        """The window's attainment; with array counts, a list of them (None where too few)."""
         n = self.sent.count(now)
-        if n < self.min_requests:
-            return None
-        return min(1.0, self.good.count(now) / n)
+        if isinstance(n, float):
+            if n < self.min_requests:
+                return None
+            return min(1.0, self.good.count(now) / n)
+        good = self.good.count(now)
+        return [None if x < self.min_requests else min(1.0, g / x) for x, g in zip(n.tolist(), good.tolist())]
 
 
 class TrendWindow:
@@ -79,7 +90,7 @@ class TrendWindow:
         self.whole.add(t, n)
         self.late.add(t, n)
 
-    def slope(self, now: float) -> float | None:
+    def slope(self, now: float):
         if now - self.whole.start_s < self.whole.window_s:
             return None
         late, half = self.late.count(now), self.late.window_s
