@@ -135,3 +135,31 @@ def test_index_matches_the_rule_by_brute_force(a100, rows, slos, max_procs):
     for slo, per_size in zip(slos, got):
         want = _brute_best(prof, slo, a100, max_procs)
         assert {k: (t.size, t.batch, t.procs, t.throughput, t.latency_ms) for k, t in per_size.items()} == want
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    picks=st.lists(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([20.0, 40.0, 90.0, 200.0, 222.3]),
+                                      st.sampled_from([1.0, 55.5, 400.0])),
+                            min_size=1, max_size=6, unique_by=lambda p: p[0]),
+                   min_size=1, max_size=4),
+    max_procs=st.integers(1, 3),
+)
+def test_best_by_size_shared_between_requests_equals_its_own_index(a100, picks, max_procs):
+    """Requests share each service's best triplets (`request._BEST`, filled by earlier requests of
+    other services, rates and orders): each request's answer equals an index built for it alone."""
+    from parvagpu.planning import request as rq
+
+    shapes = [[(1, 1, 1, 100.0, 0.009), (2, 2, 2, 150.5, 0.018), (3, 4, 1, 50.0, 0.0899999999999)],
+              [(1, 2, 1, 100.0, 0.0135), (4, 4, 3, 100.0, 0.045), (7, 4, 3, 150.5, 0.09)],
+              [(1, 1, 1, 50.0, 0.045), (7, 2, 2, 100.0, 0.1)],
+              [(2, 1, 1, 0.0, 0.0), (3, 2, 2, 100.0, 0.009)]]
+    profiles = {f"m{i}": profile(f"m{i}", rows) for i, rows in enumerate(shapes)}
+    profiles["copy"] = profile("copy", shapes[1])  # another name for the same content
+    rq._BEST.clear()
+    for pick in picks:
+        services = tuple(service(f"m{i}" if i != 3 else "copy", rate, slo) for i, slo, rate in pick)
+        req = rq.PlanRequest(services, profiles, a100, max_procs)
+        used = [profiles[s.model] for s in services]
+        assert req.best_by_size == tuple(TripletIndex.build(used, a100, max_procs).best_by_size(used, services))
+    assert rq._BEST  # the later requests were answered from it

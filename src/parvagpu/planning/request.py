@@ -66,8 +66,28 @@ class PlanRequest:
     @cached_property
     def best_by_size(self) -> tuple[dict[int, Triplet], ...]:
         """Per service, in order: the max-throughput admissible triplet of every size that has one
-        (empty when no triplet meets the service's SLO)."""
-        return tuple(self.index.best_by_size([self.profiles[s.model] for s in self.services], self.services))
+        (empty when no triplet meets the service's SLO). Shared with earlier requests of the same
+        GPU type and limit (`_BEST`): a service's entry depends on its profile and SLO alone, not
+        on its rate or the other services, and re-planning asks for the same ones again and again."""
+        keys = [(self.profiles[s.model].content_key, float(s.latency_ms)) for s in self.services]
+        memo = _BEST.setdefault((self.gpu, self.max_procs), {})
+        new = {k: s for k, s in zip(keys, self.services) if k not in memo}
+        if new:
+            services = list(new.values())
+            profiles = [self.profiles[s.model] for s in services]
+            index = TripletIndex.build(profiles, self.gpu, self.max_procs)
+            if len(memo) + len(new) > _BEST_MAX:
+                memo.clear()
+            memo.update(zip(new, index.best_by_size(profiles, services)))
+        return tuple(memo[k] for k in keys)
+
+
+# (GPU type, max procs) -> (profile content, latency SLO) -> the best triplet per size: the index's
+# answer for one service depends on nothing else (its groups never mix profiles), so requests that
+# differ only in rates (every re-plan of a controller) build no index. Cleared when it grows past
+# _BEST_MAX entries; the dicts in it are never changed by their users.
+_BEST: dict[tuple, dict[tuple[bytes, float], dict[int, Triplet]]] = {}
+_BEST_MAX = 100_000
 
 
 def _check_services(services: tuple[Service, ...], profiles: Mapping[str, Profile]) -> None:
