@@ -357,3 +357,25 @@ def test_own_room_is_the_most_a_model_can_hold_in_the_slots_others_leave(a100):
     b101 = replace(request, services=tuple(replace(s, rate=101.0) if s.model == "b" else s for s in request.services))
     assert not own_room(b101, kept, {"b"}, 3) and own_room(b101, kept, {"b"}, 4)
     assert not own_room(with_x, kept, {"a", "x"}, 3)  # more than one changed model: not looked at
+
+
+@pytest.mark.parametrize("slo_factor", [1.0, 0.5, 0.3])
+def test_admissible_segments_kept_between_calls_equal_those_checked_afresh(scenario6, profiles, a100, slo_factor):
+    """admissible_segments keeps each (profile content, triplet, SLO) answer between calls
+    (`replan._NOW`): after calls with other SLOs, its answer equals one computed with nothing kept,
+    and tighter SLOs drop running segments."""
+    from parvagpu.planning import replan as rp
+
+    services, current = scenario6
+
+    def ask(factor):
+        tighter = tuple(replace(s, latency_ms=s.latency_ms * factor) for s in services)
+        return rp.admissible_segments(PlanRequest(tighter, profiles, a100, current=current))
+
+    for other in (1.0, 0.5, 0.3):
+        ask(other)
+    kept = ask(slo_factor)
+    rp._NOW.clear()
+    rp._POINTS.clear()
+    assert ask(slo_factor) == kept
+    assert (kept[1] == 0) == (slo_factor == 1.0)

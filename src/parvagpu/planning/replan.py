@@ -101,26 +101,30 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
     current = request.current
     assert current is not None
     services = {s.model: s for s in request.services}
-    points: dict[bytes, dict] = {}
     gpu = request.gpu
     used: dict[int, int] = defaultdict(int)
     kept = []
     as_now: dict[tuple, Segment | None] = {}  # (model, size, batch, procs) -> the segment as profiled now
+    masks: dict[tuple[int, int], int | None] = {}  # (size, start) -> its slices, None where not legal
     for s in current.segments:
         svc = services.get(s.model)
         t = s.segment.triplet
-        if svc is None or t.procs > request.max_procs or not gpu.legal(s.size, s.start):
+        if svc is None or t.procs > request.max_procs:
+            continue
+        slot = (s.size, s.start)
+        if slot not in masks:
+            masks[slot] = gpu.mask(*slot) if gpu.legal(*slot) else None
+        mask = masks[slot]
+        if mask is None:
             continue
         key = (s.model, t.size, t.batch, t.procs)
         if key not in as_now:  # a model's segments often share a triplet: checked once
-            p = _points_of(request.profiles[s.model], points).get((t.size, t.batch, t.procs))
-            ok = p is not None and p.runnable and p.exact_latency_ms < threshold_ms(svc.exact_latency_ms)
-            seg = Segment(s.model, Triplet(p.size, p.batch, p.procs, p.segment_throughput, p.latency_ms)) if ok else None
+            now = _triplet_now(request.profiles[s.model], t, svc)
+            seg = None if now is None else Segment(s.model, now)
             as_now[key] = s.segment if seg == s.segment else seg
         seg = as_now[key]
         if seg is None:
             continue
-        mask = gpu.mask(s.size, s.start)
         if used[s.gpu] & mask:
             continue  # overlaps a segment kept before it: the running plan itself is not legal
         used[s.gpu] |= mask
@@ -128,15 +132,42 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
     return tuple(kept), len(current.segments) - len(kept)
 
 
-def _points_of(profile, tables: dict) -> dict:
+def _triplet_now(profile, t: Triplet, svc: Service) -> Triplet | None:
+    """The profile's first point of t's (size, batch, procs) as a triplet, when it is runnable and
+    admissible for the service's SLO (exact); else None. Kept by profile content and SLO in
+    `_NOW` (re-planning asks about the same running triplets again and again)."""
+    key = (profile.content_key, t.size, t.batch, t.procs, float(svc.latency_ms))
+    if key in _NOW:
+        return _NOW[key]
+    p = _points_of(profile).get((t.size, t.batch, t.procs))
+    ok = p is not None and p.runnable and p.exact_latency_ms < threshold_ms(svc.exact_latency_ms)
+    if len(_NOW) >= _NOW_MAX:
+        _NOW.clear()
+    out = _NOW[key] = Triplet(p.size, p.batch, p.procs, p.segment_throughput, p.latency_ms) if ok else None
+    return out
+
+
+_NOW: dict[tuple, Triplet | None] = {}
+_NOW_MAX = 100_000
+
+
+def _points_of(profile) -> dict:
     """The profile's first point of each (size, batch, procs), built once per distinct content
-    (many services may share one profile's points)."""
+    (many services may share one profile's points); the last few contents kept."""
     key = profile.content_key
-    if key not in tables:
-        table = tables[key] = {}
+    table = _POINTS.pop(key, None)
+    if table is None:
+        table = {}
         for p in profile.points:
             table.setdefault((p.size, p.batch, p.procs), p)
-    return tables[key]
+    _POINTS[key] = table
+    while len(_POINTS) > _POINTS_MAX:
+        del _POINTS[next(iter(_POINTS))]
+    return table
+
+
+_POINTS: dict[bytes, dict] = {}  # content -> its points by (size, batch, procs), most recent last
+_POINTS_MAX = 1_000
 
 
 def shortfall_cover(deficit: float, per_size: dict[int, Triplet], space: Space) -> list[Triplet]:
