@@ -620,7 +620,7 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
     if cap is None or (cap.fresh is None and not _within(cands, cap.gpus)):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     best = _best(cands, cap.gpus)
-    if best.others and clock.left() > _MIN_PHASE_S and own_room(request, base.kept, base.changed, best.gpus):
+    if best.others and clock.left() > _OWN_MIN_S and own_room(request, base.kept, base.changed, best.gpus):
         # Other models moved where the changed one alone could make room (emptying its own GPU,
         # say): its own segments re-covered, as few changes may leave the others in place.
         found = own_recover(request, base.kept, next(iter(base.changed)), best.gpus, clock.deadline)
@@ -636,6 +636,7 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
 
 
 _MIN_PROGRAM_S = 0.3  # seconds left below which the program is not started
+_OWN_MIN_S = 0.5  # seconds left below which the own re-cover is not tried (its check: 0.15 s at 5,000 services)
 # Repair over the bound: the fresh plan comes first, with this share of the time left. It starts
 # from the bound's LP (solved once), and is the cap's source: one starved of time by consolidation
 # and local re-plans was the heuristic's, a GPU over the bound where the optimizer's reaches it.
