@@ -14,17 +14,10 @@ import urllib.request
 
 import pytest
 
-if not (os.environ.get("CI") or os.environ.get("PARVAGPU_RAY_TESTS")):
-    pytest.skip(
-        "Ray end-to-end tests start a Ray cluster (about a minute on 2 cores): they run in CI "
-        "(CI set) or with PARVAGPU_RAY_TESTS=1",
-        allow_module_level=True,
-    )
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'parvagpu[serve]')")
-pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'parvagpu[serve]')")
-pytest.importorskip("aiohttp")
-pytest.importorskip("psutil")
+from ray_cluster import ray_module  # noqa: E402
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # before Ray is imported
+ray = ray_module("aiohttp", "psutil")
 
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet  # noqa: E402
 from parvagpu.serving.loadgen import Target, load_http  # noqa: E402
