@@ -112,6 +112,18 @@ class PointColumns:
         return tuple(map(ProfilePoint, self.size.tolist(), self.batch.tolist(), self.procs.tolist(),
                          self.throughput.tolist(), self.latency_s.tolist(), extra))
 
+    def first_row(self, size: int, batch: int, procs: int) -> int | None:
+        """The index of the first row (file order) with this (size, batch, procs), or None: one
+        lookup without making every row a `ProfilePoint`."""
+        hit = np.flatnonzero((self.size == size) & (self.batch == batch) & (self.procs == procs))
+        return int(hit[0]) if len(hit) else None
+
+    def point(self, i: int) -> ProfilePoint:
+        """Row i as a `ProfilePoint`, equal to `points()[i]` (fields as Python ints and floats)."""
+        return ProfilePoint(int(self.size[i]), int(self.batch[i]), int(self.procs[i]),
+                            float(self.throughput[i]), float(self.latency_s[i]),
+                            self.extra[i] if self.extra else ())
+
     @cached_property
     def digest(self) -> bytes:
         """A hash of the content: profiles with equal digests have equal points."""
@@ -174,6 +186,14 @@ class Profile:
         if self._columns is None:
             object.__setattr__(self, "_columns", PointColumns.of(self._points))
         return self._columns
+
+    def first_point(self, size: int, batch: int, procs: int) -> ProfilePoint | None:
+        """The first point (file order) of this (size, batch, procs), or None; looked up in the
+        columns, so asking about a few triplets of many profiles builds no profile's points."""
+        if self._points is not None and self._columns is None:
+            return next((p for p in self._points if (p.size, p.batch, p.procs) == (size, batch, procs)), None)
+        i = self._columns.first_row(size, batch, procs)
+        return None if i is None else self._columns.point(i)
 
     @property
     def content_key(self) -> bytes:
