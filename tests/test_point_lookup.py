@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parvagpu.core.model import PointColumns, Profile, ProfilePoint
-from parvagpu.planning import replan as rp
 
 KEYS = st.tuples(st.sampled_from((1, 2, 3, 4, 7)), st.sampled_from((1, 2, 8)), st.integers(1, 3))
 LATENCIES = st.floats(0.0, 2.0, allow_nan=False).map(lambda x: round(x, 4))
@@ -44,14 +43,12 @@ def test_column_lookup_equals_the_point_objects(points, asked):
     assert [cols.point(i) for i in range(len(cols))] == list(cols.points())
 
 
-def test_replan_lookup_equals_the_point_objects_on_the_example_profiles(profiles):
-    """Every (size, batch, procs) of the loaded example profiles (columns form): the re-plan's
-    kept lookup gives each key's first point, as a table built from all point objects does."""
-    rp._POINTS.clear()
+def test_lookup_equals_the_point_objects_on_the_example_profiles(profiles):
+    """Every (size, batch, procs) of the loaded example profiles (columns form): the lookup the
+    re-plan makes gives each key's first point, as a table built from all point objects does."""
     for profile in profiles.values():
         fresh = Profile(profile.model, profile.columns.points())
         for p in fresh.points:
             key = (p.size, p.batch, p.procs)
-            assert rp._point_of(profile, key) == first_by_objects(fresh.points, key)
-        assert rp._point_of(profile, (99, 1, 1)) is None
-    rp._POINTS.clear()
+            assert profile.first_point(*key) == first_by_objects(fresh.points, key)
+        assert profile.first_point(99, 1, 1) is None

@@ -376,6 +376,5 @@ def test_admissible_segments_kept_between_calls_equal_those_checked_afresh(scena
         ask(other)
     kept = ask(slo_factor)
     rp._NOW.clear()
-    rp._POINTS.clear()
     assert ask(slo_factor) == kept
     assert (kept[1] == 0) == (slo_factor == 1.0)

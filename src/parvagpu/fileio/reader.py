@@ -85,7 +85,7 @@ def _no_constant(path: Path, name: str) -> Any:
 
 
 def _parse_json(path: Path, text: str) -> Any:
-    """Parsed with the C scanner's own floats; a number too large for a float (1e400) is then the
+    """Parsed and checked (`check_values`), with the C scanner's own floats; a number too large for a float (1e400) is then the
     one infinity `check_values` meets, and is reported by parsing again with a check per float."""
     data = _parse_json_with(path, text, None)
     try:
@@ -151,7 +151,7 @@ def _check_scalar(path: Path, v: Any) -> None:
 def read_json(path: Path, what: str) -> Any:
     """A JSON file's content; any read or parse failure is one `ParvaError` line naming the file."""
     path = Path(path)
-    return check_values(path, _parse_json(path, read_text(path, what)))
+    return _parse_json(path, read_text(path, what))
 
 
 def read_document(path: Path, what: str) -> Any:
@@ -164,7 +164,7 @@ def parse_document(text: str, path: Any, as_json: bool = False) -> Any:
     """A document's text (YAML, of which JSON is a subset; strict JSON with `as_json`), checked as
     `read_document` checks a file; `path` names it in messages (a file or, e.g., "POST /v1/services")."""
     if as_json:
-        return check_values(path, _parse_json(path, text))
+        return _parse_json(path, text)
     import yaml
 
     try:

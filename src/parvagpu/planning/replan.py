@@ -134,12 +134,14 @@ def admissible_segments(request: PlanRequest) -> tuple[tuple[PlacedSegment, ...]
 
 def _triplet_now(profile, t: Triplet, svc: Service) -> Triplet | None:
     """The profile's first point of t's (size, batch, procs) as a triplet, when it is runnable and
-    admissible for the service's SLO (exact); else None. Kept by profile content and SLO in
-    `_NOW` (re-planning asks about the same running triplets again and again)."""
+    admissible for the service's SLO (exact); else None. Looked up in the profile's columns
+    (making every point of 5,000 distinct profiles took 2-4 s of a re-plan's start), and kept by
+    profile content and SLO in `_NOW` (re-planning asks about the same running triplets again and
+    again; many services share one profile's content)."""
     key = (profile.content_key, t.size, t.batch, t.procs, float(svc.latency_ms))
     if key in _NOW:
         return _NOW[key]
-    p = _point_of(profile, (t.size, t.batch, t.procs))
+    p = profile.first_point(t.size, t.batch, t.procs)
     ok = p is not None and p.runnable and p.exact_latency_ms < threshold_ms(svc.exact_latency_ms)
     if len(_NOW) >= _NOW_MAX:
         _NOW.clear()
@@ -149,27 +151,6 @@ def _triplet_now(profile, t: Triplet, svc: Service) -> Triplet | None:
 
 _NOW: dict[tuple, Triplet | None] = {}
 _NOW_MAX = 100_000
-
-
-def _point_of(profile, triplet: tuple[int, int, int]):
-    """The profile's first point of (size, batch, procs), or None, looked up once per distinct
-    content and triplet (many services may share one profile's points); the last few contents
-    kept. Only the triplets asked about are looked up: making every point of 5,000 distinct
-    profiles took 2-4 s of a re-plan's start."""
-    key = profile.content_key
-    table = _POINTS.pop(key, None)
-    if table is None:
-        table = {}
-    if triplet not in table:
-        table[triplet] = profile.first_point(*triplet)
-    _POINTS[key] = table
-    while len(_POINTS) > _POINTS_MAX:
-        del _POINTS[next(iter(_POINTS))]
-    return table[triplet]
-
-
-_POINTS: dict[bytes, dict] = {}  # content -> its points asked about, by (size, batch, procs), most recent last
-_POINTS_MAX = 1_000
 
 
 def shortfall_cover(deficit: float, per_size: dict[int, Triplet], space: Space) -> list[Triplet]:
