@@ -11,7 +11,7 @@ models' segments moved (and, for a single-model change, whether that was avoidab
 the re-plan's GPU count keeps them all, `replan_bound.others_can_stay`), GPUs against the fresh optimum (the `auto` plan from scratch of the new
 rates with `REFERENCE_S` seconds, made apart and not timed), planning time, and the worst capacity
 dip of the make-before-break transition. Every plan is checked with `verify` and every transition
-with `verify_schedule` (`--no-dips` skips the transitions). `--extra-gpus K` re-plans with
+with `verify_schedule` (`--no-dips` skips the transitions; `--cases` lists each case's changes). `--extra-gpus K` re-plans with
 `--max-extra-gpus K`; `--bound` adds, per case, the slice-counting lower bound on the changes of
 any plan with that many GPUs (`replan_bound.py`). `--cache DIR` keeps the running plans and the reference fresh plans (pickled,
 keyed by their services and limit), so a re-run times the re-plans alone.
@@ -72,14 +72,15 @@ def fresh_plan(req: PlanRequest):
     return out
 EXTRA = 0  # --extra-gpus: GPUs beyond the fresh plan's that each re-plan may use
 BOUND = False  # --bound: the slice-counting lower bound on changes at the re-plan's GPUs, case (b)
+CASES = False  # --cases: list each case's changes in the row
 DIPS = True  # --no-dips: skip the transition's schedule (minutes for a wide change at 5,000 services)
 
 
 def run_case(profiles, current, services, changed: set[str], time_limit: float, bound: bool = False) -> dict:
     req = PlanRequest(services, profiles, GPU, 3, time_limit=time_limit, current=current, max_extra_gpus=EXTRA)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     new = plan(req, "auto")
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert verify(new, profiles) == [], verify(new, profiles)
     # The fresh optimum the re-plan is held to: `auto` from scratch on the new rates, given time.
     fresh = fresh_plan(req)
@@ -96,6 +97,7 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
         "gpus": new.gpus_used,
         "fresh": fresh.gpus_used,
         "time": dt,
+        "cpu": cpu,
         "dip": worst,
         "dip_steps": steps,
         "models": len(changed),
@@ -151,6 +153,9 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
         f"{sum(1 for r in rows if r['dip'] > 0)} ({max(r['dip'] for r in rows):.0%})")
     if rows[0]["bound"] is not None:
         kind += " (changes >= " + ", ".join(str(r["bound"]) for r in rows) + ")"
+    if CASES and n <= 10:  # the random draws; single-model rows list too many
+        kind += (" [changed " + ", ".join(str(r["changed"]) for r in rows) + "; CPU "
+                 + ", ".join(f"{r['cpu']:.2f}" for r in rows) + " s]")
     return (
         f"| {label}{f' (+{EXTRA} GPUs)' if EXTRA else ''} | {kind} | {n} | {med:g} | {max(r['changed'] for r in rows)} | {per_model:.2f} | "
         f"{moved:.0%}{avoidable} | {equal}/{n}{f' ({other})' if other else ''} | {statistics.median(times):.2f} s | {times[-1]:.2f} s | "
@@ -169,10 +174,11 @@ def main() -> None:
     ap.add_argument("--bound", action="store_true", help="print the slice-counting bound on changes")
     ap.add_argument("--only", default="one,random", help="which changes: one, random or both")
     ap.add_argument("--cache", type=Path, help="folder keeping the fresh plans between runs")
+    ap.add_argument("--cases", action="store_true", help="list each case's changed segments in its row")
     ap.add_argument("--no-dips", action="store_true", help="skip the transition schedules and their dips")
     args = ap.parse_args()
-    global EXTRA, BOUND, CACHE, DIPS
-    EXTRA, BOUND, CACHE, DIPS = args.extra_gpus, args.bound, args.cache, not args.no_dips
+    global EXTRA, BOUND, CACHE, DIPS, CASES
+    EXTRA, BOUND, CACHE, DIPS, CASES = args.extra_gpus, args.bound, args.cache, not args.no_dips, args.cases
     if CACHE is not None:
         CACHE.mkdir(parents=True, exist_ok=True)
     base = base_profiles()

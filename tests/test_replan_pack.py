@@ -6,10 +6,15 @@ from __future__ import annotations
 from fractions import Fraction
 
 from helpers import profile
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.planning.replan import _candidate, admissible_segments, per_size_table, repair
-from parvagpu.planning.replan_pack import Cover, Weighting, by_cost, choose, covers, pack
+from parvagpu.planning.replan_pack import (
+    WEIGHTINGS, Cover, HoleWeighting, Packing, Weighting, _indexed, _place, by_cost, choose, covers, covers_by_large,
+    pack,
+)
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.strategies import plan
 from parvagpu.verify import verify
@@ -91,7 +96,7 @@ def test_packing_moves_two_segments_to_make_room_where_repair_needs_a_gpu(a100):
     assert dropped == 0
     assert len({s.gpu for s in repair(request, kept, {0, 1, 2})}) == 4
     plans = pack(request, kept, {"a", "x"}, 3, {0, 1, 2}, per_size_table(request), float("inf"))
-    assert len(plans) == 3  # one per weighting
+    assert len(plans) == len(WEIGHTINGS)  # one per weighting
     for segs in plans:
         assert verify(DeploymentMap(a100.name, "auto", 3, 8, segs, request.services), profiles) == []
         assert _candidate("packed", segs, request).gpus == 3
@@ -119,3 +124,90 @@ def test_an_instance_strands_a_slice_only_when_it_takes_more_than_its_size(a100)
     # a GPU already holding 3g@0, 1g@5 and 1g@6 has lost its slice: 1g@4 loses nothing more
     held = a100.mask(3, 0) | a100.mask(1, 5) | a100.mask(1, 6)
     assert not _strands(a100, held, 1, 4)
+
+
+def _small_holes(a100):
+    """Three GPUs, each a 4g@0 and a 1g@6 with slots 4-5 free (two slices: a 2g's hole, not a
+    3g's). New model x needs 140 req/s: a 3g (150, one change) or two 2g (160, two changes);
+    its 2g and 1g together (110) cannot stand in for the 3g."""
+    big = {m: profile(m, [(4, 1, 1, 250.0, 0.001)]) for m in "bdf"}
+    small = {m: profile(m, [(1, 1, 1, 50.0, 0.001)]) for m in "ceg"}
+    profiles = big | small | {"x": profile("x", [(1, 1, 1, 30.0, 0.001), (2, 1, 1, 80.0, 0.001),
+                                                (3, 1, 1, 150.0, 0.001)])}
+    running = tuple(PlacedSegment(Segment(m, _t(4, 250.0)), g, 0) for g, m in enumerate("bdf")) + tuple(
+        PlacedSegment(Segment(m, _t(1, 50.0)), g, 6) for g, m in enumerate("ceg"))
+    old = tuple(Service(m, 240.0 if m in "bdf" else 40.0, 100.0) for m in "bdfceg")
+    current = DeploymentMap(a100.name, "auto", 3, 8, running, old)
+    return profiles, PlanRequest(old + (Service("x", 140.0, 100.0),), profiles, a100, 3, current=current)
+
+
+def test_hole_aware_covers_avoid_the_move_that_slices_alone_force(a100):
+    """By slices alone x takes the 3g (one change, the fewest), which no hole holds: placement
+    moves a 1g of another model out of the way (two changes more). Charged 2.5 changes per hole
+    of 3+ slices, the two 2g (two changes) win and go into the 2-slice holes: nothing moves."""
+    profiles, request = _small_holes(a100)
+    kept, _ = admissible_segments(request)
+    table = per_size_table(request)
+    packing = Packing(request, kept, {"x"}, {0, 1, 2}, table)
+    outcomes = []
+    for weighting in (Weighting(()), HoleWeighting(5, 2)):
+        chosen = choose(packing.options(weighting), 3 * a100.compute_slices - packing.fixed)
+        segs = _place(request, kept, dict(zip(packing.order, chosen)), packing.own, 3, {0, 1, 2}, table, packing.rate)
+        assert verify(DeploymentMap(a100.name, "auto", 3, 8, segs, request.services), profiles) == []
+        found = _candidate("packed", segs, request)
+        assert found.gpus == 3
+        outcomes.append(([t.size for t in chosen[0].add], found.changes, found.others))
+    assert outcomes == [([3], 3, 2), ([2, 2], 2, 0)]
+
+
+def test_covers_by_large_counts_holes_and_offers_the_cheaper_mix():
+    """x of `_small_holes`: the 3g (one change, one hole) and the two 2g (two changes, none)
+    are both offered, each with the holes its instances need; a 7g needs two."""
+    per_size = {1: _t(1, 30.0), 2: _t(2, 80.0), 3: _t(3, 150.0)}
+    out = {(c.changes, h): c for h, c in covers_by_large(Fraction(140), [], per_size)}
+    assert [t.size for t in out[(1, 1)].add] == [3] and out[(1, 1)].slices == 3
+    assert [t.size for t in out[(2, 0)].add] == [2, 2] and out[(2, 0)].slices == 4
+    seven = _t(7, 500.0)
+    own = [PlacedSegment(Segment("y", seven), 0, 0)]
+    kept = {(c.changes, h): c for h, c in covers_by_large(Fraction(400), own, {7: seven, 2: _t(2, 110.0)})}
+    assert kept[(0, 2)].keep == ((seven, 1),) and kept[(5, 0)].add == (_t(2, 110.0),) * 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 7]), st.integers(10, 400)), max_size=4),
+       st.dictionaries(st.sampled_from([1, 2, 3, 4, 7]), st.integers(10, 400), min_size=1),
+       st.integers(1, 1200), st.integers(0, 40))
+def test_hole_aware_choices_cover_each_rate_within_the_slices(own_rows, sizes, rate, budget):
+    """Every cover `covers_by_large` offers meets the rate exactly and has the slices, changes
+    and holes it claims; no cover found by brute force beats all of them at once; and what the
+    knapsack picks under `HoleWeighting` fits the slice budget."""
+    from itertools import combinations_with_replacement, product
+
+    from parvagpu.planning.replan_pack import large
+
+    per_size = {z: _t(z, float(thr)) for z, thr in sizes.items()}
+    own = [PlacedSegment(Segment("m", _t(z, float(thr))), 0, 0) for z, thr in own_rows]
+    offered = covers_by_large(Fraction(rate), own, per_size)
+    for h, cov in offered:
+        kept = [t for t, n in cov.keep for _ in range(n)]
+        assert sum(t.throughput for t in kept + list(cov.add)) >= rate
+        assert cov.slices == sum(t.size for t in kept + list(cov.add))
+        assert cov.changes == len(own) - len(kept) + len(cov.add)
+        assert h == sum(large(t.size) for t in kept + list(cov.add))
+    for keep in product(*((0, 1) for _ in own)):  # brute force: some offered cover is no worse
+        held = [s.segment.triplet for s, k in zip(own, keep) if k]
+        for a in range(4):
+            for add in combinations_with_replacement(sorted(per_size), a):
+                ts = held + [per_size[z] for z in add]
+                if sum(t.throughput for t in ts) < rate:
+                    continue
+                c, sl, h = len(own) - len(held) + a, sum(t.size for t in ts), sum(large(t.size) for t in ts)
+                assert any(cv.changes <= c and hh <= h and cv.slices <= sl for hh, cv in offered), (c, sl, h)
+    for weighting in (HoleWeighting(2), HoleWeighting(5, 2)):  # two models with these covers
+        options = [_indexed([(weighting.cost(h, cov), cov) for h, cov in offered])] * 2
+        chosen = choose(options, budget) if offered else None
+        if chosen is not None:
+            assert sum(c.slices for c in chosen) <= budget
+            assert all(c in [cov for _, cov in offered] for c in chosen)
+        elif offered:
+            assert 2 * min(cov.slices for _, cov in offered) > budget

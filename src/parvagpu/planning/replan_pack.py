@@ -6,7 +6,11 @@ plan needs more GPUs than the cap because the changed models' covers take too ma
 2. *Choice*: a knapsack over the changed models picks the fewest changes in all whose slices,
    with the other models' running ones, fit in `cap` GPUs less a margin for fragmentation; the
    changes may be weighted by the moves an added 3g or 4g is expected to force (`WEIGHTINGS`,
-   each tried in turn while time allows, covers without those sizes offered too).
+   each tried in turn while time allows, covers without those sizes offered too). The hole
+   weightings come first: each hole of 3+ slices a cover needs costs 2-2.5 changes, a dropped
+   3g, 4g or 7g crediting the hole it leaves, and every cover of each (changes, holes) is
+   offered (`covers_by_large`), so the choice favours small instances where the drops leave
+   small holes (at 1,000 services they leave mostly holes of one or two slices).
 3. *Holes*: each model's dropped segments are taken on the least filled GPUs, so the freed slots
    gather; the least filled GPUs beyond the cap are emptied and their segments move as they are
    (same size, batch and processes: two changes each).
@@ -128,6 +132,95 @@ def covers(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet
     return out
 
 
+def large(size: int) -> int:
+    """The holes of three or more slices an instance of `size` needs on a 7-slice GPU: one for a
+    3g or 4g, two for a whole GPU (it takes the room of a 4g and a 3g)."""
+    return _LARGE.get(size, 0)
+
+
+_LARGE = {3: 1, 4: 1, 7: 2}
+_LARGE_MAX = 2
+
+
+@lru_cache(maxsize=4096)
+def _large_tables(per_size: tuple[Triplet, ...]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """For a = 0.._ADD_MAX added segments (`_add_tables`' multisets, in its order): per number of
+    holes of 3+ slices the multiset needs (`large`, rows), the fewest slices of any multiset at
+    least as fast as column i (suffix minima, inf where none) and where that minimum is."""
+    size_of = np.array([t.size for t in per_size], dtype=np.int64)
+    large_of = np.array([large(t.size) for t in per_size], dtype=np.int64)
+    out = []
+    for a, (thr, _, _, combos) in enumerate(_add_tables(per_size)):
+        sl = size_of[combos].sum(axis=1)
+        lg = large_of[combos].sum(axis=1)
+        n = len(sl)
+        least = np.full((_LARGE_MAX * a + 1, n + 1), np.inf)
+        where = np.zeros((_LARGE_MAX * a + 1, n + 1), dtype=np.int64)
+        for L in range(_LARGE_MAX * a + 1):
+            key = np.where(lg == L, sl * (n + 1) + np.arange(n), np.iinfo(np.int64).max)
+            key = np.minimum.accumulate(key[::-1])[::-1]
+            ok = key != np.iinfo(np.int64).max
+            least[L, :n][ok] = key[ok] // (n + 1)
+            where[L, :n][ok] = key[ok] % (n + 1)
+        out.append((thr, least, where))
+    return tuple(out)
+
+
+def covers_by_large(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet]) -> list[tuple[int, Cover]]:
+    """Per (changes c <= MAX_CHANGES, holes of 3+ slices the cover's instances need, kept ones
+    counted too), the cover with the fewest slices, as (holes, cover) pairs: the covers among
+    which `HoleWeighting` trades changes for large instances. Searched in floats; each cover kept
+    is checked exactly."""
+    groups: dict[Triplet, int] = defaultdict(int)
+    for s in own:
+        groups[s.segment.triplet] += 1
+    keys = sorted(groups, key=lambda t: (t.size, t.batch, t.procs, t.throughput))
+    per_size_t = tuple(t for _, t in sorted(per_size.items()))
+    tables, ltables = _add_tables(per_size_t), _large_tables(per_size_t)
+    target = float(rate) * (1 - 1e-12)
+    width = sum(large(k.size) * n for k, n in groups.items()) + _LARGE_MAX * _ADD_MAX + 1
+    best = np.full((MAX_CHANGES + 1, width), np.inf)
+    arg: dict[tuple[int, int], tuple] = {}  # (c, holes) -> (counts, a, row)
+    for counts in product(*(range(groups[k], -1, -1) for k in keys)):
+        removed = len(own) - sum(counts)
+        if removed > MAX_CHANGES:
+            continue
+        need = target - sum(k.throughput * n for k, n in zip(keys, counts))
+        base = sum(k.size * n for k, n in zip(keys, counts))
+        held = sum(large(k.size) * n for k, n in zip(keys, counts))
+        if need <= 0:
+            if base < best[removed, held]:
+                best[removed, held] = base
+                arg[(removed, held)] = (counts, 0, 0)
+            continue  # adding to a model already covered only costs
+        for a, (thr, least, where) in enumerate(ltables):
+            c = removed + a
+            if c > MAX_CHANGES:
+                break
+            i = int(thr.searchsorted(need))
+            if i == len(thr):
+                continue
+            cand = base + least[:, i]
+            row = best[c, held:held + len(cand)]
+            for L in (cand < row).nonzero()[0]:
+                row[L] = cand[L]
+                arg[(c, held + int(L))] = (counts, a, int(where[L, i]))
+    # Only the covers no other beats on changes, holes and slices at once are worth checking.
+    least = np.minimum.accumulate(np.minimum.accumulate(best, axis=0), axis=1)
+    before = np.minimum(np.vstack([np.full((1, width), np.inf), least[:-1]]),
+                        np.hstack([np.full((MAX_CHANGES + 1, 1), np.inf), least[:, :-1]]))
+    out = []
+    for (c, h), (counts, a, j) in sorted(arg.items()):
+        if best[c, h] >= before[c, h]:
+            continue
+        add = tuple(per_size_t[i] for i in tables[a][3][j])
+        keep = tuple((k, n) for k, n in zip(keys, counts))
+        held = sum((_exact(k.throughput) * n for k, n in keep if n), Fraction(0))
+        if held + sum((_exact(t.throughput) for t in add), Fraction(0)) >= rate:
+            out.append((h, Cover(int(best[c, h]), c, keep, add)))
+    return out
+
+
 @dataclass(frozen=True)
 class Weighting:
     """The moves an added instance of an awkward size is expected to force, in changes per
@@ -150,18 +243,42 @@ class Weighting:
         return cost
 
 
+@dataclass(frozen=True)
+class HoleWeighting:
+    """Each hole of three or more slices a cover's instances need (`large`: its added ones and
+    the running ones it keeps, so that a model giving up a 3g, 4g or 7g is credited with the
+    hole it leaves) costs `per_hole` changes, and every cover of each (changes, holes) is offered
+    (`covers_by_large`), not only those with or without a size. After the drops the free slices
+    lie mostly in holes of one or two slices, so a large instance beyond the large holes costs a
+    move (two changes) or a split; the knapsack then trades those for covers of smaller
+    instances, which take a change or a slice more."""
+
+    per_hole: int
+    scale: int = 1  # changes count `scale` each: a hole costs per_hole / scale changes
+
+    def cost(self, holes: int, cov: Cover) -> int:
+        return self.scale * cov.changes + self.per_hole * holes
+
+
 # Tried in turn while time allows, the plan with the fewest changes kept; the first does best
 # where only one or two fit the time (5,000 services). 20 % of the models changed, changes of
-# each at the bound: at 1,000 services (three draws) 332, 287, 247; 329, 283, 257; 329, 307, 271;
-# at 5,000 (one draw) 1,951, 1,985, 2,060; at 100 (three draws) 13, 14, 23; 12, 14, 23; 12, 14, 20.
-WEIGHTINGS = (Weighting(((3, 1),), net=True), Weighting(((3, 1), (4, 1))), Weighting(()))
+# each at the bound (packing alone, untimed): at 1,000 services (three draws) 296, 272, 246;
+# 296, 266, 246; 310, 270, 226; then 332, 287, 247; 329, 283, 257; 329, 307, 271; at 5,000 (one
+# draw) 1,849, 1,882, 1,946, then 1,882 (1,951 timed), ...; at 100 (three draws) 15, 14, 20;
+# 15, 14, 20; 15, 14, 18; then 13, 14, 23; 12, 14, 23; 12, 14, 20.
+WEIGHTINGS: tuple[Weighting | HoleWeighting, ...] = (
+    HoleWeighting(3), HoleWeighting(5, 2), HoleWeighting(2), Weighting(((3, 1),), net=True), Weighting(((3, 1), (4, 1))), Weighting(()))
 
 
 def by_cost(cands: list[Cover | None], own: list[PlacedSegment], weighting: Weighting) -> list[Cover | None]:
     """Covers (`covers`' lists, with and without the awkward sizes, concatenated) indexed by
     their cost under `weighting`: at each cost, the fewest slices of any cover costing at most
     that."""
-    costs = [(weighting.cost(cov, own), cov) for cov in cands if cov is not None]
+    return _indexed([(weighting.cost(cov, own), cov) for cov in cands if cov is not None])
+
+
+def _indexed(costs: list[tuple[int, Cover]]) -> list[Cover | None]:
+    """Covers indexed by cost: at each, the fewest slices of any cover costing at most that."""
     out: list[Cover | None] = [None] * (max((c for c, _ in costs), default=0) + 1)
     for cost, cov in costs:
         if out[cost] is None or cov.slices < out[cost].slices:
@@ -275,11 +392,19 @@ class Packing:
         self.order = sorted(set(models) | {m for m in self.rate if have.get(m, 0) < self.rate[m]})
         self.fixed = sum(s.size for s in kept if s.model not in set(self.order))
         self._covers: dict[tuple[str, frozenset[int]], list[Cover | None]] = {}
+        self._by_large: dict[str, list[tuple[int, Cover]]] = {}
 
-    def options(self, weighting: Weighting = Weighting(())) -> list[list[Cover | None]]:
+    def options(self, weighting: Weighting | HoleWeighting = Weighting(())) -> list[list[Cover | None]]:
         """Per changed model, by cost under `weighting`, the cover with the fewest slices."""
         out = []
         for m in self.order:
+            if isinstance(weighting, HoleWeighting):
+                if m not in self._by_large:
+                    self._by_large[m] = covers_by_large(self.rate[m], self.own[m], self.per_size[m])
+                costs = [(weighting.cost(h, cov), cov) for h, cov in self._by_large[m]]
+                low = min((c for c, _ in costs), default=0)  # the same for every choice: dropped
+                out.append(_indexed([(c - low, cov) for c, cov in costs]))
+                continue
             cands = []
             awkward = frozenset(z for z, _ in weighting.weights)
             for without in (frozenset(), awkward) if awkward else (awkward,):  # ties: the plain cover
