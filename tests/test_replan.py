@@ -378,3 +378,59 @@ def test_admissible_segments_kept_between_calls_equal_those_checked_afresh(scena
     rp._NOW.clear()
     assert ask(slo_factor) == kept
     assert (kept[1] == 0) == (slo_factor == 1.0)
+
+
+def _reshuffled(current, seed: int):
+    """`current` with its GPUs renumbered and each size's segments dealt over that size's slots
+    in a seeded random order: the same plan to a user, every segment changed by `segment_key`."""
+    import random
+
+    from parvagpu.core.model import PlacedSegment
+
+    rng = random.Random(seed)
+    gpus = sorted({s.gpu for s in current.segments})
+    to = dict(zip(gpus, rng.sample(range(len(gpus) + 3), len(gpus))))
+    by_size: dict[int, list] = {}
+    for s in current.segments:
+        by_size.setdefault(s.size, []).append(s)
+    out = []
+    for group in by_size.values():
+        contents = [s.segment for s in group]
+        rng.shuffle(contents)
+        out += [PlacedSegment(seg, to[s.gpu], s.start) for s, seg in zip(group, contents)]
+    return replace(current, segments=tuple(out))
+
+
+def _changes(a, b, per_node: int = 8) -> int:
+    from parvagpu.core.model import segment_key
+
+    return len({segment_key(s, per_node) for s in a} ^ {segment_key(s, per_node) for s in b})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_renumbered_reshuffled_copy_of_the_running_plan_aligns_back_to_no_change(profiles, a100, seed):
+    from parvagpu.planning.replan import align_fresh, match_fresh
+
+    many, services = _generated(profiles, 60, seed)
+    current = plan(PlanRequest(services, many, a100, 3, time_limit=2.0), "auto")
+    copy = _reshuffled(current, seed)
+    assert _changes(copy.segments, current.segments) > len(current.segments)  # nearly all moved
+    assert _changes(align_fresh(copy, current), current.segments) == 0
+    assert _changes(match_fresh(copy, current), current.segments) > 0  # renumbering alone cannot
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 10**6), st.dictionaries(st.integers(0, 39), factors, min_size=1, max_size=12))
+def test_aligning_a_fresh_plan_keeps_its_gpus_and_capacities_and_it_verifies(profiles, a100, seed, changes):
+    from collections import Counter
+
+    from parvagpu.planning.replan import align_fresh
+
+    many, services = _generated(profiles, 40, seed % 7)
+    current = plan(PlanRequest(services, many, a100, 3, time_limit=1.0), "auto")
+    new_services = tuple(replace(s, rate=round(s.rate * changes.get(i, 1.0), 3)) for i, s in enumerate(services))
+    fresh = _reshuffled(plan(PlanRequest(new_services, many, a100, 3, time_limit=1.0), "parva"), seed)
+    aligned = replace(fresh, segments=align_fresh(fresh, current))
+    assert aligned.gpus_used == fresh.gpus_used
+    assert Counter(s.segment for s in aligned.segments) == Counter(s.segment for s in fresh.segments)
+    assert verify(aligned, many) == []

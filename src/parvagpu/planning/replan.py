@@ -34,7 +34,8 @@ The steps:
   what they served afresh, with the same strategy, onto fewer of them.
 - *fresh* (`parva` always; the others when nothing met the bound): the strategy's plan from
   scratch, with the time left; its GPU count (+ `max_extra_gpus`) is the cap, and the fresh
-  plan with its GPUs renumbered onto the running ones to keep the most segments is a candidate
+  plan aligned to the running one (`align_fresh`: its GPUs renumbered onto the running ones, each
+  size's segments dealt into the slots where the running plan has the same ones) is a candidate
   always within it, so a plan is always found.
 - *program* (`auto`, `optimal`): the integer program of `replan_program`, warm-started with the
   best candidate so far, when that one may change more than needed (more than `change_floor`);
@@ -412,7 +413,7 @@ def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit):
         return None
     old = DeploymentMap(request.gpu.name, "", request.max_procs, request.gpus_per_node,
                         tuple(s for g in wiped for s in by_gpu[g]), ())
-    return tuple(kept) + match_fresh(sub, old, set(wiped))
+    return tuple(kept) + align_fresh(sub, old, set(wiped))
 
 
 def match_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | None = None) -> tuple[PlacedSegment, ...]:
@@ -453,6 +454,87 @@ def match_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | No
                 to_old[f], nxt = nxt, nxt + 1
         out.extend(_swap_to_match(segs, to_old[f], old_keys.get(to_old[f], set())))
     return tuple(out)
+
+
+def align_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | None = None) -> tuple[PlacedSegment, ...]:
+    """The fresh plan aligned to the running one, to keep the most segments: its GPUs renumbered
+    onto the running GPUs whose slots they share most, then each size's segments dealt out among
+    that size's slots so that, where the running plan has a segment of the same model, batch and
+    processes in a slot, the fresh plan puts one there too.
+
+    Any two instances of the same size trade places without changing a GPU's layout (legality is
+    the slots', not the models'), so dealing a size's segments over all its slots, on every GPU,
+    keeps the plan legal, its GPU count and every model's capacity; renumbering alone could only
+    match whole GPUs. Greedy by slot overlap between the GPUs' layouts (few distinct ones: the
+    pairing is over layouts, not over GPU pairs); the dealing is exact for the numbering chosen."""
+    running: dict[tuple[int, int], tuple] = {}  # (GPU, start) -> (size, model, batch, procs)
+    for s in current.segments:
+        t = s.segment.triplet
+        running[(s.gpu, s.start)] = (t.size, s.model, t.batch, t.procs)
+    new_by_gpu = fresh.by_gpu()
+    offered = {(s.size, s.model, s.segment.triplet.batch, s.segment.triplet.procs) for s in fresh.segments}
+    old_slots: dict[int, frozenset] = defaultdict(frozenset)
+    for (g, start), key in running.items():
+        if key in offered:  # a slot the fresh plan could keep
+            old_slots[g] = old_slots[g] | {(start, key[0])}
+    to_old = _pair_layouts({f: frozenset((s.start, s.size) for s in segs) for f, segs in new_by_gpu.items()},
+                           old_slots)
+    taken = set(to_old.values())
+    known = set(s.gpu for s in current.segments) | (ids or set())
+    free = sorted(known - taken)
+    nxt = max(known, default=-1) + 1
+    for f in new_by_gpu:
+        if f not in to_old:
+            if free:
+                to_old[f] = free.pop(0)
+            else:
+                to_old[f], nxt = nxt, nxt + 1
+    return _deal(new_by_gpu, to_old, running)
+
+
+def _pair_layouts(new: dict[int, frozenset], old: dict[int, frozenset]) -> dict[int, int]:
+    """Fresh GPU -> running GPU, greedily by the most shared slots: over pairs of distinct
+    layouts (a handful of them), each pair taking as many GPUs of both as are left, in id order."""
+    new_groups: dict[frozenset, list[int]] = defaultdict(list)
+    old_groups: dict[frozenset, list[int]] = defaultdict(list)
+    for f, slots in sorted(new.items()):
+        new_groups[slots].append(f)
+    for g, slots in sorted(old.items()):
+        old_groups[slots].append(g)
+    pairs = sorted(((-len(a & b), i, j) for i, a in enumerate(new_groups) for j, b in enumerate(old_groups) if a & b))
+    news, olds = list(new_groups.values()), list(old_groups.values())
+    out: dict[int, int] = {}
+    for _, i, j in pairs:
+        fs, gs = news[i], olds[j]
+        while fs and gs:
+            out[fs.pop()] = gs.pop()
+    return out
+
+
+def _deal(new_by_gpu: dict[int, list[PlacedSegment]], to_old: dict[int, int],
+          running: dict[tuple[int, int], tuple]) -> tuple[PlacedSegment, ...]:
+    """Each size's segments over that size's slots (GPUs renumbered by `to_old`): first into the
+    slots where the running plan has the same model, batch and processes, then the rest in order."""
+    pool: dict[tuple, list[Segment]] = defaultdict(list)
+    slots: list[tuple[int, int, int]] = []  # (size, GPU, start)
+    for f, segs in new_by_gpu.items():
+        for s in segs:
+            t = s.segment.triplet
+            pool[(t.size, s.model, t.batch, t.procs)].append(s.segment)
+            slots.append((s.size, to_old[f], s.start))
+    slots.sort()
+    placed: dict[tuple[int, int], Segment] = {}
+    for size, g, start in slots:
+        key = running.get((g, start))
+        if key is not None and key[0] == size and pool.get(key):
+            placed[(g, start)] = pool[key].pop()
+    rest: dict[int, list[Segment]] = defaultdict(list)
+    for key in sorted(pool, key=lambda k: (k[0], k[1], k[2], k[3])):
+        rest[key[0]].extend(pool[key])
+    for size, g, start in slots:
+        if (g, start) not in placed:
+            placed[(g, start)] = rest[size].pop()
+    return tuple(PlacedSegment(seg, g, start) for (g, start), seg in sorted(placed.items()))
 
 
 def _swap_to_match(segs: list[PlacedSegment], g: int, old: set[tuple]) -> list[PlacedSegment]:
@@ -691,7 +773,7 @@ def _fresh_cap(request: PlanRequest, planner, clock: _Clock, cands: list[Candida
         fresh = planner(fresh_request)
     bounds = [b for b in (fresh.lower_bound, known.bound if known else None) if b is not None]
     cap = _Cap(fresh.gpus_used + request.max_extra_gpus, max(bounds) if bounds else None, fresh)
-    cands.append(_candidate("matched-fresh", match_fresh(fresh, request.current), request))
+    cands.append(_candidate("matched-fresh", align_fresh(fresh, request.current), request))
     if share == 1.0 and (known is None or known.gpus != cap.gpus):
         cands += _consolidated(request, cands[0], cap.gpus, base, clock.deadline)
     return cap
