@@ -12,6 +12,7 @@ from fake_handles import GatedHandle
 from parvagpu.control.live import Controller, LiveConfig, check_replan, segment_name
 from parvagpu.control.nodes import FakeNodes
 from parvagpu.control.policy import PolicyConfig
+from parvagpu.control.replay import Costs
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import Service
 from parvagpu.inputs.profiles import load_profiles
@@ -326,6 +327,23 @@ def test_settings_file(tmp_path):
         read_live_settings(p)
 
 
+def test_one_settings_file_sets_the_dip_policy_of_the_controller_and_the_replay(tmp_path):
+    from parvagpu.control.live import read_live_settings
+    from parvagpu.control.replay import read_settings
+    from parvagpu.core.errors import ParvaError
+
+    p = tmp_path / "s.yaml"
+    p.write_text("policy: {dips: refuse, band: 0.1}\ncontrol: {tick_s: 1}\nreplay: {tick_s: 30}\n")
+    assert read_live_settings(p)[0] == read_settings(p)[0] == PolicyConfig(dips="refuse", band=0.1)
+    assert PolicyConfig().dips == "run"
+    for bad, why in (("maybe", "dips must be run or refuse, got 'maybe'"), ("1", "policy.dips must be run or refuse")):
+        p.write_text(f"policy: {{dips: {bad}}}\n")
+        for read in (read_live_settings, read_settings):
+            with pytest.raises(ParvaError, match=why) as exc:
+                read(p)
+            assert str(exc.value).startswith(str(p)) and "\n" not in str(exc.value)
+
+
 def test_counts_after_a_long_transition_are_spread_not_a_burst(tmp_path):
     ctl, ev, port, nodes, log = _controller(tmp_path)
     _offer(ctl, port, {"resnet50": 200.0, "bert": 100.0}, 30)
@@ -493,8 +511,81 @@ def _swapped(first):
     return replace(first, segments=moved, transition=None)
 
 
-@pytest.mark.parametrize("spare", [0, 1])
-def test_a_spare_gpu_bridges_a_transition_the_slots_would_dip(tmp_path, monkeypatch, spare):
+@pytest.mark.parametrize("dips", ["run", "refuse"])
+def test_a_dipping_transition_runs_or_is_refused_as_the_setting_says(tmp_path, monkeypatch, dips):
+    """No spare GPU: the swap must dip. `dips: run` carries it out with each dip in the log;
+    `dips: refuse` keeps the running plan, logs why, and tries again only after the cool-down."""
+    ev = Events()
+    deps, log = Deployments(ev), []
+    port = Port(deps, ev)
+    first = _plan(RATES)
+    new = _swapped(first)
+    ctl = Controller(first, profiles(), replace(POLICY, dips=dips), CFG, Clock(), Nodes(tmp_path, ev), deps,
+                     port, log.append)
+    ctl.start()
+    monkeypatch.setattr("parvagpu.control.live.make_plan", lambda req, strategy: new)
+    ev.seq.clear()
+    _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 60)
+    refused = [r for r in log if r["kind"] == "refused"]
+    if dips == "refuse":
+        assert ctl.plan is first and ev.seq == [] and not [r for r in log if r["kind"].startswith("transition")]
+        assert refused[0]["refused"] == "dips refused" and refused[0]["dips"]
+        assert all("below min(old rate, new rate)" in p for p in refused[0]["problems"])
+        assert ctl.planned == RATES  # nothing adopted
+        gaps = [b["time_s"] - a["time_s"] for a, b in zip(refused, refused[1:])]
+        assert len(refused) >= 2 and min(gaps) >= POLICY.cooldown_s  # retried after the cool-down only
+        return
+    assert not refused and ctl.plan is new
+    start = next(r for r in log if r["kind"] == "transition")
+    assert start["dips"] and {d["model"] for d in start["dips"]} <= {"resnet50", "bert"}
+    assert all(d["shortfall"] > 0 and d["steps"] >= 1 for d in start["dips"])
+    done = next(r for r in log if r["kind"] == "transition done")
+    assert done["created"] == done["removed"] == 2
+    routed = {n for m in port.ing.models.values() for n in m.segments()}
+    assert routed == {segment_name(new, s) for s in new.segments}
+
+
+@pytest.mark.parametrize("dips", ["run", "refuse"])
+def test_the_replay_makes_the_live_controllers_choice_on_a_dipping_transition(tmp_path, monkeypatch, dips):
+    """The replay's re-plan of the same swap: run with its dip counted, or refused with the plan,
+    the planned rates and the counts unchanged and the cool-down started, as live does."""
+    from parvagpu.control.replay import Inputs, Options, _Controller
+    from parvagpu.control.trace import Trace
+
+    first = _plan(RATES)
+    new = _swapped(first)
+    monkeypatch.setattr("parvagpu.control.replay.plan_for",
+                        lambda inp, opts, rates, current=None: first if current is None else new)
+    trace = Trace(("bert", "resnet50"), (0.0,), ((150.0, 300.0),), 3600.0)
+    inp = Inputs(trace, {"bert": 200.0, "resnet50": 100.0}, profiles(), gpu_type("A100-80GB"))
+    ctl = _Controller(inp, Options(), replace(POLICY, dips=dips), Costs(), None)
+    planned = dict(ctl.planned)
+    ctl._replan(100.0, {"resnet50": 600.0})
+    assert ctl.last_replan == 100.0  # run or refused: the next re-plan waits for the cool-down
+    if dips == "refuse":
+        assert ctl.plan is first and ctl.planned == planned and not ctl.runs and ctl.changed["resnet50"] == []
+        assert (ctl.replans, ctl.created, ctl.removed, ctl.dipped, dict(ctl.refused)) == (0, 0, 0, 0, {"dips refused": 1})
+    else:
+        assert ctl.plan is new and ctl.planned["resnet50"] == 600.0 and ctl.runs and ctl.changed["resnet50"] == [100.0]
+        assert (ctl.replans, ctl.created, ctl.removed, ctl.dipped, dict(ctl.refused)) == (1, 2, 2, 1, {})
+    r = ctl.result()
+    assert (r.dipped, r.refused_dips, r.refused_checks) == ((dips == "run") * 1, (dips == "refuse") * 1, 0)
+
+
+@pytest.mark.parametrize("dips", ["run", "refuse"])
+def test_a_failed_check_refuses_whatever_the_dip_setting(tmp_path, monkeypatch, dips):
+    ctl, ev, port, nodes, log = _controller(tmp_path)
+    ctl.policy = replace(POLICY, dips=dips)
+    first = ctl.plan
+    broken = replace(first, segments=first.segments + (first.segments[0],))
+    monkeypatch.setattr("parvagpu.control.live.make_plan", lambda req, strategy: broken)
+    ev.seq.clear()
+    _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 30)
+    refused = [r for r in log if r["kind"] == "refused"]
+    assert ctl.plan is first and ev.seq == [] and refused and refused[0]["refused"] == "check failed"
+
+
+def test_a_spare_gpu_bridges_a_transition_the_slots_would_dip(tmp_path, monkeypatch):
     ev = Events()
     deps, log = Deployments(ev), []
     port = Port(deps, ev)
@@ -502,14 +593,11 @@ def test_a_spare_gpu_bridges_a_transition_the_slots_would_dip(tmp_path, monkeypa
     assert sorted((s.model, s.gpu, s.start) for s in first.segments) == [
         ("bert", 0, 4), ("bert", 0, 6), ("resnet50", 0, 5)]
     new = _swapped(first)
-    ctl = Controller(first, profiles(), POLICY, replace(CFG, spare_gpus=spare), Clock(), Nodes(tmp_path, ev), deps,
-                     port, log.append)
+    ctl = Controller(first, profiles(), replace(POLICY, dips="refuse"), replace(CFG, spare_gpus=1), Clock(),
+                     Nodes(tmp_path, ev), deps, port, log.append)
     ctl.start()
     monkeypatch.setattr("parvagpu.control.live.make_plan", lambda req, strategy: new)
     _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 30)
-    if not spare:  # the check refuses the dip: nothing changes
-        assert ctl.plan is first and [r for r in log if r["kind"] == "refused"]
-        return
     assert ctl.plan is new and not [r for r in log if r["kind"] == "refused"]
     start = next(r for r in log if r["kind"] == "transition")
     assert start["dips"] == []

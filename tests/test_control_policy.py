@@ -289,3 +289,50 @@ def test_attainment_window():
     assert a.attainment(61.5) == pytest.approx(0.99)
     with pytest.raises(ParvaError):
         a.add(3.0, 1, 2)
+
+
+def _dipping_check():
+    """A real dipping schedule (two models trade slots on a full GPU) and what the independent
+    check finds in it: the verdict reads verify_schedule's own findings."""
+    from helpers import swap_pair
+
+    from parvagpu.planning.transition import schedule
+    from parvagpu.verify import verify_schedule
+
+    old, new = swap_pair()
+    sched = schedule(old, new)
+    return sched, verify_schedule(old, new, sched.steps)
+
+
+@pytest.mark.parametrize("dips", ["run", "refuse"])
+def test_a_dip_runs_or_is_refused_as_the_setting_says(dips):
+    from parvagpu.control.policy import Verdict, transition_verdict
+
+    sched, problems = _dipping_check()
+    declared = {d.model for d in sched.dips}
+    assert problems and declared
+    v = transition_verdict(PolicyConfig(dips=dips), problems, declared)
+    assert v.run is (dips == "run") and v.dipped and v.problems == tuple(problems)
+    assert v.reason == ("runs with dips" if dips == "run" else "dips refused")
+    assert transition_verdict(PolicyConfig(dips=dips), [], declared) == Verdict(True, "runs")  # nothing found
+
+
+@pytest.mark.parametrize("dips", ["run", "refuse"])
+def test_any_other_problem_refuses_whatever_the_dip_setting(dips):
+    from parvagpu.control.policy import transition_verdict
+
+    sched, problems = _dipping_check()
+    declared = {d.model for d in sched.dips}
+    cfg = PolicyConfig(dips=dips)
+    wrong = "step 2 (create a 3g at gpu 0 start 4): the place is occupied"
+    for found, models in (([wrong], declared), (problems + [wrong], declared),
+                          (["the steps end with 1 segments that are not the new plan's 2"], declared),
+                          (problems, set()),  # a dip the schedule did not declare: the two disagree
+                          (["gpu 3: no such GPU"], set())):
+        v = transition_verdict(cfg, found, models)
+        assert not v.run and v.reason == "check failed" and set(v.problems) == set(found), found
+
+
+def test_the_dip_setting_is_checked():
+    with pytest.raises(ParvaError, match="dips must be run or refuse"):
+        PolicyConfig(dips="sometimes")

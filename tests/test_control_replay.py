@@ -152,7 +152,8 @@ def test_simulate_trace_compares_controller_static_and_oracle(generated, tmp_pat
     assert ctl["min_model_gap_s"] is None or ctl["min_model_gap_s"] >= 600  # the dwell holds
     assert ctl["max_model_replans_per_10_min"] <= 1
     assert all(0 < x["attainment"] <= 1 for x in doc["runs"])
-    assert len(doc["decisions"]) == ctl["replans"]
+    assert len(doc["decisions"]) == ctl["replans"] + ctl["replans_refused_for_dips"] + ctl["replans_refused_by_checks"]
+    assert ctl["replans_refused_for_dips"] == 0  # `dips: run`, the default
 
 
 def test_simulate_trace_needs_services(generated):

@@ -130,3 +130,7 @@ def _print_report(rep, trace) -> None:
             "-" if row["min_model_gap_s"] is None else f"{row['min_model_gap_s']:.0f} s",
         )
     console().print(t)
+    for r in rep.runs:
+        if r.name == "controller":
+            err.print(f"controller: {r.dipped} transitions ran with a capacity dip; re-plans refused: "
+                      f"{r.refused_dips} for a dip, {r.refused_checks} by a failed check", highlight=False)

@@ -25,7 +25,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Protocol
 
-from parvagpu.control.policy import Decision, ModelView, PolicyConfig, decide, settings_section
+from parvagpu.control.policy import (Decision, ModelView, PolicyConfig, decide, policy_from_settings, settings_section,
+                                     transition_verdict)
 from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError, SystemFailure
 from parvagpu.core.gpus import gpu_type
@@ -120,6 +121,11 @@ def check_replan(old: DeploymentMap, new: DeploymentMap, profiles,
         return None, problems
     sched = schedule(old, new, spare_gpus)
     return sched, verify_schedule(old, new, sched.steps)
+
+
+def dip_records(sched: Schedule) -> list[dict]:
+    """The schedule's dips as the decision log writes them."""
+    return [{"model": d.model, "shortfall": d.shortfall, "steps": d.steps} for d in sched.dips]
 
 
 def with_bridges(new: DeploymentMap, sched: Schedule) -> DeploymentMap:
@@ -266,6 +272,8 @@ class Controller:
             if self.replan(now, planned, self.slos, d.reason):
                 for m, _ in d.targets:
                     self.changed[m] = now
+            else:  # refused: tried again after the cool-down (the replay does the same), not every tick
+                self.last_replan = now
         return d
 
     def run(self, stop: threading.Event) -> None:
@@ -319,7 +327,7 @@ class Controller:
                lost: set[int] = frozenset()) -> bool:
         """Plan for `planned` from the running plan (using no GPU of a `lost` node), check plan and
         schedule, run the transition. False (logged, nothing changed) when planning or a check
-        refuses."""
+        refuses (`transition_verdict`: any failed check, or a dip under `dips: refuse`)."""
         services = tuple(Service(m, max(r, 1e-3), slos[m]) for m, r in sorted(planned.items()))
         t0 = self.clock.now()
         try:
@@ -335,8 +343,10 @@ class Controller:
         except ParvaError as exc:
             problems, sched, new = [str(exc)], None, None
         plan_s = self.clock.now() - t0
-        if problems:
-            self.log({"kind": "refused", "time_s": now, "reason": reason, "problems": problems[:5],
+        verdict = transition_verdict(self.policy, problems, {d.model for d in sched.dips} if sched else set())
+        if not verdict.run:
+            self.log({"kind": "refused", "time_s": now, "reason": reason, "refused": verdict.reason,
+                      "problems": list(verdict.problems[:5]), "dips": dip_records(sched) if verdict.dipped else [],
                       "plan_s": round(plan_s, 3)})
             return False
         assert sched is not None and new is not None
@@ -349,7 +359,7 @@ class Controller:
         self.log({"kind": "transition", "time_s": now, "reason": reason, "plan_s": round(plan_s, 3),
                   "gpus": [self.plan.gpus_used, new.gpus_used],
                   "steps_planned": [f"{st.action} {segment_name(new, st.segment)}" for st in sched.steps],
-                  "dips": [{"model": d.model, "shortfall": d.shortfall, "steps": d.steps} for d in sched.dips]})
+                  "dips": dip_records(sched)})
         steps = self.execute(new, sched, slos)
         with self.lock:
             old, self.plan, self.planned, self.slos = self.plan, new, dict(planned), dict(slos)
@@ -443,18 +453,16 @@ def read_live_settings(path) -> tuple[PolicyConfig, LiveConfig]:
     doc = read_document(path, "controller settings") or {}
     if not isinstance(doc, dict) or set(doc) - {"policy", "control", "costs", "replay"}:
         raise ParvaError(f"{path}: expected a mapping with optional policy, control, costs and replay sections")
-    out = []
-    for section, keys in (("policy", {f.name for f in fields(PolicyConfig)}), ("control", LIVE_KEYS)):
-        part = settings_section(path, doc, section, keys)
-        for k, v in part.items():
-            text = k == "strategy"
-            if isinstance(v, bool) or not isinstance(v, str if text else (int, float)):
-                raise ParvaError(f"{path}: {section}.{k} must be {'a name' if text else 'a number'}")
-        out.append(part)
+    policy = policy_from_settings(path, settings_section(path, doc, "policy", {f.name for f in fields(PolicyConfig)}))
+    part = settings_section(path, doc, "control", LIVE_KEYS)
+    for k, v in part.items():
+        text = k == "strategy"
+        if isinstance(v, bool) or not isinstance(v, str if text else (int, float)):
+            raise ParvaError(f"{path}: control.{k} must be {'a name' if text else 'a number'}")
     try:
         live = {k: (v if k in ("strategy", "spare_gpus") else int(v) if k == "max_procs" else float(v))
-                for k, v in out[1].items()}
-        return PolicyConfig(**{k: float(v) for k, v in out[0].items()}), LiveConfig(**live)
+                for k, v in part.items()}
+        return policy, LiveConfig(**live)
     except (TypeError, ValueError) as exc:
         raise ParvaError(f"{path}: {exc}") from None
 

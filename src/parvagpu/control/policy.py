@@ -18,7 +18,13 @@ C >= p (the sum of its segments' throughputs). With the observed arrival rate r:
   model is not re-planned again and again. The model's headroom becomes what that re-plan gives
   it (wanted / r - 1), so later band re-plans keep it instead of undoing it;
 - **dwell**: a model's planned rate changes at most once per `dwell_s`;
-- **cool-down**: re-plans are at least `cooldown_s` apart, and none starts while a transition runs.
+- **cool-down**: re-plans are at least `cooldown_s` apart, and none starts while a transition runs;
+  a refused re-plan counts as one (it is tried again, with the rates then observed, after the
+  cool-down, not at every tick);
+- **dips** (`transition_verdict`): a re-plan whose checked make-before-break schedule still dips (a
+  model below min(old rate, new rate) at some step, where the slots force an old segment out before
+  its replacement fits) is run (`dips: run`, the default; each dip logged) or refused (`dips:
+  refuse`, the running plan kept); any other problem the checks find always refuses.
 
 Every model that wants a change and is past its dwell goes into the same re-plan; the others keep
 their planned rate, so a move-aware planner keeps their segments.
@@ -27,9 +33,13 @@ their planned rate, so a move-aware planner keeps their segments.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from parvagpu.core.errors import ParvaError
+
+
+DIP_CHOICES = ("run", "refuse")
 
 
 @dataclass(frozen=True)
@@ -45,8 +55,11 @@ class PolicyConfig:
     trend_horizon_s: float = 0.0  # T: on a rising trend plan for the rate forecast T ahead (0: no trend)
     trend_min: float = 0.02  # a trend is clear when it moves the rate by this share of r within T
     falling_band: float | None = None  # b_f: the down band on a clearly falling trend (None: b)
+    dips: str = "run"  # a transition whose schedule still dips: "run" it (dips logged) or "refuse" it
 
     def __post_init__(self) -> None:
+        if self.dips not in DIP_CHOICES:
+            raise ParvaError(f"dips must be {' or '.join(DIP_CHOICES)}, got {self.dips!r}")
         if not 0 <= self.min_headroom <= self.headroom <= self.max_headroom:
             raise ParvaError("need 0 <= min headroom <= headroom <= max headroom, got "
                              f"{self.min_headroom}, {self.headroom}, {self.max_headroom}")
@@ -243,6 +256,57 @@ def decide(
     reason = "; ".join(f"{w.model}: {w.reason}" for w in go)
     return Decision(now, True, reason, tuple((w.model, w.rate) for w in go), tuple(held), views,
                     tuple((w.model, w.headroom) for w in go if w.headroom is not None))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a checked re-plan: run its transition or keep the running plan, and why."""
+
+    run: bool
+    reason: str  # "runs", "runs with dips", "dips refused" or "check failed"
+    problems: tuple[str, ...] = ()  # the checks' findings: what refused it, or the dips it runs with
+
+    @property
+    def dipped(self) -> bool:
+        return self.reason in ("runs with dips", "dips refused")
+
+
+# verify_schedule's finding for a step after which a model is below its floor
+_DIP = re.compile(r"^(?:before the first step|step \d+): (.+?) has \S+ req/s, below min\(old rate, new rate\)")
+
+
+def transition_verdict(cfg: PolicyConfig, problems, dipping: set[str]) -> Verdict:
+    """The one decision on a checked re-plan, shared by the live controller and the replay.
+    `problems`: what `verify` and `verify_schedule` found; `dipping`: the models the schedule
+    itself says dip. A finding that one of those models is below min(old rate, new rate) after a
+    step is a dip, run or refused as `cfg.dips` says; anything else (a wrong plan, an illegal or
+    missing step, a dip the schedule did not declare) refuses, whatever the setting."""
+    dips, other = [], []
+    for p in problems:
+        m = _DIP.match(p)
+        (dips if m and m.group(1) in dipping else other).append(p)
+    if other:
+        return Verdict(False, "check failed", tuple(other + dips))
+    if not dips:
+        return Verdict(True, "runs")
+    if cfg.dips == "refuse":
+        return Verdict(False, "dips refused", tuple(dips))
+    return Verdict(True, "runs with dips", tuple(dips))
+
+
+def policy_from_settings(path, part: dict) -> PolicyConfig:
+    """The `policy:` section of a settings file (read the same way by the live controller and the
+    replay): numbers, and `dips` one of DIP_CHOICES; one line naming the file on a bad value."""
+    for k, v in part.items():
+        text = k == "dips"
+        if isinstance(v, bool) or not isinstance(v, str if text else (int, float)):
+            raise ParvaError(f"{path}: policy.{k} must be {' or '.join(DIP_CHOICES) if text else 'a number'}")
+    try:
+        return PolicyConfig(**{k: v if k == "dips" else float(v) for k, v in part.items()})
+    except (TypeError, ValueError) as exc:
+        raise ParvaError(f"{path}: {exc}") from None
+    except ParvaError as exc:
+        raise ParvaError(f"{path}: {exc}") from None
 
 
 def settings_section(path, doc: dict, section: str, keys: set[str]) -> dict:

@@ -8,8 +8,9 @@ measured with `simulate`'s discrete-event simulator):
   would see them) and its attainment; on a re-plan the planner makes the new plan from the running
   one (`current=`, move-aware, where the planner supports it; else from scratch), the live
   controller's check (`live.check_replan`) makes its make-before-break schedule, with bridge copies
-  on `spare_gpus` free GPUs where the slots would force a dip, and the transition runs in that
-  order with reconfiguration costs;
+  on `spare_gpus` free GPUs where the slots would force a dip, the live controller's verdict
+  (`policy.transition_verdict`: a dip runs or is refused as the `dips` setting says, a failed check
+  refuses) runs the transition in that order with reconfiguration costs or keeps the plan;
 - **static**: one plan sized for every model's peak rate in the trace, for the whole trace; once
   at the peak itself and once with the controller's headroom (peak x (1 + h));
 - **oracle**: a plan from scratch every `oracle_interval_s` for the interval's true peak rates,
@@ -34,8 +35,8 @@ import numpy as np
 
 from parvagpu.control.fluid import AttainmentTable, configs_of
 from parvagpu.control.live import check_replan, groups, spare_count
-from parvagpu.control.policy import (ModelView, PolicyConfig, decide, queueing_headroom, settings_section,
-                                     target_rate)
+from parvagpu.control.policy import (ModelView, PolicyConfig, decide, policy_from_settings, queueing_headroom,
+                                     settings_section, target_rate, transition_verdict)
 from parvagpu.control.trace import Trace
 from parvagpu.control.window import AttainmentWindow, RateWindow, TrendWindow
 from parvagpu.core.errors import ParvaError
@@ -117,8 +118,10 @@ class RunResult:
     replan_times: dict[str, list[float]] = field(default_factory=dict)  # per model, when it was re-planned
     transition_s: float = 0.0  # time spent in transitions
     bridges: int = 0  # bridge copies created on spare GPUs
-    dipped: int = 0  # transitions with a capacity dip (which the live controller's check refuses)
+    dipped: int = 0  # transitions run with a capacity dip (policy `dips: run`)
     bridge_gpu_hours: float = 0.0  # the spare GPUs' share of gpu_hours
+    refused_dips: int = 0  # re-plans refused for a dip (policy `dips: refuse`): the plan kept
+    refused_checks: int = 0  # re-plans refused by a failed check (planner error, wrong plan or step)
 
     def row(self) -> dict:
         worst = min(self.per_model.items(), key=lambda kv: kv[1]) if self.per_model else ("-", 1.0)
@@ -132,6 +135,7 @@ class RunResult:
             "max_model_replans": max(self.model_replans.values(), default=0),
             "min_model_gap_s": self.min_model_gap_s, "transition_hours": self.transition_s / 3600,
             "bridges": self.bridges, "transitions_with_dips": self.dipped,
+            "replans_refused_for_dips": self.refused_dips, "replans_refused_by_checks": self.refused_checks,
             "bridge_gpu_hours": round(self.bridge_gpu_hours, 2),
             "max_model_replans_per_10_min": max((_most_within(ts, 600.0) for ts in self.replan_times.values()),
                                                 default=0),
@@ -327,7 +331,8 @@ class _Controller:
         self.attain = AttainmentWindow(opts.attainment_window_s)
         self.runs: list[_Run] = []
         self.last_replan = -math.inf
-        self.replans = self.created = self.removed = self.bridges = self.refused = 0
+        self.replans = self.created = self.removed = self.bridges = self.dipped = 0
+        self.refused: dict[str, int] = defaultdict(int)  # re-plans refused, by the verdict's reason
         n = len(inp.trace.models)
         self.sent, self.good = np.zeros(n), np.zeros(n)  # per model, all the trace long
         self.sent_moving, self.good_moving = np.zeros(n), np.zeros(n)  # and during transitions
@@ -444,15 +449,24 @@ class _Controller:
                 self.estimated[m] = h
 
     def _replan(self, now: float, targets: dict[str, float]) -> None:
-        for m, r in targets.items():
-            self.planned[m] = r
+        """The live controller's `replan` and its verdict: a refused re-plan keeps the plan and
+        the planned rates and starts the cool-down; a run one starts the transition's runs."""
+        planned = {**self.planned, **targets}
+        try:
+            new = plan_for(self.inp, self.opts, planned, current=self.plan)
+            sched, problems = check_replan(self.plan, new, self.inp.profiles, self.opts.spare_gpus)
+        except ParvaError as exc:
+            sched, problems = None, [str(exc)]
+        verdict = transition_verdict(self.cfg, problems, {d.model for d in sched.dips} if sched else set())
+        self.last_replan = now
+        if not verdict.run:
+            self.refused[verdict.reason] += 1
+            return
+        assert sched is not None
+        self.planned = planned
+        for m in targets:
             self.changed[m].append(now)
-        new = plan_for(self.inp, self.opts, self.planned, current=self.plan)
-        sched, problems = check_replan(self.plan, new, self.inp.profiles, self.opts.spare_gpus)
-        if sched is None:
-            raise ParvaError(f"re-plan at {now:g} s: {problems[0]}")
-        if problems:  # the live controller refuses a transition with a dip: counted, still run here
-            self.refused += 1
+        self.dipped += verdict.dipped
         self.created += sum(1 for s in sched.steps if s.action == "create" and not s.bridge)
         self.removed += sum(1 for s in sched.steps if s.action == "remove" and not s.bridge)
         self.bridges += sched.bridges
@@ -460,7 +474,6 @@ class _Controller:
         self.runs = _runs(sched, now, self.costs)
         self.plan, self.capacity = new, self._capacities(new)
         self._estimate()
-        self.last_replan = now
         self.replans += 1
         self.advance_runs(now)
 
@@ -479,7 +492,8 @@ class _Controller:
             self.created, self.removed, hours, self.peak,
             model_replans={m: len(ts) for m, ts in self.changed.items()},
             min_model_gap_s=min(gaps) if gaps else None, replan_times=self.changed, transition_s=self.transition_s,
-            bridges=self.bridges, dipped=self.refused, bridge_gpu_hours=self.spare_gpu_s / 3600,
+            bridges=self.bridges, dipped=self.dipped, bridge_gpu_hours=self.spare_gpu_s / 3600,
+            refused_dips=self.refused["dips refused"], refused_checks=self.refused["check failed"],
         )
 
 
@@ -538,22 +552,24 @@ OPTION_KEYS = {f.name for f in fields(Options)} - {"seed", "max_procs"}
 
 
 def read_settings(path) -> tuple[PolicyConfig, Costs, dict]:
-    """A settings file (YAML/JSON): `policy:` (PolicyConfig fields), `costs:` (Costs fields) and
-    `replay:` (Options fields but seed and max_procs); every key optional, unknown keys rejected."""
+    """A settings file (YAML/JSON): `policy:` (PolicyConfig fields, read as the live controller
+    reads them), `costs:` (Costs fields) and `replay:` (Options fields but seed and max_procs);
+    every key optional, unknown keys rejected. A `control:` section (the live controller's) is
+    allowed and left to it, so one file serves both."""
     from parvagpu.fileio.reader import read_document
 
     doc = read_document(path, "controller settings") or {}
-    if not isinstance(doc, dict) or set(doc) - {"policy", "costs", "replay"}:
-        raise ParvaError(f"{path}: expected a mapping with optional policy, costs and replay sections")
+    if not isinstance(doc, dict) or set(doc) - {"policy", "costs", "replay", "control"}:
+        raise ParvaError(f"{path}: expected a mapping with optional policy, costs, replay and control sections")
+    policy = policy_from_settings(path, settings_section(path, doc, "policy", POLICY_KEYS))
     parts = []
-    for section, keys in (("policy", POLICY_KEYS), ("costs", COST_KEYS), ("replay", OPTION_KEYS)):
+    for section, keys in (("costs", COST_KEYS), ("replay", OPTION_KEYS)):
         part = settings_section(path, doc, section, keys)
         bad = [k for k, v in part.items() if isinstance(v, bool) or not isinstance(v, (int, float, str))]
         if bad:
             raise ParvaError(f"{path}: {section}.{bad[0]} must be a number")
         parts.append(part)
     try:
-        return PolicyConfig(**{k: float(v) for k, v in parts[0].items()}), \
-            Costs(**{k: float(v) for k, v in parts[1].items()}), parts[2]
+        return policy, Costs(**{k: float(v) for k, v in parts[0].items()}), parts[1]
     except (TypeError, ValueError) as exc:
         raise ParvaError(f"{path}: {exc}") from None
