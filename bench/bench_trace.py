@@ -58,8 +58,8 @@ def main() -> None:
     if cfg is None:
         return
     print("| controller seed | GPU-hours | attainment | in transitions | models < 99.9 % | re-plans | most in 10 min "
-          "| bridges (GPU-hours) | transitions with a dip |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| bridges (GPU-hours) | transitions with a dip | re-plans refused (dip, check) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for seed in (int(x) for x in args.seeds.split(",")):
         t0 = time.process_time()
         r, _ = run_controller(inp, replace(opts, seed=seed), cfg, costs, table)
@@ -67,6 +67,7 @@ def main() -> None:
         print(f"| {seed} | {r.gpu_hours:,.1f} | {r.attainment:.3%} | {row['attainment_in_transitions']:.3%} | "
               f"{sum(a < 0.999 for a in r.per_model.values())} | {r.replans} | "
               f"{row['max_model_replans_per_10_min']} | {r.bridges} ({r.bridge_gpu_hours:.1f}) | {r.dipped} | "
+              f"{r.refused_dips}, {r.refused_checks} | "
               f"({time.process_time() - t0:.1f} s CPU)", flush=True)
 
 
