@@ -15,7 +15,7 @@ NEW.json --current running.json --time-limit T --out new.json`):
 Per run: wall time from launch to exit, CPU time (user + system) and peak resident memory (from
 `wait4`), the best of `--repeat` runs by wall time, and from the written plan the GPUs, the changed
 segments and whether it is proven optimal. With `--profile-out FILE` each re-plan also runs once
-under cProfile (`python -m cProfile -o FILE.<n>.<case>`), not timed. `--src DIR` times another
+under cProfile (to FILE.<n>.<case>, the imports included), not timed. `--src DIR` times another
 source tree (e.g. an older commit's `src`, from `git archive`) on the same workloads.
 """
 
@@ -69,6 +69,26 @@ def changed(services: list[dict], kind: str) -> list[dict]:
 
 
 SRC = ROOT / "src"
+# The command under cProfile: the CLI called as `python -m parvagpu` calls it (the start taken before
+# its imports), but not as the process's owner, so it returns (`cli.common.finish_now` would end the
+# process before the profile is written) and the profile is dumped.
+_PROFILED = """import sys, time
+started = time.perf_counter()
+import cProfile
+sys.argv = ["parvagpu"] + sys.argv[1:]
+profile = cProfile.Profile()
+profile.enable()
+from parvagpu.cli.common import PROCESS
+PROCESS.started = started
+from parvagpu.cli import app
+try:
+    app(prog_name="parvagpu")
+except SystemExit as stop:
+    if stop.code:
+        raise
+profile.disable()
+profile.dump_stats({out!r})
+"""
 
 
 def run(args: list[str], prefix: tuple[str, ...] = ("-m", "parvagpu")) -> tuple[float, float, float]:
@@ -116,7 +136,7 @@ def main() -> None:
                        str(root / "running.json"), "--time-limit", f"{args.time_limit:g}", "--out",
                        str(root / f"plan-{tag}.json")]
                 if args.profile_out:
-                    run(cmd, ("-m", "cProfile", "-o", f"{args.profile_out}.{n}.{tag}", "-m", "parvagpu"))
+                    run(cmd, ("-c", _PROFILED.format(out=f"{args.profile_out}.{n}.{tag}")))
                 load = os.getloadavg()[0]
                 best = min((run(cmd) for _ in range(args.repeat)), key=lambda r: r[0])
                 plan = json.loads((root / f"plan-{tag}.json").read_text())
