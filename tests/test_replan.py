@@ -434,3 +434,35 @@ def test_aligning_a_fresh_plan_keeps_its_gpus_and_capacities_and_it_verifies(pro
     assert aligned.gpus_used == fresh.gpus_used
     assert Counter(s.segment for s in aligned.segments) == Counter(s.segment for s in fresh.segments)
     assert verify(aligned, many) == []
+
+
+def test_no_local_replans_once_packing_meets_the_cap(profiles, a100, monkeypatch):
+    import random
+
+    import parvagpu.planning.replan as rp
+
+    many, services = _generated(profiles, 100, 0)
+    current = plan(PlanRequest(services, many, a100, 3, time_limit=2.0), "auto")
+    rng = random.Random(0)
+    picked = set(rng.sample([s.model for s in services], 20))
+    new = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
+                for s in services)
+    made: list[str] = []
+    candidate = rp._candidate
+    monkeypatch.setattr(rp, "_candidate", lambda name, *a: made.append(name) or candidate(name, *a))
+    result = plan(PlanRequest(new, many, a100, 3, time_limit=2.0, current=current), "auto")
+    assert "packed" in made and result.gpus_used == result.lower_bound  # packing met the proven bound
+    assert "local" not in made
+    assert verify(result, many) == []
+
+
+def test_packing_tries_the_per_size_weightings_only_for_few_changed_models():
+    from types import SimpleNamespace
+
+    from parvagpu.planning.replan import _ALL_WEIGHTINGS_UP_TO, _weightings
+    from parvagpu.planning.replan_pack import WEIGHTINGS, HoleWeighting
+
+    few = _weightings(SimpleNamespace(order=["m"] * _ALL_WEIGHTINGS_UP_TO))
+    many = _weightings(SimpleNamespace(order=["m"] * (_ALL_WEIGHTINGS_UP_TO + 1)))
+    assert few == WEIGHTINGS and len(many) < len(WEIGHTINGS)
+    assert many and all(isinstance(w, HoleWeighting) for w in many) and many == WEIGHTINGS[:len(many)]

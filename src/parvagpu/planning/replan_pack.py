@@ -414,15 +414,16 @@ class Packing:
             out.append(by_cost(cands, self.own[m], weighting))
         return out
 
-    def plans(self, cap: int, deadline: float, hard: float | None = None) -> list[tuple[PlacedSegment, ...]]:
+    def plans(self, cap: int, deadline: float, hard: float | None = None,
+              weightings: tuple = WEIGHTINGS) -> list[tuple[PlacedSegment, ...]]:
         """Plans within `cap` GPUs from the kept segments in which only the changed models change
-        covers, plus moves of whole segments: per weighting (`WEIGHTINGS`), the first margin that
+        covers, plus moves of whole segments: per weighting (`weightings`, in turn), the first margin that
         fits (see the module docstring). Nothing starts after `deadline` but the first weighting's
         first margin, and nothing runs past `hard` (both `time.perf_counter()` instants; `hard`
         defaults to `deadline`)."""
         hard = deadline if hard is None else hard
         found: list[tuple[PlacedSegment, ...]] = []
-        for k, weighting in enumerate(WEIGHTINGS):
+        for k, weighting in enumerate(weightings):
             if k and time.perf_counter() > deadline:
                 break
             options = self.options(weighting)
