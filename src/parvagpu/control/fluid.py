@@ -43,9 +43,8 @@ class AttainmentTable:
         self.samples = samples
         self.step = step
         self.seed = seed
-        self._table: dict[tuple, float] = {}
-        self._shapes: dict[int, tuple] = {}  # id(segments) -> (segments, capacity, configs)
-        self._lossless: dict[tuple, int] = {}  # (model, configs) -> highest grid point measured at 1.0
+        self._states: dict[tuple, _State] = {}  # (model, configs) -> its grid points measured
+        self._shapes: dict[int, tuple] = {}  # id(segments) -> (segments, capacity, its _State)
         self.simulated_requests = 0
 
     def attained(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:
@@ -53,15 +52,22 @@ class AttainmentTable:
             return 1.0
         if not segments:
             return 0.0
-        capacity, configs = self._shape(segments)
+        capacity, state = self._shape(model, segments)
         rho = rate / capacity
         x = min(MAX_RHO, max(MIN_RHO, rho)) / self.step
         lo = math.floor(x + 1e-9)
+        points = state.points
         if x - lo < 1e-9:
-            a = self._at(model, segments, configs, lo, capacity)
+            a = points.get(lo)
+            if a is None:
+                a = self._at(state, segments, lo, capacity)
         else:  # the higher point first: when it loses nothing, the lower one is not measured
-            a1 = self._at(model, segments, configs, lo + 1, capacity)
-            a0 = self._at(model, segments, configs, lo, capacity)
+            a1 = points.get(lo + 1)
+            if a1 is None:
+                a1 = self._at(state, segments, lo + 1, capacity)
+            a0 = points.get(lo)
+            if a0 is None:
+                a0 = self._at(state, segments, lo, capacity)
             a = a0 + (x - lo) * (a1 - a0)
         return a * (MAX_RHO / rho) if rho > MAX_RHO else a
 
@@ -71,33 +77,37 @@ class AttainmentTable:
         the first load that meets `target` (lower loads only lose less)."""
         if not segments:
             return ()
-        capacity, configs = self._shape(segments)
+        capacity, state = self._shape(model, segments)
         out = []
         for k in range(round(1.0 / self.step), round(low / self.step) - 1, -1):
-            a = self._at(model, segments, configs, k, capacity)
+            a = self._at(state, segments, k, capacity)
             out.append((k * self.step, a))
             if a >= target:
                 break
         return tuple(out)
 
-    def _shape(self, segments: tuple[PlacedSegment, ...]) -> tuple[float, tuple]:
-        """Capacity and configurations of a segment tuple, computed once per tuple (the replay asks
-        for the same serving segments at every event until they change)."""
+    def _shape(self, model: str, segments: tuple[PlacedSegment, ...]) -> tuple[float, "_State"]:
+        """Capacity and measured state of a segment tuple, found once per tuple (the replay asks for
+        the same serving segments at every event until they change). Tuples of equal
+        configurations share one state, whose grid points are a small dict keyed by the grid
+        index: no tuple of configurations is hashed per look-up."""
         hit = self._shapes.get(id(segments))
         if hit is None or hit[0] is not segments:
-            hit = self._shapes[id(segments)] = (segments, sum(s.segment.throughput for s in segments),
-                                                configs_of(segments))
+            configs = configs_of(segments)
+            state = self._states.get((model, configs))
+            if state is None:
+                state = self._states[(model, configs)] = _State(model)
+            hit = self._shapes[id(segments)] = (segments, sum(s.segment.throughput for s in segments), state)
         return hit[1], hit[2]
 
-    def _at(self, model: str, segments: tuple[PlacedSegment, ...], configs: tuple, k: int, capacity: float) -> float:
-        key = (model, configs, k)
-        a = self._table.get(key)
+    def _at(self, state: "_State", segments: tuple[PlacedSegment, ...], k: int, capacity: float) -> float:
+        a = state.points.get(k)
         if a is None:
-            if k <= self._lossless.get((model, configs), -1):
+            if k <= state.lossless:
                 return 1.0  # a higher load of this state lost nothing: neither does this one
-            a = self._table[key] = self._measure(model, segments, k * self.step * capacity)
+            a = state.points[k] = self._measure(state.model, segments, k * self.step * capacity)
             if a == 1.0:
-                self._lossless[(model, configs)] = max(k, self._lossless.get((model, configs), -1))
+                state.lossless = max(k, state.lossless)
         return a
 
     def _measure(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:
@@ -111,7 +121,19 @@ class AttainmentTable:
 
     @property
     def entries(self) -> int:
-        return len(self._table)
+        return sum(len(st.points) for st in self._states.values())
+
+
+class _State:
+    """One (model, segment configurations): attainment per grid index measured, and the highest
+    grid index measured at 1.0 (-1: none)."""
+
+    __slots__ = ("model", "points", "lossless")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.points: dict[int, float] = {}
+        self.lossless = -1
 
 
 def configs_of(segments: tuple[PlacedSegment, ...]) -> tuple:

@@ -192,14 +192,31 @@ def _step_ends(trace: Trace) -> list[tuple[float, float, tuple[float, ...]]]:
     return list(zip(trace.times, ends, trace.rates))
 
 
+def _served(inp: Inputs, table: AttainmentTable, segs: dict[str, tuple[PlacedSegment, ...]],
+            steps: list, tally: Tally | None = None) -> Tally:
+    """`tally` with the trace `steps` served by fixed segments: each model's sums kept in a local
+    list in trace.models order, added to in the same order as `Tally.add` would (same floats)."""
+    tally = tally if tally is not None else Tally()
+    models = inp.trace.models
+    sent = [tally.sent.get(m, 0.0) for m in models]
+    good = [tally.good.get(m, 0.0) for m in models]
+    own = [(i, m, segs.get(m, ())) for i, m in enumerate(models)]
+    attained = table.attained
+    for a, b, rates in steps:
+        dt = b - a
+        for (i, m, s), r in zip(own, rates):
+            n = r * dt
+            sent[i] += n
+            good[i] += n * attained(m, s, r)
+    for m, x, y in zip(models, sent, good):
+        tally.sent[m], tally.good[m] = x, y
+    return tally
+
+
 def run_static(inp: Inputs, opts: Options, table: AttainmentTable, headroom: float = 0.0) -> RunResult:
     """One plan for every model's peak rate x (1 + headroom), all the trace long."""
     plan = plan_for(inp, opts, {m: r * (1.0 + headroom) for m, r in inp.trace.peak().items()})
-    segs = _by_model(plan)
-    tally = Tally()
-    for a, b, rates in _step_ends(inp.trace):
-        for m, r in zip(inp.trace.models, rates):
-            tally.add(m, r * (b - a), r * (b - a) * table.attained(m, segs.get(m, ()), r))
+    tally = _served(inp, table, _by_model(plan), _step_ends(inp.trace))
     hours = inp.trace.duration_s / 3600
     name = "static (peak)" if headroom == 0 else f"static (peak x {1 + headroom:g})"
     return RunResult(name, plan.gpus_used * hours, tally.overall(), None, tally.per_model(), 1,
@@ -225,9 +242,7 @@ def run_oracle(inp: Inputs, opts: Options, table: AttainmentTable) -> RunResult:
             created, removed = created + len(t.added), removed + len(t.removed)
         plan, segs = new, _by_model(new)
         plans += 1
-        for a, b, rates in group:
-            for m, r in zip(inp.trace.models, rates):
-                tally.add(m, r * (b - a), r * (b - a) * table.attained(m, segs.get(m, ()), r))
+        tally = _served(inp, table, segs, group, tally)
         span = group[-1][1] - group[0][0]
         gpu_h += plan.gpus_used * span / 3600
         peak = max(peak, plan.gpus_used)
