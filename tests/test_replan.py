@@ -466,3 +466,23 @@ def test_packing_tries_the_per_size_weightings_only_for_few_changed_models():
     many = _weightings(SimpleNamespace(order=["m"] * (_ALL_WEIGHTINGS_UP_TO + 1)))
     assert few == WEIGHTINGS and len(many) < len(WEIGHTINGS)
     assert many and all(isinstance(w, HoleWeighting) for w in many) and many == WEIGHTINGS[:len(many)]
+
+
+def test_a_local_replan_needing_more_gpus_than_it_wiped_never_reuses_a_kept_gpu(scenario6, profiles, a100):
+    """The sub-plan of two wiped GPUs comes back on three: the third takes a new id, not the id of a
+    GPU kept beside them (two layouts on one GPU would overlap)."""
+    from parvagpu.planning.replan import _wipe_and_plan
+
+    services, current = scenario6
+    by_gpu: dict[int, list] = {}
+    for s in current.segments:
+        by_gpu.setdefault(s.gpu, []).append(s)
+    assert {0, 1, 2} <= set(by_gpu)
+    three = replace(current, segments=tuple(s for s in current.segments if s.gpu in (0, 1, 2)))
+    request = PlanRequest(services, profiles, a100, 3, current.gpus_per_node, time_limit=1.0)
+    out = _wipe_and_plan(request, by_gpu, {0, 1}, len(by_gpu) + 5, lambda r: three, 1.0)
+    assert out is not None
+    result = replace(current, segments=out)
+    assert result.gpus_used == len(by_gpu) + 1
+    assert [p for p in verify(result, profiles) if "overlap" in p or "slot" in p] == []
+    assert max(s.gpu for s in out) == max(by_gpu) + 1

@@ -414,7 +414,9 @@ def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit):
         return None
     old = DeploymentMap(request.gpu.name, "", request.max_procs, request.gpus_per_node,
                         tuple(s for g in wiped for s in by_gpu[g]), ())
-    return tuple(kept) + align_fresh(sub, old, set(wiped))
+    # The sub-plan may need more GPUs than were wiped: its extra ones take ids above every GPU of
+    # the plan, never a kept GPU's.
+    return tuple(kept) + align_fresh(sub, old, set(wiped), avoid=set(by_gpu))
 
 
 def match_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | None = None) -> tuple[PlacedSegment, ...]:
@@ -457,7 +459,8 @@ def match_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | No
     return tuple(out)
 
 
-def align_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | None = None) -> tuple[PlacedSegment, ...]:
+def align_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | None = None,
+                avoid: set[int] = frozenset()) -> tuple[PlacedSegment, ...]:
     """The fresh plan aligned to the running one, to keep the most segments: its GPUs renumbered
     onto the running GPUs whose slots they share most, then each size's segments dealt out among
     that size's slots so that, where the running plan has a segment of the same model, batch and
@@ -467,7 +470,9 @@ def align_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | No
     the slots', not the models'), so dealing a size's segments over all its slots, on every GPU,
     keeps the plan legal, its GPU count and every model's capacity; renumbering alone could only
     match whole GPUs. Greedy by slot overlap between the GPUs' layouts (few distinct ones: the
-    pairing is over layouts, not over GPU pairs); the dealing is exact for the numbering chosen."""
+    pairing is over layouts, not over GPU pairs); the dealing is exact for the numbering chosen.
+    GPUs beyond `current`'s and `ids` take new ids above those and above `avoid` (GPUs kept
+    elsewhere in the plan)."""
     running: dict[tuple[int, int], tuple] = {}  # (GPU, start) -> (size, model, batch, procs)
     for s in current.segments:
         t = s.segment.triplet
@@ -483,7 +488,7 @@ def align_fresh(fresh: DeploymentMap, current: DeploymentMap, ids: set[int] | No
     taken = set(to_old.values())
     known = set(s.gpu for s in current.segments) | (ids or set())
     free = sorted(known - taken)
-    nxt = max(known, default=-1) + 1
+    nxt = max(known | set(avoid), default=-1) + 1
     for f in new_by_gpu:
         if f not in to_old:
             if free:
