@@ -233,3 +233,20 @@ def test_time_limit_is_the_whole_commands_budget(tmp_path):
     assert time.perf_counter() - t0 < 5
     data = json.loads(out.read_text())
     assert data["gpus_used"] == 17 and data["stats"]["from_optimizer"] == 0.0
+
+
+def test_the_command_imports_only_the_verb_it_runs():
+    """`parvagpu gpus` builds the CLI with that verb alone, and no other verb's module is imported
+    (the time budget of `plan` counts from the process start); the whole app has every verb."""
+    from parvagpu.cli import VERBS
+
+    code = ("import sys, runpy; sys.argv = ['parvagpu', 'gpus', '--json']\n"
+            "from parvagpu.__main__ import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('parvagpu.cli.')), file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    loaded = out.stderr.strip().splitlines()[-1]
+    assert "'parvagpu.cli.plan'" in loaded and "parvagpu.cli.node" not in loaded and "parvagpu.cli.serving" not in loaded
+    assert json.loads(out.stdout)  # the verb ran
+    names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    assert names == {group or verb for group, verb, _, _ in VERBS}
