@@ -83,26 +83,38 @@ class Cover:
     add: tuple[Triplet, ...]
 
 
+def _own_groups(own: list[PlacedSegment]) -> tuple[dict[Triplet, int], list[Triplet]]:
+    """A model's running segments counted per triplet, and the triplets in a fixed order."""
+    groups: dict[Triplet, int] = defaultdict(int)
+    for s in own:
+        groups[s.segment.triplet] += 1
+    return groups, sorted(groups, key=lambda t: (t.size, t.batch, t.procs, t.throughput))
+
+
+def _keeps(groups: dict[Triplet, int], keys: list[Triplet], n_own: int, rate: Fraction):
+    """Each way of keeping some of a model's running segments, most kept first, with at most
+    MAX_CHANGES removed: (kept per triplet, removed, rate still needed (floats, a hair under the
+    rate so that exact ties count as covered), slices kept)."""
+    target = float(rate) * (1 - 1e-12)
+    for counts in product(*(range(groups[k], -1, -1) for k in keys)):
+        removed = n_own - sum(counts)
+        if removed > MAX_CHANGES:
+            continue
+        need = target - sum(k.throughput * n for k, n in zip(keys, counts))
+        yield counts, removed, need, sum(k.size * n for k, n in zip(keys, counts))
+
+
 def covers(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet],
            without: frozenset[int] = frozenset()) -> list[Cover | None]:
     """For c = 0..MAX_CHANGES, the cover with the fewest slices and at most c changes (None where
     none has that few), adding no segment of a size in `without`. Searched in floats; each cover
     kept is checked exactly."""
     per_size = {z: t for z, t in per_size.items() if z not in without}
-    groups: dict[Triplet, int] = defaultdict(int)
-    for s in own:
-        groups[s.segment.triplet] += 1
-    keys = sorted(groups, key=lambda t: (t.size, t.batch, t.procs, t.throughput))
+    groups, keys = _own_groups(own)
     per_size_t = tuple(t for _, t in sorted(per_size.items()))
     tables = _add_tables(per_size_t)
-    target = float(rate) * (1 - 1e-12)
     best: list[tuple | None] = [None] * (MAX_CHANGES + 1)  # (slices, counts, table, index)
-    for counts in product(*(range(groups[k], -1, -1) for k in keys)):
-        removed = len(own) - sum(counts)
-        if removed > MAX_CHANGES:
-            continue
-        need = target - sum(k.throughput * n for k, n in zip(keys, counts))
-        base = sum(k.size * n for k, n in zip(keys, counts))
+    for counts, removed, need, base in _keeps(groups, keys, len(own), rate):
         for a, (thr, least, where, _) in enumerate(tables):
             c = removed + a
             if c > MAX_CHANGES:
@@ -171,22 +183,13 @@ def covers_by_large(rate: Fraction, own: list[PlacedSegment], per_size: dict[int
     counted too), the cover with the fewest slices, as (holes, cover) pairs: the covers among
     which `HoleWeighting` trades changes for large instances. Searched in floats; each cover kept
     is checked exactly."""
-    groups: dict[Triplet, int] = defaultdict(int)
-    for s in own:
-        groups[s.segment.triplet] += 1
-    keys = sorted(groups, key=lambda t: (t.size, t.batch, t.procs, t.throughput))
+    groups, keys = _own_groups(own)
     per_size_t = tuple(t for _, t in sorted(per_size.items()))
     tables, ltables = _add_tables(per_size_t), _large_tables(per_size_t)
-    target = float(rate) * (1 - 1e-12)
     width = sum(large(k.size) * n for k, n in groups.items()) + _LARGE_MAX * _ADD_MAX + 1
     best = np.full((MAX_CHANGES + 1, width), np.inf)
     arg: dict[tuple[int, int], tuple] = {}  # (c, holes) -> (counts, a, row)
-    for counts in product(*(range(groups[k], -1, -1) for k in keys)):
-        removed = len(own) - sum(counts)
-        if removed > MAX_CHANGES:
-            continue
-        need = target - sum(k.throughput * n for k, n in zip(keys, counts))
-        base = sum(k.size * n for k, n in zip(keys, counts))
+    for counts, removed, need, base in _keeps(groups, keys, len(own), rate):
         held = sum(large(k.size) * n for k, n in zip(keys, counts))
         if need <= 0:
             if base < best[removed, held]:
