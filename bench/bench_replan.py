@@ -41,7 +41,7 @@ from parvagpu.inputs.services import load_scenario  # noqa: E402
 from parvagpu.planning.request import PlanRequest  # noqa: E402
 from parvagpu.planning.strategies import plan  # noqa: E402
 from parvagpu.planning.transition import schedule  # noqa: E402
-from parvagpu.verify import verify, verify_schedule  # noqa: E402
+from parvagpu.verify import dipping_model, verify, verify_schedule  # noqa: E402
 
 GPU = gpu_type("A100-80GB")
 FACTORS = (0.7, 0.9, 1.1, 1.3)
@@ -109,7 +109,7 @@ def dip(current, new) -> tuple[float, int]:
     """The make-before-break transition's worst shortfall (relative to its floor) and longest dip,
     the schedule checked with `verify_schedule`."""
     sched = schedule(current, new)
-    problems = [p for p in verify_schedule(current, new, sched.steps) if "below min" not in p]
+    problems = [p for p in verify_schedule(current, new, sched.steps) if dipping_model(p) is None]
     assert problems == [], problems
     floors = {m.model: m.floor for m in new.transition.models}
     worst = max((d.shortfall / floors[d.model] for d in sched.dips if floors.get(d.model)), default=0.0)

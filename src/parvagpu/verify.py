@@ -21,6 +21,7 @@ Each check is a function returning its problems; `verify` runs them all in order
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from fractions import Fraction
 from functools import lru_cache
@@ -306,6 +307,19 @@ def _instance_key(s) -> tuple:
     return (s.gpu, s.start, s.model, t.size, t.batch, t.procs)
 
 
+_BELOW_FLOOR = "below min(old rate, new rate)"
+# `verify_schedule`'s finding for a model below its floor before the first step or after a step
+_DIP = re.compile(r"^(?:before the first step|step \d+): (.+?) has \S+ req/s, " + re.escape(_BELOW_FLOOR))
+
+
+def dipping_model(finding: str) -> str | None:
+    """The model a `verify_schedule` finding says is below min(old rate, new rate), or None for
+    any other finding: read here, beside the wording it parses, for callers that may accept a dip
+    (the controller's verdict) or count dips apart."""
+    m = _DIP.match(finding)
+    return m.group(1) if m else None
+
+
 def verify_schedule(old: DeploymentMap, new: DeploymentMap, steps) -> list[str]:
     """Replay an ordered transition (steps with `action` "create"/"remove" and a placed `segment`)
     from `old`'s segments and return what is wrong: a creation on an illegal or occupied place, a
@@ -325,8 +339,7 @@ def verify_schedule(old: DeploymentMap, new: DeploymentMap, steps) -> list[str]:
 
     def below(m: str, when: str) -> list[str]:
         if m in floors and replay.capacity[m] < floors[m]:
-            return [f"{when}: {m} has {float(replay.capacity[m]):g} req/s, below min(old rate, new rate) "
-                    f"= {float(floors[m]):g}"]
+            return [f"{when}: {m} has {float(replay.capacity[m]):g} req/s, {_BELOW_FLOOR} = {float(floors[m]):g}"]
         return []
 
     problems = [p for m in floors for p in below(m, "before the first step")]

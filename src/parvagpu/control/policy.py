@@ -33,10 +33,10 @@ their planned rate, so a move-aware planner keeps their segments.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.verify import dipping_model
 
 
 DIP_CHOICES = ("run", "refuse")
@@ -271,10 +271,6 @@ class Verdict:
         return self.reason in ("runs with dips", "dips refused")
 
 
-# verify_schedule's finding for a step after which a model is below its floor
-_DIP = re.compile(r"^(?:before the first step|step \d+): (.+?) has \S+ req/s, below min\(old rate, new rate\)")
-
-
 def transition_verdict(cfg: PolicyConfig, problems, dipping: set[str]) -> Verdict:
     """The one decision on a checked re-plan, shared by the live controller and the replay.
     `problems`: what `verify` and `verify_schedule` found; `dipping`: the models the schedule
@@ -283,8 +279,7 @@ def transition_verdict(cfg: PolicyConfig, problems, dipping: set[str]) -> Verdic
     missing step, a dip the schedule did not declare) refuses, whatever the setting."""
     dips, other = [], []
     for p in problems:
-        m = _DIP.match(p)
-        (dips if m and m.group(1) in dipping else other).append(p)
+        (dips if dipping_model(p) in dipping else other).append(p)
     if other:
         return Verdict(False, "check failed", tuple(other + dips))
     if not dips:
@@ -303,9 +298,7 @@ def policy_from_settings(path, part: dict) -> PolicyConfig:
             raise ParvaError(f"{path}: policy.{k} must be {' or '.join(DIP_CHOICES) if text else 'a number'}")
     try:
         return PolicyConfig(**{k: v if k == "dips" else float(v) for k, v in part.items()})
-    except (TypeError, ValueError) as exc:
-        raise ParvaError(f"{path}: {exc}") from None
-    except ParvaError as exc:
+    except (TypeError, ValueError, ParvaError) as exc:
         raise ParvaError(f"{path}: {exc}") from None
 
 

@@ -535,7 +535,7 @@ def _deal(new_by_gpu: dict[int, list[PlacedSegment]], to_old: dict[int, int],
         if key is not None and key[0] == size and pool.get(key):
             placed[(g, start)] = pool[key].pop()
     rest: dict[int, list[Segment]] = defaultdict(list)
-    for key in sorted(pool, key=lambda k: (k[0], k[1], k[2], k[3])):
+    for key in sorted(pool):  # (size, model, batch, procs)
         rest[key[0]].extend(pool[key])
     for size, g, start in slots:
         if (g, start) not in placed:
