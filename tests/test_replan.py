@@ -184,6 +184,16 @@ def test_the_lp_bound_alone_matches_the_optimizers_proven_bound(scenario6, profi
         assert lower_bound(request, 10.0) == fresh.lower_bound == fresh.gpus_used
 
 
+def _random_changes(services, seed: int, k: int = 20):
+    """`services` with `k` of them (seeded) at rates scaled by factors from [0.7, 1.3]."""
+    import random
+
+    rng = random.Random(seed)
+    picked = set(rng.sample([s.model for s in services], k))
+    return tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
+                 for s in services)
+
+
 def _generated(profiles, n: int, seed: int):
     """`n` services cycling the embedded profiles (named `<model>-<i>`), seeded rates and SLOs
     1.5-4x the tightest each model meets at 3 processes."""
@@ -207,15 +217,11 @@ def test_every_phase_shares_one_deadline(profiles, a100):
     """20 % of 100 services change: the bound, repair, local re-plans, a fresh plan and the
     program all fit in one deadline (a generous margin for a loaded machine), and the plan is
     valid and within its cap."""
-    import random
     import time
 
     gen, services = _generated(profiles, 100, 3)
     current = plan(PlanRequest(services, gen, a100, 3, time_limit=5.0), "auto")
-    rng = random.Random(1)
-    picked = set(rng.sample([s.model for s in services], 20))
-    new_services = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
-                         for s in services)
+    new_services = _random_changes(services, 1)
     limit = 0.6
     t0 = time.perf_counter()
     new = plan(PlanRequest(new_services, gen, a100, 3, time_limit=limit, current=current), "auto")
@@ -300,16 +306,11 @@ def test_the_replans_fresh_plan_reuses_the_bounds_lp(profiles, a100, monkeypatch
     """20 % of 100 services change, repair misses the bound (and packing, made to find nothing
     here, too): the fresh plan is made, from the LP the bound phase solved (one LP for these
     services in the whole re-plan)."""
-    import random
-
     monkeypatch.setattr("parvagpu.planning.replan_pack.Packing.plans", lambda *args: [])
 
     gen, services = _generated(profiles, 100, 3)
     current = plan(PlanRequest(services, gen, a100, 3, time_limit=5.0), "auto")
-    rng = random.Random(1)
-    picked = set(rng.sample([s.model for s in services], 20))
-    new_services = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
-                         for s in services)
+    new_services = _random_changes(services, 1)
     calls = _count_lp_solves(monkeypatch, new_services)
     new = plan(PlanRequest(new_services, gen, a100, 3, time_limit=2.0, current=current), "auto")
     stats = dict(new.stats)
@@ -437,16 +438,11 @@ def test_aligning_a_fresh_plan_keeps_its_gpus_and_capacities_and_it_verifies(pro
 
 
 def test_no_local_replans_once_packing_meets_the_cap(profiles, a100, monkeypatch):
-    import random
-
     import parvagpu.planning.replan as rp
 
     many, services = _generated(profiles, 100, 0)
     current = plan(PlanRequest(services, many, a100, 3, time_limit=2.0), "auto")
-    rng = random.Random(0)
-    picked = set(rng.sample([s.model for s in services], 20))
-    new = tuple(replace(s, rate=round(s.rate * rng.uniform(0.7, 1.3), 3)) if s.model in picked else s
-                for s in services)
+    new = _random_changes(services, 0)
     made: list[str] = []
     candidate = rp._candidate
     monkeypatch.setattr(rp, "_candidate", lambda name, *a: made.append(name) or candidate(name, *a))
