@@ -15,12 +15,22 @@ with `verify_schedule` (`--no-dips` skips the transitions; `--cases` lists each 
 `--max-extra-gpus K`; `--bound` adds, per case, the slice-counting lower bound on the changes of
 any plan with that many GPUs (`replan_bound.py`). `--cache DIR` keeps the running plans and the reference fresh plans (pickled,
 keyed by their services and limit), so a re-run times the re-plans alone.
+
+`--models SPEC` picks the generated workloads' models for (a) instead of `--sample`: `all`, `N`
+(the first N of a seeded shuffle of the models) or `A:B` (its A-th to B-th, so a later run can
+extend a sample); `--rows FILE` appends every single-model case to FILE (JSON lines) and skips
+the cases already there, so a long measurement can be resumed or extended, and its rows summed.
+Single-model rows give the cases with other models moved as a count, with a 95 % confidence
+interval for their share when the models are a sample (by model, since a model's four factors
+are alike; `census` when every model was run).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import math
 import pickle
 import random
 import statistics
@@ -116,14 +126,61 @@ def dip(current, new) -> tuple[float, int]:
     return worst, max((d.steps for d in sched.dips), default=0)
 
 
-def single_changes(profiles, services, models, time_limit):
+NOTES: list[str] = []  # lines printed under the table
+ROWS: Path | None = None  # --rows: the single-model cases measured so far (JSON lines)
+
+
+def single_changes(profiles, services, models, time_limit, label: str = ""):
+    """Every model of `models` at every factor; with `--rows`, the cases already in that file
+    are read back instead of run, and each new one is appended as soon as it is measured."""
     current = fresh_plan(PlanRequest(services, profiles, GPU, 3, time_limit=time_limit))
-    rows = []
-    for m in models:
+    workload = f"{label}|{time_limit:g}|{EXTRA}"
+    done = {}
+    if ROWS is not None and ROWS.exists():
+        for line in ROWS.read_text().splitlines():
+            r = json.loads(line)
+            if r["workload"] == workload:
+                done[r["model"], r["factor"]] = r
+    rows, start = [], time.perf_counter()
+    for i, m in enumerate(models):
         for f in FACTORS:
+            if (m, f) in done:
+                rows.append(done[m, f])
+                continue
             new = tuple(replace(s, rate=round(s.rate * f, 3)) if s.model == m else s for s in services)
-            rows.append(run_case(profiles, current, new, {m}, time_limit))
+            r = {"workload": workload, "model": m, "factor": f, **run_case(profiles, current, new, {m}, time_limit)}
+            rows.append(r)
+            if ROWS is not None:
+                with ROWS.open("a") as out:
+                    out.write(json.dumps(r) + "\n")
+        if ROWS is not None and (i + 1) % 10 == 0:  # a long run says how far it is
+            print(f"{label}: {i + 1} of {len(models)} models, {sum(1 for r in rows if r['others'])} of "
+                  f"{len(rows)} cases moved others, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return rows
+
+
+def moved_ci(rows: list[dict], population: int) -> str:
+    """95 % interval for the share of cases that move other models, the measured models being a
+    simple random sample of `population`: a ratio estimate over models (a model's four factors
+    are correlated), with finite-population correction, turned into an effective number of
+    cases for a Wilson interval; `census` when every model was measured."""
+    per: dict[str, list[int]] = {}
+    for r in rows:
+        k = per.setdefault(r["model"], [0, 0])
+        k[0] += bool(r["others"])
+        k[1] += 1
+    n, cases = len(per), len(rows)
+    if n >= population:
+        return "census"
+    p = sum(k for k, _ in per.values()) / cases
+    mean = cases / n
+    var = (sum((k - p * c) ** 2 for k, c in per.values()) / (n - 1) / mean ** 2 / n * (1 - n / population)
+           if n > 1 else 0.0)
+    n_eff = p * (1 - p) / var if var > 0 else cases
+    z = 1.96
+    mid = (p + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
+    half = z * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff ** 2)) / (1 + z * z / n_eff)
+    return f"{max(0.0, mid - half):.1%}-{min(1.0, mid + half):.1%}"
 
 
 def random_changes(profiles, services, seeds, time_limit):
@@ -138,11 +195,18 @@ def random_changes(profiles, services, seeds, time_limit):
     return rows
 
 
-def summary(label: str, kind: str, rows: list[dict]) -> str:
+def summary(label: str, kind: str, rows: list[dict], population: int = 0) -> str:
+    """One table row; `population`: the workload's models, for the interval of a sample."""
     n = len(rows)
     med = statistics.median(r["changed"] for r in rows)
     moved = sum(1 for r in rows if r["others"]) / n
     avoidable = "" if all(r["avoidable"] is None for r in rows) else f" ({sum(1 for r in rows if r['avoidable'])})"
+    if population and n > 40:  # a large single-model row: the count, the sample's interval, CPU
+        avoidable = (f" = {sum(1 for r in rows if r['others'])}/{n}{avoidable}; 95 % CI "
+                     f"{moved_ci(rows, population)}")
+        cpu = sorted(r["cpu"] for r in rows)
+        NOTES.append(f"{label} {kind}: {len({r['model'] for r in rows})} models; CPU median "
+                     f"{statistics.median(cpu):.2f} s, max {cpu[-1]:.2f} s")
     equal = sum(1 for r in rows if r["gpus"] == r["fresh"] + EXTRA)
     fewer = sum(1 for r in rows if r["gpus"] < r["fresh"] + EXTRA)
     more = sum(1 for r in rows if r["gpus"] > r["fresh"] + EXTRA)
@@ -163,6 +227,19 @@ def summary(label: str, kind: str, rows: list[dict]) -> str:
     )
 
 
+def picked_models(names: list[str], spec: str | None, sample: int) -> list[str]:
+    """`--models`: all, the first N or the A-th to B-th of a seeded shuffle (a longer prefix
+    extends a shorter one); without it, `--sample` models as before."""
+    if spec is None:
+        return random.Random(1).sample(names, min(sample, len(names)))
+    if spec == "all":
+        return list(names)
+    order = list(names)
+    random.Random(1).shuffle(order)
+    a, _, b = spec.rpartition(":")
+    return order[int(a or 0):int(b)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenarios", default="1,2,3,4,5,6")
@@ -176,9 +253,12 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, help="folder keeping the fresh plans between runs")
     ap.add_argument("--cases", action="store_true", help="list each case's changed segments in its row")
     ap.add_argument("--no-dips", action="store_true", help="skip the transition schedules and their dips")
+    ap.add_argument("--models", help="generated workloads' models for (a): all, N or A:B of a seeded shuffle")
+    ap.add_argument("--rows", type=Path, help="JSON-lines file of single-model cases: appended, resumed from")
     args = ap.parse_args()
-    global EXTRA, BOUND, CACHE, DIPS, CASES
+    global EXTRA, BOUND, CACHE, DIPS, CASES, ROWS
     EXTRA, BOUND, CACHE, DIPS, CASES = args.extra_gpus, args.bound, args.cache, not args.no_dips, args.cases
+    ROWS = args.rows
     if CACHE is not None:
         CACHE.mkdir(parents=True, exist_ok=True)
     base = base_profiles()
@@ -198,13 +278,16 @@ def main() -> None:
     for n in [int(x) for x in args.sizes.split(",") if x]:
         profiles, services = random_services(n, 0, base=base)
         profiles = loaded_like(profiles, base)
-        models = random.Random(1).sample([s.model for s in services], min(args.sample, n))
+        models = picked_models([s.model for s in services], args.models, args.sample)
         if "one" in args.only:
-            print(summary(f"{n:,} services", "one model", single_changes(profiles, services, models,
-                                                                         args.time_limit)), flush=True)
+            label = f"{n:,} services"
+            print(summary(label, "one model", single_changes(profiles, services, models, args.time_limit, label),
+                          n), flush=True)
         if "random" in args.only:
             print(summary(f"{n:,} services", "20 % random", random_changes(profiles, services, args.seeds,
                                                                           args.time_limit)), flush=True)
+    for line in NOTES:
+        print(f"\n{line}")
 
 
 if __name__ == "__main__":
