@@ -482,3 +482,47 @@ def test_a_local_replan_needing_more_gpus_than_it_wiped_never_reuses_a_kept_gpu(
     assert result.gpus_used == len(by_gpu) + 1
     assert [p for p in verify(result, profiles) if "overlap" in p or "slot" in p] == []
     assert max(s.gpu for s in out) == max(by_gpu) + 1
+
+
+def _holes_of_two(a100, rate: float):
+    """m serves with a 2g@0 on GPUs 0-2 (three 1g would serve more there: 120 each against 220
+    for the 2g), other models fill every other slot but slot 3 of GPU 3; m's rate goes from 660
+    to `rate`."""
+    from helpers import profile
+
+    from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+
+    profiles = {"m": profile("m", [(1, 1, 1, 120.0, 0.001), (2, 1, 1, 220.0, 0.001)])}
+    thr = {1: 50.0, 2: 100.0, 3: 150.0}
+    layout = [("m", 2, g, 0) for g in range(3)] + [
+        (f"o{g}{k}", size, g, start) for g in range(3) for k, (size, start) in enumerate(((1, 2), (1, 3), (3, 4)))
+    ] + [("p0", 2, 3, 0), ("p1", 1, 3, 2), ("p2", 3, 3, 4)]
+    for model, size, _, _ in layout:
+        if model != "m":
+            profiles[model] = profile(model, [(size, 1, 1, thr[size], 0.001)])
+    running = tuple(PlacedSegment(Segment(model, Triplet(size, 1, 1, thr.get(size) if model != "m" else 220.0, 1.0)), g, st)
+                    for model, size, g, st in layout)
+    old = tuple(Service(model, 660.0 if model == "m" else thr[size] * 0.9, 100.0) for model, size, g, _ in layout
+                if model != "m" or g == 0)
+    current = DeploymentMap(a100.name, "auto", 3, 8, running, old)
+    new = tuple(replace(s, rate=rate) if s.model == "m" else s for s in old)
+    return profiles, PlanRequest(new, profiles, a100, 3, current=current)
+
+
+def test_own_recover_cuts_a_hole_into_the_instances_that_serve_most(a100):
+    """m's rate 830 fits without touching another model only as seven 1g (840): its three 2g
+    given up, two 1g in each of their slots and one in the free slot 3 of GPU 3 (10 changes).
+    The one fastest segment per hole (three 2g and a 1g, 780) falls short."""
+    from parvagpu.planning.replan import admissible_segments, own_recover, own_room
+
+    profiles, request = _holes_of_two(a100, 830.0)
+    kept, _ = admissible_segments(request)
+    assert own_room(request, kept, {"m"}, 4)
+    found = own_recover(request, kept, "m", 4)
+    assert found is not None
+    new = replace(request.current, segments=found, services=request.services)
+    assert verify(new, profiles) == []
+    assert {s for s in found if s.model != "m"} == {s for s in kept if s.model != "m"}
+    assert sorted(s.size for s in found if s.model == "m") == [1] * 7
+    _, over = _holes_of_two(a100, 841.0)
+    assert not own_room(over, kept, {"m"}, 4) and own_recover(over, kept, "m", 4) is None

@@ -28,8 +28,9 @@ The steps:
   whose models are the cheapest to re-cover in the other GPUs' free slots, until within the cap.
 - *own* (one changed model): when the best plan so far changes other models' segments though
   the slots they leave could hold the changed model's new rate (`own_room`, exact), its own
-  segments alone re-covered (`own_recover`). Among plans with as many changes and GPUs, the one
-  changing fewer segments of other models wins.
+  segments alone re-covered (`own_recover`; where one fastest segment per hole falls short, the
+  holes cut into the instances that serve the most there, `dense_cover`). Among plans with as
+  many changes and GPUs, the one changing fewer segments of other models wins.
 - *local re-plans*: wipe a few GPUs (those with free slices, or serving a changed model) and plan
   what they served afresh, with the same strategy, onto fewer of them; not after packing met the
   cap (they start from repair, over it, and were measured never to win there).
@@ -977,6 +978,7 @@ def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: st
     space = Space(request.gpu, kept, set())
     in_use = len(space.state)
     best = None
+    fills: dict[int, tuple] = {}  # `dense_cover`'s fastest layout per taken mask, shared by the tries
     for k in range(min(len(own), _OWN_DROPS) + 1):
         for gone in combinations(own[:_OWN_OF], k):
             if time.perf_counter() > deadline:
@@ -988,6 +990,8 @@ def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: st
                 space.close(g)
             need = rate - sum((_exact(s.segment.throughput) for s in own if s not in gone), Fraction(0))
             added = fit_cover(model, need, per_size, space) if need > 0 else []
+            if added is None:
+                added = dense_cover(model, need, per_size, space, fills)
             if added is not None and in_use - len(emptied) <= gpus and (best is None or k + len(added) < best[0]):
                 best = (k + len(added), set(gone), added)
             for a in added or ():
@@ -1001,6 +1005,40 @@ def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: st
     if best is None:
         return None
     return tuple(s for s in kept if s not in best[1]) + tuple(best[2])
+
+
+def dense_cover(model: str, need: Fraction, per_size: dict[int, Triplet], space: Space,
+                fills: dict[int, tuple]) -> list[PlacedSegment] | None:
+    """Cover `need` in `space`'s free slots cut into the instances that serve the most there:
+    per GPU the fastest legal layout of its free slots (as `own_room` counts them), its fastest
+    instances first, the roomiest GPUs first. `fit_cover` puts one segment of the fastest
+    fitting size in a hole, which can serve less (a 2g where two 1g serve more). None if even
+    this falls short (the space left as it was); `fills` keeps each mask's layout between calls."""
+    gpu = space.gpu
+    rooms = []
+    for (used, compute), members in space.buckets.items():
+        if not members:
+            continue
+        if used not in fills:
+            fills[used] = max(((sum(per_size[z].throughput for z, _ in lay), lay) for lay in gpu.layouts()
+                               if all(z in per_size and not gpu.mask(z, st) & used for z, st in lay)
+                               and compute + sum(z for z, _ in lay) <= gpu.compute_slices),
+                              key=lambda c: (c[0], -len(c[1])), default=(0.0, ()))
+        room, lay = fills[used]
+        rooms += [(-room, g, lay) for g in members] if lay else []
+    out = []
+    for _, g, lay in sorted(rooms):
+        for z, st in sorted(lay, key=lambda p: -per_size[p[0]].throughput):
+            if need <= 0:
+                return out
+            out.append(PlacedSegment(Segment(model, per_size[z]), g, st))
+            space.occupy(out[-1])
+            need -= _exact(per_size[z].throughput)
+    if need <= 0:
+        return out
+    for placed in out:
+        space.remove(placed)
+    return None
 
 
 _OWN_DROPS, _OWN_OF = 3, 12  # `own_recover`: most segments given up, of how many (smallest first)
