@@ -526,3 +526,27 @@ def test_own_recover_cuts_a_hole_into_the_instances_that_serve_most(a100):
     assert sorted(s.size for s in found if s.model == "m") == [1] * 7
     _, over = _holes_of_two(a100, 841.0)
     assert not own_room(over, kept, {"m"}, 4) and own_recover(over, kept, "m", 4) is None
+
+
+def test_covers_and_admitted_decide_as_exact_decimal_arithmetic_does():
+    """`_covers` and `_admitted` compare floats first and the decimal values only near the
+    limit: rates at, a hair above and below the exact sum of three-decimal throughputs, and batch
+    latencies at and around 0.45 x the SLO, decide as `Fraction` arithmetic does."""
+    import random
+    from fractions import Fraction
+
+    from parvagpu.core.model import PlacedSegment, ProfilePoint, Segment, Service, Triplet
+    from parvagpu.planning.replan import _admitted, _covers
+
+    rng = random.Random(0)
+    for _ in range(300):
+        thr = [round(rng.uniform(1, 2000), 3) for _ in range(rng.randint(1, 12))]
+        segs = [PlacedSegment(Segment("m", Triplet(1, 1, 1, t, 1.0)), i, 0) for i, t in enumerate(thr)]
+        total = sum(Fraction(repr(t)) for t in thr)
+        for rate in (float(total), float(total) + 1e-9, float(total) - 1e-9, float(total) * 1.001, float(total) / 1.001):
+            assert _covers(segs, rate) == (total >= Fraction(repr(rate)))
+    for slo in (100.0, 33.3, 47.7, 1e-3, 123456.789):
+        edge = Fraction(9, 20) * Fraction(repr(slo)) / 1000  # seconds
+        for lat in (float(edge), float(edge) * (1 + 1e-12), float(edge) * (1 - 1e-12), float(edge) / 2, float(edge) * 2):
+            p = ProfilePoint(1, 1, 1, 10.0, lat)
+            assert _admitted(p, Service("m", 1.0, slo)) == (Fraction(repr(lat)) * 1000 < Fraction(9, 20) * Fraction(repr(slo)))

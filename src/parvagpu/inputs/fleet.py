@@ -26,7 +26,7 @@ from parvagpu.core.gpus import GPU_TYPES, gpu_type, type_of_device
 from parvagpu.core.model import Profile
 from parvagpu.fileio.reader import read_document
 from parvagpu.inputs.profiles import load_profiles
-from parvagpu.inputs.provenance import provenance
+from parvagpu.inputs.provenance import measured_on
 
 _NODE_KEYS = {"name", "gpu", "gpus", "price_per_gpu_hour", "reserved"}
 
@@ -104,7 +104,8 @@ def measured_type(profiles: dict[str, Profile], root: Path | None, default_type:
     `root` is None, the embedded example, or the files name no GPU); None when unknown."""
     if root is None:
         return default_type
-    measured = provenance(profiles, list(profiles), root).measured_on
+    # The metadata alone: the plan's provenance hashes the planned profiles once, when it is written.
+    measured = measured_on(list(profiles.values()))
     return (type_of_device(measured) if measured else None) or default_type
 
 

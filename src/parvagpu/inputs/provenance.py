@@ -27,7 +27,7 @@ def overall_digest(models: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{m}:{d}\n" for m, d in sorted(models.items())).encode()).hexdigest()
 
 
-def _measured_on(profiles: list[Profile]) -> str | None:
+def measured_on(profiles: list[Profile]) -> str | None:
     """The GPU (or CPU) named by the profiler's metadata files, when they all name the same one."""
     seen = set()
     for prof in profiles:
@@ -52,7 +52,7 @@ def provenance(profiles: dict[str, Profile], models: list[str], source: Path | N
     (None: the embedded example)."""
     digests = {m: profile_digest(profiles[m]) for m in sorted(set(models)) if m in profiles}
     where = EMBEDDED if source is None else str(Path(source).resolve())
-    measured = None if source is None else _measured_on([profiles[m] for m in digests])
+    measured = None if source is None else measured_on([profiles[m] for m in digests])
     return Provenance(where, overall_digest(digests), tuple(digests.items()), measured)
 
 

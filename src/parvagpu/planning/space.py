@@ -80,7 +80,14 @@ class Space:
         return None if best is None else (best[1], best[2])
 
     def fits(self, size: int) -> bool:
-        return self._spot(size) is not None
+        """Whether a segment of `size` fits on some GPU in use: the first layout with room
+        answers (`_spot` also finds each layout's lowest GPU, a scan of its members, which
+        repair's and packing's many fit tests do not need)."""
+        limit = self.gpu.compute_slices - size
+        for (used, compute), members in self.buckets.items():
+            if members and compute <= limit and self.gpu.best_start(size, used) is not None:
+                return True
+        return False
 
     def place(self, seg: Segment) -> PlacedSegment:
         """Best fit (least free after it, then the lowest GPU); a new GPU when nothing fits."""
