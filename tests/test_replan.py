@@ -232,12 +232,51 @@ def test_every_phase_shares_one_deadline(profiles, a100):
     assert new.gpus_used <= stats.get("fresh_gpus", new.lower_bound)
 
 
-def test_a_narrow_plan_at_the_cap_beats_a_reshuffle_that_saves_a_gpu():
-    from parvagpu.planning.replan import Candidate, _best
+def test_gpus_come_first_and_extra_gpus_buy_fewer_changes_within_the_cap():
+    from parvagpu.planning.replan import Candidate, _best, _fewest
 
     narrow, wide = Candidate("repair", (), 1, 10), Candidate("matched-fresh", (), 3710, 9)
-    assert _best([wide, narrow, Candidate("over", (), 0, 11)], 10) is narrow
-    assert _best([wide, narrow], 9) is wide  # the bound at 9: only the reshuffle reaches it
+    cands = [wide, narrow, Candidate("over", (), 0, 11)]
+    assert _fewest(cands, 10, 0) == 9 and _best(cands, _fewest(cands, 10, 0)) is wide
+    assert _fewest(cands, 10, 1) == 10 and _best(cands, _fewest(cands, 10, 1)) is narrow  # one GPU traded
+    assert _fewest(cands, 12, 5) == 12  # never beyond the cap (the bound's or the fresh plan's + extra)
+
+
+def test_out_of_time_the_fewest_gpus_in_hand_win_over_a_loose_fresh_plan(profiles, a100, monkeypatch):
+    """The deadline passes right after packing, with a loose fresh plan still to come (the
+    heuristic's, as `auto` gives one left no time). In hand then: repair (113 GPUs, 8 changes),
+    the plan packing found (112 GPUs; here repair consolidated onto one GPU fewer stands in for
+    it) and the fresh plan (116). The clock is injected (`replan._now`), nothing is timed: the
+    plan has packing's 112 GPUs, not repair's 113 within the fresh plan's 116."""
+    import time
+
+    import parvagpu.planning.replan as rp
+    from parvagpu.planning.heuristic import plan_parva
+
+    many, services = _generated(profiles, 100, 0)
+    current = plan(PlanRequest(services, many, a100, 3, time_limit=2.0), "auto")
+    request = PlanRequest(_random_changes(services, 0), many, a100, 3, time_limit=2.0, current=current)
+    late = [0.0]
+    monkeypatch.setattr(rp, "_now", lambda: time.perf_counter() + late[0])
+    made = []
+    candidate = rp._candidate
+    monkeypatch.setattr(rp, "_candidate", lambda *a: made.append(candidate(*a)) or made[-1])
+
+    def packed_then_out_of_time(request, packing, cap, share, clock):
+        repaired = made[0]
+        known = {s.gpu for s in request.current.segments}
+        found = rp.consolidate(request, repaired.segments, repaired.gpus - 1, known)
+        late[0] = 3600.0  # the deadline has passed: no phase starts after this one
+        return [rp._candidate("packed", found, request)]
+
+    monkeypatch.setattr(rp, "_packed", packed_then_out_of_time)
+    result = rp.replan(request, "auto", plan_parva)
+    gpus = {c.name: c.gpus for c in made}
+    assert [c.name for c in made] == ["repair", "packed", "matched-fresh"]
+    assert gpus["packed"] < gpus["repair"] < gpus["matched-fresh"]
+    assert result.gpus_used == gpus["packed"] and dict(result.stats)["replan_packed"] == 1
+    assert result.lower_bound < result.gpus_used  # the bound proved, not reached: time ran out
+    assert verify(result, many) == []
 
 
 def test_repair_trades_two_of_a_models_own_segments_for_one_larger(a100):

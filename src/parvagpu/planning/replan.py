@@ -53,9 +53,10 @@ costs (about a repair). A HiGHS solve still running at the deadline is abandoned
 (`optimizer.highs.run_by`), and a phase with too little time left is not started (nor one
 after the deadline), so the command returns the best candidate found by then.
 
-The candidate within the cap with the fewest changes wins (then fewer GPUs): at the fresh plan's
-count, a narrow repair beats a wide reshuffle that saves a GPU on it. The plan records its
-`transition` from the running plan.
+The candidate with the fewest GPUs in hand (+ `max_extra_gpus`) and then the fewest changes
+wins: when time runs short and the fresh plan is the heuristic's (a loose cap), a plan in hand
+at the bound is not passed over for a repair that needs more GPUs but changes less. The plan
+records its `transition` from the running plan.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ from parvagpu.planning.transition import transition
 
 # Strategies that can honour a running plan: those that place segments from profiled triplets.
 MOVE_AWARE = ("auto", "optimal", "parva")
+
+
+# The clock every phase here reads (`time.perf_counter`), so that a test can put another in its
+# place. Packing, the program and the optimizer read `time.perf_counter` themselves: a clock put
+# here must agree with it wherever they still run (past the deadline none of them is started).
+_now = time.perf_counter
 
 
 @lru_cache(maxsize=1 << 16)
@@ -266,7 +273,7 @@ def consolidate(
     """Empty GPUs until at most `cap` are used: each time the GPU whose segments are cheapest to
     re-cover elsewhere (fewest new segments, then fewest removed), its models' shortfalls covered
     in the other GPUs' free slots; None when no GPU can be emptied without a new one, or when
-    `deadline` (a `time.perf_counter()` instant) passes first."""
+    `deadline` (a `_now()` instant) passes first."""
     rate = {s.model: _exact(s.rate) for s in request.services}
     per_size = per_size_table(request)
     first = _consolidate(request, list(segments), cap, rate, per_size, deadline)
@@ -292,7 +299,7 @@ def _trim(segments, rate) -> list[PlacedSegment]:
 def _consolidate(request, segs, cap, rate, per_size, deadline: float):
     """Empty GPUs one at a time (the `_TRY_EMPTY` least used are tried each time)."""
     while len({s.gpu for s in segs}) > cap:
-        if time.perf_counter() > deadline:
+        if _now() > deadline:
             return None
         by_gpu: dict[int, list[PlacedSegment]] = defaultdict(list)
         for s in segs:
@@ -400,7 +407,7 @@ def _timed_wipe(request, by_gpu, wiped, cap, planner, deadline: float, limit: fl
                 share: float = 1.0):
     """`_wipe_and_plan` with `limit` seconds, or `share` of what is left before the deadline (at
     least 0.2 s), never past the deadline; None when less than `_MIN_PHASE_S` is left."""
-    left = deadline - time.perf_counter()
+    left = deadline - _now()
     if left <= _MIN_PHASE_S:
         return None
     return _wipe_and_plan(request, by_gpu, wiped, cap, planner, min(left, limit or max(0.2, share * left)))
@@ -636,7 +643,7 @@ class _Clock:
     cluster this large (about three change counts)."""
 
     def __init__(self, limit: float) -> None:
-        self.start = time.perf_counter()
+        self.start = _now()
         self.limit = limit
         self.deadline = self.start + max(0.0, limit - min(_RESERVE_MAX_S, _RESERVE_SHARE * limit))
         self.post = 0.0
@@ -646,7 +653,7 @@ class _Clock:
         self.deadline = min(self.deadline, self.start + max(0.0, self.limit - 3 * candidate_s))
 
     def left(self) -> float:
-        return max(0.0, self.deadline - time.perf_counter())
+        return max(0.0, self.deadline - _now())
 
     def at(self, share: float) -> float:
         """The time by which `share` of the time to the deadline has passed."""
@@ -710,11 +717,11 @@ def replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest],
 def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest], DeploymentMap]) -> DeploymentMap:
     clock = _Clock(request.time_limit)
     base = _base(request, strategy)
-    t0 = time.perf_counter()
+    t0 = _now()
     repaired = repair(request, base.kept, set(base.known))
-    t1 = time.perf_counter()
+    t1 = _now()
     cands = [_candidate("repair", repaired, request)]
-    clock.measured(t1 - t0, time.perf_counter() - t1)
+    clock.measured(t1 - t0, _now() - t1)
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
     packing = None
@@ -734,20 +741,29 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
             cands += _reach_bound(request, base, cands, cap.gpus, planner, clock)
     if cap is None or (cap.fresh is None and not _within(cands, cap.gpus)):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
-    best = _best(cands, cap.gpus)
+    extra = request.max_extra_gpus
+    best = _best(cands, _fewest(cands, cap.gpus, extra))
     if best.others and clock.left() > _OWN_MIN_S and own_room(request, base.kept, base.changed, best.gpus):
         # Other models moved where the changed one alone could make room (emptying its own GPU,
         # say): its own segments re-covered, as few changes may leave the others in place.
         found = own_recover(request, base.kept, next(iter(base.changed)), best.gpus, clock.deadline)
         cands += [] if found is None else [_candidate("own", found, request)]
-        best = _best(cands, cap.gpus)
+        best = _best(cands, _fewest(cands, cap.gpus, extra))
     if best.changes > base.floor and not local and not _packed_within(cands, cap.gpus) and clock.left() > _MIN_PHASE_S:
         cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(_LOCAL_BY))
-        best = _best(cands, cap.gpus)
+        best = _best(cands, _fewest(cands, cap.gpus, extra))
     if strategy != "parva" and best.changes > base.floor and clock.left() > _MIN_PROGRAM_S:
-        cands += _program(request, base, best, cap.gpus, clock)
-        best = _best(cands, cap.gpus)
+        cands += _program(request, base, best, _fewest(cands, cap.gpus, extra), clock)
+        best = _best(cands, _fewest(cands, cap.gpus, extra))
     return _finish(request, strategy, best, cap, base.floor)
+
+
+def _fewest(cands: list[Candidate], cap: int, extra: int) -> int:
+    """The GPU target the plan is chosen within: the cap (the proven bound or the fresh plan's
+    count, + `extra`), tightened to the fewest GPUs of any candidate in hand + `extra`. GPUs come
+    first: a fresh plan given too little time is the heuristic's, a loose cap, and below it a
+    repair that needs 21 GPUs more than a plan in hand must not win by its fewer changes."""
+    return min([cap] + [c.gpus + extra for c in cands])
 
 
 _MIN_PROGRAM_S = 0.3  # seconds left below which the program is not started
@@ -783,7 +799,7 @@ def _packed(request: PlanRequest, packing, cap: int, share: float, clock: _Clock
     """Repair needs more GPUs than `cap`: the changed models' slice-minimal covers packed into
     the running plan's holes, moving few segments (`replan_pack`). Its first try may run to the
     deadline (one that fits needs no fresh plan); later ones start within `share` of the time left."""
-    found = packing.plans(cap, time.perf_counter() + share * clock.left(), clock.deadline, _weightings(packing))
+    found = packing.plans(cap, _now() + share * clock.left(), clock.deadline, _weightings(packing))
     return [_candidate("packed", segs, request) for segs in found]
 
 
@@ -867,7 +883,7 @@ def _consolidated(request: PlanRequest, rep: Candidate, cap: int, base: _Base, d
     is trimmed (their rates went down: free the most slices), then empty GPUs, re-covering what
     they served elsewhere. Nothing once `deadline` has passed (the trimmed repair alone took 1.5 s
     at 5,000 services, after packing had met the cap)."""
-    if rep.gpus <= cap or time.perf_counter() > deadline:
+    if rep.gpus <= cap or _now() > deadline:
         return []
     rate = {s.model: _exact(s.rate) for s in request.services}
     trimmed = trim_surplus(base.kept, rate, base.changed)
@@ -934,14 +950,14 @@ def _program(request, base: _Base, best: Candidate, cap: int, clock: _Clock) -> 
     for size, share in _ROUNDS:
         if clock.left() - 2 * clock.post - pick_s < _MIN_PROGRAM_S:
             break
-        t0 = time.perf_counter()
+        t0 = _now()
         opened = _neighbourhood(request, base.kept, best.segments, set(base.changed), size)
-        pick_s = time.perf_counter() - t0
+        pick_s = _now() - t0
         left = clock.left() - 2 * clock.post  # building the program costs about what decoding does
         if left < _MIN_PROGRAM_S:
             break
         found = solve_moves(request, base.kept, cap, best.segments, set(base.known),
-                            time.perf_counter() + clock.post + share * left, opened)
+                            _now() + clock.post + share * left, opened)
         if found is not None:
             fixed = repair(request, found, set(base.known))  # tops up a rate a solver tolerance left short
             out.append(_candidate("program", fixed, request))
@@ -1002,9 +1018,9 @@ def _changed_models(request: PlanRequest, current: DeploymentMap) -> set[str]:
 
 def _best(cands: list[Candidate], cap: int) -> Candidate:
     """Within the cap, the fewest changes, then GPUs, then the fewest changes to models whose
-    demand did not change. The cap is the proven bound (no plan uses fewer GPUs) or the fresh
-    plan's count (+ `max_extra_gpus`): a plan that saves a GPU on the fresh plan by reshuffling
-    thousands of segments is not taken over a narrow one at its count."""
+    demand did not change. The re-plan's cap is `_fewest`'s: the fewest GPUs in hand (never
+    more than the proven bound's or the fresh plan's count), + `max_extra_gpus`, the GPUs a
+    user may trade for fewer changes."""
     within = [c for c in cands if c.gpus <= cap]
     return min(within, key=lambda c: (c.changes, c.gpus, c.others))
 
@@ -1024,7 +1040,7 @@ def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: st
     fills: dict[int, tuple] = {}  # `dense_cover`'s fastest layout per taken mask, shared by the tries
     for k in range(min(len(own), _OWN_DROPS) + 1):
         for gone in combinations(own[:_OWN_OF], k):
-            if time.perf_counter() > deadline:
+            if _now() > deadline:
                 return None
             for s in gone:
                 space.remove(s)
