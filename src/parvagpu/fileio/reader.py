@@ -36,27 +36,29 @@ def read_bytes(path: Path, what: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise ParvaError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb", buffering=0) as fh:
+    try:  # on the descriptor itself: a file object per file cost half of reading 5,000 profiles
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ParvaError(f"{path}: cannot read {what}: is {_kind(st.st_mode)}, not a regular file")
         try:
-            data = _read_upto(fh, min(st.st_size, MAX_INPUT_BYTES) + 1, MAX_INPUT_BYTES + 1)
+            data = _read_upto(fd, min(st.st_size, MAX_INPUT_BYTES) + 1, MAX_INPUT_BYTES + 1)
         except OSError as exc:
             raise ParvaError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_INPUT_BYTES:
         raise ParvaError(f"{path}: {what} is larger than {MAX_INPUT_BYTES // 2**20} MiB")
     return data
 
 
-def _read_upto(fh, first: int, most: int) -> bytes:
+def _read_upto(fd: int, first: int, most: int) -> bytes:
     """Up to `most` bytes to the end of the file, asking for `first` (its size and one) at once:
     a buffer of `most` bytes per read would cost an allocation of 32 MiB per file. A file that
     grows while read is read on, still at most `most` bytes."""
     chunks, got = [], 0
     ask = first
     while got < most:
-        chunk = fh.read(min(ask, most - got))
+        chunk = os.read(fd, min(ask, most - got))
         if not chunk:
             break
         chunks.append(chunk)
