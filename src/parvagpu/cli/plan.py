@@ -86,7 +86,7 @@ def plan(
         "the plan records its transition.",
     ),
     max_extra_gpus: int = typer.Option(
-        0, "--max-extra-gpus", help="With --current: GPUs beyond a fresh plan's that may be used to change fewer segments."
+        0, "--max-extra-gpus", help="With --current: GPUs beyond the fewest found (a fresh plan's, or a re-plan's with fewer) that may be used to change fewer segments."
     ),
     fleet_file: Optional[Path] = typer.Option(
         None, "--fleet", help="Fleet file (YAML/JSON): plan onto these nodes, GPU types, prices and reserved slots."
