@@ -27,6 +27,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.exact import capacities
 from parvagpu.core.fleet import reserved_slots
 from parvagpu.core.gpus import GpuType, gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
@@ -265,10 +266,9 @@ class _Replay:
     def __init__(self, type_of, old: DeploymentMap) -> None:
         self.type_of = type_of  # GPU index -> its GpuType (a fleet plan's GPUs differ), None: no such GPU
         self.live: dict[int, dict[int, object]] = defaultdict(dict)  # GPU -> start -> segment
-        self.capacity: dict[str, Fraction] = defaultdict(Fraction)
+        self.capacity: dict[str, Fraction] = capacities(old.segments)
         for s in old.segments:
             self.live[s.gpu][s.start] = s
-            self.capacity[s.model] += _exact(s.segment.throughput)
 
     def create(self, s) -> str | None:
         """Place `s`, or say why the hardware would refuse it."""

@@ -61,16 +61,17 @@ def _eligible(gpu: GpuType, key: tuple[int, ...], size: int, single: frozenset[i
 
 
 class _Gpu:
-    __slots__ = ("index", "used", "usage", "slots")
+    __slots__ = ("index", "used", "usage", "slots", "sizes")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.used = 0  # memory-slice bitmask
         self.usage = 0  # compute slices in use
         self.slots: dict[int, Segment] = {}  # start -> segment
+        self.sizes: tuple[int, ...] = ()  # the instances' sizes, sorted: kept with `slots`
 
     def key(self) -> tuple[int, ...]:
-        return tuple(sorted(s.size for s in self.slots.values()))
+        return self.sizes
 
 
 class _Cluster:
@@ -84,6 +85,7 @@ class _Cluster:
         # (instance multiset, size) -> eligible: looked up for every bucket at every placement,
         # so kept here rather than hashing the GPU type each time.
         self.eligible: dict[tuple[tuple[int, ...], int], bool] = {}
+        self.room: dict[tuple[int, ...], int] = {}  # instance multiset -> compute slices free
 
     def _unbucket(self, g: _Gpu) -> None:
         lst = self.buckets[g.key()]
@@ -95,16 +97,19 @@ class _Cluster:
     def choose(self, size: int) -> _Gpu:
         """Best fit: least free-after-placement, then lowest index; new GPU when none fits."""
         best: tuple[int, int] | None = None
-        total = self.gpu.compute_slices
+        eligible, room = self.eligible, self.room
         for key, members in self.buckets.items():
             if not members:
                 continue
-            ok = self.eligible.get((key, size))
+            ok = eligible.get((key, size))
             if ok is None:
-                ok = self.eligible[(key, size)] = _eligible(self.gpu, key, size, self.policy.single_instance_sizes)
+                ok = eligible[(key, size)] = _eligible(self.gpu, key, size, self.policy.single_instance_sizes)
             if not ok:
                 continue
-            cand = (total - sum(key) - size, members[0])
+            free = room.get(key)
+            if free is None:
+                free = room[key] = self.gpu.compute_slices - sum(key)
+            cand = (free - size, members[0])
             if best is None or cand < best:
                 best = cand
         if best is not None:
@@ -123,6 +128,7 @@ class _Cluster:
         else:
             g.slots[start] = seg
             g.used |= self.gpu.mask(seg.size, start)
+        g.sizes = tuple(sorted(g.sizes + (seg.size,)))
         g.usage += seg.size
         self._bucket(g)
 
@@ -143,6 +149,9 @@ class _Cluster:
     def remove(self, g: _Gpu, start: int) -> Segment:
         self._unbucket(g)
         seg = g.slots.pop(start)
+        sizes = list(g.sizes)
+        sizes.remove(seg.size)
+        g.sizes = tuple(sizes)
         g.used &= ~self.gpu.mask(seg.size, start)
         g.usage -= seg.size
         self._bucket(g)

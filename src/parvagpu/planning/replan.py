@@ -72,6 +72,7 @@ from fractions import Fraction
 from typing import Callable
 
 from parvagpu.core.errors import ParvaError
+from parvagpu.core.exact import capacities
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.core.model import segment_key
 from parvagpu.planning.configurator import unservable
@@ -284,9 +285,7 @@ def consolidate(
 
 def _trim(segments, rate) -> list[PlacedSegment]:
     """Drop segments a model no longer needs, largest first (a rate that went down)."""
-    have: dict[str, Fraction] = defaultdict(Fraction)
-    for s in segments:
-        have[s.model] += _exact(s.segment.throughput)
+    have = capacities(segments)
     out = []
     for s in sorted(segments, key=lambda s: (-s.size, s.gpu, s.start)):
         if have[s.model] - _exact(s.segment.throughput) >= rate[s.model]:
@@ -305,9 +304,7 @@ def _consolidate(request, segs, cap, rate, per_size, deadline: float):
         for s in segs:
             by_gpu[s.gpu].append(s)
         space = Space(request.gpu, tuple(segs), set())
-        have: dict[str, Fraction] = defaultdict(Fraction)
-        for s in segs:
-            have[s.model] += _exact(s.segment.throughput)
+        have = capacities(segs)
         lightest = sorted(by_gpu, key=lambda g: (sum(s.size for s in by_gpu[g]), len(by_gpu[g]), g))
         best = None
         for g in lightest[:_TRY_EMPTY]:
@@ -418,9 +415,7 @@ def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit):
     kept = [s for g, segs in by_gpu.items() if g not in wiped for s in segs]
     if len(by_gpu) - len(wiped) >= cap:
         return None
-    have: dict[str, Fraction] = defaultdict(Fraction)
-    for s in kept:
-        have[s.model] += _exact(s.segment.throughput)
+    have = capacities(kept)
     residual = tuple(
         Service(svc.model, float(_exact(svc.rate) - have[svc.model]), svc.latency_ms)
         for svc in request.services if have[svc.model] < _exact(svc.rate)

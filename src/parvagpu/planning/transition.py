@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from fractions import Fraction
 from functools import lru_cache
 from typing import Sequence
@@ -81,7 +81,29 @@ def model_changes(old: DeploymentMap, new: DeploymentMap) -> tuple[ModelChange, 
 
 
 def transition(old: DeploymentMap, new: DeploymentMap) -> Transition:
-    """Kept, added and removed segments from `old` to `new`."""
+    """Kept, added and removed segments from `old` to `new`. The last few answers are kept: a
+    re-plan makes its plan's transition and the controller's check asks `schedule` for the same
+    one (the plan `replace`d with it: the same segment and service tuples) right after."""
+    for o, n, t in _RECENT:
+        if _same(o, old) and _same(n, new):
+            return t
+    t = _transition(old, new)
+    _RECENT.append((old, new, t))
+    return t
+
+
+# (old, new, their transition) of the last calls; holding the plans keeps their tuples' identity
+_RECENT: deque = deque(maxlen=4)
+
+
+def _same(a: DeploymentMap, b: DeploymentMap) -> bool:
+    """Whether two plans have the same segments and services (the same tuple objects: plans are
+    frozen, so these cannot have changed) and numbering: what `transition` reads."""
+    return a is b or (a.segments is b.segments and a.services is b.services and a.gpu_type == b.gpu_type
+                      and a.gpus_per_node == b.gpus_per_node and a.fleet == b.fleet)
+
+
+def _transition(old: DeploymentMap, new: DeploymentMap) -> Transition:
     _check_compatible(old, new)
     per_node = new.gpus_per_node
     old_keys = {segment_key(s, per_node) for s in old.segments}

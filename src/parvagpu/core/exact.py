@@ -1,0 +1,32 @@
+"""Exact sums of capacities: the planners and the checker compare capacities with rates in exact
+decimal arithmetic (each float read as the decimal it prints as), so a plan is never a hair short."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from fractions import Fraction
+from functools import lru_cache
+from typing import Iterable
+
+from parvagpu.core.model import PlacedSegment
+
+
+@lru_cache(maxsize=1 << 16)
+def exact(x: float) -> Fraction:
+    """The float's exact decimal value."""
+    return Fraction(repr(float(x)))
+
+
+def capacities(segments: Iterable[PlacedSegment]) -> defaultdict[str, Fraction]:
+    """Each model's capacity over `segments`, exact (0 for a model without any). The segments are
+    counted per (model, throughput) first and each count multiplied once: a model's segments share
+    a few throughputs, and a Fraction addition per segment cost seconds a day in a controller's
+    re-plans. Exact arithmetic, so the sums are those of adding one segment after another."""
+    counts: dict[tuple[str, float], int] = defaultdict(int)
+    for s in segments:
+        seg = s.segment
+        counts[seg.model, seg.triplet.throughput] += 1
+    out: defaultdict[str, Fraction] = defaultdict(Fraction)
+    for (m, x), n in counts.items():
+        out[m] += n * exact(x)
+    return out
