@@ -10,12 +10,11 @@ from dataclasses import replace
 from fractions import Fraction
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from test_transition import cluster
 
 from parvagpu.core.exact import capacities, exact
 from parvagpu.core.gpus import GPU_TYPES
-from parvagpu.core.model import DeploymentMap, Service
+from parvagpu.core.model import DeploymentMap, Profile, Service
 from parvagpu.inputs.services import load_scenario
 from parvagpu.planning import allocator, transition as tr
 from parvagpu.planning.heuristic import plan_parva
@@ -79,3 +78,104 @@ def test_allocator_kept_sizes_equal_sorted_slots(example, profiles, monkeypatch)
 
     monkeypatch.setattr(allocator._Gpu, "key", fresh_key)
     assert [plan_parva(r) for r in requests] == kept
+
+
+def test_capacities_kept_answer_is_a_copy():
+    """A tuple's kept answer equals the fresh one and each caller gets a dict of its own (the
+    transition check adds to and takes from its copy)."""
+    from parvagpu.core.model import PlacedSegment, Segment, Triplet
+
+    seg = _plan(()).segments
+    segs = tuple(PlacedSegment(Segment(m, Triplet(1, 1, 1, x, 1.0)), g, 0)
+                 for g, (m, x) in enumerate([("a", 0.1), ("a", 0.2), ("b", 1.5)]))
+    first = capacities(segs)
+    first["a"] += 1
+    again = capacities(segs)
+    assert again == {"a": Fraction(3, 10), "b": Fraction(3, 2)}
+    assert capacities(list(segs)) == again and capacities(seg) == {}
+
+
+def _wipe_before(request, by_gpu, wiped, cap, planner, time_limit):
+    """`_wipe_and_plan` as it was: the kept segments' capacity summed one by one."""
+    from parvagpu.planning.replan import align_fresh
+
+    wiped = set(wiped)
+    kept = [s for g, segs in by_gpu.items() if g not in wiped for s in segs]
+    if len(by_gpu) - len(wiped) >= cap:
+        return None
+    have: dict[str, Fraction] = defaultdict(Fraction)
+    for s in kept:
+        have[s.model] += exact(s.segment.throughput)
+    residual = tuple(Service(v.model, float(exact(v.rate) - have[v.model]), v.latency_ms)
+                     for v in request.services if have[v.model] < exact(v.rate))
+    if not residual:
+        return tuple(kept)
+    sub = planner(replace(request, services=residual, current=None, time_limit=time_limit))
+    if len(by_gpu) - len(wiped) + sub.gpus_used > cap:
+        return None
+    old = DeploymentMap(request.gpu.name, "", request.max_procs, request.gpus_per_node,
+                        tuple(s for g in wiped for s in by_gpu[g]), ())
+    return tuple(kept) + align_fresh(sub, old, set(wiped), avoid=set(by_gpu))
+
+
+def test_wipes_equal_with_capacity_less_the_wiped(example, profiles):
+    """Each local re-plan's wipe (its kept capacity: all less the wiped GPUs', exact) gives what
+    summing the kept segments one by one gave, on seeded rate changes and GPU sets."""
+    from parvagpu.planning.replan import _wipe_and_plan
+
+    services = load_scenario(example / "SLO", 3, list(profiles))
+    running = plan_parva(PlanRequest(services, profiles, A100, max_procs=3))
+    by_gpu: dict[int, list] = defaultdict(list)
+    for s in running.segments:
+        by_gpu[s.gpu].append(s)
+    have = capacities(running.segments)
+    rng = random.Random(5)
+    found = 0
+    for _ in range(40):
+        changed = tuple(Service(s.model, s.rate * rng.uniform(0.6, 1.5), s.latency_ms) for s in services)
+        req = PlanRequest(changed, profiles, A100, max_procs=3, current=running)
+        wiped = rng.sample(sorted(by_gpu), rng.randint(1, min(6, len(by_gpu))))
+        cap = len(by_gpu) + rng.randint(-1, 2)
+        got = _wipe_and_plan(req, by_gpu, wiped, cap, plan_parva, 1.0, have)
+        assert got == _wipe_before(req, by_gpu, wiped, cap, plan_parva, 1.0)
+        found += got is not None
+    assert found > 5
+
+
+def test_kept_heuristic_plans_equal_fresh_ones(example, profiles):
+    """`plan_parva` gives the plan made afresh for the same inputs, and another plan for other
+    rates, SLOs, limits or profile contents."""
+    from parvagpu.planning import heuristic
+
+    services = load_scenario(example / "SLO", 2, list(profiles))
+    req = PlanRequest(services, profiles, A100, max_procs=3)
+    first = heuristic.plan_parva(req)
+    assert first == heuristic._plan(req, allocator.AllocatorPolicy())
+    assert heuristic.plan_parva(PlanRequest(services, profiles, A100, max_procs=3)) is first
+    for other in (PlanRequest(services, profiles, A100, max_procs=1),
+                  PlanRequest((replace(services[0], rate=services[0].rate * 2),) + services[1:], profiles, A100),
+                  PlanRequest((replace(services[0], latency_ms=services[0].latency_ms * 2),) + services[1:],
+                              profiles, A100)):
+        assert heuristic.plan_parva(other) == heuristic._plan(other, allocator.AllocatorPolicy())
+    donor = next(m for m in profiles if m != services[0].model and
+                 profiles[m].content_key != profiles[services[0].model].content_key)
+    swapped = dict(profiles)
+    swapped[services[0].model] = Profile(services[0].model, source="swapped", columns=profiles[donor].columns)
+    req2 = PlanRequest(services, swapped, A100, max_procs=3)
+    assert heuristic.plan_parva(req2) == heuristic._plan(req2, allocator.AllocatorPolicy())
+
+
+def test_candidates_count_changes_against_their_own_request(example, profiles):
+    """The running plan's keys kept per request: a candidate of another request (another running
+    plan) is counted against that one's."""
+    from parvagpu.planning.replan import _candidate
+
+    services = load_scenario(example / "SLO", 3, list(profiles))
+    a = plan_parva(PlanRequest(services, profiles, A100, max_procs=3))
+    b = plan_parva(PlanRequest(services, profiles, A100, max_procs=2))
+    ra = PlanRequest(services, profiles, A100, max_procs=3, current=a)
+    rb = PlanRequest(services, profiles, A100, max_procs=3, current=b)
+    assert _candidate("x", a.segments, ra).changes == 0
+    assert _candidate("x", a.segments, rb).changes > 0
+    assert _candidate("x", b.segments, rb).changes == 0
+    assert _candidate("x", b.segments, ra).changes == _candidate("x", a.segments, rb).changes

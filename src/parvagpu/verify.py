@@ -75,7 +75,9 @@ def _check_gpu(plan: DeploymentMap, gpu: GpuType, g: int, segs: list[PlacedSegme
     problems: list[str] = []
     widths = {p.size: p for p in gpu.profiles}
     label = f"node {plan.node_of(g)} gpu {plan.local_gpu(g)}"
-    used: list[str | None] = [None] * gpu.memory_slices
+    # per memory slice what holds it: a reserved slot's text or (segment, its profile), worded
+    # only for a finding (a controller checks every plan it makes)
+    used: list = [None] * gpu.memory_slices
     compute = 0
     if plan.fleet is not None:
         mask, compute = reserved_slots(plan.fleet.node(g), plan.local_gpu(g))
@@ -97,13 +99,21 @@ def _check_gpu(plan: DeploymentMap, gpu: GpuType, g: int, segs: list[PlacedSegme
         for slot in range(s.start, s.start + prof.memory_slices):
             if used[slot] is not None:
                 problems.append(
-                    f"{label}: {s.model} {prof.name}@{s.start} overlaps {used[slot]} on memory slice {slot}"
+                    f"{label}: {s.model} {prof.name}@{s.start} overlaps {_holder(used[slot])} on memory slice {slot}"
                 )
                 break
-            used[slot] = f"{s.model} {prof.name}@{s.start}"
+            used[slot] = (s, prof)
     if compute > gpu.compute_slices:
         problems.append(f"{label}: uses {compute} compute slices of {gpu.compute_slices}")
     return problems
+
+
+def _holder(held) -> str:
+    """What holds a memory slice, in words: a reserved slot's text or (segment, its profile)."""
+    if isinstance(held, str):
+        return held
+    seg, prof = held
+    return f"{seg.model} {prof.name}@{seg.start}"
 
 
 def check_placements(plan: DeploymentMap, gpu: GpuType | None = None) -> list[str]:
@@ -155,6 +165,11 @@ def _check_stated(plan: DeploymentMap, s: PlacedSegment, svc: Service, where: st
     return problems, t.throughput
 
 
+def _where(plan: DeploymentMap, s: PlacedSegment) -> str:
+    """A segment's place in a finding (worded only for one: a controller checks every plan it makes)."""
+    return f"node {plan.node_of(s.gpu)} gpu {plan.local_gpu(s.gpu)} start {s.start} ({s.model})"
+
+
 def check_segments(
     plan: DeploymentMap, profiles: dict[str, Profile] | None, services: tuple[Service, ...],
     type_profiles: dict[str, dict[str, Profile]] | None = None,
@@ -169,36 +184,35 @@ def check_segments(
     points: dict[tuple[str, str], dict[tuple[int, int, int], tuple[int, float, float]]] = {}
     for s in plan.segments:
         t = s.segment.triplet
-        where = f"node {plan.node_of(s.gpu)} gpu {plan.local_gpu(s.gpu)} start {s.start} ({s.model})"
         svc = by_model.get(s.model)
         if svc is None:
-            problems.append(f"{where}: model {s.model} is not one of the services")
+            problems.append(f"{_where(plan, s)}: model {s.model} is not one of the services")
             continue
         kind = plan.gpu_type_of(s.gpu)
         if profiles is None and not type_profiles:
-            found, stated = _check_stated(plan, s, svc, where)
+            found, stated = _check_stated(plan, s, svc, _where(plan, s))
             problems += found
             capacity[s.model] += stated
             continue
         prof = (type_profiles or {}).get(kind, profiles or {}).get(s.model)
         if prof is None:
-            problems.append(f"{where}: no profile for model {s.model} on {kind}")
+            problems.append(f"{_where(plan, s)}: no profile for model {s.model} on {kind}")
             continue
         if (kind, s.model) not in points:
             points[kind, s.model] = _point_index(prof)
         point = points[kind, s.model].get((t.size, t.batch, t.procs))
         if point is None or point[1] <= 0:
-            problems.append(f"{where}: ({t.size}g, b{t.batch}, p{t.procs}) is not a runnable profiled point")
+            problems.append(f"{_where(plan, s)}: ({t.size}g, b{t.batch}, p{t.procs}) is not a runnable profiled point")
             continue
         if t.procs > plan.max_procs:
-            problems.append(f"{where}: {t.procs} processes exceed max_procs {plan.max_procs}")
+            problems.append(f"{_where(plan, s)}: {t.procs} processes exceed max_procs {plan.max_procs}")
         procs, throughput, latency_s = point
         real = procs * throughput
         if abs(real - t.throughput) > 1e-6 * max(1.0, real):
-            problems.append(f"{where}: states throughput {t.throughput:g}, profile gives {real:g}")
+            problems.append(f"{_where(plan, s)}: states throughput {t.throughput:g}, profile gives {real:g}")
         if not _below_rule(latency_s, svc.latency_ms):
             problems.append(
-                f"{where}: batch latency {float(_exact(latency_s) * 1000):g} ms is not below 0.45 x SLO "
+                f"{_where(plan, s)}: batch latency {float(_exact(latency_s) * 1000):g} ms is not below 0.45 x SLO "
                 f"{svc.latency_ms:g} ms = {0.45 * svc.latency_ms:g} ms"
             )
         capacity[s.model] += real
@@ -345,11 +359,10 @@ def verify_schedule(old: DeploymentMap, new: DeploymentMap, steps) -> list[str]:
     problems = [p for m in floors for p in below(m, "before the first step")]
     for i, step in enumerate(steps):
         s = step.segment
-        where = f"step {i + 1} ({step.action} {s.model} {s.size}g at gpu {s.gpu} start {s.start})"
         act = {"create": replay.create, "remove": replay.remove}.get(step.action)
         wrong = act(s) if act else f"unknown action {step.action!r}"
         if wrong:
-            problems.append(f"{where}: {wrong}")
+            problems.append(f"step {i + 1} ({step.action} {s.model} {s.size}g at gpu {s.gpu} start {s.start}): {wrong}")
             continue
         problems += below(s.model, f"step {i + 1}")  # only this step's model changed
     end = replay.end_state()

@@ -373,9 +373,10 @@ def local_replans(
     )
     found = []
     small = max(0.2, request.time_limit / 20)
+    have = capacities(segments)  # every wipe's kept capacity is this less the wiped GPUs' (exact)
     for order in orders:  # a few GPUs first, each order on its own
         for k in (2, 4, 8):
-            sub = _timed_wipe(request, by_gpu, order[:k], cap, planner, deadline, limit=small)
+            sub = _timed_wipe(request, by_gpu, have, order[:k], cap, planner, deadline, limit=small)
             if sub is not None:
                 found.append(sub)
                 break
@@ -385,14 +386,14 @@ def local_replans(
     others = [g for g in orders[0] if g not in serves]
     if len(serving) > 8 and not found:
         for extra in (0, len(by_gpu) // 20, len(by_gpu) // 10, len(by_gpu) // 5):
-            sub = _timed_wipe(request, by_gpu, serving + others[:extra], cap, planner, deadline)
+            sub = _timed_wipe(request, by_gpu, have, serving + others[:extra], cap, planner, deadline)
             if sub is not None:
                 found.append(sub)
                 break
     k = 16
     while not found and k < len(by_gpu):  # then twice as many each time, until one meets the cap
         for order in orders:
-            sub = _timed_wipe(request, by_gpu, order[:k], cap, planner, deadline, share=0.25)
+            sub = _timed_wipe(request, by_gpu, have, order[:k], cap, planner, deadline, share=0.25)
             if sub is not None:
                 found.append(sub)
                 break
@@ -400,22 +401,29 @@ def local_replans(
     return found
 
 
-def _timed_wipe(request, by_gpu, wiped, cap, planner, deadline: float, limit: float | None = None,
+def _timed_wipe(request, by_gpu, have, wiped, cap, planner, deadline: float, limit: float | None = None,
                 share: float = 1.0):
     """`_wipe_and_plan` with `limit` seconds, or `share` of what is left before the deadline (at
     least 0.2 s), never past the deadline; None when less than `_MIN_PHASE_S` is left."""
     left = deadline - _now()
     if left <= _MIN_PHASE_S:
         return None
-    return _wipe_and_plan(request, by_gpu, wiped, cap, planner, min(left, limit or max(0.2, share * left)))
+    return _wipe_and_plan(request, by_gpu, wiped, cap, planner, min(left, limit or max(0.2, share * left)), have)
 
 
-def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit):
+def _wipe_and_plan(request, by_gpu, wiped, cap, planner, time_limit, have_all=None):
+    """`by_gpu`'s segments but those on the `wiped` GPUs, and a fresh plan of what those leave
+    short onto them; `have_all`: each model's exact capacity over all of `by_gpu`, where known."""
     wiped = set(wiped)
     kept = [s for g, segs in by_gpu.items() if g not in wiped for s in segs]
     if len(by_gpu) - len(wiped) >= cap:
         return None
-    have = capacities(kept)
+    if have_all is None:
+        have_all = capacities(s for segs in by_gpu.values() for s in segs)
+    have = defaultdict(Fraction, have_all)
+    for g in wiped:
+        for s in by_gpu.get(g, ()):
+            have[s.model] -= _exact(s.segment.throughput)
     residual = tuple(
         Service(svc.model, float(_exact(svc.rate) - have[svc.model]), svc.latency_ms)
         for svc in request.services if have[svc.model] < _exact(svc.rate)
