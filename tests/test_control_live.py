@@ -238,7 +238,7 @@ def test_services_switch_adds_and_drops_models(tmp_path):
 def test_refused_plan_changes_nothing(tmp_path, monkeypatch):
     ctl, ev, port, nodes, log = _controller(tmp_path)
     first = ctl.plan
-    broken = first.__class__(**{**first.__dict__, "segments": first.segments + (first.segments[0],)})
+    broken = replace(first, segments=first.segments + (first.segments[0],))
     monkeypatch.setattr("parvagpu.control.live.make_plan", lambda req, strategy: broken)
     ev.seq.clear()
     _offer(ctl, port, {"resnet50": 480.0, "bert": 120.0}, 30)
