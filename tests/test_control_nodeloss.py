@@ -65,3 +65,46 @@ def test_lost_node_is_forgotten_and_its_services_replanned_onto_the_rest(tmp_pat
     for n in on1:  # drained and unrouted before their deployments stopped
         seq = [e for e in ev.seq if e[0] in ("drain", "remove") and e[1] == n or e[0] == "stop" and n in e[1]]
         assert [e[0] for e in seq] == ["drain", "remove", "stop"], seq
+
+
+def test_a_refused_node_loss_replan_starts_the_cool_down(tmp_path, monkeypatch):
+    """The re-plan after a node loss is refused (here: the planner fails): the plan stays the
+    surviving one and, as after any refused re-plan, the next try waits for the cool-down instead
+    of coming at the next tick."""
+    from test_control_live import _offer
+
+    from parvagpu.core.errors import ParvaError
+
+    ev = Events()
+    deps = Deployments(ev)
+    port = Port(deps, ev)
+    log: list[dict] = []
+    plan = _two_node_plan()
+    ctl = Controller(plan, profiles(), POLICY, CFG, Clock(), Nodes(tmp_path, ev), deps, port, log.append)
+    ctl.start()
+    _offer(ctl, port, RATES, CFG.window_s + CFG.tick_s)  # every model judged from here on
+    plan = ctl.plan
+    on1 = {segment_name(plan, s) for s in plan.segments if plan.node_of(s.gpu) == 1}
+    assert on1
+    for route in port.ing.models.values():
+        for i, name in enumerate(route.names):
+            if name in on1:
+                route.mark_down(i)
+
+    def no_room(*a, **k):
+        raise ParvaError("no room on the remaining nodes")
+
+    monkeypatch.setattr("parvagpu.control.live.replan_without_nodes", no_room)
+    _offer(ctl, port, RATES, CFG.node_loss_s + CFG.tick_s)
+    refused = [r for r in log if r["kind"] == "refused"]
+    assert len(refused) == 1 and refused[0]["reason"] == "nodes [1] lost", log[-3:]
+    at = refused[0]["time_s"]
+    assert ctl.last_replan == at
+    assert {ctl.plan.node_of(s.gpu) for s in ctl.plan.segments} == {0}  # the surviving segments serve
+    _offer(ctl, port, RATES, POLICY.cooldown_s - CFG.tick_s - (ctl.clock.t - at))
+    assert ctl.clock.t < at + POLICY.cooldown_s
+    after = [r for r in log if r["time_s"] > at and r["kind"] in ("refused", "transition", "plan kept")]
+    assert after == []  # held by the cool-down, though the surviving plan is short of the rates
+    _offer(ctl, port, RATES, POLICY.dwell_s + CFG.tick_s)  # then the models short of their rates get it back
+    again = [r for r in log if r["time_s"] > at and r["kind"] == "transition"]
+    assert again and again[0]["time_s"] >= at + POLICY.cooldown_s

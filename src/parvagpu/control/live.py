@@ -255,7 +255,8 @@ class Controller:
         views = self.observe(now)
         lost = self.lost_nodes(now)
         if lost:
-            self.lose_nodes(now, lost)
+            if not self.lose_nodes(now, lost):  # refused: tried again after the cool-down, as below
+                self.last_replan = now
             return None
         with self.lock:
             pending, self._pending = self._pending, None
