@@ -10,6 +10,7 @@ from dataclasses import replace
 from fractions import Fraction
 
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_transition import cluster
 
 from parvagpu.core.exact import capacities, exact
@@ -179,3 +180,29 @@ def test_candidates_count_changes_against_their_own_request(example, profiles):
     assert _candidate("x", a.segments, rb).changes > 0
     assert _candidate("x", b.segments, rb).changes == 0
     assert _candidate("x", b.segments, ra).changes == _candidate("x", a.segments, rb).changes
+
+
+def _most_slices_before(segs, spare):
+    """`_most_slices_within` as it was: every subset summed afresh in fractions."""
+    segs = sorted(segs, key=lambda s: (-s.size, s.gpu, s.start))
+    best, best_key = set(), (0, 0)
+    for mask in range(1, 1 << len(segs)):
+        sub = [s for i, s in enumerate(segs) if mask >> i & 1]
+        if sum(exact(s.segment.throughput) for s in sub) <= spare:
+            key = (sum(s.size for s in sub), -len(sub))
+            if key > best_key:
+                best, best_key = set(sub), key
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from((1, 2, 3, 4, 7)), st.sampled_from((0.1, 0.2, 7.1, 12.5, 33.3, 100.0, 250.25)),
+                          st.integers(0, 40)), min_size=1, max_size=12, unique_by=lambda x: x[2]),
+       st.decimals(min_value=0, max_value=500, places=3))
+def test_most_slices_within_equals_the_subset_sums(rows, spare):
+    """The surplus trim's subset search over integer sums picks the subset the fraction sums did."""
+    from parvagpu.core.model import PlacedSegment, Segment, Triplet
+    from parvagpu.planning.replan import _most_slices_within
+
+    segs = [PlacedSegment(Segment("m", Triplet(z, 1, 1, x, 1.0)), g // 7, g % 7) for z, x, g in rows]
+    assert _most_slices_within(segs, Fraction(spare)) == _most_slices_before(segs, Fraction(spare))
