@@ -158,25 +158,28 @@ def test_node_selector_label_script(plan):
     subprocess.run(["sh", "-n"], input=script, text=True, check=True)
 
 
-def _stub_bin(tmp_path):
+def _stub_bin(tmp_path, start_s: float = 0.0):
+    """A stand-in MPS control command logging what it is asked; its start takes `start_s` seconds."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     stub = bindir / "nvidia-cuda-mps-control"
     stub.write_text(
         '#!/bin/sh\n'
-        'if [ "${1:-}" = "-d" ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"; exit 0; fi\n'
+        'if [ "${1:-}" = "-d" ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"; '
+        f'sleep {start_s}; exit 0; fi\n'
         'read cmd; echo "$cmd $CUDA_MPS_PIPE_DIRECTORY" >> "$LOG"\n'
     )
     stub.chmod(0o755)
     return bindir
 
 
-def _run_pod_script(tmp_path, gpu: str | None):
-    """The pod's script around a stand-in serve command, stopped with SIGTERM once it runs: the log."""
+def _run_pod_script(tmp_path, gpu: str | None, stop_at: str = "serve --segment", start_s: float = 0.0):
+    """The pod's script around a stand-in serve command, stopped with SIGTERM once the log shows
+    `stop_at`: the log."""
     log = tmp_path / "log"
     env = {
         **{k: v for k, v in os.environ.items() if k != "NVIDIA_VISIBLE_DEVICES"},
-        "PATH": f"{_stub_bin(tmp_path)}:{os.environ['PATH']}",
+        "PATH": f"{_stub_bin(tmp_path, start_s)}:{os.environ['PATH']}",
         "LOG": str(log),
         "CUDA_MPS_PIPE_DIRECTORY": str(tmp_path / "mps" / "pipe"),
         "CUDA_MPS_LOG_DIRECTORY": str(tmp_path / "mps" / "log"),
@@ -189,7 +192,7 @@ def _run_pod_script(tmp_path, gpu: str | None):
                              "--segment", "m-n0-g0-s0"], env=env)
     try:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (not log.exists() or "serve --segment" not in log.read_text()):
+        while time.monotonic() < deadline and (not log.exists() or stop_at not in log.read_text()):
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -208,6 +211,14 @@ def test_pod_script_starts_mps_then_serve_and_stops_serve_before_mps(tmp_path):
 def test_pod_script_without_a_gpu_runs_serve_without_mps(tmp_path):
     lines, pipe = _run_pod_script(tmp_path, None)
     assert lines == [f"serve --segment m-n0-g0-s0 {pipe}", "serve stopped"]
+
+
+def test_pod_script_stopped_before_serve_starts_exits_cleanly(tmp_path):
+    """A pod deleted while MPS starts: the stop runs before the serve command has a process id
+    (the shell defers the trap until MPS's start returns); MPS quits, the script exits 0."""
+    lines, pipe = _run_pod_script(tmp_path, "MIG-5d7c7b9e-0000-0000-0000-000000000000", stop_at="start",
+                                  start_s=0.3)
+    assert lines == [f"start {pipe}", f"quit {pipe}"]
 
 
 # -- mig-parted -----------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from parvagpu.inputs.services import load_scenario, load_services
 from parvagpu.node import read_state
 from parvagpu.serving.workers import read_models
 
-LIMIT_S = 5.0  # per input: milliseconds usually; PyYAML needs ~2 s to reject 100,000 nested brackets
+# Per input, in CPU seconds of this process (other jobs on a loaded machine do not count against
+# it): milliseconds usually; PyYAML needs ~2 s to reject 100,000 nested brackets.
+LIMIT_S = 5.0
 
 
 def _slo(path: Path):
@@ -50,12 +52,12 @@ def _check(name: str, data: bytes) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / name
         path.write_bytes(data)
-        start = time.perf_counter()
+        start = time.process_time()
         try:
             READERS[name](path)
         except ParvaError as exc:
             assert "\n" not in str(exc) and str(exc), repr(exc)
-        assert time.perf_counter() - start < LIMIT_S
+        assert time.process_time() - start < LIMIT_S
 
 
 @pytest.mark.parametrize("name", list(READERS))

@@ -49,16 +49,23 @@ case "${NVIDIA_VISIBLE_DEVICES:-}" in
   ""|void|none) ;;
   *) mps=1 ;;
 esac
+# The stop is set before MPS starts, so that a pod deleted while it starts still quits it. It can
+# come before `pid=$!` has run (the serve command started, or not yet): then the last background
+# job's id, if there is one.
+pid=""
+stop() {
+  [ -n "$pid" ] || pid="${!:-}"
+  if [ -n "$pid" ]; then
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" || true
+  fi
+  if [ -n "$mps" ]; then echo quit | nvidia-cuda-mps-control || true; fi
+}
+trap 'stop; exit 0' TERM INT
 if [ -n "$mps" ]; then
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   nvidia-cuda-mps-control -d
 fi
-stop() {
-  kill -TERM "$pid" 2>/dev/null || true
-  wait "$pid" || true
-  if [ -n "$mps" ]; then echo quit | nvidia-cuda-mps-control || true; fi
-}
-trap 'stop; exit 0' TERM INT
 "$@" &
 pid=$!
 wait "$pid"
