@@ -206,3 +206,24 @@ def test_most_slices_within_equals_the_subset_sums(rows, spare):
 
     segs = [PlacedSegment(Segment("m", Triplet(z, 1, 1, x, 1.0)), g // 7, g % 7) for z, x, g in rows]
     assert _most_slices_within(segs, Fraction(spare)) == _most_slices_before(segs, Fraction(spare))
+
+
+def test_kept_heuristic_plans_are_bounded_in_segments(example, profiles, monkeypatch):
+    """The kept plans hold at most `_PLANS_MAX_SEGMENTS` segments in all, the oldest dropped
+    first, the newest always kept (a long-running controller at thousands of services)."""
+    from parvagpu.planning import heuristic
+
+    services = load_scenario(example / "SLO", 2, list(profiles))
+    monkeypatch.setattr(heuristic, "_PLANS", {})
+    plans = [heuristic.plan_parva(PlanRequest(tuple(replace(s, rate=s.rate * (1 + k / 10)) for s in services),
+                                              profiles, A100)) for k in range(3)]
+    held = len(plans[1].segments) + len(plans[2].segments)
+    monkeypatch.setattr(heuristic, "_PLANS", {})
+    monkeypatch.setattr(heuristic, "_PLANS_MAX_SEGMENTS", held)
+    for k in range(3):
+        heuristic.plan_parva(PlanRequest(tuple(replace(s, rate=s.rate * (1 + k / 10)) for s in services),
+                                         profiles, A100))
+    assert list(heuristic._PLANS.values()) == plans[1:]
+    monkeypatch.setattr(heuristic, "_PLANS_MAX_SEGMENTS", 1)
+    heuristic.plan_parva(PlanRequest(services, profiles, A100))
+    assert list(heuristic._PLANS.values()) == [plans[0]]

@@ -19,16 +19,23 @@ def plan_parva(request: PlanRequest, policy: AllocatorPolicy = AllocatorPolicy()
     plan = _PLANS.get(key)
     if plan is None:
         plan = _plan(request, policy)
-        if len(_PLANS) >= _PLANS_MAX:
-            _PLANS.pop(next(iter(_PLANS)))  # the oldest
-        _PLANS[key] = plan
+        _keep(key, plan)
     return plan
 
 
 # (services, profile contents, GPU type, max procs, GPUs per node, policy) -> the plan; plans are
-# frozen, so sharing one is safe. Bounded: the oldest goes first.
+# frozen, so sharing one is safe. Bounded in plans and in segments held (a plan of 5,000 services,
+# about 18,000 segments, holds about 3 MiB): the oldest go first.
 _PLANS: dict[tuple, DeploymentMap] = {}
 _PLANS_MAX = 256
+_PLANS_MAX_SEGMENTS = 1 << 19
+
+
+def _keep(key: tuple, plan: DeploymentMap) -> None:
+    _PLANS[key] = plan
+    held = sum(len(p.segments) for p in _PLANS.values())
+    while len(_PLANS) > _PLANS_MAX or (held > _PLANS_MAX_SEGMENTS and len(_PLANS) > 1):
+        held -= len(_PLANS.pop(next(iter(_PLANS))).segments)  # the oldest
 
 
 def _plan(request: PlanRequest, policy: AllocatorPolicy) -> DeploymentMap:
