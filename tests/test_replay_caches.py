@@ -227,3 +227,16 @@ def test_kept_heuristic_plans_are_bounded_in_segments(example, profiles, monkeyp
     monkeypatch.setattr(heuristic, "_PLANS_MAX_SEGMENTS", 1)
     heuristic.plan_parva(PlanRequest(services, profiles, A100))
     assert list(heuristic._PLANS.values()) == [plans[0]]
+
+
+def test_kept_decisions_equal_fresh_ones(example, profiles):
+    """`configure_all` keeps each (service, best triplets) decision: over seeded rate draws, some
+    services repeated between requests, its answers are those of `decide` afresh."""
+    from parvagpu.planning.configurator import configure_all, decide
+
+    base = load_scenario(example / "SLO", 4, list(profiles))
+    rng = random.Random(11)
+    for _ in range(20):
+        services = tuple(Service(s.model, s.rate * rng.choice((1.0, 1.0, 0.5, 1.7)), s.latency_ms) for s in base)
+        req = PlanRequest(services, profiles, A100, max_procs=rng.choice((2, 3)))
+        assert configure_all(req) == tuple(decide(s, p) for s, p in zip(req.services, req.best_by_size))

@@ -114,5 +114,18 @@ def configure_all(request: PlanRequest) -> tuple[ModelConfig, ...]:
     for i, (s, per_size) in enumerate(zip(request.services, request.best_by_size)):
         if not per_size:
             raise unservable(request, i)
-        out.append(decide(s, per_size))
+        hit = _DECIDED.get((s, id(per_size)))
+        if hit is None or hit[0] is not per_size:
+            if len(_DECIDED) >= _DECIDED_MAX:
+                _DECIDED.clear()
+            hit = _DECIDED[(s, id(per_size))] = (per_size, decide(s, per_size))
+        out.append(hit[1])
     return tuple(out)
+
+
+# (service, id of its best-triplets dict) -> (that dict, the decision): a decision depends on the
+# service and those triplets alone, and a re-planning controller asks for the same services again
+# (most rates unchanged between re-plans). The dicts are the request's shared ones (`_BEST`), never
+# changed; the entry holds its dict, so a matching id is that same dict.
+_DECIDED: dict[tuple, tuple] = {}
+_DECIDED_MAX = 100_000
