@@ -142,3 +142,25 @@ def test_others_can_stay_agrees_with_a_brute_force_over_every_placement(case):
     assert others_can_stay(request, "m", gpus) == (capacity >= rate)
     if capacity >= rate:
         assert verify(DeploymentMap(a100.name, "auto", 3, 8, witness, services), profiles) == []
+
+
+def test_the_reference_fresh_plan_is_skipped_only_at_the_proven_bound(example, profiles, a100, monkeypatch):
+    """`bench_replan.fresh_optimum`: a re-plan at the GPU lower bound it reports is the fresh
+    optimum (the exact optimizer from scratch needs as many), so no reference plan is made;
+    one above that bound gets the reference plan's count."""
+    import bench_replan
+
+    from parvagpu.inputs.services import load_scenario
+    from parvagpu.planning.strategies import plan
+
+    services = load_scenario(example / "SLO", 6, list(profiles))
+    current = plan(PlanRequest(services, profiles, a100, 3), "auto")
+    lower = tuple(replace(s, rate=round(s.rate * 0.7, 3)) if s.model == "vgg19" else s for s in services)
+    request = PlanRequest(lower, profiles, a100, 3, current=current)
+    new = plan(request, "auto")
+    made = []
+    monkeypatch.setattr(bench_replan, "fresh_plan", lambda r: made.append(r) or plan(replace(r, current=None), "auto"))
+    assert bench_replan.fresh_optimum(request, new) == (new.gpus_used, "bound") and made == []
+    assert plan(replace(request, current=None), "optimal").gpus_used == new.gpus_used
+    loose = replace(new, stats=tuple((k, v - 1 if k == "gpu_lower_bound" else v) for k, v in new.stats))
+    assert bench_replan.fresh_optimum(request, loose) == (new.gpus_used, "fresh") and len(made) == 1
