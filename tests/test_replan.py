@@ -589,3 +589,77 @@ def test_covers_and_admitted_decide_as_exact_decimal_arithmetic_does():
         for lat in (float(edge), float(edge) * (1 + 1e-12), float(edge) * (1 - 1e-12), float(edge) / 2, float(edge) * 2):
             p = ProfilePoint(1, 1, 1, 10.0, lat)
             assert _admitted(p, Service("m", 1.0, slo)) == (Fraction(repr(lat)) * 1000 < Fraction(9, 20) * Fraction(repr(slo)))
+
+
+def _own_layout(a100, m_points: dict[int, float], layout, rate: float):
+    """Model m (one point per size, throughputs `m_points`) and other models, one segment each
+    at 90 % of its rate, placed as `layout` says ((model, size, gpu, start)); m's rate goes
+    from what its segments serve to `rate`."""
+    from helpers import profile
+
+    from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
+
+    thr = {1: 50.0, 2: 100.0, 3: 150.0, 4: 200.0}
+    profiles = {"m": profile("m", [(z, 1, 1, t, 0.001) for z, t in m_points.items()])}
+    running = []
+    for model, size, g, start in layout:
+        t = m_points[size] if model == "m" else thr[size]
+        if model != "m":
+            profiles[model] = profile(model, [(size, 1, 1, t, 0.001)])
+        running.append(PlacedSegment(Segment(model, Triplet(size, 1, 1, t, 1.0)), g, start))
+    served = sum(s.segment.throughput for s in running if s.model == "m")
+    old = (Service("m", served, 100.0),) + tuple(
+        Service(s.model, s.segment.throughput * 0.9, 100.0) for s in running if s.model != "m")
+    current = DeploymentMap(a100.name, "auto", 3, 8, tuple(running), old)
+    new = tuple(replace(s, rate=rate) if s.model == "m" else s for s in old)
+    return profiles, PlanRequest(new, profiles, a100, 3, current=current)
+
+
+def _only_m_changes(found, kept, request, profiles) -> None:
+    from parvagpu.core.model import DeploymentMap
+
+    assert found is not None
+    assert verify(DeploymentMap(request.gpu.name, "auto", 3, 8, found, request.services), profiles) == []
+    assert {s for s in found if s.model != "m"} == {s for s in kept if s.model != "m"}
+
+
+def test_own_recover_re_cuts_the_gpu_its_drop_empties(a100):
+    """m's 7g (350) fills GPU 0; the others leave one 1g slot on GPU 1. At 415 req/s the 7g and
+    that 1g fall short (400); GPU 0 re-cut into a 4g and a 3g (370) with the 1g (50) covers it,
+    4 changes and none to another model, at 2 GPUs. A GPU the drops empty was closed to the
+    re-cover, which then found nothing."""
+    from parvagpu.planning.replan import admissible_segments, own_recover, own_room
+
+    layout = [("m", 7, 0, 0), ("o", 4, 1, 0), ("p", 2, 1, 4)]
+    profiles, request = _own_layout(a100, {1: 50.0, 3: 160.0, 4: 210.0, 7: 350.0}, layout, 415.0)
+    kept, _ = admissible_segments(request)
+    assert own_room(request, kept, {"m"}, 2)
+    found = own_recover(request, kept, "m", 2)
+    _only_m_changes(found, kept, request, profiles)
+    assert len({s.gpu for s in found}) == 2
+    assert sorted((s.gpu, s.start, s.size) for s in found if s.model == "m") == [(0, 0, 4), (0, 4, 3), (1, 6, 1)]
+    new = plan(request, "auto")
+    assert new.gpus_used == 2 and {s.model for s in new.transition.added + new.transition.removed} == {"m"}
+    # a rate down that frees GPU 0 still empties it: the re-cover keeps it closed first
+    _, less = _own_layout(a100, {1: 50.0, 3: 160.0, 4: 210.0, 7: 350.0}, layout, 40.0)
+    kept, _ = admissible_segments(less)
+    freed = own_recover(less, kept, "m", 1)
+    assert freed is not None and {s.gpu for s in freed} == {1}
+
+
+def test_own_recover_gives_up_first_the_segments_whose_slots_serve_more_re_cut(a100):
+    """m runs fourteen 1g (GPUs 0 and 1) and a 3g@4 (120) beside another model's 4g on GPU 2;
+    nothing is free. +20 req/s fits only by cutting the 3g's slots into three 1g (150): 4
+    changes. The fourteen 1g came first (smallest first, twelve looked at), so the 3g was never
+    given up."""
+    from parvagpu.planning.replan import admissible_segments, own_recover, own_room
+
+    layout = [("m", 1, g, st) for g in (0, 1) for st in range(7)] + [("m", 3, 2, 4), ("o", 4, 2, 0)]
+    profiles, request = _own_layout(a100, {1: 50.0, 3: 120.0}, layout, 840.0)
+    kept, _ = admissible_segments(request)
+    assert own_room(request, kept, {"m"}, 3)
+    found = own_recover(request, kept, "m", 3)
+    _only_m_changes(found, kept, request, profiles)
+    assert sorted((s.gpu, s.start, s.size) for s in found if s.model == "m" and s.gpu == 2) == [
+        (2, 4, 1), (2, 5, 1), (2, 6, 1)]
+    assert len(set(found) ^ set(kept)) == 4

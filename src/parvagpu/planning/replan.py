@@ -26,9 +26,11 @@ The steps:
 - *trim and consolidate*, when repair needs more GPUs than the cap: repair again after the changed
   models whose rate went down give up the segments that free the most slices; then empty the GPU
   whose models are the cheapest to re-cover in the other GPUs' free slots, until within the cap.
-- *own* (one changed model): when the best plan so far changes other models' segments though
-  the slots they leave could hold the changed model's new rate (`own_room`, exact), its own
-  segments alone re-covered (`own_recover`; where one fastest segment per hole falls short, the
+- *own* (one changed model): when repair misses the bound (before packing), and when the best
+  plan so far changes other models' segments, if the slots they leave could hold the changed
+  model's new rate (`own_room`, exact), its own segments alone re-covered (`own_recover`: those
+  whose slots serve more re-cut given up first, `_drop_order`; a GPU its drops empty re-cut too
+  where the count allows, `_own_cover`; where one fastest segment per hole falls short, the
   holes cut into the instances that serve the most there, `dense_cover`). Among plans with as
   many changes and GPUs, the one changing fewer segments of other models wins.
 - *local re-plans*: wipe a few GPUs (those with free slices, or serving a changed model) and plan
@@ -45,8 +47,9 @@ The steps:
 
 The phases share one deadline: the time limit less a reserve for the finish (grown to what the
 first repair's change count says the finish's transition costs). The bound gets at most 70 % of
-what is left. When repair misses the bound, packing comes first (its first
-try may run to the deadline), then, if it misses too, the fresh plan (70 % of what is
+what is left. When repair misses the bound, the own re-cover (one changed model) and packing
+come first (packing's first
+try may run to the deadline), then, if they miss too, the fresh plan (70 % of what is
 left; it is the cap), then consolidation until 45 % of the time and local re-plans
 until 60 % against its count; the program gets what is left, less what decoding its result
 costs (about a repair). A HiGHS solve still running at the deadline is abandoned
@@ -727,6 +730,13 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
     clock.measured(t1 - t0, _now() - t1)
     cap = _bound_cap(request, strategy, clock)
     local = cap is not None and cands[0].gpus > cap.gpus
+    owned = None  # the GPU count `own_recover` was tried at
+    if local and clock.left() > _OWN_MIN_S:
+        # A single changed model that can make room by itself, before packing, which may take
+        # the rest of the time: 0.1 s at 1,000 services (bert-385 x1.1: 1.3 s of the 2 s were gone
+        # when it came after packing and the fresh plan, so the renumbered fresh plan was kept).
+        owned = cap.gpus
+        cands += _own(request, base, cap.gpus, clock)
     packing = None
     # Packing at the bound: when it fits, no fresh plan is needed. Its first try cannot stop
     # (about two repairs at 5,000 services), so it starts only with that much time left.
@@ -746,11 +756,10 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     extra = request.max_extra_gpus
     best = _best(cands, _fewest(cands, cap.gpus, extra))
-    if best.others and clock.left() > _OWN_MIN_S and own_room(request, base.kept, base.changed, best.gpus):
+    if best.others and clock.left() > _OWN_MIN_S and owned != best.gpus:
         # Other models moved where the changed one alone could make room (emptying its own GPU,
         # say): its own segments re-covered, as few changes may leave the others in place.
-        found = own_recover(request, base.kept, next(iter(base.changed)), best.gpus, clock.deadline)
-        cands += [] if found is None else [_candidate("own", found, request)]
+        cands += _own(request, base, best.gpus, clock)
         best = _best(cands, _fewest(cands, cap.gpus, extra))
     if best.changes > base.floor and not local and not _packed_within(cands, cap.gpus) and clock.left() > _MIN_PHASE_S:
         cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(_LOCAL_BY))
@@ -767,6 +776,15 @@ def _fewest(cands: list[Candidate], cap: int, extra: int) -> int:
     first: a fresh plan given too little time is the heuristic's, a loose cap, and below it a
     repair that needs 21 GPUs more than a plan in hand must not win by its fewer changes."""
     return min([cap] + [c.gpus + extra for c in cands])
+
+
+def _own(request: PlanRequest, base: _Base, gpus: int, clock: _Clock) -> list[Candidate]:
+    """The single changed model re-covered in its own and the free slots within `gpus` GPUs,
+    every other model left in place, where `own_room` says its capacity there can cover its rate."""
+    if not own_room(request, base.kept, base.changed, gpus):
+        return []
+    found = own_recover(request, base.kept, next(iter(base.changed)), gpus, clock.deadline)
+    return [] if found is None else [_candidate("own", found, request)]
 
 
 _MIN_PROGRAM_S = 0.3  # seconds left below which the program is not started
@@ -1043,13 +1061,14 @@ def _best(cands: list[Candidate], cap: int) -> Candidate:
 def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: str, gpus: int,
                 deadline: float = float("inf")) -> tuple[PlacedSegment, ...] | None:
     """The fewest changes to `model` alone (up to `_OWN_DROPS` of its smallest `_OWN_OF`
-    segments given up, the rest of its rate covered in free slots, never on a GPU its drops
-    empty) within `gpus` GPUs, every other segment in `kept` left in place; None when none is
-    found by `deadline`. Each way is tried on one space and undone."""
+    segments given up, `_drop_order`, the rest of its rate covered in free slots, `_own_cover`) within `gpus`
+    GPUs, every other segment in `kept` left in place; None when none is found by `deadline`.
+    Each way is tried on one space and undone."""
     per_size = per_size_table(request)[model]
     rate = next(_exact(s.rate) for s in request.services if s.model == model)
     own = sorted((s for s in kept if s.model == model), key=lambda s: (s.size, s.gpu, s.start))
     space = Space(request.gpu, kept, set())
+    own = _drop_order(own, per_size, space)
     in_use = len(space.state)
     best = None
     fills: dict[int, tuple] = {}  # `dense_cover`'s fastest layout per taken mask, shared by the tries
@@ -1060,18 +1079,10 @@ def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: st
             for s in gone:
                 space.remove(s)
             emptied = {s.gpu for s in gone if space.state[s.gpu][1] == 0}
-            for g in emptied:
-                space.close(g)
             need = rate - sum((_exact(s.segment.throughput) for s in own if s not in gone), Fraction(0))
-            added = fit_cover(model, need, per_size, space) if need > 0 else []
-            if added is None:
-                added = dense_cover(model, need, per_size, space, fills)
-            if added is not None and in_use - len(emptied) <= gpus and (best is None or k + len(added) < best[0]):
+            added = _own_cover(model, need, per_size, space, emptied, in_use - gpus, fills)
+            if added is not None and (best is None or k + len(added) < best[0]):
                 best = (k + len(added), set(gone), added)
-            for a in added or ():
-                space.remove(a)
-            for g in emptied:
-                space.reopen(g)
             for s in gone:
                 space.occupy(s)
         if best is not None and best[0] <= k + 1:
@@ -1079,6 +1090,59 @@ def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: st
     if best is None:
         return None
     return tuple(s for s in kept if s not in best[1]) + tuple(best[2])
+
+
+def _drop_order(own: list[PlacedSegment], per_size: dict[int, Triplet], space: Space) -> list[PlacedSegment]:
+    """`own` (smallest first) with the segments whose slots, given up, hold more of the model
+    than they serve moved to the front, the most gained first (per GPU, the best legal layout of
+    the free slots as `own_room` counts it, with and without the segment): a 3g@4 re-cut into
+    three 1g, a 2g into two. The smallest alone missed those beyond the first `_OWN_OF` (1,000
+    services, bert-385 x1.1: thirteen 1g came first, while its 3g and two 2g re-cut, with the one
+    free slice, gain the 215 req/s it needs: 11 changes, none to other models, where the plan
+    kept was the renumbered fresh one, 1,204 changes)."""
+    gpu = space.gpu
+    most: dict[int, float] = {}
+
+    def room(mask: int) -> float:
+        if mask not in most:
+            most[mask] = max((sum(per_size[z].throughput for z, st in lay if z in per_size and not gpu.mask(z, st) & mask)
+                              for lay in gpu.layouts()), default=0.0)
+        return most[mask]
+
+    gain = {}
+    for s in own:
+        used = space.state[s.gpu][0]
+        gain[s] = room(used & ~gpu.mask(s.size, s.start)) - room(used) - s.segment.throughput
+    return sorted(own, key=lambda s: -gain[s] if gain[s] > 1e-9 else 0.0)  # stable: the rest smallest first
+
+
+def _own_cover(model: str, need: Fraction, per_size: dict[int, Triplet], space: Space, emptied: set[int],
+               to_free: int, fills: dict[int, tuple]) -> list[PlacedSegment] | None:
+    """The fewest segments covering `need` in `space`'s free slots (`fit_cover`, else
+    `dense_cover`) such that at least `to_free` of the GPUs in `emptied` (those the model's drops
+    empty) stay empty: first with them closed, the way to fewer GPUs, then open, where the model
+    re-cuts its own GPU into instances that serve more (1,000 services, resnet101-226 x1.1: its 7g
+    re-cut into a 4g and a 3g, plus a 1g in the one free slice, 4 changes and no other model's,
+    where packing moved two segments of others for as many). None if neither fits; the space
+    is left as it was."""
+    best = None
+    for g in emptied:
+        space.close(g)
+    for closed in (True, False) if emptied else (True,):
+        if not closed:
+            for g in emptied:
+                space.reopen(g)
+        added = fit_cover(model, need, per_size, space) if need > 0 else []
+        if added is None:
+            added = dense_cover(model, need, per_size, space, fills)
+        if added is None:
+            continue
+        still = sum(1 for g in emptied if space.state[g][1] == 0)
+        for a in added:
+            space.remove(a)
+        if still >= to_free and (best is None or len(added) < len(best)):
+            best = added
+    return best  # every GPU of `emptied` open again: the second try reopened them
 
 
 def dense_cover(model: str, need: Fraction, per_size: dict[int, Triplet], space: Space,
