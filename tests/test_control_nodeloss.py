@@ -31,19 +31,30 @@ def _two_node_plan():
     return plan
 
 
-def test_lost_node_is_forgotten_and_its_services_replanned_onto_the_rest(tmp_path):
+def _started(tmp_path):
+    """A controller started on the two-node plan, with its fakes and decision log."""
     ev = Events()
     deps = Deployments(ev)
     port = Port(deps, ev)
     log: list[dict] = []
-    plan = _two_node_plan()
-    ctl = Controller(plan, profiles(), POLICY, CFG, Clock(), Nodes(tmp_path, ev), deps, port, log.append)
+    ctl = Controller(_two_node_plan(), profiles(), POLICY, CFG, Clock(), Nodes(tmp_path, ev), deps, port, log.append)
     ctl.start()
-    on1 = {segment_name(plan, s) for s in plan.segments if plan.node_of(s.gpu) == 1}
-    for m, route in port.ing.models.items():  # the ingress saw their calls fail
+    return ctl, ev, deps, port, log
+
+
+def _node1_down(ctl, port) -> set[str]:
+    """Node 1's segments, marked down at the ingress (as when their calls fail)."""
+    on1 = {segment_name(ctl.plan, s) for s in ctl.plan.segments if ctl.plan.node_of(s.gpu) == 1}
+    for route in port.ing.models.values():
         for i, name in enumerate(route.names):
             if name in on1:
                 route.mark_down(i)
+    return on1
+
+
+def test_lost_node_is_forgotten_and_its_services_replanned_onto_the_rest(tmp_path):
+    ctl, ev, deps, port, log = _started(tmp_path)
+    on1 = _node1_down(ctl, port)
     ctl.clock.t += CFG.tick_s
     ctl.tick()
     assert not any(r["kind"] == "nodes lost" for r in log)  # not yet: a replica may be restarting
@@ -75,21 +86,10 @@ def test_a_refused_node_loss_replan_starts_the_cool_down(tmp_path, monkeypatch):
 
     from parvagpu.core.errors import ParvaError
 
-    ev = Events()
-    deps = Deployments(ev)
-    port = Port(deps, ev)
-    log: list[dict] = []
-    plan = _two_node_plan()
-    ctl = Controller(plan, profiles(), POLICY, CFG, Clock(), Nodes(tmp_path, ev), deps, port, log.append)
-    ctl.start()
+    ctl, _, _, port, log = _started(tmp_path)
     _offer(ctl, port, RATES, CFG.window_s + CFG.tick_s)  # every model judged from here on
-    plan = ctl.plan
-    on1 = {segment_name(plan, s) for s in plan.segments if plan.node_of(s.gpu) == 1}
+    on1 = _node1_down(ctl, port)
     assert on1
-    for route in port.ing.models.values():
-        for i, name in enumerate(route.names):
-            if name in on1:
-                route.mark_down(i)
 
     def no_room(*a, **k):
         raise ParvaError("no room on the remaining nodes")
