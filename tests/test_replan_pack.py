@@ -173,6 +173,31 @@ def test_covers_by_large_counts_holes_and_offers_the_cheaper_mix():
     assert kept[(0, 2)].keep == ((seven, 1),) and kept[(5, 0)].add == (_t(2, 110.0),) * 4
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.dictionaries(st.sampled_from([1, 2, 3, 4, 7]), st.integers(10, 400), min_size=1))
+def test_large_tables_hold_each_suffix_minimum_per_hole_count(sizes):
+    """`_large_tables`, every row at once, against the definition column by column: for each
+    count of added segments and of large holes, the fewest slices of any multiset at least as
+    fast as column i that needs that many holes (its first index where several tie), inf where none."""
+    import math
+
+    from parvagpu.planning.replan_pack import _LARGE_MAX, _add_tables, _large_tables, large
+
+    per_size = tuple(_t(z, float(thr)) for z, thr in sorted(sizes.items()))
+    for a, ((_, _, _, combos), (_, least, where)) in enumerate(zip(_add_tables(per_size), _large_tables(per_size))):
+        slices = [sum(per_size[j].size for j in row) for row in combos]
+        holes = [sum(large(per_size[j].size) for j in row) for row in combos]
+        assert least.shape == where.shape == (_LARGE_MAX * a + 1, len(combos) + 1)
+        for L in range(_LARGE_MAX * a + 1):
+            assert math.isinf(least[L, len(combos)])
+            for i in range(len(combos)):
+                fit = [(slices[j], j) for j in range(i, len(combos)) if holes[j] == L]
+                if fit:
+                    assert (least[L, i], where[L, i]) == min(fit)
+                else:
+                    assert math.isinf(least[L, i]) and where[L, i] == 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([1, 2, 3, 4, 7]), st.integers(10, 400)), max_size=4),
        st.dictionaries(st.sampled_from([1, 2, 3, 4, 7]), st.integers(10, 400), min_size=1),
