@@ -160,8 +160,8 @@ def _large_tables(per_size: tuple[Triplet, ...]) -> tuple[tuple[np.ndarray, np.n
     holes of 3+ slices the multiset needs (`large`, rows), the fewest slices of any multiset at
     least as fast as column i (suffix minima, inf where none) and where that minimum is.
 
-    Every row of a table at once (one model's tables took 1.8 ms a row at a time, 200 models'
-    0.36 s of a 1,000-service re-plan under the profiler)."""
+    Every row of a table at once: row by row, a 1,000-service re-plan's 200 changed models took
+    0.25-0.37 s of CPU here, 0.11-0.12 s so."""
     size_of = np.array([t.size for t in per_size], dtype=np.int64)
     large_of = np.array([large(t.size) for t in per_size], dtype=np.int64)
     none = np.iinfo(np.int64).max
