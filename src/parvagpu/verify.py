@@ -27,17 +27,10 @@ from fractions import Fraction
 from functools import lru_cache
 
 from parvagpu.core.errors import ParvaError
-from parvagpu.core.exact import capacities
+from parvagpu.core.exact import capacities, exact as _exact
 from parvagpu.core.fleet import reserved_slots
 from parvagpu.core.gpus import GpuType, gpu_type
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
-
-
-@lru_cache(maxsize=1 << 16)
-def _exact(x: float) -> Fraction:
-    """The float's exact decimal value (kept: a re-planning controller checks the same figures at
-    every re-plan)."""
-    return Fraction(repr(float(x)))
 
 
 @lru_cache(maxsize=1 << 16)

@@ -11,9 +11,11 @@ from typing import Iterable
 from parvagpu.core.model import PlacedSegment
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 18)
 def exact(x: float) -> Fraction:
-    """The float's exact decimal value."""
+    """The float's exact decimal value. Kept: a re-planning controller plans, schedules and checks
+    the same figures at every re-plan (the re-planner, packing, the scheduler and `verify` share
+    this one cache, as large as the four they each had)."""
     return Fraction(repr(float(x)))
 
 

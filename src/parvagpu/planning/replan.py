@@ -69,13 +69,12 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from itertools import combinations
 from fractions import Fraction
 from typing import Callable
 
 from parvagpu.core.errors import ParvaError
-from parvagpu.core.exact import capacities
+from parvagpu.core.exact import capacities, exact as _exact
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Segment, Service, Triplet
 from parvagpu.core.model import segment_key
 from parvagpu.planning.configurator import unservable
@@ -92,11 +91,6 @@ MOVE_AWARE = ("auto", "optimal", "parva")
 # place. Packing, the program and the optimizer read `time.perf_counter` themselves: a clock put
 # here must agree with it wherever they still run (past the deadline none of them is started).
 _now = time.perf_counter
-
-
-@lru_cache(maxsize=1 << 16)
-def _exact(x: float) -> Fraction:
-    return Fraction(repr(float(x)))
 
 
 @dataclass(frozen=True)

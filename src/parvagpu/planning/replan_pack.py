@@ -38,17 +38,13 @@ from itertools import combinations, combinations_with_replacement, count, produc
 
 import numpy as np
 
+from parvagpu.core.exact import exact as _exact
 from parvagpu.core.model import PlacedSegment, Segment, Triplet
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.space import Space
 
 MAX_CHANGES = 10  # most changes enumerated per model
 _ADD_MAX = 6  # most added segments per model
-
-
-@lru_cache(maxsize=1 << 16)
-def _exact(x: float) -> Fraction:
-    return Fraction(repr(float(x)))
 
 
 @lru_cache(maxsize=4096)

@@ -25,9 +25,11 @@ import heapq
 import math
 from collections import defaultdict, deque
 from fractions import Fraction
-from functools import lru_cache
 from typing import Sequence
 
+# capacities summed exactly, as the checker does: a step the scheduler calls safe is never a hair
+# below a floor
+from parvagpu.core.exact import exact as _exact
 from parvagpu.core.errors import ParvaError
 from parvagpu.core.gpus import gpu_type
 from parvagpu.core.model import (
@@ -41,13 +43,6 @@ from parvagpu.core.model import (
     Transition,
     segment_key,
 )
-
-
-@lru_cache(maxsize=1 << 16)
-def _exact(x: float) -> Fraction:
-    """Capacities are summed exactly, as the checker does, so a step the scheduler calls safe is
-    never a hair below a floor (kept: a re-planning controller schedules the same figures again)."""
-    return Fraction(repr(float(x)))
 
 
 def _check_compatible(old: DeploymentMap, new: DeploymentMap) -> None:
