@@ -1089,24 +1089,18 @@ def own_recover(request: PlanRequest, kept: tuple[PlacedSegment, ...], model: st
 def _drop_order(own: list[PlacedSegment], per_size: dict[int, Triplet], space: Space) -> list[PlacedSegment]:
     """`own` (smallest first) with the segments whose slots, given up, hold more of the model
     than they serve moved to the front, the most gained first (per GPU, the best legal layout of
-    the free slots as `own_room` counts it, with and without the segment): a 3g@4 re-cut into
+    the free slots, `_most_in`, with and without the segment): a 3g@4 re-cut into
     three 1g, a 2g into two. The smallest alone missed those beyond the first `_OWN_OF` (1,000
     services, bert-385 x1.1: thirteen 1g came first, while its 3g and two 2g re-cut, with the one
     free slice, gain the 215 req/s it needs: 11 changes, none to other models, where the plan
     kept was the renumbered fresh one, 1,204 changes)."""
     gpu = space.gpu
     most: dict[int, float] = {}
-
-    def room(mask: int) -> float:
-        if mask not in most:
-            most[mask] = max((sum(per_size[z].throughput for z, st in lay if z in per_size and not gpu.mask(z, st) & mask)
-                              for lay in gpu.layouts()), default=0.0)
-        return most[mask]
-
     gain = {}
     for s in own:
         used = space.state[s.gpu][0]
-        gain[s] = room(used & ~gpu.mask(s.size, s.start)) - room(used) - s.segment.throughput
+        freed = used & ~gpu.mask(s.size, s.start)
+        gain[s] = _most_in(gpu, per_size, freed, most) - _most_in(gpu, per_size, used, most) - s.segment.throughput
     return sorted(own, key=lambda s: -gain[s] if gain[s] > 1e-9 else 0.0)  # stable: the rest smallest first
 
 
@@ -1176,6 +1170,16 @@ def dense_cover(model: str, need: Fraction, per_size: dict[int, Triplet], space:
 _OWN_DROPS, _OWN_OF = 3, 12  # `own_recover`: most segments given up, of how many (smallest first)
 
 
+def _most_in(gpu, per_size: dict[int, Triplet], mask: int, memo: dict[int, float]) -> float:
+    """The most a model serves in the memory slices `mask` leaves free on one GPU: the best legal
+    layout's instances that fit there, each size at its triplet in `per_size` (throughputs add
+    up); `memo` keeps each mask's answer."""
+    if mask not in memo:
+        memo[mask] = max((sum(per_size[z].throughput for z, st in lay if z in per_size and not gpu.mask(z, st) & mask)
+                          for lay in gpu.layouts()), default=0.0)
+    return memo[mask]
+
+
 def own_room(request: PlanRequest, kept: tuple[PlacedSegment, ...], changed, gpus: int) -> bool:
     """Whether one changed model could be re-covered within `gpus` GPUs with every other model's
     segments in `kept` left in place (and still covering its rate). Exact: throughputs add up, so
@@ -1196,9 +1200,7 @@ def own_room(request: PlanRequest, kept: tuple[PlacedSegment, ...], changed, gpu
         return False
     best = per_size_table(request)[model]
     most: dict[int, float] = {}
-    for mask in set(used.values()) | {0}:
-        most[mask] = max((sum(best[z].throughput for z, st in lay if z in best and not gpu.mask(z, st) & mask)
-                          for lay in gpu.layouts()), default=0.0)
-    room = sum(most[m] for m in used.values()) + (gpus - len(used)) * most[0]
+    room = sum(_most_in(gpu, best, m, most) for m in used.values())
+    room += (gpus - len(used)) * _most_in(gpu, best, 0, most)  # an unused GPU holds a full layout
     rate = next(s.rate for s in request.services if s.model == model)
     return room >= rate
