@@ -15,7 +15,9 @@ many GPUs as the proven lower bound it reports, which no fresh plan can beat: th
 dip of the make-before-break transition. Every plan is checked with `verify` and every transition
 with `verify_schedule` (`--no-dips` skips the transitions; `--cases` lists each case's changes). `--extra-gpus K` re-plans with
 `--max-extra-gpus K`; `--bound` adds, per case, the slice-counting lower bound on the changes of
-any plan with that many GPUs (`replan_bound.py`). `--cache DIR` keeps the running plans and the reference fresh plans (pickled,
+any plan with that many GPUs (`replan_bound.py`); `--exact S` with it, the fewest changes any plan
+with that many GPUs can have, by the move-aware program with every GPU open given S seconds
+(`replan_bound.fewest_changes`; "unproven" when it did not end in time). `--cache DIR` keeps the running plans and the reference fresh plans (pickled,
 keyed by their services and limit), so a re-run times the re-plans alone.
 
 `--models SPEC` picks the generated workloads' models for (a) instead of `--sample`: `all`, `N`
@@ -44,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import base_profiles, random_services  # noqa: E402
-from replan_bound import change_bound, others_can_stay  # noqa: E402
+from replan_bound import change_bound, fewest_changes, others_can_stay  # noqa: E402
 
 from parvagpu.cli.common import example_dir  # noqa: E402
 from parvagpu.core.gpus import gpu_type  # noqa: E402
@@ -84,6 +86,7 @@ def fresh_plan(req: PlanRequest):
     return out
 EXTRA = 0  # --extra-gpus: GPUs beyond the fresh plan's that each re-plan may use
 BOUND = False  # --bound: the slice-counting lower bound on changes at the re-plan's GPUs, case (b)
+EXACT = 0.0  # --exact S: the fewest changes at the re-plan's GPUs, the move-aware program given S s, case (b)
 CASES = False  # --cases: list each case's changes in the row
 DIPS = True  # --no-dips: skip the transition's schedule (minutes for a wide change at 5,000 services)
 
@@ -116,6 +119,7 @@ def run_case(profiles, current, services, changed: set[str], time_limit: float, 
         "dip_steps": steps,
         "models": len(changed),
         "bound": change_bound(req, new.gpus_used) if bound else None,
+        "exact": fewest_changes(req, new.gpus_used, new.segments, EXACT) if bound and EXACT else None,
     }
 
 
@@ -235,6 +239,10 @@ def summary(label: str, kind: str, rows: list[dict], population: int = 0) -> str
         f"{sum(1 for r in rows if r['dip'] > 0)} ({max(r['dip'] for r in rows):.0%})")
     if rows[0]["bound"] is not None:
         kind += " (changes >= " + ", ".join(str(r["bound"]) for r in rows) + ")"
+    if rows[0].get("exact") is not None:
+        kind += (" (fewest possible: " + ", ".join(
+            "?" if r["exact"][0] is None else f"{r['exact'][0]}{'' if r['exact'][1] else ' unproven'}"
+            for r in rows) + ")")
     if CASES and n <= 10:  # the random draws; single-model rows list too many
         kind += (" [changed " + ", ".join(str(r["changed"]) for r in rows) + "; CPU "
                  + ", ".join(f"{r['cpu']:.2f}" for r in rows) + " s]")
@@ -267,6 +275,8 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=10.0)
     ap.add_argument("--extra-gpus", type=int, default=0, help="--max-extra-gpus of every re-plan")
     ap.add_argument("--bound", action="store_true", help="print the slice-counting bound on changes")
+    ap.add_argument("--exact", type=float, default=0.0, metavar="S",
+                    help="with --bound: also the fewest changes possible, the program given S seconds a case")
     ap.add_argument("--only", default="one,random", help="which changes: one, random or both")
     ap.add_argument("--cache", type=Path, help="folder keeping the fresh plans between runs")
     ap.add_argument("--cases", action="store_true", help="list each case's changed segments in its row")
@@ -274,8 +284,9 @@ def main() -> None:
     ap.add_argument("--models", help="generated workloads' models for (a): all, N or A:B of a seeded shuffle")
     ap.add_argument("--rows", type=Path, help="JSON-lines file of single-model cases: appended, resumed from")
     args = ap.parse_args()
-    global EXTRA, BOUND, CACHE, DIPS, CASES, ROWS
+    global EXTRA, BOUND, CACHE, DIPS, CASES, ROWS, EXACT
     EXTRA, BOUND, CACHE, DIPS, CASES = args.extra_gpus, args.bound, args.cache, not args.no_dips, args.cases
+    EXACT = args.exact
     ROWS = args.rows
     if CACHE is not None:
         CACHE.mkdir(parents=True, exist_ok=True)

@@ -123,3 +123,25 @@ def others_can_stay(request: PlanRequest, model: str, gpus: int) -> bool:
     rate = next(s.rate for s in request.services if s.model == model)
     capacity = sum(most(m) for m in used.values()) + (gpus - len(used)) * most(0)
     return capacity >= rate * (1 - _TOL)
+
+
+def fewest_changes(request: PlanRequest, gpus: int, start, time_limit: float) -> tuple[int | None, bool]:
+    """The fewest changed segments of any plan of `request` from `request.current` within `gpus`
+    GPUs, by the re-planner's move-aware program (`replan_program.solve_moves`) with every GPU
+    open, warm-started with `start` (a plan's segments), and whether it is proven: HiGHS runs
+    with a zero gap and stops early only at the optimum, so a solve that ends before its limit
+    proved it. The program's model is complete for this question: a new segment of a size is
+    best taken at that size's best triplet, and every legal placement beside kept segments is one
+    of its extensions. (None, False) when it finds no plan in time."""
+    import time
+
+    from parvagpu.planning.replan import _base, _candidate
+    from parvagpu.planning.replan_program import solve_moves
+
+    base = _base(request, "auto")
+    t0 = time.perf_counter()
+    found = solve_moves(request, base.kept, gpus, start, set(base.known), t0 + time_limit, None)
+    proven = time.perf_counter() - t0 < time_limit - 0.5
+    if found is None:
+        return None, False
+    return _candidate("exact", found, request).changes, proven
