@@ -751,18 +751,18 @@ def _replan(request: PlanRequest, strategy: str, planner: Callable[[PlanRequest]
     if cap is None or (cap.fresh is None and not _within(cands, cap.gpus)):
         cap = _fresh_cap(request, planner, clock, cands, base, cap)
     extra = request.max_extra_gpus
-    best = _best(cands, _fewest(cands, cap.gpus, extra))
+    best = _chosen(cands, cap.gpus, extra)
     if best.others and clock.left() > _OWN_MIN_S and owned != best.gpus:
         # Other models moved where the changed one alone could make room (emptying its own GPU,
         # say): its own segments re-covered, as few changes may leave the others in place.
         cands += _own(request, base, best.gpus, clock)
-        best = _best(cands, _fewest(cands, cap.gpus, extra))
+        best = _chosen(cands, cap.gpus, extra)
     if best.changes > base.floor and not local and not _packed_within(cands, cap.gpus) and clock.left() > _MIN_PHASE_S:
         cands += _local(request, base, cands[0], cap.gpus, planner, clock.at(_LOCAL_BY))
-        best = _best(cands, _fewest(cands, cap.gpus, extra))
+        best = _chosen(cands, cap.gpus, extra)
     if strategy != "parva" and best.changes > base.floor and clock.left() > _MIN_PROGRAM_S:
         cands += _program(request, base, best, _fewest(cands, cap.gpus, extra), clock)
-        best = _best(cands, _fewest(cands, cap.gpus, extra))
+        best = _chosen(cands, cap.gpus, extra)
     return _finish(request, strategy, best, cap, base.floor)
 
 
@@ -1061,6 +1061,11 @@ def _changed_models(request: PlanRequest, current: DeploymentMap) -> set[str]:
     """Models whose rate or SLO differs from the running plan's, or that it did not serve."""
     old = {s.model: (s.rate, s.latency_ms) for s in current.services}
     return {s.model for s in request.services if old.get(s.model) != (s.rate, s.latency_ms)}
+
+
+def _chosen(cands: list[Candidate], cap: int, extra: int) -> Candidate:
+    """The plan among `cands`: `_best` within `_fewest`'s GPU target."""
+    return _best(cands, _fewest(cands, cap, extra))
 
 
 def _best(cands: list[Candidate], cap: int) -> Candidate:
