@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from parvagpu.core.model import DeploymentMap, Profile
 from parvagpu.core.errors import ParvaError
 from parvagpu.serving.policy import ModelSpec, SegmentSpec, serving_spec
-from parvagpu.serving.router import WeightedRouter, quantise
+from parvagpu.serving.router import WeightedRouter
 from parvagpu.serving.stats import ModelStats, summarize
 
 MAX_DURATION_S = 86_400.0  # one simulated day
@@ -158,16 +158,29 @@ def simulate_segment(
     return SegmentResult(np.asarray(lat, dtype=float), batches)
 
 
+class _Tie(Exception):
+    """A request arrived exactly when a batch closed: only the step-by-step order decides whether
+    it joins that batch, so the lazy pass hands over to the eager one."""
+
+
 class _LiveSegment:
     """One segment simulated arrival by arrival, for the spill-over path: the batching of
     `simulate_segment`, but a batch is formed only once the next arrival is past its close time
     (an arrival before it may still join), so the in-flight count is right when the ingress asks.
-    The queue holds arrival times; requests leave it in arrival order, so latencies are appended."""
+    The queue holds arrival times; requests leave it in arrival order, so latencies are appended.
 
-    __slots__ = ("batch", "wait_s", "svc", "limit", "lat", "queue", "free", "done", "inflight", "batches")
+    `lazy`: the caller asks `has_room` only once `inflight` (not yet net of finished batches)
+    reaches `ask` (the limit), since releasing can only lower it and forming batches leaves it
+    unchanged; batches are then formed later, in one go, to the same closes. They take the same
+    requests unless one arrived exactly at a close (`_Tie`). Not lazy, `ask` is 0: always asked."""
 
-    def __init__(self, procs: int, batch: int, wait_s: float, service_s: list[float], limit: int) -> None:
-        self.batch, self.wait_s, self.svc, self.limit = batch, wait_s, service_s, limit
+    __slots__ = ("batch", "wait_s", "svc", "limit", "lat", "queue", "free", "done", "inflight", "batches",
+                 "lazy", "ask")
+
+    def __init__(self, procs: int, batch: int, wait_s: float, service_s: list[float], limit: int,
+                 lazy: bool = False) -> None:
+        self.batch, self.wait_s, self.svc, self.limit, self.lazy = batch, wait_s, service_s, limit, lazy
+        self.ask = limit if lazy else 0
         self.lat: list[float] = []
         self.queue: deque[float] = deque()
         self.free = [0.0] * procs
@@ -189,16 +202,18 @@ class _LiveSegment:
                     break
                 full = q[batch - 1] if len(q) >= batch else None  # when the batch-th queued arrived
                 if wait_s <= 0 or (full is not None and full <= opened):
-                    close = opened
+                    close = edge = opened
                 elif full is not None and full <= opened + wait_s:
-                    close = full
+                    close, edge = full, opened + wait_s  # a full batch, unless filled at the deadline
                 elif opened + wait_s <= t:
-                    close = opened + wait_s
+                    close = edge = opened + wait_s
                 else:
                     break  # not known yet: an arrival before the deadline may still join
                 k, most = 0, min(batch, len(q))
                 while k < most and q[k] <= close:
                     k += 1
+                if k > 1 and q[k - 1] == edge and self.lazy:
+                    raise _Tie  # it may have come after this batch formed: decided step by step
                 finish = close + self.svc[k - 1]
                 heapq.heapreplace(free, finish)
                 heapq.heappush(self.done, (finish, k))
@@ -222,34 +237,65 @@ def simulate_spilling(arrivals, segments: list[tuple[int, int, float, list[float
     ingress's router with spill-over (see the module doc). Per segment its requests' latencies (s)
     and batch histogram, and per segment the rejections of requests scheduled to it.
 
-    The router's smooth weighted round-robin (`WeightedRouter.pick` with an eligibility test) is
-    written out here over local lists: same credits, same ties (the lowest index), same undo."""
+    Run with lazy segments (the trace replay's serving model runs this thousands of times); when a
+    request arrives exactly at a batch's close, again step by step, which decides that order."""
     import numpy as np
 
-    weights = quantise(shares)
-    total, order = sum(weights), range(len(weights))
-    cur = [0] * len(weights)
-    segs = [_LiveSegment(*s) for s in segments]
+    times = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
+    try:
+        segs, rejected = _spill(times, [_LiveSegment(*s, lazy=True) for s in segments], shares)
+    except _Tie:
+        segs, rejected = _spill(times, [_LiveSegment(*s) for s in segments], shares)
+    return [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
+
+
+def _spill(times: list[float], segs: list[_LiveSegment], shares: list[float]) -> tuple[list, list[int]]:
+    """The spill-over loop, routed as `WeightedRouter.pick` with an eligibility test routes: same
+    credits, same ties (the lowest index), same undo (a rejection changes no credit).
+
+    After m accepted requests, c[i] of them by segment i, its credit is m w_i - total c[i]. While
+    the counts are those of a router that never spilled, the next pick is that router's, read from
+    its cached sequence (`plain`) instead of crediting every segment per request (most of this
+    loop's time when it did); after a spill the credits are computed until the counts meet again
+    (`cp`: the plain router's counts meanwhile). A lazy segment below its limit is not asked."""
+    router = WeightedRouter(shares)
+    weights, total, order = router.weights, router.total, range(len(segs))
+    plain = router.sequence(len(times))
+    c = [0] * len(segs)
+    cp: list[int] | None = None
+    m = 0
     rejected = [0] * len(segs)
-    for t in (arrivals.tolist() if hasattr(arrivals, "tolist") else arrivals):
-        best, top = 0, None
-        for i in order:  # credit every segment; the first of the highest credits is scheduled
-            c = cur[i] = cur[i] + weights[i]
-            if top is None or c > top:
-                best, top = i, c
-        if not segs[best].has_room(t):  # spill over to the best-credited segment with room
-            ok = [i for i in order if segs[i].has_room(t)]
+    for t in times:
+        if cp is None:
+            best = plain[m]
+        else:
+            best, top, m1 = 0, weights[0] * (m + 1) - total * c[0], m + 1
+            for i in order:  # the first of the highest credits is scheduled
+                x = m1 * weights[i] - total * c[i]
+                if x > top:
+                    best, top = i, x
+        s = segs[best]
+        if s.inflight >= s.ask and not s.has_room(t):  # spill over to the best-credited one with room
+            ok = [i for i in order if segs[i].inflight < segs[i].ask or segs[i].has_room(t)]
             if not ok:
-                for i in order:  # a rejected request consumes no credit
-                    cur[i] -= weights[i]
                 rejected[best] += 1
                 continue
-            best = max(ok, key=lambda i: (cur[i], -i))
-        cur[best] -= total
-        segs[best].add(t)
+            best = max(ok, key=lambda i: ((m + 1) * weights[i] - total * c[i], -i))
+            s = segs[best]
+        s.add(t)
+        c[best] += 1
+        if cp is not None:
+            cp[plain[m]] += 1
+            if cp == c:
+                cp = None
+        elif best != plain[m]:
+            cp = c[:]
+            cp[best] -= 1
+            cp[plain[m]] += 1
+        m += 1
     for s in segs:
         s.has_room(math.inf)
-    return [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
+    return segs, rejected
 
 
 def poisson_arrivals(rng, rate: float, duration_s: float):
