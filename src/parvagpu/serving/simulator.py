@@ -29,7 +29,9 @@ from __future__ import annotations
 import heapq
 import math
 import time
+from bisect import bisect_right
 from collections import deque
+from heapq import heappop, heappush, heapreplace
 from dataclasses import dataclass, field
 
 from parvagpu.core.model import DeploymentMap, Profile
@@ -175,12 +177,14 @@ class _LiveSegment:
     requests unless one arrived exactly at a close (`_Tie`). Not lazy, `ask` is 0: always asked."""
 
     __slots__ = ("batch", "wait_s", "svc", "limit", "lat", "queue", "free", "done", "inflight", "batches",
-                 "lazy", "ask")
+                 "lazy", "ask", "until", "fastest")
 
     def __init__(self, procs: int, batch: int, wait_s: float, service_s: list[float], limit: int,
                  lazy: bool = False) -> None:
         self.batch, self.wait_s, self.svc, self.limit, self.lazy = batch, wait_s, service_s, limit, lazy
         self.ask = limit if lazy else 0
+        self.until = -math.inf  # a lazy segment found full is not asked again before this time
+        self.fastest = min(service_s[:batch])
         self.lat: list[float] = []
         self.queue: deque[float] = deque()
         self.free = [0.0] * procs
@@ -193,7 +197,7 @@ class _LiveSegment:
         whether a request arriving at t is admitted."""
         q = self.queue
         if q:
-            free, batch, wait_s = self.free, self.batch, self.wait_s
+            free, batch, wait_s, svc, lat = self.free, self.batch, self.wait_s, self.svc, self.lat
             while q:
                 opened = free[0]
                 if q[0] > opened:
@@ -209,22 +213,27 @@ class _LiveSegment:
                     close = edge = opened + wait_s
                 else:
                     break  # not known yet: an arrival before the deadline may still join
-                k, most = 0, min(batch, len(q))
-                while k < most and q[k] <= close:
-                    k += 1
+                k = bisect_right(q, close, 0, batch if len(q) > batch else len(q))  # queued by the close
                 if k > 1 and q[k - 1] == edge and self.lazy:
                     raise _Tie  # it may have come after this batch formed: decided step by step
-                finish = close + self.svc[k - 1]
-                heapq.heapreplace(free, finish)
-                heapq.heappush(self.done, (finish, k))
+                finish = close + svc[k - 1]
+                heapreplace(free, finish)
+                heappush(self.done, (finish, k))
                 self.batches[k] = self.batches.get(k, 0) + 1
-                lat = self.lat
                 for _ in range(k):
                     lat.append(finish - q.popleft())
         done = self.done
         while done and done[0][0] <= t:
-            self.inflight -= heapq.heappop(done)[1]
-        return self.inflight < self.limit
+            self.inflight -= heappop(done)[1]
+        if self.inflight < self.limit:
+            return True
+        if self.lazy:  # full until a batch ends: one running, or one yet to start on the first free server
+            end = done[0][0] if done else math.inf
+            if q:
+                start = self.free[0] if self.free[0] > q[0] else q[0]
+                end = min(end, start + self.fastest)
+            self.until = end
+        return False
 
     def add(self, t: float) -> None:
         self.queue.append(t)
@@ -241,11 +250,26 @@ def simulate_spilling(arrivals, segments: list[tuple[int, int, float, list[float
     request arrives exactly at a batch's close, again step by step, which decides that order."""
     import numpy as np
 
+    out = spilling_lazily(arrivals, segments, shares)
+    if out is None:
+        times = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
+        segs, rejected = _spill(times, [_LiveSegment(*s) for s in segments], shares)
+        out = [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
+    return out
+
+
+def spilling_lazily(arrivals, segments: list[tuple[int, int, float, list[float], int]],
+                    shares: list[float]) -> tuple[list, list[int]] | None:
+    """`simulate_spilling` with lazy segments, or None when a request arrived exactly at a batch's
+    close. Without a tie, a run that neither spilled nor rejected is also what the segments give
+    simulated apart on the router's sequence (`simulate_segment`): same batches, same latencies."""
+    import numpy as np
+
     times = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
     try:
         segs, rejected = _spill(times, [_LiveSegment(*s, lazy=True) for s in segments], shares)
     except _Tie:
-        segs, rejected = _spill(times, [_LiveSegment(*s) for s in segments], shares)
+        return None
     return [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
 
 
@@ -268,6 +292,13 @@ def _spill(times: list[float], segs: list[_LiveSegment], shares: list[float]) ->
     for t in times:
         if cp is None:
             best = plain[m]
+            s = segs[best]
+            if s.inflight < s.ask or (t >= s.until and s.has_room(t)):  # the plain router's pick, with room
+                s.queue.append(t)
+                s.inflight += 1
+                c[best] += 1
+                m += 1
+                continue
         else:
             best, top, m1 = 0, weights[0] * (m + 1) - total * c[0], m + 1
             for i in order:  # the first of the highest credits is scheduled
@@ -275,8 +306,8 @@ def _spill(times: list[float], segs: list[_LiveSegment], shares: list[float]) ->
                 if x > top:
                     best, top = i, x
         s = segs[best]
-        if s.inflight >= s.ask and not s.has_room(t):  # spill over to the best-credited one with room
-            ok = [i for i in order if segs[i].inflight < segs[i].ask or segs[i].has_room(t)]
+        if s.inflight >= s.ask and not (t >= s.until and s.has_room(t)):  # spill over to the best-credited one with room
+            ok = [i for i in order if segs[i].inflight < segs[i].ask or (t >= segs[i].until and segs[i].has_room(t))]
             if not ok:
                 rejected[best] += 1
                 continue
@@ -412,6 +443,14 @@ def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How)
     svcs = [[t * how.service_scale for t in service_times(seg, profile)] for seg in ms.segments]
     limits = [None if how.unbounded else seg.limit for seg in ms.segments]
     several = len(ms.segments) > 1  # then one rejection means spills: stop there
+    if several and None not in limits:  # spills likely (the replay measures loads up to 4x): at once
+        spilled = spilling_lazily(arrivals, [(seg.procs, seg.batch, seg.wait_s, svc, lim)
+                                             for seg, svc, lim in zip(ms.segments, svcs, limits)],
+                                  [s.throughput for s in ms.segments])
+        if spilled is not None:
+            runs, lost = spilled
+            return _model_run(ms, svcs, runs, [r.latencies_s.size + n for r, n in zip(runs, lost)], lost,
+                              arrivals, how)
     runs = []
     for i, (seg, svc, lim) in enumerate(zip(ms.segments, svcs, limits)):
         run = simulate_segment(arrivals[picks == i], seg.procs, seg.batch, seg.wait_s, svc, lim, several)
@@ -425,6 +464,15 @@ def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How)
             arrivals, [(seg.procs, seg.batch, seg.wait_s, svc, lim) for seg, svc, lim in zip(ms.segments, svcs, limits)],
             [s.throughput for s in ms.segments])
         routed = [r.latencies_s.size + n for r, n in zip(runs, lost)]
+    return _model_run(ms, svcs, runs, routed, lost, arrivals, how)
+
+
+def _model_run(ms: ModelSpec, svcs: list[list[float]], runs: list[SegmentResult], routed: list[int],
+               lost: list[int], arrivals, how: _How) -> _ModelRun:
+    """One model's segment rows and summary from its segments' runs (requests routed to each, and
+    rejected)."""
+    import numpy as np
+
     rows, served = [], []
     for seg, svc, res, n, rej in zip(ms.segments, svcs, runs, routed, lost):
         row, ok = _segment_row(seg, svc, res, n, rej, how)
