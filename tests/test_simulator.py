@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from parvagpu.core.errors import ParvaError
 from parvagpu.planning.heuristic import plan_parva as make_plan
 from parvagpu.planning.request import PlanRequest
 from parvagpu.serving.policy import SegmentSpec
-from parvagpu.serving.simulator import poisson_arrivals, service_times, simulate, simulate_segment, simulate_spilling
+from parvagpu.serving.simulator import (poisson_arrivals, service_times, simulate, simulate_segment, simulate_spilling,
+                                       within_slo)
 from parvagpu.inputs.services import load_scenario
 
 from helpers import profile
@@ -130,6 +132,17 @@ def test_simulate_with_spill_over_rejects_only_beyond_capacity(profiles):
         assert st.lost == 0 and st.ok + st.rejected == st.sent
         assert sum(row["rejected"] for row in r.segments) == st.rejected
         assert st.rejected / st.sent == pytest.approx(share, abs=0.003 if load < 1 else 0.02)
+
+
+def test_within_slo_counts_what_simulate_counts(profiles):
+    """The trace replay's serving model takes `within_slo` for `simulate`'s stats: the same counts
+    for one segment and for several, below and beyond capacity (spills and rejections)."""
+    for rate, slo in ((40.0, 200.0), (900.0, 60.0)):
+        plan = make_plan(PlanRequest((Service("resnet50", rate, slo),), profiles, gpu_type("A100-80GB")))
+        for load in (0.5, 0.95, 1.3, 3.0):
+            scaled = replace(plan, services=(Service("resnet50", rate * load, slo),))
+            st = simulate(scaled, duration_s=400 / (rate * load), seed=2, profiles=profiles).stats[0]
+            assert within_slo(scaled, 400 / (rate * load), 2, profiles) == (st.within_slo, st.sent)
 
 
 def _seg(batch=16, procs=1, size=1, lat=40.0):

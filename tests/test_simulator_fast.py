@@ -1,5 +1,6 @@
 """The simulator's fused segment and spill-over loops give exactly the results of the step-by-step
-reference (tests/sim_reference.py) on random segments, overload and ties included."""
+reference (tests/sim_reference.py) on random segments, overload and ties included; so does the lazy
+spill-over loop the simulator runs first for a model of several segments."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parvagpu.serving.simulator import simulate_segment, simulate_spilling
+from parvagpu.serving.router import WeightedRouter
+from parvagpu.serving.simulator import simulate_segment, simulate_spilling, spilling_lazily
 
 import sim_reference as ref
 
@@ -58,3 +60,24 @@ def test_spill_over_loop_equals_the_reference(a, segs, data):
     ref_runs, ref_rejected = ref.simulate_spilling(a, segs, shares)
     assert rejected == ref_rejected
     assert all(same(x, y) for x, y in zip(runs, ref_runs))
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrivals(), st.lists(segment(), min_size=2, max_size=4), st.data())
+def test_lazy_spill_over_loop_is_the_segments_apart_until_one_is_full(a, segs, data):
+    """What `simulate` takes for a model of several segments: the lazy loop's runs are the
+    segments simulated apart on the router's sequence when none of them rejects there, else the
+    spill-over reference's; None only for a request arriving exactly at a batch's close."""
+    segs = [(p, b, w, s, lim if lim is not None else 4 * b * p) for p, b, w, s, lim in segs]
+    shares = data.draw(st.lists(st.floats(1.0, 500.0), min_size=len(segs), max_size=len(segs)))
+    out = spilling_lazily(a, segs, shares)
+    if out is None:
+        return
+    runs, rejected = out
+    picks = np.asarray(WeightedRouter(shares).sequence(a.size), dtype=int)
+    apart = [ref.simulate_segment(a[picks == i], *seg) for i, seg in enumerate(segs)]
+    if not any(np.isnan(r.latencies_s).any() for r in apart):
+        assert rejected == [0] * len(segs) and all(same(x, y) for x, y in zip(runs, apart))
+    else:
+        ref_runs, ref_rejected = ref.simulate_spilling(a, segs, shares)
+        assert rejected == ref_rejected and all(same(x, y) for x, y in zip(runs, ref_runs))

@@ -5,7 +5,8 @@ A day of 100 models is tens of billions of requests at production rates; simulat
 take hours. Between two events (a trace step, a controller tick, a transition step finishing) a
 model's offered rate and serving segments are constant, so the replay only needs the share of its
 requests answered within the SLO in that steady state. That share is measured once per
-(model, its segments' configurations, load bucket) by `parvagpu.serving.simulator.simulate` itself, on a plan holding
+(model, its segments' configurations, load bucket) by `parvagpu.serving.simulator.simulate`'s own
+arrivals and segment runs (`within_slo`: its counts, without its percentiles), on a plan holding
 that model's serving segments alone (same router, batching, admission limits and profile service
 times as `simulate`), with `samples` Poisson arrivals at the bucket's load, and reused whenever the
 state recurs. It is measured at loads rho = rate / capacity on a grid of `step` and interpolated
@@ -26,7 +27,7 @@ import math
 from dataclasses import replace
 
 from parvagpu.core.model import DeploymentMap, PlacedSegment, Profile, Service
-from parvagpu.serving.simulator import simulate
+from parvagpu.serving.simulator import within_slo
 
 MIN_RHO = 0.1  # below this, loads share the 0.1 grid point's attainment (losses only fall with load)
 MAX_RHO = 4.0  # above this, the served rate is the 4.0 grid point's, i.e. no more than capacity
@@ -113,11 +114,10 @@ class AttainmentTable:
     def _measure(self, model: str, segments: tuple[PlacedSegment, ...], rate: float) -> float:
         sub = replace(self.template, segments=segments, services=(Service(model, rate, self.slos[model]),),
                       transition=None, stats=(), lower_bound=None, provenance=None)
-        res = simulate(sub, duration_s=self.samples / rate, seed=self.seed,
-                       profiles={model: self.profiles[model]} if model in self.profiles else None)
-        st = res.stats[0]
-        self.simulated_requests += st.sent
-        return st.within_slo / st.sent if st.sent else 1.0
+        good, sent = within_slo(sub, self.samples / rate, self.seed,
+                                {model: self.profiles[model]} if model in self.profiles else None)
+        self.simulated_requests += sent
+        return good / sent if sent else 1.0
 
     @property
     def entries(self) -> int:

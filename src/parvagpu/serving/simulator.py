@@ -417,6 +417,24 @@ def simulate(
     )
 
 
+def within_slo(plan: DeploymentMap, duration_s: float, seed: int = 0,
+               profiles: dict[str, Profile] | None = None) -> tuple[int, int]:
+    """(requests answered within the SLO, requests sent) of a plan serving one model: the counts of
+    `simulate(plan, duration_s, seed, profiles=profiles)`'s stats, from the same arrivals and the
+    same segment runs, without the percentiles and report rows it builds around them (the trace
+    replay's serving model asks for thousands of these)."""
+    import numpy as np
+
+    ((model, ms),) = serving_spec(plan).items()
+    if not ms.rate * duration_s <= MAX_REQUESTS:
+        raise ParvaError(f"{ms.rate * duration_s:.3g} requests to simulate, more than {MAX_REQUESTS:,}")
+    (stream,) = np.random.SeedSequence(seed).spawn(1)
+    arrivals = poisson_arrivals(np.random.default_rng(stream), ms.rate, duration_s)
+    _, runs, _, _ = _segment_runs(ms, arrivals, (profiles or {}).get(model), _How(duration_s, 0.0, False, 1.0))
+    slo = ms.latency_ms
+    return sum(int(np.count_nonzero(r.latencies_s * 1000.0 + 0.0 <= slo)) for r in runs), int(arrivals.size)
+
+
 @dataclass(frozen=True)
 class _How:
     """The simulation's knobs that every segment run needs."""
@@ -437,9 +455,15 @@ class _ModelRun:
 
 def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How) -> _ModelRun:
     """Route one model's arrivals over its segments, simulate each, and summarise the model."""
+    return _model_run(ms, *_segment_runs(ms, arrivals, profile, how), arrivals, how)
+
+
+def _segment_runs(ms: ModelSpec, arrivals, profile: Profile | None,
+                  how: _How) -> tuple[list[list[float]], list[SegmentResult], list[int], list[int]]:
+    """One model's arrivals routed over its segments and simulated: per segment its service times,
+    its run, the requests routed to it and those it rejected."""
     import numpy as np
 
-    picks = np.asarray(WeightedRouter([s.throughput for s in ms.segments]).sequence(arrivals.size), dtype=int)
     svcs = [[t * how.service_scale for t in service_times(seg, profile)] for seg in ms.segments]
     limits = [None if how.unbounded else seg.limit for seg in ms.segments]
     several = len(ms.segments) > 1  # then one rejection means spills: stop there
@@ -449,8 +473,8 @@ def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How)
                                   [s.throughput for s in ms.segments])
         if spilled is not None:
             runs, lost = spilled
-            return _model_run(ms, svcs, runs, [r.latencies_s.size + n for r, n in zip(runs, lost)], lost,
-                              arrivals, how)
+            return svcs, runs, [r.latencies_s.size + n for r, n in zip(runs, lost)], lost
+    picks = np.asarray(WeightedRouter([s.throughput for s in ms.segments]).sequence(arrivals.size), dtype=int)
     runs = []
     for i, (seg, svc, lim) in enumerate(zip(ms.segments, svcs, limits)):
         run = simulate_segment(arrivals[picks == i], seg.procs, seg.batch, seg.wait_s, svc, lim, several)
@@ -464,7 +488,7 @@ def _simulate_model(ms: ModelSpec, arrivals, profile: Profile | None, how: _How)
             arrivals, [(seg.procs, seg.batch, seg.wait_s, svc, lim) for seg, svc, lim in zip(ms.segments, svcs, limits)],
             [s.throughput for s in ms.segments])
         routed = [r.latencies_s.size + n for r, n in zip(runs, lost)]
-    return _model_run(ms, svcs, runs, routed, lost, arrivals, how)
+    return svcs, runs, routed, lost
 
 
 def _model_run(ms: ModelSpec, svcs: list[list[float]], runs: list[SegmentResult], routed: list[int],
