@@ -97,14 +97,11 @@ class _Cluster:
     def choose(self, size: int) -> _Gpu:
         """Best fit: least free-after-placement, then lowest index; new GPU when none fits."""
         best: tuple[int, int] | None = None
-        eligible, room = self.eligible, self.room
+        room = self.room
         for key, members in self.buckets.items():
             if not members:
                 continue
-            ok = eligible.get((key, size))
-            if ok is None:
-                ok = eligible[(key, size)] = _eligible(self.gpu, key, size, self.policy.single_instance_sizes)
-            if not ok:
+            if not self._eligible_key(key, size):
                 continue
             free = room.get(key)
             if free is None:
@@ -119,8 +116,11 @@ class _Cluster:
         self._bucket(g)
         return g
 
-    def place(self, seg: Segment) -> None:
-        g = self.choose(seg.size)
+    def place(self, seg: Segment, last: _Gpu | None = None) -> _Gpu:
+        """Place `seg` on `choose`'s GPU and return it. `last`: the GPU the previous placement took,
+        when that was of the same size and nothing else changed since: it stays the best fit while
+        it can take one more (its free slices fell, no other GPU's changed), so it is not searched."""
+        g = last if last is not None and self._eligible_key(last.sizes, seg.size) else self.choose(seg.size)
         self._unbucket(g)
         start = self.gpu.best_start(seg.size, g.used)
         if start is None:
@@ -131,6 +131,13 @@ class _Cluster:
         g.sizes = tuple(sorted(g.sizes + (seg.size,)))
         g.usage += seg.size
         self._bucket(g)
+        return g
+
+    def _eligible_key(self, key: tuple[int, ...], size: int) -> bool:
+        ok = self.eligible.get((key, size))
+        if ok is None:
+            ok = self.eligible[(key, size)] = _eligible(self.gpu, key, size, self.policy.single_instance_sizes)
+        return ok
 
     def _repack(self, g: _Gpu, seg: Segment) -> None:
         """Give every instance of the GPU a fresh legal start (planning only: nothing runs yet)."""
@@ -211,8 +218,9 @@ def _relocate(cluster: _Cluster, configs: tuple[ModelConfig, ...]) -> None:
         for seg in cfg.segments():
             queues[seg.size].append(seg)
     for size in sorted(queues, reverse=True):
+        last = None
         for seg in queues[size]:
-            cluster.place(seg)
+            last = cluster.place(seg, last)
 
 
 def _optimize(cluster: _Cluster, configs: tuple[ModelConfig, ...]) -> None:
