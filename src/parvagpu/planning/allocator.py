@@ -120,16 +120,17 @@ class _Cluster:
         """Place `seg` on `choose`'s GPU and return it. `last`: the GPU the previous placement took,
         when that was of the same size and nothing else changed since: it stays the best fit while
         it can take one more (its free slices fell, no other GPU's changed), so it is not searched."""
-        g = last if last is not None and self._eligible_key(last.sizes, seg.size) else self.choose(seg.size)
+        size = seg.size
+        g = last if last is not None and self._eligible_key(last.sizes, size) else self.choose(size)
         self._unbucket(g)
-        start = self.gpu.best_start(seg.size, g.used)
+        start = self.gpu.best_start(size, g.used)
         if start is None:
             self._repack(g, seg)
         else:
             g.slots[start] = seg
-            g.used |= self.gpu.mask(seg.size, start)
-        g.sizes = tuple(sorted(g.sizes + (seg.size,)))
-        g.usage += seg.size
+            g.used |= self.gpu.mask(size, start)
+        g.sizes = tuple(sorted(g.sizes + (size,)))
+        g.usage += size
         self._bucket(g)
         return g
 
