@@ -173,27 +173,30 @@ def trend_of(cfg: PolicyConfig, v: ModelView) -> str:
     return "flat"
 
 
-def forecast(cfg: PolicyConfig, v: ModelView) -> float:
+def forecast(cfg: PolicyConfig, v: ModelView, trend: str | None = None) -> float:
     """The rate a model is planned from: on a rising trend the rate forecast T ahead (the dwell: the
     plan must last until the model may change again), else the observed rate (a falling trend is
     not subtracted: the rate it forecasts has not come yet)."""
-    if trend_of(cfg, v) == "rising":
+    if (trend or trend_of(cfg, v)) == "rising":
         return v.observed_rate + v.trend * cfg.trend_horizon_s
     return v.observed_rate
 
 
-def down_band(cfg: PolicyConfig, v: ModelView) -> float:
+def down_band(cfg: PolicyConfig, v: ModelView, trend: str | None = None) -> float:
     """The band below the planned rate: b, or b_f on a clearly falling trend (the rate is not
     noise-wandering back up, so the plan may follow it sooner)."""
-    if cfg.falling_band is not None and trend_of(cfg, v) == "falling":
+    if cfg.falling_band is not None and (trend or trend_of(cfg, v)) == "falling":
         return cfg.falling_band
     return cfg.band
 
 
 def judge(cfg: PolicyConfig, v: ModelView) -> Want:
-    """Does this model's demand leave its band (or miss its attainment)? Dwell is not applied here."""
+    """Does this model's demand leave its band (or miss its attainment)? Dwell is not applied here.
+    The trend is found once for the forecast and the band; a model in band gets the one `Want` kept
+    for it (the controller asks every model at every tick, and most are in band)."""
     h = model_headroom(cfg, v.headroom)
-    ahead = forecast(cfg, v)
+    trend = trend_of(cfg, v)
+    ahead = forecast(cfg, v, trend)
     if v.attainment is not None and v.attainment < cfg.attainment_target:
         most = max(cfg.min_rate, v.observed_rate * (1.0 + cfg.max_headroom))
         want = min(target_rate(cfg, max(ahead, v.planned_rate)), most)
@@ -206,12 +209,20 @@ def judge(cfg: PolicyConfig, v: ModelView) -> Want:
                     f"up: rate {v.observed_rate:.1f}/s leaves < {cfg.min_headroom:.0%} headroom of capacity {v.capacity:.1f}/s"
                     + (f", forecast {ahead:.1f}/s" if ahead != v.observed_rate else ""))
     want = target_rate(cfg, ahead, h)
-    band = down_band(cfg, v)
+    band = down_band(cfg, v, trend)
     if want < v.planned_rate * (1.0 - band) and want < v.planned_rate:
         return Want(v.model, want,
                     f"down: rate {v.observed_rate:.1f}/s needs {want:.1f}/s, below {1 - band:.0%} of planned {v.planned_rate:.1f}/s"
                     + (" (falling)" if band != cfg.band else ""))
-    return Want(v.model, None, "in band")
+    keep = _IN_BAND.get(v.model)
+    if keep is None:
+        if len(_IN_BAND) >= 100_000:
+            _IN_BAND.clear()
+        keep = _IN_BAND[v.model] = Want(v.model, None, "in band")
+    return keep
+
+
+_IN_BAND: dict[str, Want] = {}  # model -> its "in band" Want (frozen: one per model serves every tick)
 
 
 def dwell_left(cfg: PolicyConfig, now: float, v: ModelView) -> float:
