@@ -66,18 +66,21 @@ def test_spill_over_loop_equals_the_reference(a, segs, data):
 @given(arrivals(), st.lists(segment(), min_size=2, max_size=4), st.data())
 def test_lazy_spill_over_loop_is_the_segments_apart_until_one_is_full(a, segs, data):
     """What `simulate` takes for a model of several segments: the lazy loop's runs are the
-    segments simulated apart on the router's sequence when none of them rejects there, else the
-    spill-over reference's; None only for a request arriving exactly at a batch's close."""
+    spill-over reference's (None only for a request arriving exactly at a batch's close), and,
+    when no two requests arrive at the same time and none is rejected on the router's sequence,
+    the segments simulated apart. With equal arrival times the two differ by design: the ingress
+    routes one request at a time, so with no wait the second of two equal arrivals finds the first
+    one's batch formed, where a segment simulated apart takes both (Hypothesis found such a case:
+    wait 0, batch 3, two requests at 0.26478025 s)."""
     segs = [(p, b, w, s, lim if lim is not None else 4 * b * p) for p, b, w, s, lim in segs]
     shares = data.draw(st.lists(st.floats(1.0, 500.0), min_size=len(segs), max_size=len(segs)))
     out = spilling_lazily(a, segs, shares)
     if out is None:
         return
     runs, rejected = out
+    ref_runs, ref_rejected = ref.simulate_spilling(a, segs, shares)
+    assert rejected == ref_rejected and all(same(x, y) for x, y in zip(runs, ref_runs))
     picks = np.asarray(WeightedRouter(shares).sequence(a.size), dtype=int)
     apart = [ref.simulate_segment(a[picks == i], *seg) for i, seg in enumerate(segs)]
-    if not any(np.isnan(r.latencies_s).any() for r in apart):
+    if np.unique(a).size == a.size and not any(np.isnan(r.latencies_s).any() for r in apart):
         assert rejected == [0] * len(segs) and all(same(x, y) for x, y in zip(runs, apart))
-    else:
-        ref_runs, ref_rejected = ref.simulate_spilling(a, segs, shares)
-        assert rejected == ref_rejected and all(same(x, y) for x, y in zip(runs, ref_runs))
