@@ -19,10 +19,10 @@ import numpy as np
 from parvagpu.planning.replan import admissible_segments, per_size_table
 from parvagpu.planning.request import PlanRequest
 
-MAX_MODEL_CHANGES = 12
+MAX_MODEL_CHANGES = 20  # 12 (and 6 added) left two 1,000-service draws unbounded; 30 and 14 give the same bounds there
 
 
-_ADD_MAX = 6  # most added segments per model enumerated
+_ADD_MAX = 10  # most added segments per model enumerated
 _TOL = 1e-9  # a cover within this relative distance of the rate counts (only loosens the bound)
 
 
