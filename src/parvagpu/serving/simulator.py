@@ -264,14 +264,18 @@ def simulate_spilling(arrivals, segments: list[tuple[int, int, float, list[float
 
     Run with lazy segments (the trace replay's serving model runs this thousands of times); when a
     request arrives exactly at a batch's close, again step by step, which decides that order."""
+    out = spilling_lazily(arrivals, segments, shares)
+    return _spilling_eagerly(arrivals, segments, shares) if out is None else out
+
+
+def _spilling_eagerly(arrivals, segments: list[tuple[int, int, float, list[float], int]],
+                      shares: list[float]) -> tuple[list, list[int]]:
+    """The spill-over loop with every segment asked at every arrival (decides ties)."""
     import numpy as np
 
-    out = spilling_lazily(arrivals, segments, shares)
-    if out is None:
-        times = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
-        segs, rejected = _spill(times, [_LiveSegment(*s) for s in segments], shares)
-        out = [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
-    return out
+    times = arrivals.tolist() if hasattr(arrivals, "tolist") else list(arrivals)
+    segs, rejected = _spill(times, [_LiveSegment(*s) for s in segments], shares)
+    return [SegmentResult(np.asarray(s.lat, dtype=float), s.batches) for s in segs], rejected
 
 
 def spilling_lazily(arrivals, segments: list[tuple[int, int, float, list[float], int]],
@@ -315,14 +319,16 @@ def _spill(times: list[float], segs: list[_LiveSegment], shares: list[float]) ->
                 c[best] += 1
                 m += 1
                 continue
+            room = False
         else:
             best, top, m1 = 0, weights[0] * (m + 1) - total * c[0], m + 1
             for i in order:  # the first of the highest credits is scheduled
                 x = m1 * weights[i] - total * c[i]
                 if x > top:
                     best, top = i, x
-        s = segs[best]
-        if s.inflight >= s.ask and not (t >= s.until and s.has_room(t)):  # spill over to the best-credited one with room
+            s = segs[best]
+            room = s.inflight < s.ask or (t >= s.until and s.has_room(t))
+        if not room:  # spill over to the best-credited one with room
             ok = [i for i in order if segs[i].inflight < segs[i].ask or (t >= segs[i].until and segs[i].has_room(t))]
             if not ok:
                 rejected[best] += 1
@@ -402,7 +408,6 @@ def simulate(
     `unbounded` switches admission off (every request queues), to see what the limit protects;
     `service_scale` multiplies every service time (hardware slower or faster than profiled) while
     admission keeps the limits computed from the profile, as a server without feedback would."""
-    import numpy as np
 
     if not 0 < duration_s <= MAX_DURATION_S:
         raise ParvaError(f"duration must be in (0, {MAX_DURATION_S:g}] s, got {duration_s}")
@@ -412,19 +417,9 @@ def simulate(
         raise ParvaError(f"service time scale must be positive and finite, got {service_scale}")
     started = time.perf_counter()
     spec: dict[str, ModelSpec] = serving_spec(plan, rate_scale, depth, wait_s)
-    expected = sum(ms.rate for ms in spec.values()) * duration_s
-    if not expected <= MAX_REQUESTS:
-        raise ParvaError(
-            f"the rates x duration make {expected:.3g} requests to simulate, more than {MAX_REQUESTS:,}; "
-            "lower the duration or the rate scale"
-        )
-    streams = np.random.SeedSequence(seed).spawn(len(spec))
     how = _How(duration_s, overhead_ms, unbounded, service_scale)
-    runs = [
-        _simulate_model(ms, poisson_arrivals(np.random.default_rng(ss), ms.rate, duration_s),
-                        (profiles or {}).get(model), how)
-        for (model, ms), ss in zip(spec.items(), streams)
-    ]
+    runs = [_simulate_model(ms, arrivals, (profiles or {}).get(model), how)
+            for model, ms, arrivals in _arrivals(spec, duration_s, seed)]
     return SimResult(
         stats=tuple(r.stats for r in runs), rule=tuple(_rule_row(ms, r.stats) for ms, r in zip(spec.values(), runs)),
         segments=tuple(row for r in runs for row in r.segments), duration_s=duration_s, seed=seed,
@@ -441,14 +436,28 @@ def within_slo(plan: DeploymentMap, duration_s: float, seed: int = 0,
     replay's serving model asks for thousands of these)."""
     import numpy as np
 
-    ((model, ms),) = serving_spec(plan).items()
-    if not ms.rate * duration_s <= MAX_REQUESTS:
-        raise ParvaError(f"{ms.rate * duration_s:.3g} requests to simulate, more than {MAX_REQUESTS:,}")
-    (stream,) = np.random.SeedSequence(seed).spawn(1)
-    arrivals = poisson_arrivals(np.random.default_rng(stream), ms.rate, duration_s)
+    spec = serving_spec(plan)
+    ((model, ms, arrivals),) = _arrivals(spec, duration_s, seed)
     _, runs, _, _ = _segment_runs(ms, arrivals, (profiles or {}).get(model), _How(duration_s, 0.0, False, 1.0))
     slo = ms.latency_ms
     return sum(int(np.count_nonzero(r.latencies_s * 1000.0 + 0.0 <= slo)) for r in runs), int(arrivals.size)
+
+
+def _arrivals(spec: dict[str, ModelSpec], duration_s: float, seed: int):
+    """Each model's Poisson arrivals, (model, spec, times), one seeded stream per model in the
+    spec's order, made as they are taken; shared by `simulate` and `within_slo`, whose counts must
+    be the same. At most MAX_REQUESTS in all."""
+    import numpy as np
+
+    expected = sum(ms.rate for ms in spec.values()) * duration_s
+    if not expected <= MAX_REQUESTS:
+        raise ParvaError(
+            f"the rates x duration make {expected:.3g} requests to simulate, more than {MAX_REQUESTS:,}; "
+            "lower the duration or the rate scale"
+        )
+    streams = np.random.SeedSequence(seed).spawn(len(spec))
+    return ((model, ms, poisson_arrivals(np.random.default_rng(ss), ms.rate, duration_s))
+            for (model, ms), ss in zip(spec.items(), streams))
 
 
 @dataclass(frozen=True)
@@ -499,8 +508,9 @@ def _segment_runs(ms: ModelSpec, arrivals, profile: Profile | None,
         runs.append(run)
     routed = [int(np.count_nonzero(picks == i)) for i in range(len(ms.segments))]
     lost = [int(np.isnan(r.latencies_s).sum()) for r in runs]
-    if len(runs) < len(ms.segments):  # a full segment would have spilled over: serve's way
-        runs, lost = simulate_spilling(
+    if len(runs) < len(ms.segments):  # a full segment would have spilled over: serve's way, step by
+        # step (only limited segments reject, and the lazy loop above already declined: a tie)
+        runs, lost = _spilling_eagerly(
             arrivals, [(seg.procs, seg.batch, seg.wait_s, svc, lim) for seg, svc, lim in zip(ms.segments, svcs, limits)],
             [s.throughput for s in ms.segments])
         routed = [r.latencies_s.size + n for r, n in zip(runs, lost)]
