@@ -3,6 +3,7 @@ knapsack over the changed models, and placement into holes with whole segments m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 from helpers import profile
@@ -106,6 +107,42 @@ def test_packing_moves_two_segments_to_make_room_where_repair_needs_a_gpu(a100):
     assert pack(request, kept, {"a", "x"}, 2, {0, 1, 2}, per_size_table(request), float("inf")) == []
 
 
+def _swap_many(a100):
+    """Three full GPUs: model a serves 440 req/s on nine 1g (50 each) at slots 4-6 of each GPU,
+    beside a 4g@0 on GPU 0 and 1 and a 2g@0 and two 1g on GPU 2 (12 slices of others). a's rate
+    rises to 590: more 1g need a fourth GPU; within three, a takes at most 9 slices, which only
+    three 3g (200 each, superlinear) give: nine 1g removed and three 3g added, 12 changes, more
+    than the narrow limits enumerate."""
+    profiles = {"a": profile("a", [(1, 1, 1, 50.0, 0.001), (3, 1, 1, 200.0, 0.001)]),
+                "b": profile("b", [(4, 1, 1, 250.0, 0.001)]), "d": profile("d", [(4, 1, 1, 250.0, 0.001)]),
+                "c": profile("c", [(2, 1, 1, 100.0, 0.001)]), "e": profile("e", [(1, 1, 1, 50.0, 0.001)]),
+                "f": profile("f", [(1, 1, 1, 50.0, 0.001)])}
+    one = _t(1, 50.0)
+    running = tuple(PlacedSegment(Segment("a", one), g, st) for g in range(3) for st in (4, 5, 6)) + (
+        PlacedSegment(Segment("b", _t(4, 250.0)), 0, 0), PlacedSegment(Segment("d", _t(4, 250.0)), 1, 0),
+        PlacedSegment(Segment("c", _t(2, 100.0)), 2, 0), PlacedSegment(Segment("e", one), 2, 2),
+        PlacedSegment(Segment("f", one), 2, 3))
+    rates = {"a": 440.0, "b": 240.0, "d": 240.0, "c": 90.0, "e": 40.0, "f": 40.0}
+    old = tuple(Service(m, r, 100.0) for m, r in rates.items())
+    current = DeploymentMap(a100.name, "auto", 3, 8, running, old)
+    new = tuple(replace(s, rate=590.0) if s.model == "a" else s for s in old)
+    return profiles, PlanRequest(new, profiles, a100, 3, current=current)
+
+
+def test_packing_finds_a_cover_that_changes_more_than_ten_segments(a100):
+    profiles, request = _swap_many(a100)
+    kept, _ = admissible_segments(request)
+    assert len({s.gpu for s in repair(request, kept, {0, 1, 2})}) == 4
+    plans = pack(request, kept, {"a"}, 3, {0, 1, 2}, per_size_table(request), float("inf"))
+    assert len(plans) == len(WEIGHTINGS)  # one per weighting
+    for segs in plans:
+        assert verify(DeploymentMap(a100.name, "auto", 3, 8, segs, request.services), profiles) == []
+        found = _candidate("packed", segs, request)
+        assert found.gpus == 3 and found.others == 0
+        assert sorted(s.size for s in segs if s.model == "a") == [3, 3, 3]
+        assert found.changes == 12
+
+
 def test_plan_current_reaches_the_bound_by_packing(a100):
     profiles, request = _tight(a100)
     new = plan(request, "auto")
@@ -181,10 +218,11 @@ def test_large_tables_hold_each_suffix_minimum_per_hole_count(sizes):
     fast as column i that needs that many holes (its first index where several tie), inf where none."""
     import math
 
-    from parvagpu.planning.replan_pack import _LARGE_MAX, _add_tables, _large_tables, large
+    from parvagpu.planning.replan_pack import _LARGE_MAX, NARROW, _add_tables, _large_tables, large
 
     per_size = tuple(_t(z, float(thr)) for z, thr in sorted(sizes.items()))
-    for a, ((_, _, _, combos), (_, least, where)) in enumerate(zip(_add_tables(per_size), _large_tables(per_size))):
+    for a, ((_, _, _, combos), (_, least, where)) in enumerate(zip(_add_tables(per_size, NARROW.adds),
+                                                                      _large_tables(per_size, NARROW.adds))):
         slices = [sum(per_size[j].size for j in row) for row in combos]
         holes = [sum(large(per_size[j].size) for j in row) for row in combos]
         assert least.shape == where.shape == (_LARGE_MAX * a + 1, len(combos) + 1)

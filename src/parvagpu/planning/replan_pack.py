@@ -2,7 +2,8 @@
 plan needs more GPUs than the cap because the changed models' covers take too many slices. Pure.
 
 1. *Covers*: for each changed model, the fewest slices it can use with c changes (keep some of
-   its running segments, add a multiset of its best triplets per size), for c = 0..`MAX_CHANGES`.
+   its running segments, add a multiset of its best triplets per size), for c up to a limit
+   (`NARROW`; `WIDE` where the narrow covers leave no choice that fits, see `Packing.plans`).
 2. *Choice*: a knapsack over the changed models picks the fewest changes in all whose slices,
    with the other models' running ones, fit in `cap` GPUs less a margin for fragmentation; the
    changes may be weighted by the moves an added 3g or 4g is expected to force (`WEIGHTINGS`,
@@ -33,7 +34,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import lru_cache, wraps
 from itertools import combinations, combinations_with_replacement, count, product
 
 import numpy as np
@@ -43,19 +44,51 @@ from parvagpu.core.model import PlacedSegment, Segment, Triplet
 from parvagpu.planning.request import PlanRequest
 from parvagpu.planning.space import Space
 
-MAX_CHANGES = 10  # most changes enumerated per model
-_ADD_MAX = 6  # most added segments per model
+@dataclass(frozen=True)
+class Limits:
+    """How far each model's covers are enumerated: at most `changes` changes, of which at most
+    `adds` added segments."""
+
+    changes: int
+    adds: int
 
 
-@lru_cache(maxsize=4096)
-def _add_tables(per_size: tuple[Triplet, ...]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]:
-    """For a = 0.._ADD_MAX added segments (multisets of `per_size`): their throughputs ascending,
+# The narrow limits serve almost every re-plan. Where the fresh optimum fills every slice, some
+# model's slice-minimal cover swaps several segments for others (on the A100 three 2g for two
+# superlinear 3g, or six 2g for twelve 1g): two 1,000-service draws of ten (20 % of the models
+# changed) had no cover choice within the narrow limits at the cap, so packing went one GPU over
+# (914 and 788 changes after local re-plans back to the cap); within the wide ones they pack at
+# the cap (371 and 296), and the 5,000-service re-plan of `bench_command.py` with them (1,619
+# changes, 4,708 before). Made for every changed model, wide covers took 0.5 s more of a
+# 1,000-service re-plan (1.53 s against 1.03 s) and twice the memory, so they are made only where
+# the narrow ones leave no choice (the tables grow from 462 multisets to 3,003).
+NARROW = Limits(10, 6)
+WIDE = Limits(20, 10)
+
+
+def _kept_when_narrow(make):
+    """`make(per_size, adds)`, its tables kept (an LRU of 4,096) at the narrow limits only: a
+    controller re-plans the same models all day. The wide tables serve one re-plan's packing,
+    which keeps the covers it reads from them; kept, they held 1.2 MB a model (1.3 GB of memory
+    at 5,000 services, 20 % of the models changed, where the narrow ones took 0.4 GB)."""
+    kept = lru_cache(maxsize=4096)(make)
+
+    @wraps(make)
+    def tables(per_size: tuple[Triplet, ...], adds: int):
+        return kept(per_size, adds) if adds == NARROW.adds else make(per_size, adds)
+
+    return tables
+
+
+@_kept_when_narrow
+def _add_tables(per_size: tuple[Triplet, ...], adds: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]:
+    """For a = 0..`adds` added segments (multisets of `per_size`): their throughputs ascending,
     the fewest slices of any multiset at least that fast (suffix minima), where that minimum is,
     and the multisets (rows of indices into `per_size`)."""
     thr_of = np.array([t.throughput for t in per_size])
     size_of = np.array([t.size for t in per_size], dtype=np.int64)
     out = []
-    for a in range(_ADD_MAX + 1):
+    for a in range(adds + 1):
         rows = list(combinations_with_replacement(range(len(per_size)), a))
         combos = np.array(rows, dtype=np.int64).reshape(len(rows), a)
         thr = thr_of[combos].sum(axis=1)
@@ -87,33 +120,34 @@ def _own_groups(own: list[PlacedSegment]) -> tuple[dict[Triplet, int], list[Trip
     return groups, sorted(groups, key=lambda t: (t.size, t.batch, t.procs, t.throughput))
 
 
-def _keeps(groups: dict[Triplet, int], keys: list[Triplet], n_own: int, rate: Fraction):
+def _keeps(groups: dict[Triplet, int], keys: list[Triplet], n_own: int, rate: Fraction, most: int):
     """Each way of keeping some of a model's running segments, most kept first, with at most
-    MAX_CHANGES removed: (kept per triplet, removed, rate still needed (floats, a hair under the
+    `most` removed: (kept per triplet, removed, rate still needed (floats, a hair under the
     rate so that exact ties count as covered), slices kept)."""
     target = float(rate) * (1 - 1e-12)
     for counts in product(*(range(groups[k], -1, -1) for k in keys)):
         removed = n_own - sum(counts)
-        if removed > MAX_CHANGES:
+        if removed > most:
             continue
         need = target - sum(k.throughput * n for k, n in zip(keys, counts))
         yield counts, removed, need, sum(k.size * n for k, n in zip(keys, counts))
 
 
 def covers(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet],
-           without: frozenset[int] = frozenset()) -> list[Cover | None]:
-    """For c = 0..MAX_CHANGES, the cover with the fewest slices and at most c changes (None where
+           without: frozenset[int] = frozenset(), limits: Limits = NARROW) -> list[Cover | None]:
+    """For c = 0..`limits.changes`, the cover with the fewest slices and at most c changes (None where
     none has that few), adding no segment of a size in `without`. Searched in floats; each cover
     kept is checked exactly."""
     per_size = {z: t for z, t in per_size.items() if z not in without}
     groups, keys = _own_groups(own)
     per_size_t = tuple(t for _, t in sorted(per_size.items()))
-    tables = _add_tables(per_size_t)
-    best: list[tuple | None] = [None] * (MAX_CHANGES + 1)  # (slices, counts, table, index)
-    for counts, removed, need, base in _keeps(groups, keys, len(own), rate):
+    most = limits.changes
+    tables = _add_tables(per_size_t, limits.adds)
+    best: list[tuple | None] = [None] * (most + 1)  # (slices, counts, table, index)
+    for counts, removed, need, base in _keeps(groups, keys, len(own), rate, most):
         for a, (thr, least, where, _) in enumerate(tables):
             c = removed + a
-            if c > MAX_CHANGES:
+            if c > most:
                 break
             if need <= 0:
                 if best[c] is None or base < best[c][0]:
@@ -122,7 +156,7 @@ def covers(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet
             i = int(np.searchsorted(thr, need, "left"))
             if i < len(thr) and (best[c] is None or base + least[i] < best[c][0]):
                 best[c] = (base + int(least[i]), counts, a, int(where[i]))
-    out: list[Cover | None] = [None] * (MAX_CHANGES + 1)
+    out: list[Cover | None] = [None] * (most + 1)
     checked: dict[tuple, bool] = {}
     for c, found in enumerate(best):
         if found is not None:
@@ -134,7 +168,7 @@ def covers(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet
                 checked[found] = held + sum((_exact(t.throughput) for t in add), Fraction(0)) >= rate
             if checked[found]:
                 out[c] = Cover(slices, c, keep, add)
-    for c in range(1, MAX_CHANGES + 1):  # at most c changes
+    for c in range(1, most + 1):  # at most c changes
         if out[c - 1] is not None and (out[c] is None or out[c - 1].slices <= out[c].slices):
             out[c] = out[c - 1]
     return out
@@ -150,9 +184,9 @@ _LARGE = {3: 1, 4: 1, 7: 2}
 _LARGE_MAX = 2
 
 
-@lru_cache(maxsize=4096)
-def _large_tables(per_size: tuple[Triplet, ...]) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
-    """For a = 0.._ADD_MAX added segments (`_add_tables`' multisets, in its order): per number of
+@_kept_when_narrow
+def _large_tables(per_size: tuple[Triplet, ...], adds: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """For a = 0..`adds` added segments (`_add_tables`' multisets, in its order): per number of
     holes of 3+ slices the multiset needs (`large`, rows), the fewest slices of any multiset at
     least as fast as column i (suffix minima, inf where none) and where that minimum is.
 
@@ -162,7 +196,7 @@ def _large_tables(per_size: tuple[Triplet, ...]) -> tuple[tuple[np.ndarray, np.n
     large_of = np.array([large(t.size) for t in per_size], dtype=np.int64)
     none = np.iinfo(np.int64).max
     out = []
-    for a, (thr, _, _, combos) in enumerate(_add_tables(per_size)):
+    for a, (thr, _, _, combos) in enumerate(_add_tables(per_size, adds)):
         sl = size_of[combos].sum(axis=1)
         lg = large_of[combos].sum(axis=1)
         n = len(sl)
@@ -178,18 +212,20 @@ def _large_tables(per_size: tuple[Triplet, ...]) -> tuple[tuple[np.ndarray, np.n
     return tuple(out)
 
 
-def covers_by_large(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet]) -> list[tuple[int, Cover]]:
-    """Per (changes c <= MAX_CHANGES, holes of 3+ slices the cover's instances need, kept ones
+def covers_by_large(rate: Fraction, own: list[PlacedSegment], per_size: dict[int, Triplet],
+                    limits: Limits = NARROW) -> list[tuple[int, Cover]]:
+    """Per (changes c <= `limits.changes`, holes of 3+ slices the cover's instances need, kept ones
     counted too), the cover with the fewest slices, as (holes, cover) pairs: the covers among
     which `HoleWeighting` trades changes for large instances. Searched in floats; each cover kept
     is checked exactly."""
     groups, keys = _own_groups(own)
     per_size_t = tuple(t for _, t in sorted(per_size.items()))
-    tables, ltables = _add_tables(per_size_t), _large_tables(per_size_t)
-    width = sum(large(k.size) * n for k, n in groups.items()) + _LARGE_MAX * _ADD_MAX + 1
-    best = np.full((MAX_CHANGES + 1, width), np.inf)
+    most = limits.changes
+    tables, ltables = _add_tables(per_size_t, limits.adds), _large_tables(per_size_t, limits.adds)
+    width = sum(large(k.size) * n for k, n in groups.items()) + _LARGE_MAX * limits.adds + 1
+    best = np.full((most + 1, width), np.inf)
     arg: dict[tuple[int, int], tuple] = {}  # (c, holes) -> (counts, a, row)
-    for counts, removed, need, base in _keeps(groups, keys, len(own), rate):
+    for counts, removed, need, base in _keeps(groups, keys, len(own), rate, most):
         held = sum(large(k.size) * n for k, n in zip(keys, counts))
         if need <= 0:
             if base < best[removed, held]:
@@ -198,7 +234,7 @@ def covers_by_large(rate: Fraction, own: list[PlacedSegment], per_size: dict[int
             continue  # adding to a model already covered only costs
         for a, (thr, least, where) in enumerate(ltables):
             c = removed + a
-            if c > MAX_CHANGES:
+            if c > most:
                 break
             i = int(thr.searchsorted(need))
             if i == len(thr):
@@ -211,7 +247,7 @@ def covers_by_large(rate: Fraction, own: list[PlacedSegment], per_size: dict[int
     # Only the covers no other beats on changes, holes and slices at once are worth checking.
     least = np.minimum.accumulate(np.minimum.accumulate(best, axis=0), axis=1)
     before = np.minimum(np.vstack([np.full((1, width), np.inf), least[:-1]]),
-                        np.hstack([np.full((MAX_CHANGES + 1, 1), np.inf), least[:, :-1]]))
+                        np.hstack([np.full((most + 1, 1), np.inf), least[:, :-1]]))
     out = []
     for (c, h), (counts, a, j) in sorted(arg.items()):
         if best[c, h] >= before[c, h]:
@@ -394,26 +430,28 @@ class Packing:
         have = {m: sum((_exact(s.segment.throughput) for s in segs), Fraction(0)) for m, segs in self.own.items()}
         self.order = sorted(set(models) | {m for m in self.rate if have.get(m, 0) < self.rate[m]})
         self.fixed = sum(s.size for s in kept if s.model not in set(self.order))
-        self._covers: dict[tuple[str, frozenset[int]], list[Cover | None]] = {}
-        self._by_large: dict[str, list[tuple[int, Cover]]] = {}
+        self._covers: dict[tuple[str, frozenset[int], Limits], list[Cover | None]] = {}
+        self._by_large: dict[tuple[str, Limits], list[tuple[int, Cover]]] = {}
 
-    def options(self, weighting: Weighting | HoleWeighting = Weighting(())) -> list[list[Cover | None]]:
+    def options(self, weighting: Weighting | HoleWeighting = Weighting(()),
+                limits: Limits = NARROW) -> list[list[Cover | None]]:
         """Per changed model, by cost under `weighting`, the cover with the fewest slices."""
         out = []
         for m in self.order:
             if isinstance(weighting, HoleWeighting):
-                if m not in self._by_large:
-                    self._by_large[m] = covers_by_large(self.rate[m], self.own[m], self.per_size[m])
-                costs = [(weighting.cost(h, cov), cov) for h, cov in self._by_large[m]]
+                if (m, limits) not in self._by_large:
+                    self._by_large[(m, limits)] = covers_by_large(self.rate[m], self.own[m], self.per_size[m], limits)
+                costs = [(weighting.cost(h, cov), cov) for h, cov in self._by_large[(m, limits)]]
                 low = min((c for c, _ in costs), default=0)  # the same for every choice: dropped
                 out.append(_indexed([(c - low, cov) for c, cov in costs]))
                 continue
             cands = []
             awkward = frozenset(z for z, _ in weighting.weights)
             for without in (frozenset(), awkward) if awkward else (awkward,):  # ties: the plain cover
-                if (m, without) not in self._covers:
-                    self._covers[(m, without)] = covers(self.rate[m], self.own[m], self.per_size[m], without)
-                cands += self._covers[(m, without)]
+                if (m, without, limits) not in self._covers:
+                    self._covers[(m, without, limits)] = covers(self.rate[m], self.own[m], self.per_size[m], without,
+                                                                limits)
+                cands += self._covers[(m, without, limits)]
             out.append(by_cost(cands, self.own[m], weighting))
         return out
 
@@ -429,8 +467,8 @@ class Packing:
         for k, weighting in enumerate(weightings):
             if k and time.perf_counter() > deadline:
                 break
-            options = self.options(weighting)
-            if any(all(c is None for c in opts) for opts in options):
+            options = self._options_that_fit(weighting, cap)
+            if options is None:
                 return found
             for i, margin in enumerate(_MARGINS):
                 if time.perf_counter() > (deadline if i or k else hard):
@@ -444,6 +482,17 @@ class Packing:
                     found.append(placed)
                     break
         return found
+
+
+    def _options_that_fit(self, weighting, cap: int) -> list[list[Cover | None]] | None:
+        """`options` within the narrow limits, or the wide ones where the narrow leave some model
+        without a cover or no choice within `cap` GPUs (without a margin); None where neither has one."""
+        budget = cap * self.request.gpu.compute_slices - self.fixed
+        for limits in (NARROW, WIDE):
+            options = self.options(weighting, limits)
+            if all(any(c is not None for c in opts) for opts in options) and choose(options, budget) is not None:
+                return options
+        return None
 
 
 def pack(request: PlanRequest, kept: tuple[PlacedSegment, ...], models: set[str], cap: int, known: set[int],
