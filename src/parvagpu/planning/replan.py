@@ -811,9 +811,11 @@ def _one_over(request: PlanRequest, base: _Base, packing, cap: int, planner, clo
     the fresh optimum fills every slice of every GPU, no cover choice of packing's fits and the
     fresh plan changes most segments. Packing one GPU over the cap, then local re-plans from each
     of its plans down to the cap (fewest changes first, while time allows). Measured at 1,000
-    services, 20 % random, the two draws of ten that fill every slice: packing at the cap + 1 294
-    and 241 changes; local re-plans from them 914 and 788 changes at the cap, where the aligned
-    fresh plan has 2,078 and 1,545 (about 0.15 s each). Only the local re-plans are returned: the
+    services, 20 % random, the two draws of ten that fill every slice, when packing's covers went
+    to 10 changes only: packing at the cap + 1 294 and 241 changes; local re-plans from them 914
+    and 788 changes at the cap, where the aligned fresh plan has 2,078 and 1,545 (about 0.15 s
+    each). With its wider covers (`replan_pack.WIDE`) packing meets the cap on those draws (371
+    and 296), so this is the fallback where it still does not. Only the local re-plans are returned: the
     cap already holds `--max-extra-gpus`, so a plan one GPU over it is never chosen."""
     over = sorted(_packed(request, packing, cap + 1, _PACK_SHARE, clock), key=lambda c: c.changes)
     out: list[Candidate] = []
