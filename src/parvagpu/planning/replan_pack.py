@@ -67,17 +67,29 @@ WIDE = Limits(20, 10)
 
 
 def _kept_when_narrow(make):
-    """`make(per_size, adds)`, its tables kept (an LRU of 4,096) at the narrow limits only: a
-    controller re-plans the same models all day. The wide tables serve one re-plan's packing,
-    which keeps the covers it reads from them; kept, they held 1.2 MB a model (1.3 GB of memory
-    at 5,000 services, 20 % of the models changed, where the narrow ones took 0.4 GB)."""
+    """`make(per_size, adds)`, its tables kept (an LRU of 4,096) at the narrow limits: a controller
+    re-plans the same models all day. The wide tables serve one re-plan's packing, which keeps the
+    covers it reads from them, so only the last few are kept (one model's covers ask for the same
+    tables two or three times in a row); all kept, they held 1.2 MB a model (1.3 GB of memory at
+    5,000 services, 20 % of the models changed, where the narrow ones took 0.4 GB)."""
     kept = lru_cache(maxsize=4096)(make)
+    recent = lru_cache(maxsize=8)(make)
 
     @wraps(make)
     def tables(per_size: tuple[Triplet, ...], adds: int):
-        return kept(per_size, adds) if adds == NARROW.adds else make(per_size, adds)
+        return (kept if adds == NARROW.adds else recent)(per_size, adds)
 
     return tables
+
+
+@lru_cache(maxsize=64)
+def _multisets(n: int, a: int) -> np.ndarray:
+    """Every multiset of `a` of the indices 0..n-1, one per row (read-only: shared by every
+    model with `n` sizes; making them took half the time of a model's wide covers)."""
+    rows = list(combinations_with_replacement(range(n), a))
+    out = np.array(rows, dtype=np.int64).reshape(len(rows), a)
+    out.setflags(write=False)
+    return out
 
 
 @_kept_when_narrow
@@ -89,8 +101,7 @@ def _add_tables(per_size: tuple[Triplet, ...], adds: int) -> tuple[tuple[np.ndar
     size_of = np.array([t.size for t in per_size], dtype=np.int64)
     out = []
     for a in range(adds + 1):
-        rows = list(combinations_with_replacement(range(len(per_size)), a))
-        combos = np.array(rows, dtype=np.int64).reshape(len(rows), a)
+        combos = _multisets(len(per_size), a)
         thr = thr_of[combos].sum(axis=1)
         sl = size_of[combos].sum(axis=1)
         order = np.argsort(thr, kind="stable")
@@ -467,13 +478,15 @@ class Packing:
         for k, weighting in enumerate(weightings):
             if k and time.perf_counter() > deadline:
                 break
-            options = self._options_that_fit(weighting, cap)
-            if options is None:
+            fit = self._options_that_fit(weighting, cap)
+            if fit is None:
                 return found
+            options, chosen = fit  # the choice without a margin comes with them
             for i, margin in enumerate(_MARGINS):
                 if time.perf_counter() > (deadline if i or k else hard):
                     break
-                chosen = choose(options, cap * self.request.gpu.compute_slices - self.fixed - margin)
+                if i:
+                    chosen = choose(options, cap * self.request.gpu.compute_slices - self.fixed - margin)
                 if chosen is None:
                     break
                 placed = _place(self.request, self.kept, dict(zip(self.order, chosen)), self.own, cap, self.known,
@@ -483,15 +496,17 @@ class Packing:
                     break
         return found
 
-
-    def _options_that_fit(self, weighting, cap: int) -> list[list[Cover | None]] | None:
+    def _options_that_fit(self, weighting, cap: int) -> tuple[list[list[Cover | None]], list[Cover]] | None:
         """`options` within the narrow limits, or the wide ones where the narrow leave some model
-        without a cover or no choice within `cap` GPUs (without a margin); None where neither has one."""
+        without a cover or no choice within `cap` GPUs (without a margin), with that choice (the
+        knapsack at 1,000 changed models is worth not running twice); None where neither has one."""
         budget = cap * self.request.gpu.compute_slices - self.fixed
         for limits in (NARROW, WIDE):
             options = self.options(weighting, limits)
-            if all(any(c is not None for c in opts) for opts in options) and choose(options, budget) is not None:
-                return options
+            if all(any(c is not None for c in opts) for opts in options):
+                chosen = choose(options, budget)
+                if chosen is not None:
+                    return options, chosen
         return None
 
 
