@@ -12,11 +12,12 @@ that are no longer admissible count as changes in every plan."""
 
 from __future__ import annotations
 
-from itertools import combinations_with_replacement, product
+from itertools import product
 
 import numpy as np
 
 from parvagpu.planning.replan import admissible_segments, per_size_table
+from parvagpu.planning.replan_pack import _add_tables as pack_tables
 from parvagpu.planning.request import PlanRequest
 
 MAX_MODEL_CHANGES = 20  # 12 (and 6 added) left two 1,000-service draws unbounded; 30 and 14 give the same bounds there
@@ -28,16 +29,9 @@ _TOL = 1e-9  # a cover within this relative distance of the rate counts (only lo
 
 def _add_tables(per_size: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """For a = 0.._ADD_MAX added segments: their throughputs, ascending, and the fewest slices
-    of any a-multiset with at least that throughput (suffix minima)."""
-    sizes = sorted(per_size)
-    out = []
-    for a in range(_ADD_MAX + 1):
-        combos = list(combinations_with_replacement(sizes, a))
-        thr = np.array([sum(per_size[s].throughput for s in c) for c in combos])
-        sl = np.array([sum(c) for c in combos], dtype=float)
-        order = np.argsort(thr, kind="stable")
-        out.append((thr[order], np.minimum.accumulate(sl[order][::-1])[::-1]))
-    return out
+    of any a-multiset with at least that throughput (suffix minima): packing's own tables."""
+    ordered = tuple(t for _, t in sorted(per_size.items()))
+    return [(thr, least) for thr, least, _, _ in pack_tables(ordered, _ADD_MAX)]
 
 
 def _fewest_slices(old: list, per_size: dict, rate: float) -> np.ndarray:
